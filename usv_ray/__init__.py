@@ -1,0 +1,1 @@
+"""usv_ray: breast ultrasound video AI at archive scale on Ray."""

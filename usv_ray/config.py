@@ -1,0 +1,188 @@
+"""Configuration: frozen dataclasses loaded from YAML, with ``key=value`` overrides.
+
+Every stage reads one :class:`Config`. Unknown keys are rejected with the dotted path of
+the offending key, so a typo in a YAML file or a ``--set`` never passes silently. A Ray
+worker gets the (picklable) config object it needs passed in; nothing reads module state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that does not fit the schema."""
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    address: str | None = None  # None: start or join a local Ray; "auto" or "ray://host:10001"
+    num_cpus: int | None = None  # logical CPUs of a local Ray started here (None: all cores)
+    object_store_mb: int | None = None  # object store of a local Ray started here
+    progress: bool = True  # Ray Data progress bars on long work
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    key_file: str | None = None  # file holding the HMAC key; USV_RAY_SECRET wins when set
+    dev_key: bool = False  # demo only: fall back to a fixed, public development key
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    patients: int = 24  # patients in the archive
+    seed: int = 0  # everything below is a pure function of this seed
+    width: int = 320  # scanner frame size in pixels (the text band and FOV scale with it)
+    height: int = 240
+    fps: float = 15.0
+    min_frames: int = 4  # video length range, drawn log-uniformly
+    max_frames: int = 180
+    max_nodules: int = 3  # 1..max_nodules per patient
+    max_studies: int = 2  # 1..max_studies exams per patient (follow-ups on later dates)
+    max_videos_per_study: int = 2
+    malignant_fraction: float = 0.5  # share of nodules that are malignant
+    dicom_fraction: float = 0.15  # share of videos written as DICOM multi-frame cine
+    keyframe_interval: int = 15  # H.264 GOP length in frames
+    workers: int = 2  # processes that render patients in parallel
+
+
+SamplingMode = Literal["all", "equal", "variable"]
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    sampling: SamplingMode = "variable"  # all frames | exactly n_frames | at most n_frames
+    n_frames: int = 30  # equal: videos with fewer frames are rejected; variable: the cap
+    frame_size: int = 224  # frames are stored frame_size x frame_size, gray
+    # Kept region (x0, y0, x1, y1) as fractions of the frame: everything outside, such as
+    # the scanner's burned-in patient name and ID, is cut before anything is stored.
+    crop_box: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
+    trim_fov: bool = True  # then trim to the bounding box of the ultrasound field of view
+    fov_threshold: int = 12  # gray level above which a pixel belongs to the field of view
+    tracklet_frames: int = 8  # T: frames sampled uniformly along each annotated tracklet
+    patch_height: int = 256  # tracklet patches are patch_height x patch_width
+    patch_width: int = 128
+    max_frame_pixels: int = 50_000_000  # larger frames are an error row, not an OOM
+    decode_threads: int = 1  # FFmpeg threads per video (Ray already runs videos in parallel)
+    num_cpus_per_video: float = 1.0  # Ray CPUs each video task reserves
+    rows_per_row_group: int = 64  # frames per Parquet row group (bounds memory per task)
+
+
+@dataclass(frozen=True)
+class Config:
+    ray: RayConfig = field(default_factory=RayConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check ``value`` against the type ``hint`` and convert lists to tuples."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} fits no option")
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            choices = ", ".join(map(str, typing.get_args(hint)))
+            raise ConfigError(f"{where}: {value!r} is not one of {choices}")
+        return value
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if dataclasses.is_dataclass(hint):
+        return _from_dict(hint, value, where)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+    if not isinstance(value, hint):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _from_dict(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(
+            f"unknown key {prefix}{unknown[0]} (known keys: {', '.join(sorted(names))})"
+        )
+    values = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**values)
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``section.key=value``; the value is parsed as YAML (``12``, ``true``, ``[0, 0.1]``)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. ingest.n_frames=12")
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> Config:
+    """Build a :class:`Config` from an optional YAML file and ``key=value`` overrides."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text())
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        tree = loaded or {}
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_path(tree, key, value)
+    return _from_dict(Config, tree, "")
+
+
+def to_dict(cfg: Any) -> dict:
+    """The config as plain YAML-able data (tuples become lists)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def replace(cfg: Any, **changes: Any) -> Any:
+    """A copy of a frozen config with ``changes`` applied (``dataclasses.replace``)."""
+    return dataclasses.replace(cfg, **changes)

@@ -1,0 +1,69 @@
+"""The pyarrow schema of every table that stages exchange (see DESIGN.md).
+
+Stages talk only through these tables. Images are stored as raw uint8 bytes, row-major,
+with their shape in sibling columns, so any Parquet reader can rebuild them with
+``np.frombuffer(image, np.uint8).reshape(height, width)``.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+LABELS = {"benign": 0, "malignant": 1, "0": 0, "1": 1}
+UNKNOWN_LABEL = -1
+
+VIDEOS = pa.schema(
+    [
+        pa.field("video_id", pa.string(), nullable=False),  # keyed hash of the source path
+        pa.field("patient_key", pa.string()),  # null when the patient is unknown (error rows)
+        pa.field("study_key", pa.string()),
+        pa.field("label", pa.int8(), nullable=False),  # 0 benign, 1 malignant, -1 unknown
+        pa.field("source", pa.string(), nullable=False),  # path as in the manifest, ID redacted
+        pa.field("n_frames", pa.int32()),  # frames a full decode yields
+        pa.field("fps", pa.float32()),
+        pa.field("width", pa.int32()),  # of the source video, before cropping
+        pa.field("height", pa.int32()),
+        pa.field("codec", pa.string()),
+        pa.field("status", pa.string(), nullable=False),  # ok | error
+        pa.field("error", pa.string()),  # "kind: message" when status is error
+    ]
+)
+
+ERRORS = pa.schema(
+    [
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("video_id", pa.string()),
+        pa.field("stage", pa.string(), nullable=False),  # manifest | decode | ingest
+        pa.field("kind", pa.string(), nullable=False),  # e.g. missing_file, not_video
+        pa.field("message", pa.string(), nullable=False),
+    ]
+)
+
+FRAMES = pa.schema(
+    [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("patient_key", pa.string(), nullable=False),
+        pa.field("label", pa.int8(), nullable=False),
+        pa.field("frame_index", pa.int32(), nullable=False),  # index in the source video
+        pa.field("seq_index", pa.int16(), nullable=False),  # position among the kept frames
+        pa.field("seq_len", pa.int16(), nullable=False),  # kept frames of this video
+        pa.field("image", pa.binary(), nullable=False),  # uint8 gray, height x width
+        pa.field("height", pa.int16(), nullable=False),
+        pa.field("width", pa.int16(), nullable=False),
+    ]
+)
+
+TRACKLETS = pa.schema(
+    [
+        pa.field("tracklet_id", pa.string(), nullable=False),  # keyed hash
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("patient_key", pa.string(), nullable=False),
+        pa.field("study_key", pa.string()),
+        pa.field("nodule_id", pa.string()),  # keyed hash of the annotated nodule; null: unknown
+        pa.field("frame_index", pa.list_(pa.int32()), nullable=False),  # T source frames
+        pa.field("clip", pa.binary(), nullable=False),  # uint8, T x height x width
+        pa.field("n_frames_total", pa.int32(), nullable=False),  # frames the tracklet spans
+        pa.field("height", pa.int16(), nullable=False),
+        pa.field("width", pa.int16(), nullable=False),
+    ]
+)
