@@ -1,0 +1,30 @@
+# Two commands on a fresh machine with python3 (3.11+), git and make:
+#   make demo   the whole pipeline on a synthetic archive, on a local Ray
+#   make test   the test suite
+# Both install what they need: uv (from PyPI) into .tools, the locked environment into .venv.
+
+UV := .tools/bin/uv
+VENV := .venv
+export UV_PYTHON_DOWNLOADS := never
+
+.PHONY: demo test lint bench install
+install: $(VENV)/.synced
+
+$(UV): tools/bootstrap_uv.py
+	python3 tools/bootstrap_uv.py .tools
+
+$(VENV)/.synced: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen
+	touch $@
+
+demo: install
+	$(VENV)/bin/usv-ray demo --out runs/demo
+
+test: install
+	$(VENV)/bin/python -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+bench: install
+	for b in benchmarks/*.py; do $(VENV)/bin/python $$b || exit 1; done

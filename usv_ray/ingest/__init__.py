@@ -1,0 +1,1 @@
+"""Ingest: manifest, decode, de-identify, sample and write Parquet shards."""

@@ -1,0 +1,424 @@
+"""Ingest: manifest -> Ray Data (one task per video) -> Parquet shards and tables.
+
+Output layout under ``out``::
+
+    videos.parquet            one row per video of every run, sorted by video_id
+    errors.parquet            one row per problem (bad rows, unreadable files, annotations)
+    frames/<video_id>.parquet     sampled 224 x 224 gray frames of one video
+    tracklets/<video_id>.parquet  T x 256 x 128 patch clips of the video's tracklets
+    journal/<video_id>.json       the video's row and errors: written last, it marks the
+                                  video as done for reruns (same input and settings)
+
+Each video task writes its own shards atomically and then its journal entry, so a killed
+run leaves no half-written shard and a rerun redoes only the videos without a matching
+journal entry. Reruns add to the same folder: a nightly manifest of new videos extends it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from usv_ray.config import Config, ConfigError, IngestConfig
+from usv_ray.ingest.annotations import AnnotationError, Tracklet, load_tracklets
+from usv_ray.ingest.decode import VideoError, VideoInfo, VideoReader
+from usv_ray.ingest.deid import crop_region, cut, fov_region, patch, resize
+from usv_ray.ingest.manifest import (
+    VideoTask,
+    error_row,
+    error_video_row,
+    read_manifest,
+    redact,
+    study_key,
+)
+from usv_ray.io import ShardWriter, remove_stale_tmp, rows_to_table, write_json, write_table
+from usv_ray.privacy import keyed_hash, load_key, patient_key
+from usv_ray.schemas import ERRORS, FRAMES, TRACKLETS, VIDEOS
+
+log = logging.getLogger(__name__)
+
+FOV_FRAMES = 16  # frames whose maximum defines the field of view
+
+
+def sample_indices(n_frames: int, cfg: IngestConfig) -> list[int]:
+    """Frame indices kept for the ``frames`` table, uniformly spread over the video."""
+    if cfg.sampling == "all":
+        return list(range(n_frames))
+    if cfg.sampling == "equal" and n_frames < cfg.n_frames:
+        raise VideoError(
+            "too_short", f"{n_frames} frames, fewer than the {cfg.n_frames} of sampling=equal"
+        )
+    count = min(n_frames, cfg.n_frames)
+    # spacing >= 1 frame, so rounding keeps the indices distinct
+    return np.rint(np.linspace(0, n_frames - 1, count)).astype(int).tolist()
+
+
+@dataclass
+class _Clip:
+    """A tracklet being filled while the video decodes."""
+
+    tracklet: Tracklet
+    indices: list[int]  # (T,) source frames, repeats allowed
+    patches: np.ndarray  # (T, H, W) uint8
+    filled: np.ndarray  # (T,) bool
+
+
+def _plan_tracklets(
+    task: VideoTask, info: VideoInfo, cfg: IngestConfig, errors: list[dict]
+) -> list[_Clip]:
+    if task.annotations is None:
+        return []
+    try:
+        tracklets = load_tracklets(task.annotations)
+    except AnnotationError as exc:
+        errors.append(
+            error_row(task.source, task.video_id, "annotations", "bad_annotations", str(exc))
+        )
+        return []
+    clips = []
+    for tracklet in tracklets:
+        if tracklet.last >= info.n_frames:
+            errors.append(
+                error_row(
+                    task.source,
+                    task.video_id,
+                    "annotations",
+                    "bad_annotations",
+                    f"tracklet {tracklet.tracklet_id!r} ends at frame {tracklet.last}, "
+                    f"the video has {info.n_frames}; tracklet skipped",
+                )
+            )
+            continue
+        count = cfg.tracklet_frames
+        clips.append(
+            _Clip(
+                tracklet,
+                tracklet.sample_frames(count),
+                np.zeros((count, cfg.patch_height, cfg.patch_width), np.uint8),
+                np.zeros(count, bool),
+            )
+        )
+    return clips
+
+
+def _frame_row(task: VideoTask, pkey: str, image: np.ndarray, index: int, seq: int, n: int) -> dict:
+    return {
+        "video_id": task.video_id,
+        "patient_key": pkey,
+        "label": task.label,
+        "frame_index": index,
+        "seq_index": seq,
+        "seq_len": n,
+        "image": image.tobytes(),
+        "height": image.shape[0],
+        "width": image.shape[1],
+    }
+
+
+def _decode_into_shards(
+    task: VideoTask,
+    reader: VideoReader,
+    cfg: IngestConfig,
+    pkey: str,
+    out: Path,
+    clips: list[_Clip],
+) -> int:
+    """Decode the needed frames once, write the frames shard, fill the tracklet clips.
+
+    Returns the number of frame rows written.
+    """
+    info = reader.info
+    wanted = sample_indices(info.n_frames, cfg)
+    wanted_set = set(wanted)
+    by_frame: dict[int, list[tuple[_Clip, int]]] = {}
+    for clip in clips:
+        for position, index in enumerate(clip.indices):
+            by_frame.setdefault(index, []).append((clip, position))
+    needed = sorted(wanted_set | set(by_frame))
+    keep = crop_region(cfg.crop_box, info.width, info.height)
+    size = cfg.frame_size
+    n_fov = min(FOV_FRAMES, len(wanted)) if cfg.trim_fov else 0
+    pending: list[tuple[int, np.ndarray]] = []  # kept frames before the FOV is known
+    fov = None
+    seq = 0
+    path = out / "frames" / f"{task.video_id}.parquet"
+    with ShardWriter(path, FRAMES, cfg.rows_per_row_group) as shard:
+
+        def emit(index: int, cropped: np.ndarray) -> None:
+            nonlocal seq
+            region = cut(cropped, fov) if fov is not None else cropped
+            shard.add(_frame_row(task, pkey, resize(region, size, size), index, seq, len(wanted)))
+            seq += 1
+
+        for index, gray in reader.frames(needed):  # gray: (H, W) uint8
+            for clip, position in by_frame.get(index, ()):
+                box = clip.tracklet.box_at(index)
+                clip.patches[position] = patch(gray, box, keep, cfg.patch_height, cfg.patch_width)
+                clip.filled[position] = True
+            if index not in wanted_set:
+                continue
+            cropped = cut(gray, keep)
+            if len(pending) < n_fov:
+                pending.append((index, cropped.copy()))
+                if len(pending) < n_fov:
+                    continue
+                fov = fov_region([frame for _, frame in pending], cfg.fov_threshold)
+                for item in pending:
+                    emit(*item)
+                continue
+            emit(index, cropped)
+        if len(pending) < n_fov:  # fewer frames decoded than planned
+            fov = (
+                fov_region([frame for _, frame in pending], cfg.fov_threshold) if pending else None
+            )
+            for item in pending:
+                emit(*item)
+    if seq != len(wanted):  # a partial decode: fix seq_len so it counts the rows there are
+        table = pq.read_table(path)
+        table = table.set_column(
+            table.schema.get_field_index("seq_len"),
+            "seq_len",
+            np.full(len(table), seq, np.int16),
+        )
+        write_table(table.cast(FRAMES), path)
+    return seq
+
+
+def _write_tracklets(
+    task: VideoTask,
+    key: bytes,
+    pkey: str,
+    skey: str | None,
+    clips: list[_Clip],
+    out: Path,
+    cfg: IngestConfig,
+    errors: list[dict],
+) -> int:
+    rows = []
+    for clip in clips:
+        if not clip.filled.all():
+            errors.append(
+                error_row(
+                    task.source,
+                    task.video_id,
+                    "annotations",
+                    "tracklet_undecodable",
+                    f"tracklet {clip.tracklet.tracklet_id!r}: "
+                    f"{int((~clip.filled).sum())} of its frames could not be decoded; skipped",
+                )
+            )
+            continue
+        nodule = clip.tracklet.nodule_id
+        rows.append(
+            {
+                "tracklet_id": keyed_hash(
+                    key, "tracklet", task.video_id, clip.tracklet.tracklet_id
+                ),
+                "video_id": task.video_id,
+                "patient_key": pkey,
+                "study_key": skey,
+                "nodule_id": keyed_hash(key, "nodule", pkey, nodule) if nodule else None,
+                "frame_index": clip.indices,
+                "clip": clip.patches.tobytes(),
+                "n_frames_total": clip.tracklet.last - clip.tracklet.first + 1,
+                "height": cfg.patch_height,
+                "width": cfg.patch_width,
+            }
+        )
+    path = out / "tracklets" / f"{task.video_id}.parquet"
+    if rows:
+        write_table(rows_to_table(rows, TRACKLETS), path)
+    else:
+        path.unlink(missing_ok=True)  # a rerun without tracklets leaves none behind
+    return len(rows)
+
+
+def _remove_shards(out: Path, video_id: str) -> None:
+    for folder in ("frames", "tracklets"):
+        (out / folder / f"{video_id}.parquet").unlink(missing_ok=True)
+
+
+def ingest_video(task: VideoTask, cfg: IngestConfig, key: bytes, out: str | Path) -> dict:
+    """Ingest one video: decode, de-identify, sample, write its shards and journal entry.
+
+    Never raises for a bad input: every problem becomes an error row. Returns the journal
+    entry ``{"fingerprint", "video": videos row, "errors": [errors rows]}``.
+    """
+    out = Path(out)
+    errors: list[dict] = []
+    raw_patient_id: str | None = None
+
+    def scrub(message: str) -> str:
+        # FFmpeg and pydicom messages may quote the path; paths may hold the patient ID
+        return redact(message.replace(task.path, task.source), raw_patient_id)
+
+    try:
+        with VideoReader(
+            task.path, threads=cfg.decode_threads, max_frame_pixels=cfg.max_frame_pixels
+        ) as reader:
+            info = reader.info
+            pkey, skey = task.patient_key, task.study_id_hash
+            if pkey is None:
+                if not info.patient_id:
+                    raise VideoError(
+                        "missing_patient_id",
+                        "no patient_id in the manifest and no PatientID in the file",
+                    )
+                raw_patient_id = info.patient_id
+                pkey = patient_key(key, info.patient_id)
+                skey = study_key(key, info.patient_id, task.study_id_raw or info.study_id)
+            clips = _plan_tracklets(task, info, cfg, errors)
+            n_rows = _decode_into_shards(task, reader, cfg, pkey, out, clips)
+            if n_rows == 0:
+                raise VideoError("no_frames", "no frame could be decoded")
+            errors.extend(
+                error_row(task.source, task.video_id, "decode", "partial_decode", scrub(w))
+                for w in reader.warnings
+            )
+            _write_tracklets(task, key, pkey, skey, clips, out, cfg, errors)
+        video = {
+            "video_id": task.video_id,
+            "patient_key": pkey,
+            "study_key": skey,
+            "label": task.label,
+            "source": scrub(task.source),
+            "n_frames": info.n_frames,
+            "fps": info.fps,
+            "width": info.width,
+            "height": info.height,
+            "codec": info.codec,
+            "status": "ok",
+            "error": None,
+        }
+    except VideoError as exc:
+        video, errors = _failed(task, out, exc.kind, scrub(exc.message), "decode", errors)
+    except Exception as exc:  # a bug or an exotic file: keep the archive going, say what
+        message = scrub(f"{type(exc).__name__}: {exc}")
+        video, errors = _failed(task, out, "ingest_error", message, "ingest", errors)
+    entry = {"fingerprint": task.fingerprint, "video": video, "errors": errors}
+    write_json(entry, out / "journal" / f"{task.video_id}.json")
+    return entry
+
+
+def _failed(
+    task: VideoTask, out: Path, kind: str, message: str, stage: str, errors: list[dict]
+) -> tuple[dict, list[dict]]:
+    _remove_shards(out, task.video_id)
+    errors = [e for e in errors if e["stage"] != "annotations"]  # moot without the video
+    errors.append(error_row(task.source, task.video_id, stage, kind, message))
+    return error_video_row(task, kind, message), errors
+
+
+def _ingest_row(row: dict, cfg: IngestConfig, key: bytes, out: str) -> dict:
+    """Ray Data map function: one manifest task (as JSON) in, a small status row out."""
+    task = VideoTask(**json.loads(row["task"]))
+    entry = ingest_video(task, cfg, key, out)
+    return {"video_id": task.video_id, "status": entry["video"]["status"]}
+
+
+@dataclass(frozen=True)
+class IngestSummary:
+    out: Path
+    videos: int  # rows in videos.parquet
+    ok: int
+    failed: int
+    ingested_now: int  # videos decoded by this run (the rest were already done)
+    errors: int  # rows in errors.parquet
+    seconds: float
+
+
+def _load_journal(folder: Path) -> dict[str, dict]:
+    entries = {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+        try:
+            entries[path.stem] = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            log.warning("ignoring unreadable journal entry %s: the video will be redone", path.name)
+    return entries
+
+
+def _is_done(entry: dict | None, task: VideoTask, out: Path) -> bool:
+    """A journal entry for the same input and settings, whose frames shard is still there."""
+    if entry is None or entry.get("fingerprint") != task.fingerprint:
+        return False
+    return (
+        entry["video"]["status"] != "ok" or (out / "frames" / f"{task.video_id}.parquet").exists()
+    )
+
+
+def run_ingest(cfg: Config, manifest: str | Path, out: str | Path) -> IngestSummary:
+    """Ingest every video of ``manifest`` into ``out`` on Ray, skipping finished work."""
+    started = time.perf_counter()
+    out = Path(out)
+    try:
+        crop_region(cfg.ingest.crop_box, 1, 1)  # fail fast on a bad crop box
+    except ValueError as exc:
+        raise ConfigError(f"ingest.{exc}") from exc
+    key = load_key(cfg.privacy)
+    tasks, row_errors, rejected = read_manifest(manifest, key, cfg.ingest)
+    for folder in ("frames", "tracklets", "journal"):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+        remove_stale_tmp(out / folder)
+    remove_stale_tmp(out)
+    journal = _load_journal(out / "journal")
+
+    for task, kind, message in rejected:
+        if journal.get(task.video_id, {}).get("fingerprint") != task.fingerprint:
+            _remove_shards(out, task.video_id)
+            video, errors = _failed(task, out, kind, message, "manifest", [])
+            write_json(
+                {"fingerprint": task.fingerprint, "video": video, "errors": errors},
+                out / "journal" / f"{task.video_id}.json",
+            )
+    todo = [t for t in tasks if not _is_done(journal.get(t.video_id), t, out)]
+    log.info(
+        "manifest: %d videos to ingest, %d already done, %d rejected, %d bad rows",
+        len(todo),
+        len(tasks) - len(todo),
+        len(rejected),
+        len(row_errors),
+    )
+    if todo:
+        _run_on_ray(todo, cfg, key, out)
+
+    journal = _load_journal(out / "journal")
+    videos = sorted((e["video"] for e in journal.values()), key=lambda v: v["video_id"])
+    errors = [e for vid in sorted(journal) for e in journal[vid]["errors"]] + row_errors
+    write_table(rows_to_table(videos, VIDEOS), out / "videos.parquet")
+    write_table(rows_to_table(errors, ERRORS), out / "errors.parquet")
+    ok = sum(v["status"] == "ok" for v in videos)
+    return IngestSummary(
+        out=out,
+        videos=len(videos),
+        ok=ok,
+        failed=len(videos) - ok,
+        ingested_now=len(todo),
+        errors=len(errors),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _run_on_ray(todo: list[VideoTask], cfg: Config, key: bytes, out: Path) -> None:
+    import ray
+
+    from usv_ray.runtime import ensure_ray
+
+    ensure_ray(cfg.ray)
+    items = [{"task": json.dumps(dataclasses.asdict(t))} for t in todo]
+    dataset = ray.data.from_items(items, override_num_blocks=min(len(items), 4096)).map(
+        _ingest_row,
+        fn_kwargs={"cfg": cfg.ingest, "key": key, "out": str(out.resolve())},
+        num_cpus=cfg.ingest.num_cpus_per_video,
+    )
+    failed = 0
+    for done, row in enumerate(dataset.iter_rows(), start=1):
+        failed += row["status"] != "ok"
+        if done % 100 == 0 or done == len(todo):
+            log.info("ingested %d/%d videos (%d failed)", done, len(todo), failed)

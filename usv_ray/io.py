@@ -1,0 +1,112 @@
+"""Atomic Parquet and JSON writes: a crash never leaves a half-written file under its name.
+
+Every file is written to a temporary name beside its target and renamed into place; a rename
+within one directory is atomic on POSIX filesystems (local disks and NFS alike).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+COMPRESSION = "zstd"
+TMP_MARK = ".tmp-"
+
+
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(f"{path.name}{TMP_MARK}{uuid.uuid4().hex[:8]}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path; on success rename it to ``path``, on failure delete it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_table(table: pa.Table, path: str | Path) -> Path:
+    """Write ``table`` to ``path`` atomically (zstd Parquet)."""
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression=COMPRESSION)
+    return Path(path)
+
+
+def rows_to_table(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Build a table of ``schema`` from row dicts (an empty list gives an empty table)."""
+    return pa.Table.from_pylist(list(rows), schema=schema)
+
+
+class ShardWriter:
+    """Stream row groups of one schema into a Parquet file that appears only when complete.
+
+    Used as a context manager: rows are buffered up to ``rows_per_group`` and flushed as a
+    row group, so memory stays bounded for videos of any length.
+    """
+
+    def __init__(self, path: str | Path, schema: pa.Schema, rows_per_group: int = 64):
+        self.path = Path(path)
+        self.schema = schema
+        self.rows_per_group = rows_per_group
+        self._buffer: list[dict] = []
+        self._writer: pq.ParquetWriter | None = None
+        self._ctx = atomic_path(self.path)
+        self.rows_written = 0
+
+    def __enter__(self) -> ShardWriter:
+        self._tmp = self._ctx.__enter__()
+        return self
+
+    def add(self, row: dict) -> None:
+        self._buffer.append(row)
+        if len(self._buffer) >= self.rows_per_group:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self._tmp, self.schema, compression=COMPRESSION)
+        self._writer.write_table(rows_to_table(self._buffer, self.schema))
+        self.rows_written += len(self._buffer)
+        self._buffer = []
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self._flush()
+            if self._writer is None:  # no rows: still a valid, empty file
+                pq.write_table(self.schema.empty_table(), self._tmp, compression=COMPRESSION)
+        if self._writer is not None:
+            self._writer.close()
+        self._ctx.__exit__(exc_type, exc, tb)
+
+
+def write_json(data: Any, path: str | Path) -> Path:
+    """Write ``data`` as JSON to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, sort_keys=True, indent=1))
+    return Path(path)
+
+
+def remove_stale_tmp(folder: str | Path) -> int:
+    """Delete temporary files a killed run left in ``folder``; returns how many."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    stale = [p for p in folder.iterdir() if TMP_MARK in p.name]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
