@@ -71,7 +71,8 @@ class IngestConfig:
     patch_width: int = 128
     max_frame_pixels: int = 50_000_000  # larger frames are an error row, not an OOM
     decode_threads: int = 1  # FFmpeg threads per video (Ray already runs videos in parallel)
-    num_cpus_per_video: float = 1.0  # Ray CPUs each video task reserves
+    num_cpus_per_video: float = 1.0  # Ray CPUs each ingest worker reserves
+    workers: int | None = None  # ingest actors (None: the cluster's CPUs / num_cpus_per_video)
     rows_per_row_group: int = 64  # frames per Parquet row group (bounds memory per task)
 
 

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 COMPRESSION = "zstd"
+COMPRESSION_LEVEL = 1  # images barely compress harder at higher levels, and cost more
 TMP_MARK = ".tmp-"
 
 
@@ -41,7 +42,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def write_table(table: pa.Table, path: str | Path) -> Path:
     """Write ``table`` to ``path`` atomically (zstd Parquet)."""
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression=COMPRESSION)
+        pq.write_table(table, tmp, compression=COMPRESSION, compression_level=COMPRESSION_LEVEL)
     return Path(path)
 
 
@@ -79,7 +80,9 @@ class ShardWriter:
         if not self._buffer:
             return
         if self._writer is None:
-            self._writer = pq.ParquetWriter(self._tmp, self.schema, compression=COMPRESSION)
+            self._writer = pq.ParquetWriter(
+                self._tmp, self.schema, compression=COMPRESSION, compression_level=COMPRESSION_LEVEL
+            )
         self._writer.write_table(rows_to_table(self._buffer, self.schema))
         self.rows_written += len(self._buffer)
         self._buffer = []
@@ -88,7 +91,7 @@ class ShardWriter:
         if exc_type is None:
             self._flush()
             if self._writer is None:  # no rows: still a valid, empty file
-                pq.write_table(self.schema.empty_table(), self._tmp, compression=COMPRESSION)
+                pq.write_table(self.schema.empty_table(), self._tmp)
         if self._writer is not None:
             self._writer.close()
         self._ctx.__exit__(exc_type, exc, tb)

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pyarrow.parquet as pq
 
@@ -251,6 +252,7 @@ def ingest_video(task: VideoTask, cfg: IngestConfig, key: bytes, out: str | Path
     Never raises for a bad input: every problem becomes an error row. Returns the journal
     entry ``{"fingerprint", "video": videos row, "errors": [errors rows]}``.
     """
+    cv2.setNumThreads(1)  # one task per core: no thread pools competing inside a task
     out = Path(out)
     errors: list[dict] = []
     raw_patient_id: str | None = None
@@ -316,11 +318,20 @@ def _failed(
     return error_video_row(task, kind, message), errors
 
 
-def _ingest_row(row: dict, cfg: IngestConfig, key: bytes, out: str) -> dict:
-    """Ray Data map function: one manifest task (as JSON) in, a small status row out."""
-    task = VideoTask(**json.loads(row["task"]))
-    entry = ingest_video(task, cfg, key, out)
-    return {"video_id": task.video_id, "status": entry["video"]["status"]}
+class IngestWorker:
+    """Ray Data callable class: one manifest task (as JSON) in, a small status row out.
+
+    An actor pool of these keeps its workers warm (imports done once per actor) and each
+    actor's queue full, so no CPU idles between short videos.
+    """
+
+    def __init__(self, cfg: IngestConfig, key: bytes, out: str):
+        self.cfg, self.key, self.out = cfg, key, out
+
+    def __call__(self, row: dict) -> dict:
+        task = VideoTask(**json.loads(row["task"]))
+        entry = ingest_video(task, self.cfg, self.key, self.out)
+        return {"video_id": task.video_id, "status": entry["video"]["status"]}
 
 
 @dataclass(frozen=True)
@@ -411,11 +422,17 @@ def _run_on_ray(todo: list[VideoTask], cfg: Config, key: bytes, out: Path) -> No
     from usv_ray.runtime import ensure_ray
 
     ensure_ray(cfg.ray)
+    workers = cfg.ingest.workers or int(
+        ray.cluster_resources().get("CPU", 1) // cfg.ingest.num_cpus_per_video
+    )
+    workers = max(1, min(workers, len(todo)))
+    log.info("ingesting %d videos with %d Ray workers", len(todo), workers)
     items = [{"task": json.dumps(dataclasses.asdict(t))} for t in todo]
     dataset = ray.data.from_items(items, override_num_blocks=min(len(items), 4096)).map(
-        _ingest_row,
-        fn_kwargs={"cfg": cfg.ingest, "key": key, "out": str(out.resolve())},
+        IngestWorker,
+        fn_constructor_kwargs={"cfg": cfg.ingest, "key": key, "out": str(out.resolve())},
         num_cpus=cfg.ingest.num_cpus_per_video,
+        compute=ray.data.ActorPoolStrategy(size=workers),
     )
     failed = 0
     for done, row in enumerate(dataset.iter_rows(), start=1):
