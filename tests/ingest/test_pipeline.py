@@ -1,4 +1,5 @@
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -10,7 +11,8 @@ from conftest import clip_frames, write_dicom, write_mp4
 
 from usv_ray.config import Config, IngestConfig, PrivacyConfig, RayConfig
 from usv_ray.ingest.decode import VideoError
-from usv_ray.ingest.pipeline import run_ingest, sample_indices
+from usv_ray.ingest.manifest import VideoTask
+from usv_ray.ingest.pipeline import ingest_video, run_ingest, sample_indices
 
 RAW_IDS = ("MRN4242", "MRN5151", "MRN6161", "Doe^Jane", "MRN7000")
 
@@ -152,9 +154,10 @@ def _files_and_strings(out: Path) -> str:
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_ingest_survives_every_bad_input(ray_session, archive, tmp_path):
+def test_ingest_survives_every_bad_input(ray_session, archive, tmp_path, caplog):
     out = tmp_path / "data"
-    summary = run_ingest(_config(), archive, out)
+    with caplog.at_level(logging.DEBUG):
+        summary = run_ingest(_config(), archive, out)
     videos = pq.read_table(out / "videos.parquet")
     status = _status(videos)
     assert status == {
@@ -204,7 +207,7 @@ def test_ingest_survives_every_bad_input(ray_session, archive, tmp_path):
         and t["patient_key"] == rows["<patient>_good.mp4"]["patient_key"]
     )
 
-    everything = _files_and_strings(out)
+    everything = _files_and_strings(out) + caplog.text
     for raw in RAW_IDS:
         assert raw not in everything, f"{raw} leaked into the output"
 
@@ -271,3 +274,12 @@ def test_real_clips_frame_counts_match_pyav(ray_session, tmp_path):
         )
         assert row["n_frames"] == expected == frames.num_rows, path.name
         assert frames["frame_index"].to_pylist() == list(range(expected))
+
+
+def test_huge_frames_are_shrunk_not_a_crash(tmp_path):
+    path = write_mp4(tmp_path / "uhd.mp4", clip_frames(2, 3840, 2160))
+    task = VideoTask("vid", "uhd.mp4", str(path), "pk", None, None, 1, None, "fp")
+    entry = ingest_video(task, IngestConfig(crop_box=(0.0, 0.11, 1.0, 1.0)), b"k" * 16, tmp_path)
+    assert entry["video"]["status"] == "ok" and entry["video"]["width"] == 3840
+    frames = pq.read_table(tmp_path / "frames" / "vid.parquet")
+    assert frames.num_rows == 2 and set(frames["height"].to_pylist()) == {224}
