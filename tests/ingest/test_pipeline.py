@@ -156,7 +156,7 @@ def _files_and_strings(out: Path) -> str:
 @pytest.mark.slow
 def test_ingest_survives_every_bad_input(ray_session, archive, tmp_path, caplog):
     out = tmp_path / "data"
-    with caplog.at_level(logging.DEBUG):
+    with caplog.at_level(logging.DEBUG, logger="usv_ray"):
         summary = run_ingest(_config(), archive, out)
     videos = pq.read_table(out / "videos.parquet")
     status = _status(videos)

@@ -158,6 +158,13 @@ def _decode_into_shards(
             shard.add(_frame_row(task, pkey, resize(region, size, size), index, seq, len(wanted)))
             seq += 1
 
+        def flush_pending() -> None:
+            nonlocal fov
+            if pending:
+                fov = fov_region([frame for _, frame in pending], cfg.fov_threshold)
+            for item in pending:
+                emit(*item)
+
         for index, gray in reader.frames(needed):  # gray: (H, W) uint8
             for clip, position in by_frame.get(index, ()):
                 box = clip.tracklet.box_at(index)
@@ -166,21 +173,14 @@ def _decode_into_shards(
             if index not in wanted_set:
                 continue
             cropped = cut(gray, keep)
-            if len(pending) < n_fov:
+            if len(pending) < n_fov:  # still learning the field of view
                 pending.append((index, cropped.copy()))
-                if len(pending) < n_fov:
-                    continue
-                fov = fov_region([frame for _, frame in pending], cfg.fov_threshold)
-                for item in pending:
-                    emit(*item)
-                continue
-            emit(index, cropped)
+                if len(pending) == n_fov:
+                    flush_pending()
+            else:
+                emit(index, cropped)
         if len(pending) < n_fov:  # fewer frames decoded than planned
-            fov = (
-                fov_region([frame for _, frame in pending], cfg.fov_threshold) if pending else None
-            )
-            for item in pending:
-                emit(*item)
+            flush_pending()
     if seq != len(wanted):  # a partial decode: fix seq_len so it counts the rows there are
         table = pq.read_table(path)
         table = table.set_column(
