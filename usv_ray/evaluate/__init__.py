@@ -1,0 +1,1 @@
+"""Evaluation of per-video benign/malignant predictions: metrics with patient-bootstrap CIs."""
