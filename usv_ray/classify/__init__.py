@@ -1,0 +1,1 @@
+"""Per-video benign/malignant diagnosis: a frame CNN, then an LSTM over its frame features."""
