@@ -1,0 +1,50 @@
+"""Patient-level cross-validation folds: no patient's videos are ever split across folds.
+
+Features for fold k must come from a CNN trained without fold k's patients, so the fold of
+a video is a function of its patient alone. Folds are stratified by label as far as whole
+patients allow (scikit-learn's StratifiedGroupKFold), and seeded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def assign_folds(
+    video_ids: Sequence[str],
+    patient_keys: Sequence[str],
+    labels: Sequence[int],
+    k: int,
+    seed: int,
+) -> dict[str, int]:
+    """Fold (0..k-1) of every labelled video; videos with label -1 (unknown) get none.
+
+    Raises ValueError when there are fewer labelled patients than folds, since some fold
+    would then be empty. A one-class archive still gets k folds (metrics downstream then
+    report NaN with a warning rather than failing).
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    video_ids = np.asarray(video_ids, dtype=object)
+    patient_keys = np.asarray(patient_keys, dtype=object)
+    labels = np.asarray(labels, dtype=np.int64)
+    if not (len(video_ids) == len(patient_keys) == len(labels)):
+        raise ValueError("video_ids, patient_keys and labels must have the same length")
+    if len(set(video_ids.tolist())) != len(video_ids):
+        raise ValueError("video_ids repeat")
+    if k < 2:
+        raise ValueError(f"k must be at least 2, got {k}")
+    known = labels >= 0
+    n_patients = len(set(patient_keys[known].tolist()))
+    if n_patients < k:
+        raise ValueError(f"{n_patients} labelled patients cannot fill {k} folds")
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    folds: dict[str, int] = {}
+    rows = np.flatnonzero(known)
+    dummy = np.zeros(len(rows))
+    for fold, (_, test) in enumerate(splitter.split(dummy, labels[rows], patient_keys[rows])):
+        for row in rows[test]:
+            folds[video_ids[row]] = fold
+    return folds
