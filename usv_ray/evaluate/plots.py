@@ -1,0 +1,307 @@
+"""Figures of per-video benign (0) / malignant (1) predictions: ROC, PR, confusion, probabilities.
+
+Every function is pure apart from writing one PNG: it takes arrays (``y_true (N,)`` labels
+in {0, 1}, ``y_prob (N,)`` probabilities of malignant), a path and a ``subtitle`` naming the
+data and config the figure came from, writes the figure and returns the path.
+
+Inputs are validated by :mod:`usv_ray.evaluate.metrics` (bad shapes, labels or
+probabilities raise ``ValueError``). Undefined cases do not raise: with one class present
+the ROC / PR curve that cannot be drawn is left out and its legend entry says
+"undefined: one class"; an empty input gives a figure that says "no predictions".
+
+matplotlib is imported inside the functions (``import usv_ray`` stays fast), and figures are
+drawn on their own Agg canvas rather than through pyplot, so no global backend is switched
+and no figure is left open.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import textwrap
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from usv_ray.evaluate.metrics import (
+    MetricWarning,
+    average_precision,
+    confusion,
+    pr_curve,
+    roc_auc,
+    roc_curve,
+)
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "confusion_plot",
+    "normalised_confusion",
+    "pr_plot",
+    "probability_plot",
+    "roc_plot",
+]
+
+Curves = Mapping[str, tuple[npt.ArrayLike, npt.ArrayLike]]
+
+CLASS_NAMES = ("benign", "malignant")  # label 0, label 1
+# Outcome -> colour (Okabe-Ito, readable for colour-blind readers).
+OUTCOME_COLOURS = {"TP": "#009E73", "TN": "#0072B2", "FP": "#E69F00", "FN": "#D55E00"}
+FIGSIZE = (6.4, 5.6)
+DPI = 120
+SUBTITLE_WIDTH = 80  # characters per caption line before wrapping
+
+
+def _new_figure(title: str, subtitle: str) -> tuple[Figure, Axes]:
+    """A figure with one axes on its own Agg canvas, titled, the subtitle as a caption line."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    # Constrained layout keeps titles, labels and legends inside the canvas.
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    fig.suptitle(title, fontsize=13, fontweight="bold")
+    ax = fig.add_subplot()
+    caption = textwrap.fill(subtitle, SUBTITLE_WIDTH) if subtitle else ""
+    ax.set_title(caption, fontsize=8.5, color="0.3")
+    return fig, ax
+
+
+def _no_predictions(ax: Axes) -> None:
+    ax.text(
+        0.5,
+        0.5,
+        "no predictions",
+        ha="center",
+        va="center",
+        fontsize=16,
+        color="0.4",
+        transform=ax.transAxes,
+    )
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=DPI)
+    return path
+
+
+def _validated(y_true: npt.ArrayLike, y_prob: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """``(labels int64 (N,), probs float64 (N,))``; ValueError from the metrics' checks."""
+    confusion(y_true, y_prob)  # validates, raising ValueError on bad input
+    return np.asarray(y_true).astype(np.int64), np.asarray(y_prob).astype(np.float64)
+
+
+def _one_class(labels: np.ndarray) -> bool:
+    return labels.size > 0 and labels.min() == labels.max()
+
+
+def roc_plot(curves: Curves, path: str | os.PathLike[str], subtitle: str) -> Path:
+    """ROC curves of several methods on one axes, AUC in the legend, and the chance diagonal.
+
+    ``curves``: method name -> ``(y_true (N,), y_prob (N,))``, drawn in the mapping's order.
+    A method with one class present has no ROC curve; its legend entry says so.
+    """
+    fig, ax = _new_figure("ROC curve", subtitle)
+    validated = {name: _validated(*pair) for name, pair in curves.items()}
+    if not any(labels.size for labels, _ in validated.values()):
+        _no_predictions(ax)
+        return _save(fig, path)
+    ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="chance (AUC 0.500)")
+    for name, (labels, probs) in validated.items():
+        if labels.size == 0:
+            ax.plot([], [], label=f"{name}: no predictions")
+            continue
+        if _one_class(labels):
+            ax.plot([], [], label=f"{name}: undefined: one class (n={labels.size})")
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MetricWarning)
+            fpr, tpr, _ = roc_curve(labels, probs)
+            auc = roc_auc(labels, probs)
+        ax.plot(fpr, tpr, linewidth=1.8, label=f"{name} (AUC {auc:.3f}, n={labels.size})")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel("false positive rate (1 - specificity)")
+    ax.set_ylabel("true positive rate (sensitivity)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def pr_plot(curves: Curves, path: str | os.PathLike[str], subtitle: str) -> Path:
+    """Precision-recall curves with average precision in the legend, and the positive rate.
+
+    ``curves``: method name -> ``(y_true (N,), y_prob (N,))``. The baseline is the fraction
+    of malignant videos (the precision of a random ranking): one line when every method saw
+    the same fraction, else one dotted line per method in its colour. Without malignant
+    videos recall is undefined and no curve is drawn; with only malignant ones the curve
+    (precision 1) is drawn but average precision is undefined.
+    """
+    fig, ax = _new_figure("Precision-recall curve", subtitle)
+    validated = {name: _validated(*pair) for name, pair in curves.items()}
+    filled = {name: pair for name, pair in validated.items() if pair[0].size}
+    if not filled:
+        _no_predictions(ax)
+        return _save(fig, path)
+    rates = {name: float(labels.mean()) for name, (labels, _) in filled.items()}
+    shared_rate = len({round(rate, 6) for rate in rates.values()}) == 1
+    if shared_rate:
+        rate = next(iter(rates.values()))
+        ax.axhline(
+            rate, linestyle="--", color="0.6", linewidth=1, label=f"positive rate {rate:.3f}"
+        )
+    for name, (labels, probs) in validated.items():
+        if labels.size == 0:
+            ax.plot([], [], label=f"{name}: no predictions")
+            continue
+        n = labels.size
+        if _one_class(labels) and labels[0] == 0:
+            (line,) = ax.plot([], [], label=f"{name}: undefined: one class (n={n})")
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", MetricWarning)
+                prec, rec, _ = pr_curve(labels, probs)
+                ap = average_precision(labels, probs)
+            label = (
+                f"{name} (AP undefined: one class, n={n})"
+                if math.isnan(ap)
+                else f"{name} (AP {ap:.3f}, n={n})"
+            )
+            # Step-wise, as average precision sums it.
+            (line,) = ax.step(rec, prec, where="post", linewidth=1.8, label=label)
+        if not shared_rate:
+            ax.axhline(
+                rates[name],
+                linestyle=":",
+                color=line.get_color(),
+                linewidth=1,
+                label=f"positive rate {rates[name]:.3f} ({name})",
+            )
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.05)
+    ax.set_aspect("equal")
+    ax.set_xlabel("recall (sensitivity)")
+    ax.set_ylabel("precision (positive predictive value)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    return _save(fig, path)
+
+
+def normalised_confusion(
+    y_true: npt.ArrayLike, y_prob: npt.ArrayLike, threshold: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(rates (2, 2), counts (2, 2))``: rows are the true class, columns the predicted one.
+
+    Index 0 is benign, 1 malignant, so ``rates = [[spec, 1 - spec], [1 - sens, sens]]``.
+    Each row of ``rates`` sums to 1; a true class without videos gives a row of NaN.
+    """
+    tn, fp, fn, tp = confusion(y_true, y_prob, threshold)
+    counts = np.array([[tn, fp], [fn, tp]], dtype=np.int64)  # (2, 2) true x predicted
+    totals = counts.sum(axis=1, keepdims=True)  # (2, 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rates = np.where(totals > 0, counts / np.maximum(totals, 1), np.nan)
+    return rates, counts
+
+
+def confusion_plot(
+    y_true: npt.ArrayLike,
+    y_prob: npt.ArrayLike,
+    path: str | os.PathLike[str],
+    subtitle: str,
+    threshold: float = 0.5,
+) -> Path:
+    """2 x 2 confusion matrix normalised by true class (rows sum to 1), counts in the cells.
+
+    Each cell reads ``"0.93\\n(n=120)"``; a true class without videos reads ``"n/a"``.
+    """
+    fig, ax = _new_figure(f"Confusion matrix (threshold {threshold:g})", subtitle)
+    rates, counts = normalised_confusion(y_true, y_prob, threshold)
+    if counts.sum() == 0:
+        _no_predictions(ax)
+        return _save(fig, path)
+    from matplotlib import colormaps
+
+    # A true class without videos (NaN row) is drawn grey, not as a rate of 0.
+    cmap = colormaps["Blues"].with_extremes(bad="0.85")
+    image = ax.imshow(np.ma.masked_invalid(rates), cmap=cmap, vmin=0.0, vmax=1.0)
+    for true_class in range(2):
+        for predicted in range(2):
+            rate = rates[true_class, predicted]
+            count = counts[true_class, predicted]
+            text = "n/a\n(n=0)" if math.isnan(rate) else f"{rate:.2f}\n(n={count})"
+            ax.text(
+                predicted,
+                true_class,
+                text,
+                ha="center",
+                va="center",
+                fontsize=13,
+                color="white" if rate > 0.5 else "black",
+            )
+    ax.set_xticks(
+        [0, 1], [f"{name}\n(n={n})" for name, n in zip(CLASS_NAMES, counts.sum(0), strict=True)]
+    )
+    ax.set_yticks(
+        [0, 1], [f"{name}\n(n={n})" for name, n in zip(CLASS_NAMES, counts.sum(1), strict=True)]
+    )
+    ax.set_xlabel(f"predicted class (malignant if probability ≥ {threshold:g})")
+    ax.set_ylabel("true class")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="fraction of the true class")
+    return _save(fig, path)
+
+
+def probability_plot(
+    y_true: npt.ArrayLike,
+    y_prob: npt.ArrayLike,
+    path: str | os.PathLike[str],
+    subtitle: str,
+    threshold: float = 0.5,
+) -> Path:
+    """Stacked histogram of the predicted probability for TP, TN, FP and FN, and the threshold.
+
+    Counts are in the legend; the bins are 0.05 wide over [0, 1].
+    """
+    fig, ax = _new_figure("Predicted probability of malignancy by outcome", subtitle)
+    labels, probs = _validated(y_true, y_prob)
+    if labels.size == 0:
+        _no_predictions(ax)
+        return _save(fig, path)
+    predicted = probs >= float(threshold)  # (N,) bool
+    positive = labels.astype(bool)
+    masks = {
+        "TP": predicted & positive,
+        "TN": ~predicted & ~positive,
+        "FP": predicted & ~positive,
+        "FN": ~predicted & positive,
+    }
+    bins = np.linspace(0.0, 1.0, 21)
+    ax.hist(
+        [probs[mask] for mask in masks.values()],
+        bins=bins,
+        stacked=True,
+        color=list(OUTCOME_COLOURS.values()),
+        edgecolor="white",
+        linewidth=0.5,
+        label=[f"{outcome} (n={int(mask.sum())})" for outcome, mask in masks.items()],
+    )
+    ax.axvline(
+        threshold, color="black", linestyle="--", linewidth=1.2, label=f"threshold {threshold:g}"
+    )
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xlabel("predicted probability of malignancy")
+    ax.set_ylabel("number of videos")
+    ax.grid(axis="y", alpha=0.3)
+    # Outside the axes, so it never hides a bar.
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=9)
+    return _save(fig, path)
