@@ -77,11 +77,26 @@ class IngestConfig:
 
 
 @dataclass(frozen=True)
+class ClassifyConfig:
+    folds: int = 5  # patient-level cross-validation folds
+    seed: int = 0  # folds, initialisation, shuffling and augmentation
+    workers: int = 1  # Ray Train workers (DDP) per training run
+    cpus_per_worker: float = 1.0  # leave CPUs free for Ray Data to feed the workers
+    use_gpu: bool = False  # one GPU per worker when the cluster has them
+    pretrained: str | None = None  # "imagenet": torchvision's cached weights (never downloaded)
+    cnn_epochs: int = 2  # paper: 300
+    cnn_batch_size: int = 32  # per worker; paper: 256
+    cnn_lr: float = 1e-4  # Adam; paper: 1e-5
+    val_every: int = 1  # validate every N epochs and keep the best model; paper: 20
+
+
+@dataclass(frozen=True)
 class Config:
     ray: RayConfig = field(default_factory=RayConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    classify: ClassifyConfig = field(default_factory=ClassifyConfig)
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
