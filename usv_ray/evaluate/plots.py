@@ -105,6 +105,16 @@ def _one_class(labels: np.ndarray) -> bool:
     return labels.size > 0 and labels.min() == labels.max()
 
 
+def _unit_square(ax: Axes, xlabel: str, ylabel: str, top: float = 1.01) -> None:
+    """Axes of a curve in the unit square (ROC, PR): limits, equal aspect, labels, grid."""
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, top)
+    ax.set_aspect("equal")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+
+
 def roc_plot(curves: Curves, path: str | os.PathLike[str], subtitle: str) -> Path:
     """ROC curves of several methods on one axes, AUC in the legend, and the chance diagonal.
 
@@ -129,12 +139,7 @@ def roc_plot(curves: Curves, path: str | os.PathLike[str], subtitle: str) -> Pat
             fpr, tpr, _ = roc_curve(labels, probs)
             auc = roc_auc(labels, probs)
         ax.plot(fpr, tpr, linewidth=1.8, label=f"{name} (AUC {auc:.3f}, n={labels.size})")
-    ax.set_xlim(-0.01, 1.01)
-    ax.set_ylim(-0.01, 1.01)
-    ax.set_aspect("equal")
-    ax.set_xlabel("false positive rate (1 - specificity)")
-    ax.set_ylabel("true positive rate (sensitivity)")
-    ax.grid(alpha=0.3)
+    _unit_square(ax, "false positive rate (1 - specificity)", "true positive rate (sensitivity)")
     ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path)
 
@@ -188,12 +193,7 @@ def pr_plot(curves: Curves, path: str | os.PathLike[str], subtitle: str) -> Path
                 linewidth=1,
                 label=f"positive rate {rates[name]:.3f} ({name})",
             )
-    ax.set_xlim(-0.01, 1.01)
-    ax.set_ylim(-0.01, 1.05)
-    ax.set_aspect("equal")
-    ax.set_xlabel("recall (sensitivity)")
-    ax.set_ylabel("precision (positive predictive value)")
-    ax.grid(alpha=0.3)
+    _unit_square(ax, "recall (sensitivity)", "precision (positive predictive value)", top=1.05)
     ax.legend(loc="lower left", fontsize=8)
     return _save(fig, path)
 
