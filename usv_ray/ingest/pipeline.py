@@ -304,6 +304,11 @@ def ingest_video(task: VideoTask, cfg: IngestConfig, key: bytes, out: str | Path
     except Exception as exc:  # a bug or an exotic file: keep the archive going, say what
         message = scrub(f"{type(exc).__name__}: {exc}")
         video, errors = _failed(task, out, "ingest_error", message, "ingest", errors)
+    return _write_journal(out, task, video, errors)
+
+
+def _write_journal(out: Path, task: VideoTask, video: dict, errors: list[dict]) -> dict:
+    """Record a video as done (last, after its shards): its row, its errors, its inputs."""
     entry = {"fingerprint": task.fingerprint, "video": video, "errors": errors}
     write_json(entry, out / "journal" / f"{task.video_id}.json")
     return entry
@@ -382,12 +387,7 @@ def run_ingest(cfg: Config, manifest: str | Path, out: str | Path) -> IngestSumm
 
     for task, kind, message in rejected:
         if journal.get(task.video_id, {}).get("fingerprint") != task.fingerprint:
-            _remove_shards(out, task.video_id)
-            video, errors = _failed(task, out, kind, message, "manifest", [])
-            write_json(
-                {"fingerprint": task.fingerprint, "video": video, "errors": errors},
-                out / "journal" / f"{task.video_id}.json",
-            )
+            _write_journal(out, task, *_failed(task, out, kind, message, "manifest", []))
     todo = [t for t in tasks if not _is_done(journal.get(t.video_id), t, out)]
     log.info(
         "manifest: %d videos to ingest, %d already done, %d rejected, %d bad rows",
