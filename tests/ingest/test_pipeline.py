@@ -7,7 +7,7 @@ import av
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import clip_frames, write_dicom, write_mp4
+from ingest_inputs import clip_frames, write_dicom, write_mp4
 
 from usv_ray.config import Config, IngestConfig, PrivacyConfig, RayConfig
 from usv_ray.ingest.decode import VideoError

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import av
 import numpy as np
-import pytest
 
 TEXT_ROWS = 0.1  # the top 10% of a test clip holds white "text", as scanners draw it
 
@@ -70,13 +69,3 @@ def write_dicom(
         ds.PixelData = frames.tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
-
-
-@pytest.fixture
-def clip_factory(tmp_path):
-    """``make(name, n_frames, width=96, height=72, gop=10)``: an mp4 under tmp_path/videos."""
-
-    def make(name: str, n_frames: int, width: int = 96, height: int = 72, gop: int = 10) -> Path:
-        return write_mp4(tmp_path / "videos" / name, clip_frames(n_frames, width, height), gop)
-
-    return make
