@@ -67,3 +67,15 @@ TRACKLETS = pa.schema(
         pa.field("width", pa.int16(), nullable=False),
     ]
 )
+
+FEATURE_DIM = 512  # the frame CNN's pooled output
+
+FEATURES = pa.schema(
+    [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("fold", pa.int8(), nullable=False),  # the CNN: trained without this fold
+        pa.field("seq_index", pa.int16(), nullable=False),
+        pa.field("feature", pa.list_(pa.float32(), FEATURE_DIM), nullable=False),
+        pa.field("frame_prob", pa.float32(), nullable=False),  # the CNN's P(malignant)
+    ]
+)

@@ -1,0 +1,92 @@
+"""The feature cache: every frame embedded once by each fold's CNN.
+
+For fold k, the CNN trained without fold k's patients embeds every frame of the archive
+into its 512-d pooled feature (and its malignancy probability), written to
+``features/fold=k/``. The LSTM and the frame-vote baselines read only this cache and never
+run the CNN again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from usv_ray.classify.cnn import collate_frames, frame_shards, normalise
+from usv_ray.config import ClassifyConfig
+from usv_ray.schemas import FEATURES
+
+
+class FrameEmbedder:
+    """Ray Data callable class: loads one fold's CNN once, embeds a batch of frames."""
+
+    def __init__(self, weights: str, fold: int, use_gpu: bool = False):
+        from usv_ray.classify.models import FrameCNN
+
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.model = FrameCNN()
+        self.model.load_state_dict(torch.load(weights, map_location="cpu"))
+        self.model.to(self.device).eval()
+        self.fold = fold
+
+    @torch.no_grad()
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        images, _ = collate_frames(batch)  # (B, 1, H, W) uint8
+        inputs = normalise(images.to(self.device))
+        feature = self.model.features(inputs)  # (B, 512)
+        prob = self.model.head(feature).softmax(dim=1)[:, 1]  # (B,)
+        rows = len(images)
+        return pa.Table.from_arrays(
+            [
+                pa.array(batch["video_id"], pa.string()),
+                pa.array(np.full(rows, self.fold, np.int8)),
+                pa.array(batch["seq_index"].astype(np.int16)),
+                pa.FixedSizeListArray.from_arrays(
+                    pa.array(feature.cpu().numpy().astype(np.float32).ravel()),
+                    FEATURES[3].type.list_size,
+                ),
+                pa.array(prob.cpu().numpy().astype(np.float32)),
+            ],
+            schema=FEATURES,
+        )
+
+
+def cache_features(
+    cfg: ClassifyConfig, data: Path, video_ids: Iterable[str], weights: Path, fold: int, out: Path
+) -> Path:
+    """Embed every frame of ``video_ids`` with fold ``fold``'s CNN into ``out/fold=<fold>``.
+
+    The folder appears whole or not at all: it is written under a temporary name and
+    renamed, so a killed run leaves no partial cache for a later stage to trust.
+    """
+    import pyarrow.fs
+    import ray.data
+
+    target = Path(out) / f"fold={fold}"
+    tmp = target.with_name(f"{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    frames = ray.data.read_parquet(
+        frame_shards(data, video_ids), filesystem=pyarrow.fs.LocalFileSystem()
+    ).select_columns(["video_id", "seq_index", "image", "height", "width", "label"])
+    embedded = frames.map_batches(
+        FrameEmbedder,
+        fn_constructor_kwargs={"weights": str(weights), "fold": fold, "use_gpu": cfg.use_gpu},
+        batch_size=64,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=cfg.workers),
+        num_cpus=cfg.cpus_per_worker,
+        num_gpus=1 if cfg.use_gpu else 0,
+    )
+    try:
+        embedded.write_parquet(str(tmp), filesystem=pyarrow.fs.LocalFileSystem())
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
