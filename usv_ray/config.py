@@ -88,6 +88,11 @@ class ClassifyConfig:
     cnn_batch_size: int = 32  # per worker; paper: 256
     cnn_lr: float = 1e-4  # Adam; paper: 1e-5
     val_every: int = 1  # validate every N epochs and keep the best model; paper: 20
+    lstm_epochs: int = 20  # paper: 300
+    lstm_batch_size: int = 32  # videos per batch, per worker
+    lstm_lr: float = 1e-3  # Adam; paper: 1e-5
+    lstm_hidden: int = 256
+    equal_frames: int = 12  # N of the equal-frame CNN-LSTM (the paper's best of 10..20)
 
 
 @dataclass(frozen=True)

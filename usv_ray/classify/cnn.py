@@ -9,7 +9,6 @@ with the same run name resumes from the last checkpoint instead of starting over
 from __future__ import annotations
 
 import math
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +17,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from usv_ray.classify.train import fit, report_epoch, resume_state, unwrap
 from usv_ray.config import ClassifyConfig
 
 FRAME_COLUMNS = ["image", "label", "height", "width"]
-STATE_FILE = "state.pt"  # latest model and optimizer, epoch, best weights so far
 BEST_FILE = "best_model.pt"  # the best weights alone, written once the run is done
 
 
@@ -73,10 +72,8 @@ def _train_loop(config: dict) -> dict:
     model = FrameCNN()
     optimizer_state = None
     start_epoch, best_val, best_model = 0, math.inf, None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            state = torch.load(Path(folder) / STATE_FILE, map_location="cpu")
+    state = resume_state()
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer_state = state["optimizer"]
         start_epoch, best_val, best_model = state["epoch"] + 1, state["best_val"], state["best"]
@@ -109,36 +106,21 @@ def _train_loop(config: dict) -> dict:
         metrics = {"epoch": epoch, "train_loss": total / max(count, 1), "val_loss": best_val}
         validate = (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.cnn_epochs
         if validate and rank == 0:
-            val_loss, val_acc = _validate(_unwrap(model), val_data, device, loss_fn)
+            val_loss, val_acc = _validate(unwrap(model), val_data, device, loss_fn)
             metrics.update(val_loss=val_loss, val_acc=val_acc)
             if val_loss < best_val:
                 best_val = val_loss
-                best_model = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
+                best_model = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
         metrics["best_val_loss"] = best_val
-        if rank == 0:
-            with tempfile.TemporaryDirectory() as folder:
-                torch.save(
-                    {
-                        "model": _unwrap(model).state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "epoch": epoch,
-                        "best_val": best_val,
-                        "best": best_model,
-                    },
-                    Path(folder) / STATE_FILE,
-                )
-                ray.train.report(
-                    metrics,
-                    checkpoint=ray.train.Checkpoint.from_directory(folder),
-                    checkpoint_dir_name=f"epoch_{epoch:04d}",
-                )
-        else:
-            ray.train.report(metrics)
+        state = {
+            "model": unwrap(model).state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "epoch": epoch,
+            "best_val": best_val,
+            "best": best_model,
+        }
+        report_epoch(metrics, state, epoch)
     return {"start_epoch": start_epoch, "best_val_loss": best_val}
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") else model
 
 
 @torch.no_grad()
@@ -179,8 +161,6 @@ def fit_cnn(
     """
     import pyarrow.fs
     import ray.data
-    import ray.train
-    from ray.train.torch import TorchTrainer
 
     # an explicit filesystem: path resolution would otherwise import fsspec's HTTP support
     local = pyarrow.fs.LocalFileSystem()
@@ -190,29 +170,9 @@ def fit_cnn(
     # per epoch on a 2-core machine, whatever their size
     train = train.select_columns(FRAME_COLUMNS).materialize()
     val = val.select_columns(FRAME_COLUMNS).materialize()
-    trainer = TorchTrainer(
-        _train_loop,
-        train_loop_config={"cfg": cfg},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.workers,
-            use_gpu=cfg.use_gpu,
-            resources_per_worker={"CPU": cfg.cpus_per_worker},
-        ),
-        run_config=ray.train.RunConfig(
-            name=name,
-            storage_path=str(Path(storage).resolve()),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-            failure_config=ray.train.FailureConfig(max_failures=2),
-        ),
-        datasets={"train": train, "val": val},
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
-    )
-    result = trainer.fit()
-    if result.error is not None:
-        raise result.error
-    with result.checkpoint.as_directory() as folder:
-        state = torch.load(Path(folder) / STATE_FILE, map_location="cpu")
+    datasets = {"train": train, "val": val}
+    state, summary = fit(_train_loop, {"cfg": cfg}, cfg, datasets, storage, name)
     best = Path(storage) / name / BEST_FILE
     torch.save(state["best"] if state["best"] is not None else state["model"], best)
-    summary = result.return_value or {}
+    summary = summary or {}
     return CnnRun(best, summary.get("start_epoch", 0), summary.get("best_val_loss", math.nan))

@@ -1,0 +1,91 @@
+"""What every Ray Train run of the classify stage shares: resume, report, fit.
+
+A run reports once per epoch from every rank (``ray.train.report`` is a barrier); rank 0
+alone attaches a checkpoint holding the state to resume from. A rerun with the same run
+name resumes from the last checkpoint instead of starting over.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from usv_ray.config import ClassifyConfig
+
+STATE_FILE = "state.pt"
+
+
+def resume_state() -> dict | None:
+    """The state saved by the last checkpoint of this run, or None on a fresh start."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return torch.load(Path(folder) / STATE_FILE, map_location="cpu")
+
+
+def report_epoch(metrics: dict, state: dict, epoch: int) -> None:
+    """Report ``metrics`` from every rank; rank 0 also checkpoints ``state``."""
+    import ray.train
+
+    if ray.train.get_context().get_world_rank() != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        torch.save(state, Path(folder) / STATE_FILE)
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(folder),
+            checkpoint_dir_name=f"epoch_{epoch:04d}",
+        )
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DDP wrapper (or the model itself)."""
+    return model.module if hasattr(model, "module") else model
+
+
+def fit(
+    loop: Callable[[dict], Any],
+    loop_config: dict,
+    cfg: ClassifyConfig,
+    datasets: dict,
+    storage: Path,
+    name: str,
+) -> tuple[dict, Any]:
+    """Run ``loop`` on ``cfg.workers`` Ray Train workers; only ``"train"`` is split.
+
+    Returns (the state of the last checkpoint, the loop's return value on rank 0).
+    """
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker={"CPU": cfg.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=str(Path(storage).resolve()),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            failure_config=ray.train.FailureConfig(max_failures=2),
+        ),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    with result.checkpoint.as_directory() as folder:
+        state = torch.load(Path(folder) / STATE_FILE, map_location="cpu")
+    return state, result.return_value
