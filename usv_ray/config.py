@@ -83,7 +83,7 @@ class ClassifyConfig:
     workers: int = 1  # Ray Train workers (DDP) per training run
     cpus_per_worker: float = 1.0  # leave CPUs free for Ray Data to feed the workers
     use_gpu: bool = False  # one GPU per worker when the cluster has them
-    pretrained: str | None = None  # "imagenet": torchvision's cached weights (never downloaded)
+    pretrained: Literal["imagenet"] | None = None  # torchvision's cached weights, not fetched
     cnn_epochs: int = 2  # paper: 300
     cnn_batch_size: int = 32  # per worker; paper: 256
     cnn_lr: float = 1e-4  # Adam; paper: 1e-5

@@ -214,3 +214,19 @@ def test_load_imagenet_sums_rgb_conv1():
         torch.testing.assert_close(
             model.features(frames), rgb(frames.expand(-1, 3, -1, -1)), atol=1e-4, rtol=1e-4
         )
+
+
+def test_imagenet_weights_come_from_the_cache_only(tmp_path, monkeypatch):
+    import torchvision
+
+    from usv_ray.classify.models import cached_imagenet_weights, imagenet_weights_path
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="pretrained: imagenet needs"):
+        imagenet_weights_path()
+    rgb = torchvision.models.resnet18(weights=None).state_dict()
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(rgb, tmp_path / "checkpoints" / "resnet18-f37072fd.pth")
+    model = load_imagenet(FrameCNN(), cached_imagenet_weights())
+    expected = rgb["conv1.weight"].sum(dim=1, keepdim=True)
+    assert torch.equal(model.backbone.conv1.weight.detach(), expected)

@@ -62,7 +62,7 @@ def _train_loop(config: dict) -> dict:
     import ray.train
     import ray.train.torch
 
-    from usv_ray.classify.models import FrameCNN
+    from usv_ray.classify.models import FrameCNN, cached_imagenet_weights, load_imagenet
 
     cfg: ClassifyConfig = config["cfg"]
     context = ray.train.get_context()
@@ -70,6 +70,8 @@ def _train_loop(config: dict) -> dict:
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = FrameCNN()
+    if cfg.pretrained == "imagenet":
+        load_imagenet(model, cached_imagenet_weights())
     optimizer_state = None
     start_epoch, best_val, best_model = 0, math.inf, None
     state = resume_state()
@@ -162,6 +164,10 @@ def fit_cnn(
     import pyarrow.fs
     import ray.data
 
+    from usv_ray.classify.models import imagenet_weights_path
+
+    if cfg.pretrained == "imagenet":
+        imagenet_weights_path()  # a missing cache fails here, not inside a worker
     # an explicit filesystem: path resolution would otherwise import fsspec's HTTP support
     local = pyarrow.fs.LocalFileSystem()
     train = ray.data.read_parquet(frame_shards(data, train_ids), filesystem=local)

@@ -18,6 +18,7 @@ Models return tensors; the loss is the pure function :func:`video_nll`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -104,6 +105,33 @@ def load_imagenet(model: FrameCNN, state_dict: Mapping[str, Tensor]) -> FrameCNN
     adapted["conv1.weight"] = conv1.sum(dim=1, keepdim=True)  # (64, 1, 7, 7)
     model.backbone.load_state_dict(adapted, strict=True)
     return model
+
+
+def imagenet_weights_path() -> Path:
+    """Where torchvision caches ResNet-18's ImageNet weights; an error if they are not there.
+
+    Nothing is ever downloaded at run time.
+
+    Raises:
+        FileNotFoundError: naming the expected file and how to fill the cache elsewhere.
+    """
+    from torchvision.models import ResNet18_Weights
+
+    url = ResNet18_Weights.IMAGENET1K_V1.url
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"pretrained: imagenet needs {path} (torchvision's weight cache). On a machine "
+            'that may download, run `python -c "import torchvision; '
+            "torchvision.models.resnet18(weights='IMAGENET1K_V1')\"` and copy the file "
+            "there (or set TORCH_HOME), or leave classify.pretrained unset"
+        )
+    return path
+
+
+def cached_imagenet_weights() -> dict[str, Tensor]:
+    """torchvision's ResNet-18 ImageNet state dict, from the local cache only."""
+    return torch.load(imagenet_weights_path(), map_location="cpu")
 
 
 # -----------------------------------------------------------------------------
