@@ -204,8 +204,3 @@ def to_dict(cfg: Any) -> dict:
         return value
 
     return plain(dataclasses.asdict(cfg))
-
-
-def replace(cfg: Any, **changes: Any) -> Any:
-    """A copy of a frozen config with ``changes`` applied (``dataclasses.replace``)."""
-    return dataclasses.replace(cfg, **changes)
