@@ -76,6 +76,9 @@ class IngestConfig:
     rows_per_row_group: int = 64  # frames per Parquet row group (bounds memory per task)
 
 
+VideoModel = Literal["C3D_BN", "R3D", "R(2+1)D"]
+
+
 @dataclass(frozen=True)
 class ClassifyConfig:
     folds: int = 5  # patient-level cross-validation folds
@@ -93,6 +96,16 @@ class ClassifyConfig:
     lstm_lr: float = 1e-3  # Adam; paper: 1e-5
     lstm_hidden: int = 256
     equal_frames: int = 12  # N of the equal-frame CNN-LSTM (the paper's best of 10..20)
+    frame_counts: tuple[int, ...] = (10, 12, 14, 16, 18, 20)  # the frame-count experiment
+    # 3D-CNN baselines on clip_frames uniformly sampled frames of clip_size x clip_size
+    video_models: tuple[VideoModel, ...] = ("C3D_BN", "R3D", "R(2+1)D")
+    clip_frames: int = 12
+    clip_size: int = 112  # frames are resized from the ingest size
+    video_epochs: int = 2
+    video_batch_size: int = 8  # clips per batch, per worker
+    video_lr: float = 1e-4  # Adam
+    threshold: float = 0.5  # P(malignant) at or above it reads malignant
+    n_boot: int = 1000  # bootstrap resamples over patients for the 95% CIs
 
 
 @dataclass(frozen=True)
@@ -127,6 +140,10 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         return value
     if origin is tuple:
         args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: any length
+            if not isinstance(value, list | tuple):
+                raise ConfigError(f"{where}: expected a list, got {value!r}")
+            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
         if not isinstance(value, list | tuple) or len(value) != len(args):
             raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
         return tuple(

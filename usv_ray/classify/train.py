@@ -8,7 +8,7 @@ name resumes from the last checkpoint instead of starting over.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +58,10 @@ def fit(
     datasets: dict,
     storage: Path,
     name: str,
+    split: Sequence[str] = ("train",),
 ) -> tuple[dict, Any]:
-    """Run ``loop`` on ``cfg.workers`` Ray Train workers; only ``"train"`` is split.
+    """Run ``loop`` on ``cfg.workers`` Ray Train workers; the ``split`` datasets are sharded
+    across them, the others (validation) reach every worker whole.
 
     Returns (the state of the last checkpoint, the loop's return value on rank 0).
     """
@@ -81,7 +83,7 @@ def fit(
             failure_config=ray.train.FailureConfig(max_failures=2),
         ),
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        dataset_config=ray.train.DataConfig(datasets_to_split=list(split)),
     )
     result = trainer.fit()
     if result.error is not None:
