@@ -1,15 +1,16 @@
 import numpy as np
 import pyarrow as pa
 import pytest
-import torch
 
 from usv_ray.classify.lstm import (
+    LstmJob,
     VideoFeatures,
-    collate_sequences,
     equal_frame_set,
-    fit_lstm,
+    fit_lstms,
+    job_sequences,
     load_sequences,
     predict,
+    rank_batches,
     uniform_positions,
 )
 from usv_ray.config import ClassifyConfig
@@ -64,34 +65,75 @@ def test_equal_frame_set_drops_short_videos():
     assert {v.video_id for v in equal} == {v.video_id for v in videos if len(v.features) >= 12}
 
 
-def test_collate_pads_and_keeps_lengths():
-    videos = _videos(3)
-    batch = {
-        "features": np.array([v.features.tobytes() for v in videos], dtype=object),
-        "length": np.array([len(v.features) for v in videos]),
-        "label": np.array([v.label for v in videos]),
-    }
-    padded, lengths, labels = collate_sequences(batch)
-    assert padded.shape == (3, int(lengths.max()), FEATURE_DIM)
-    for i, v in enumerate(videos):
-        assert torch.equal(padded[i, : len(v.features)], torch.from_numpy(v.features))
-        assert not padded[i, len(v.features) :].any()
-    assert labels.tolist() == [0, 1, 0]
+def _write_cache(features, videos, folds):
+    """A feature cache fold=k for every fold k, holding every video (as the real one does)."""
+    for fold in folds:
+        rows = [
+            {
+                "video_id": v.video_id,
+                "fold": fold,
+                "seq_index": t,
+                "feature": v.features[t].tolist(),
+                "frame_prob": 0.5,
+            }
+            for v in videos
+            for t in range(len(v.features))
+        ]
+        table = pa.Table.from_pylist(rows, schema=FEATURES)
+        write_table(table, features / f"fold={fold}" / "part.parquet")
+
+
+def test_job_keys_are_distinct_file_names():
+    keys = {LstmJob(0).key, LstmJob(0, 12).key, LstmJob(1).key, LstmJob(1, 12).key}
+    assert len(keys) == 4 and all("/" not in key for key in keys)
+
+
+@pytest.mark.parametrize(("n", "world"), [(10, 1), (10, 2), (7, 2), (1, 2), (5, 3)])
+def test_rank_batches_cover_every_video_with_equal_batch_counts(n, world):
+    per_rank = [rank_batches(n, 3, rank, world, np.random.default_rng(0)) for rank in range(world)]
+    assert len({len(batches) for batches in per_rank}) == 1  # DDP: same steps on every rank
+    seen = np.concatenate([np.concatenate(batches) for batches in per_rank])
+    assert set(seen.tolist()) == set(range(n))
+    assert len(seen) == -(-n // world) * world  # wrapped around by fewer than `world` videos
+
+
+def test_job_sequences_split_by_fold_and_frames(tmp_path):
+    videos = _videos(12)
+    folds = {v.video_id: i % 3 for i, v in enumerate(videos)}
+    _write_cache(tmp_path, videos, folds=range(3))
+    table = {v.video_id: (v.label, folds[v.video_id]) for v in videos}
+    train = job_sequences(tmp_path, table, LstmJob(1), train=True)
+    test = job_sequences(tmp_path, table, LstmJob(1), train=False)
+    assert {s.video_id for s in train} == {v for v, f in folds.items() if f != 1}
+    assert {s.video_id for s in test} == {v for v, f in folds.items() if f == 1}
+    equal = job_sequences(tmp_path, table, LstmJob(1, 12), train=True)
+    long_ones = {v.video_id for v in videos if len(v.features) >= 12 and folds[v.video_id] != 1}
+    assert {s.video_id for s in equal} == long_ones
+    assert all(len(s.features) == 12 for s in equal)
 
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_fit_lstm_learns_and_resumes(ray_session, tmp_path):
-    train, test = _videos(64, seed=1), _videos(32, seed=2)
+def test_fit_lstms_learns_and_reruns_only_what_is_missing(ray_session, tmp_path):
+    videos = _videos(96, seed=1)
+    folds = {v.video_id: (i // 2) % 2 for i, v in enumerate(videos)}  # both labels per fold
+    _write_cache(tmp_path / "features", videos, folds=range(2))
+    table = {v.video_id: (v.label, folds[v.video_id]) for v in videos}
     cfg = ClassifyConfig(
         lstm_epochs=4, lstm_batch_size=8, lstm_hidden=32, lstm_lr=5e-3, cpus_per_worker=0.5
     )
-    run = fit_lstm(cfg, train, tmp_path, "lstm")
-    probs = predict(cfg, run.model, test)
+    jobs = [LstmJob(0), LstmJob(1), LstmJob(1, 12)]
+    paths = fit_lstms(cfg, tmp_path / "features", table, jobs, tmp_path, "lstm")
+    assert all(path.exists() for path in paths.values())
+    test = job_sequences(tmp_path / "features", table, LstmJob(1), train=False)
+    probs = predict(cfg, paths[LstmJob(1)], test)
     labels = np.array([v.label for v in test])
-    assert probs.shape == (32,) and ((probs >= 0.5) == labels).mean() > 0.75
-    more = ClassifyConfig(
-        lstm_epochs=5, lstm_batch_size=8, lstm_hidden=32, lstm_lr=5e-3, cpus_per_worker=0.5
-    )
-    assert fit_lstm(more, train, tmp_path, "lstm").start_epoch == 4
-    assert predict(cfg, run.model, []).shape == (0,)
+    assert probs.shape == (48,) and ((probs >= 0.5) == labels).mean() > 0.75
+    assert predict(cfg, paths[LstmJob(1)], []).shape == (0,)
+
+    # a crash after the first model: the rerun trains the missing ones and keeps the rest
+    kept = paths[LstmJob(0)].stat().st_mtime_ns
+    paths[LstmJob(1, 12)].unlink()
+    again = fit_lstms(cfg, tmp_path / "features", table, jobs, tmp_path, "lstm")
+    assert again == paths and paths[LstmJob(1, 12)].exists()
+    assert paths[LstmJob(0)].stat().st_mtime_ns == kept

@@ -1,4 +1,4 @@
-"""Train and apply the LSTM over cached frame features, on Ray Train.
+"""Train and apply the LSTMs over cached frame features, on Ray Train.
 
 Variable-frame: every video with all its cached frames (1 to 30), packed without padding.
 Equal-frame: N frames uniformly sampled from each video; videos shorter than N are left
@@ -7,16 +7,15 @@ out, as in the paper (the variable-frame set keeps more videos).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-from torch import Tensor
 
-from usv_ray.classify.train import fit, report_epoch, resume_state, unwrap
+from usv_ray.classify.train import fit, model_path, save_model, unwrap
 from usv_ray.config import ClassifyConfig
 from usv_ray.schemas import FEATURE_DIM
 
@@ -37,7 +36,7 @@ def load_sequences(folder: Path, labels: dict[str, int]) -> list[VideoFeatures]:
         return []
     table = table.sort_by([("video_id", "ascending"), ("seq_index", "ascending")])
     video_ids = np.asarray(table["video_id"].to_pylist(), dtype=object)
-    features = np.asarray(table["feature"].combine_chunks().flatten(), np.float32)
+    features = np.array(table["feature"].combine_chunks().flatten(), np.float32)  # writable
     features = features.reshape(len(video_ids), FEATURE_DIM)  # (rows, 512)
     starts = np.flatnonzero(np.r_[True, video_ids[1:] != video_ids[:-1]])
     ends = np.r_[starts[1:], len(video_ids)]
@@ -62,99 +61,132 @@ def equal_frame_set(sequences: Sequence[VideoFeatures], n: int) -> list[VideoFea
     ]
 
 
-def _rows(sequences: Sequence[VideoFeatures]) -> list[dict]:
-    return [
-        {"label": s.label, "length": len(s.features), "features": s.features.tobytes()}
-        for s in sequences
-    ]
+@dataclass(frozen=True)
+class LstmJob:
+    """One LSTM to train: fold k's model, on the variable-frame set or an equal-frame set."""
+
+    fold: int  # trained on the other folds' videos, with fold k's cached features
+    frames: int | None = None  # None: variable-frame (all cached frames); N: equal-frame
+
+    @property
+    def key(self) -> str:
+        """A file-name-safe name, e.g. ``fold=2_variable`` or ``fold=2_equal12``."""
+        kind = "variable" if self.frames is None else f"equal{self.frames}"
+        return f"fold={self.fold}_{kind}"
 
 
-def collate_sequences(batch: dict[str, np.ndarray]) -> tuple[Tensor, Tensor, Tensor]:
-    """Ray Data batch -> (padded (B, T_max, 512), lengths (B,), labels (B,))."""
-    lengths = batch["length"].astype(np.int64)  # (B,)
-    padded = np.zeros((len(lengths), int(lengths.max()), FEATURE_DIM), np.float32)
-    for i, (raw, length) in enumerate(zip(batch["features"], lengths, strict=True)):
-        padded[i, :length] = np.frombuffer(raw, np.float32).reshape(length, FEATURE_DIM)
-    return (
-        torch.from_numpy(padded),
-        torch.from_numpy(lengths),
-        torch.from_numpy(batch["label"].astype(np.int64)),
-    )
+def job_sequences(
+    features: Path, videos: Mapping[str, tuple[int, int]], job: LstmJob, train: bool
+) -> list[VideoFeatures]:
+    """The videos ``job`` trains on (``train``: every fold but its own) or predicts (its fold).
+
+    ``videos`` maps video_id -> (label, fold); features come from fold ``job.fold``'s cache.
+    """
+    labels = {
+        video_id: label for video_id, (label, fold) in videos.items() if (fold != job.fold) == train
+    }
+    sequences = load_sequences(Path(features) / f"fold={job.fold}", labels)
+    return sequences if job.frames is None else equal_frame_set(sequences, job.frames)
+
+
+def rank_batches(
+    n: int, batch_size: int, rank: int, world: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """This rank's batches of one epoch, as indices into the ``n`` training videos.
+
+    Every rank draws the same seeded permutation and takes every ``world``-th video of it;
+    when ``n`` does not divide by ``world`` the permutation wraps around, so every rank runs
+    the same number of batches (DDP needs that) and no video is left out.
+    """
+    order = rng.permutation(n)
+    per_rank = -(-n // world)  # ceil
+    mine = np.resize(order, per_rank * world)[rank::world]  # (per_rank,)
+    return [mine[i : i + batch_size] for i in range(0, per_rank, batch_size)]
 
 
 def _train_loop(config: dict) -> dict:
-    """Runs on every Ray Train worker."""
+    """Runs on every Ray Train worker: trains each job not yet finished, one after another."""
     import ray.train
     import ray.train.torch
 
-    from usv_ray.classify.models import VariableFrameLSTM, video_nll
+    from usv_ray.classify.models import VariableFrameLSTM, pad_features, video_nll
 
     cfg: ClassifyConfig = config["cfg"]
+    models: Path = config["models"]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
-    torch.manual_seed(cfg.seed)
-    model = VariableFrameLSTM(hidden_size=cfg.lstm_hidden)
-    state = resume_state()
-    start_epoch = 0 if state is None else state["epoch"] + 1
-    if state is not None:
-        model.load_state_dict(state["model"])
-    model = ray.train.torch.prepare_model(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lstm_lr)
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-    shard = ray.train.get_dataset_shard("train")
-    for epoch in range(start_epoch, cfg.lstm_epochs):
-        model.train()
-        total, count = 0.0, 0
-        batches = shard.iter_torch_batches(
-            batch_size=cfg.lstm_batch_size,
-            collate_fn=collate_sequences,
-            local_shuffle_buffer_size=4 * cfg.lstm_batch_size,
-            local_shuffle_seed=cfg.seed + epoch,
-        )
-        for padded, lengths, labels in batches:  # (B, T, 512), (B,), (B,)
-            loss = video_nll(model(padded.to(device), lengths), labels.to(device))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(labels)
-            count += len(labels)
-        state = {
-            "model": unwrap(model).state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "epoch": epoch,
+    trained = []
+    for job in config["jobs"]:
+        if model_path(models, job.key).exists():
+            continue  # finished before a restart or a rerun
+        sequences = job_sequences(config["features"], config["videos"], job, train=True)
+        if not sequences:
+            raise ValueError(f"LSTM {job.key}: no training videos (with >= {job.frames} frames)")
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        model = ray.train.torch.prepare_model(VariableFrameLSTM(hidden_size=cfg.lstm_hidden))
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lstm_lr)
+        rng = np.random.default_rng([cfg.seed, job.fold, job.frames or 0])
+        losses = []
+        for _ in range(cfg.lstm_epochs):
+            model.train()
+            total = 0.0
+            batches = rank_batches(len(sequences), cfg.lstm_batch_size, rank, world, rng)
+            for index in batches:
+                padded, lengths = pad_features(
+                    [torch.from_numpy(sequences[i].features) for i in index]
+                )  # (B, T_max, 512), (B,)
+                labels = torch.tensor([sequences[i].label for i in index])  # (B,)
+                loss = video_nll(model(padded.to(device), lengths), labels.to(device))
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                total += loss.item() * len(index)
+            losses.append(total / sum(len(index) for index in batches))
+        if rank == 0:
+            save_model(models, job.key, unwrap(model).state_dict())
+        ray.train.report({"job": job.key, "first_loss": losses[0], "train_loss": losses[-1]})
+        trained.append(job.key)
+    return {"trained": trained}
+
+
+def fit_lstms(
+    cfg: ClassifyConfig,
+    features: Path,
+    videos: Mapping[str, tuple[int, int]],
+    jobs: Sequence[LstmJob],
+    storage: Path,
+    name: str,
+) -> dict[LstmJob, Path]:
+    """Train every LSTM of ``jobs`` in one Ray Train run; returns each one's weights file.
+
+    ``videos`` maps video_id -> (label, fold); ``features`` is the cache folder holding
+    ``fold=k``. Workers read the cache from it (a folder every node sees), each taking its
+    share of every batch. Finished models are kept in ``storage / name / models``: a
+    restarted or rerun run trains only the ones not finished yet, and a run whose models
+    all exist starts no workers at all.
+    """
+    models = Path(storage) / name / "models"
+    paths = {job: model_path(models, job.key) for job in jobs}
+    if any(not path.exists() for path in paths.values()):
+        loop_config = {
+            "cfg": cfg,
+            "features": Path(features).resolve(),
+            "videos": dict(videos),
+            "jobs": list(jobs),
+            "models": models.resolve(),
         }
-        report_epoch({"epoch": epoch, "train_loss": total / max(count, 1)}, state, epoch)
-    return {"start_epoch": start_epoch}
-
-
-@dataclass(frozen=True)
-class LstmRun:
-    model: dict  # VariableFrameLSTM state dict (EqualFrameLSTM takes the same)
-    start_epoch: int  # 0, or the epoch a rerun resumed from
-
-
-def fit_lstm(
-    cfg: ClassifyConfig, sequences: Sequence[VideoFeatures], storage: Path, name: str
-) -> LstmRun:
-    """Train the LSTM on ``sequences`` (variable-length, or an equal-frame set)."""
-    import ray.data
-
-    if not sequences:
-        raise ValueError("no training videos for the LSTM")
-    train = ray.data.from_items(_rows(sequences)).materialize()
-    state, summary = fit(_train_loop, {"cfg": cfg}, cfg, {"train": train}, storage, name)
-    return LstmRun(state["model"], (summary or {}).get("start_epoch", 0))
+        fit(_train_loop, loop_config, cfg, {}, storage, name, split=())
+    return paths
 
 
 @torch.no_grad()
-def predict(
-    cfg: ClassifyConfig, model_state: dict, sequences: Sequence[VideoFeatures]
-) -> np.ndarray:
+def predict(cfg: ClassifyConfig, weights: Path, sequences: Sequence[VideoFeatures]) -> np.ndarray:
     """P(malignant) of each video, ``(len(sequences),)``, in order; empty in, empty out."""
     from usv_ray.classify.models import VariableFrameLSTM, pad_features
 
     model = VariableFrameLSTM(hidden_size=cfg.lstm_hidden)
-    model.load_state_dict(model_state)
+    model.load_state_dict(torch.load(weights, map_location="cpu"))
     model.eval()
     probs = []
     for start in range(0, len(sequences), 256):

@@ -46,6 +46,26 @@ def report_epoch(metrics: dict, state: dict, epoch: int) -> None:
         )
 
 
+def model_path(folder: Path, key: str) -> Path:
+    """Where a run that trains several models keeps the finished one named ``key``."""
+    return Path(folder) / f"{key}.pt"
+
+
+def save_model(folder: Path, key: str, weights: dict) -> Path:
+    """Write a finished model's weights to ``model_path`` atomically (rank 0 only).
+
+    Runs that train many models (every fold, several variants) keep finished models here,
+    on the run's storage, rather than in every checkpoint: a checkpoint then only lists
+    what is done, and stays small however many models the run trains.
+    """
+    from usv_ray.io import atomic_path
+
+    path = model_path(folder, key)
+    with atomic_path(path) as tmp:
+        torch.save({k: v.detach().cpu() for k, v in weights.items()}, tmp)
+    return path
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The model inside a DDP wrapper (or the model itself)."""
     return model.module if hasattr(model, "module") else model
@@ -59,11 +79,12 @@ def fit(
     storage: Path,
     name: str,
     split: Sequence[str] = ("train",),
-) -> tuple[dict, Any]:
+) -> tuple[dict | None, Any]:
     """Run ``loop`` on ``cfg.workers`` Ray Train workers; the ``split`` datasets are sharded
     across them, the others (validation) reach every worker whole.
 
-    Returns (the state of the last checkpoint, the loop's return value on rank 0).
+    Returns (the state of the last checkpoint, or None when the loop reported none, and
+    the loop's return value on rank 0).
     """
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -88,6 +109,8 @@ def fit(
     result = trainer.fit()
     if result.error is not None:
         raise result.error
+    if result.checkpoint is None:
+        return None, result.return_value
     with result.checkpoint.as_directory() as folder:
         state = torch.load(Path(folder) / STATE_FILE, map_location="cpu")
     return state, result.return_value
