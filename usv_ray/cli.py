@@ -86,17 +86,43 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_classify(summary) -> None:
+    from usv_ray.evaluate.tables import to_markdown
+
+    table = summary.table4[
+        ["method", "n_videos", "accuracy", "sensitivity", "specificity", "roc_auc"]
+    ]
+    print(
+        f"classify: {summary.videos} videos of {summary.patients} patients cross-validated in "
+        f"{summary.seconds:.0f} s\n{to_markdown(table)}\n"
+        f"  tables: {summary.out / 'tables'}\n"
+        f"  plots: {summary.out / 'plots'}\n"
+        f"  predictions: {summary.out / 'predictions'}"
+    )
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from usv_ray.classify.pipeline import run_classify
+
+    cfg = build_config(args)
+    _print_classify(run_classify(cfg, args.data, args.out))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    from usv_ray.classify.pipeline import run_classify
     from usv_ray.ingest.pipeline import run_ingest
     from usv_ray.synth import write_archive
 
     cfg = build_config(args)
     out = Path(args.out)
     started = time.perf_counter()
-    log.info("[1/2] synthesising an archive of %d patients", cfg.synth.patients)
+    log.info("[1/3] synthesising an archive of %d patients", cfg.synth.patients)
     manifest = write_archive(cfg.synth, out / "archive")
-    log.info("[2/2] ingesting %s", manifest)
+    log.info("[2/3] ingesting %s", manifest)
     _print_ingest(run_ingest(cfg, manifest, out / "data"))
+    log.info("[3/3] classifying: every method of the paper, %d-fold", cfg.classify.folds)
+    _print_classify(run_classify(cfg, out / "data", out / "classify"))
     print(f"demo finished in {time.perf_counter() - started:.0f} s: {out}")
     return 0
 
@@ -122,6 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--out", required=True, help="data folder (tables and shards)")
     ingest.set_defaults(func=cmd_ingest)
 
+    classify = stages.add_parser(
+        "classify", help="cross-validate the variable-frame CNN-LSTM and its baselines"
+    )
+    _common(classify, None)
+    classify.add_argument("--data", required=True, help="data folder that ingest wrote")
+    classify.add_argument("--out", required=True, help="folder of models, tables and plots")
+    classify.set_defaults(func=cmd_classify)
+
     demo = stages.add_parser("demo", help="every stage on a synthetic archive, on a local Ray")
     _common(demo, "demo")
     demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
@@ -131,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``usv-ray`` console command and of ``jobs/*.py``."""
+    from usv_ray.classify.pipeline import ClassifyError
     from usv_ray.ingest.manifest import ManifestError
     from usv_ray.privacy import MissingKeyError
 
@@ -142,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (ConfigError, ManifestError, MissingKeyError) as exc:
+    except (ConfigError, ManifestError, MissingKeyError, ClassifyError) as exc:
         print(f"usv-ray: error: {exc}", file=sys.stderr)
         return 2
 

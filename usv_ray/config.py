@@ -91,6 +91,7 @@ class ClassifyConfig:
     cnn_batch_size: int = 32  # per worker; paper: 256
     cnn_lr: float = 1e-4  # Adam; paper: 1e-5
     val_every: int = 1  # validate every N epochs and keep the best model; paper: 20
+    val_fraction: float = 0.15  # share of the training patients that validate the CNN
     lstm_epochs: int = 20  # paper: 300
     lstm_batch_size: int = 32  # videos per batch, per worker
     lstm_lr: float = 1e-3  # Adam; paper: 1e-5

@@ -75,7 +75,19 @@ FEATURES = pa.schema(
         pa.field("video_id", pa.string(), nullable=False),
         pa.field("fold", pa.int8(), nullable=False),  # the CNN: trained without this fold
         pa.field("seq_index", pa.int16(), nullable=False),
+        pa.field("frame_index", pa.int32(), nullable=False),  # index in the source video
         pa.field("feature", pa.list_(pa.float32(), FEATURE_DIM), nullable=False),
         pa.field("frame_prob", pa.float32(), nullable=False),  # the CNN's P(malignant)
+    ]
+)
+
+PREDICTIONS = pa.schema(
+    [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("patient_key", pa.string(), nullable=False),
+        pa.field("fold", pa.int8(), nullable=False),  # the fold the video was tested in
+        pa.field("method", pa.string(), nullable=False),  # e.g. Variable-frame CNNLSTM
+        pa.field("prob", pa.float32(), nullable=False),  # P(malignant)
+        pa.field("label", pa.int8(), nullable=False),  # the truth: 0 benign, 1 malignant
     ]
 )

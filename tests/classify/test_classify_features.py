@@ -23,6 +23,7 @@ def test_embedder_matches_the_model_without_ray(tmp_path):
     batch = {
         "video_id": np.array(["a", "a", "b"], dtype=object),
         "seq_index": np.array([0, 1, 0]),
+        "frame_index": np.array([3, 7, 0]),
         "image": np.array([im.tobytes() for im in images], dtype=object),
         "height": np.full(3, SIZE),
         "width": np.full(3, SIZE),
@@ -30,6 +31,7 @@ def test_embedder_matches_the_model_without_ray(tmp_path):
     }
     table = FrameEmbedder(str(weights), fold=2)(batch)
     assert table.schema.equals(FEATURES) and table.num_rows == 3
+    assert table["frame_index"].to_pylist() == [3, 7, 0]
     model = FrameCNN()
     model.load_state_dict(torch.load(weights))
     model.eval()

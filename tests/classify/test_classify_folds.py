@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from usv_ray.classify.folds import assign_folds
+from usv_ray.classify.folds import assign_folds, validation_videos
 
 
 def _archive(n_patients: int, seed: int):
@@ -65,3 +65,15 @@ def test_one_class_archive_still_folds():
 def test_bad_inputs(args, message):
     with pytest.raises(ValueError, match=message):
         assign_folds(*args, seed=0)
+
+
+@pytest.mark.parametrize(("patients", "fraction"), [(20, 0.15), (3, 0.5), (2, 0.1)])
+def test_validation_videos_hold_out_whole_patients(patients, fraction):
+    videos = [f"v{i}" for i in range(3 * patients)]
+    keys = [f"p{i % patients}" for i in range(3 * patients)]
+    labels = [i % 2 for i in range(3 * patients)]
+    held = validation_videos(videos, keys, labels, fraction, seed=0)
+    held_patients = {keys[videos.index(v)] for v in held}
+    assert 1 <= len(held_patients) < patients
+    assert held == {v for v, k in zip(videos, keys, strict=True) if k in held_patients}
+    assert held == validation_videos(videos, keys, labels, fraction, seed=0)  # seeded

@@ -39,6 +39,7 @@ def test_load_sequences_orders_frames_and_keeps_labelled_videos(tmp_path):
                     "video_id": video,
                     "fold": 0,
                     "seq_index": seq,
+                    "frame_index": seq,
                     "feature": [float(seq)] * FEATURE_DIM,
                     "frame_prob": 0.5,
                 }
@@ -73,6 +74,7 @@ def _write_cache(features, videos, folds):
                 "video_id": v.video_id,
                 "fold": fold,
                 "seq_index": t,
+                "frame_index": t,
                 "feature": v.features[t].tolist(),
                 "frame_prob": 0.5,
             }

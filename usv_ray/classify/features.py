@@ -20,7 +20,7 @@ import torch
 
 from usv_ray.classify.cnn import collate_frames, frame_shards, normalise
 from usv_ray.config import ClassifyConfig
-from usv_ray.schemas import FEATURES
+from usv_ray.schemas import FEATURE_DIM, FEATURES
 
 
 class FrameEmbedder:
@@ -47,9 +47,10 @@ class FrameEmbedder:
                 pa.array(batch["video_id"], pa.string()),
                 pa.array(np.full(rows, self.fold, np.int8)),
                 pa.array(batch["seq_index"].astype(np.int16)),
+                pa.array(batch["frame_index"].astype(np.int32)),
                 pa.FixedSizeListArray.from_arrays(
                     pa.array(feature.cpu().numpy().astype(np.float32).ravel()),
-                    FEATURES[3].type.list_size,
+                    FEATURE_DIM,
                 ),
                 pa.array(prob.cpu().numpy().astype(np.float32)),
             ],
@@ -72,7 +73,9 @@ def cache_features(
     tmp = target.with_name(f"{target.name}.tmp-{uuid.uuid4().hex[:8]}")
     frames = ray.data.read_parquet(
         frame_shards(data, video_ids), filesystem=pyarrow.fs.LocalFileSystem()
-    ).select_columns(["video_id", "seq_index", "image", "height", "width", "label"])
+    ).select_columns(
+        ["video_id", "seq_index", "frame_index", "image", "height", "width", "label"]
+    )
     embedded = frames.map_batches(
         FrameEmbedder,
         fn_constructor_kwargs={"weights": str(weights), "fold": fold, "use_gpu": cfg.use_gpu},

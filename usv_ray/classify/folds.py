@@ -48,3 +48,30 @@ def assign_folds(
         for row in rows[test]:
             folds[video_ids[row]] = fold
     return folds
+
+
+def validation_videos(
+    video_ids: Sequence[str],
+    patient_keys: Sequence[str],
+    labels: Sequence[int],
+    fraction: float,
+    seed: int,
+) -> set[str]:
+    """A patient-level, label-stratified share of ``video_ids`` to validate a CNN on.
+
+    Taken from the training folds only (never the test fold), about ``fraction`` of the
+    patients; at least one patient, and never all of them.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    video_ids = np.asarray(video_ids, dtype=object)
+    patients = np.asarray(patient_keys, dtype=object)
+    n_patients = len(set(patients.tolist()))
+    if n_patients < 2:
+        raise ValueError("a validation split needs at least two patients")
+    splits = min(n_patients, max(2, round(1 / fraction)))
+    splitter = StratifiedGroupKFold(n_splits=splits, shuffle=True, random_state=seed)
+    _, held_out = next(splitter.split(np.zeros(len(video_ids)), np.asarray(labels), patients))
+    return set(video_ids[held_out].tolist())

@@ -1,0 +1,359 @@
+"""The classify stage: patient-level k-fold cross-validation of every method of the paper.
+
+For each fold k: the frame CNN is trained on the other folds' patients (a patient-level
+share of them validates it), then embeds every frame of the archive into ``features/
+fold=k``. One Ray Train run then trains every fold's LSTMs on the cached features (the
+variable-frame set and each equal-frame set), another the 3D-CNN baselines on clips. Each
+fold's videos are predicted by the models that never saw them, every method into one
+predictions table, and the paper's tables and figures are drawn from it.
+
+Output layout under ``out``::
+
+    classify.json               settings and data this folder was made from; progress
+    folds.parquet               video_id, patient_key, label, fold
+    runs/                       Ray Train runs: cnn_fold=k (checkpoints, best_model.pt),
+                                lstm/models, video/models
+    features/fold=k/            512-d feature and P(malignant) of every frame
+    predictions/predictions.parquet   video_id, patient_key, fold, method, prob, label
+    tables/table3.{md,csv}      ablation: CNN_Vote, CNN_Aver, Variable-frame CNNLSTM
+    tables/table4.{md,csv}      comparison: 3D CNNs, Key_Frame, equal- and variable-frame
+    tables/frame_counts.{md,csv}  equal-frame sets of 10..20 frames vs variable-frame
+    plots/*.png                 ROC, PR, confusion and probability plots
+
+Every step skips what a previous run of the same folder finished (a trained fold, a
+written cache, finished LSTMs), so a rerun after a crash picks up where it stopped; a
+folder made with other settings or data is refused rather than mixed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from usv_ray.config import Config, ConfigError, to_dict
+from usv_ray.io import remove_stale_tmp, write_json, write_table
+from usv_ray.schemas import PREDICTIONS
+
+log = logging.getLogger(__name__)
+
+VARIABLE = "Variable-frame CNNLSTM"
+EQUAL = "Equal-frame CNNLSTM"
+TABLE3 = ("CNN_Vote", "CNN_Aver", VARIABLE)
+TABLE4 = ("R(2+1)D", "C3D_BN", "R3D", "Key_Frame", EQUAL, VARIABLE)
+
+
+class ClassifyError(ValueError):
+    """The data cannot be classified as asked (no labelled videos, too few patients, ...)."""
+
+
+@dataclass(frozen=True)
+class ClassifySummary:
+    out: Path
+    videos: int  # labelled videos cross-validated
+    patients: int
+    table4: pd.DataFrame  # the paper's Table 4 for this data
+    seconds: float
+
+
+def equal_method(frames: int, main: int) -> str:
+    """The method name of an equal-frame set: the paper's name for the main N."""
+    return EQUAL if frames == main else f"{EQUAL} (N={frames})"
+
+
+def _labelled_videos(data: Path) -> pd.DataFrame:
+    """video_id, patient_key, label of every ingested video with a known label and frames."""
+    path = data / "videos.parquet"
+    if not path.exists():
+        raise ClassifyError(f"{path} not found: run `usv-ray ingest` into {data} first")
+    videos = pq.read_table(path, columns=["video_id", "patient_key", "label", "status"])
+    videos = videos.to_pandas()
+    videos = videos[(videos["status"] == "ok") & videos["label"].isin([0, 1])]
+    has_frames = [(data / "frames" / f"{v}.parquet").exists() for v in videos["video_id"]]
+    videos = (
+        videos[np.asarray(has_frames, dtype=bool)]
+        .sort_values("video_id", kind="stable")
+        .reset_index(drop=True)
+    )
+    if videos.empty:
+        raise ClassifyError(f"no ingested video with a benign/malignant label in {data}")
+    return videos[["video_id", "patient_key", "label"]].astype({"label": np.int8})
+
+
+def _fingerprint(cfg: Config, videos: pd.DataFrame) -> str:
+    """What the folder's results depend on: the classify settings and the labelled videos."""
+    digest = hashlib.sha256(json.dumps(to_dict(cfg.classify), sort_keys=True).encode())
+    for row in videos.itertuples(index=False):
+        digest.update(f"{row.video_id},{row.patient_key},{row.label};".encode())
+    return digest.hexdigest()
+
+
+def _claim(out: Path, cfg: Config, videos: pd.DataFrame) -> None:
+    """Refuse a folder made from other settings or data; record ours in a new one."""
+    record = out / "classify.json"
+    fingerprint = _fingerprint(cfg, videos)
+    if record.exists():
+        previous = json.loads(record.read_text()).get("fingerprint")
+        if previous != fingerprint:
+            raise ConfigError(
+                f"{out} holds a classify run with other settings or data; use a new --out "
+                "(or delete it) rather than mixing the two"
+            )
+        log.info("resuming the classify run in %s", out)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    write_json({"fingerprint": fingerprint, "classify": to_dict(cfg.classify)}, record)
+
+
+def _train_cnns(cfg: Config, data: Path, out: Path, folds: pd.DataFrame) -> None:
+    """Fold k's CNN, then fold k's feature cache, for every fold not finished yet."""
+    from usv_ray.classify.cnn import BEST_FILE, fit_cnn
+    from usv_ray.classify.features import cache_features
+    from usv_ray.classify.folds import validation_videos
+
+    c = cfg.classify
+    everything = folds["video_id"].tolist()
+    for k in range(c.folds):
+        name = f"cnn_fold={k}"
+        best = out / "runs" / name / BEST_FILE
+        train = folds[folds["fold"] != k]
+        if not best.exists():
+            held = validation_videos(
+                train["video_id"], train["patient_key"], train["label"], c.val_fraction, c.seed
+            )
+            train_ids = [v for v in train["video_id"] if v not in held]
+            started = time.perf_counter()
+            log.info(
+                "fold %d/%d: training the frame CNN on %d videos (%d validate) for %d epochs",
+                k + 1,
+                c.folds,
+                len(train_ids),
+                len(held),
+                c.cnn_epochs,
+            )
+            run = fit_cnn(c, data, train_ids, sorted(held), out / "runs", name)
+            log.info(
+                "fold %d/%d: CNN done in %.0f s (best validation loss %.3f)",
+                k + 1,
+                c.folds,
+                time.perf_counter() - started,
+                run.best_val_loss,
+            )
+        if not (out / "features" / f"fold={k}").exists():
+            log.info(
+                "fold %d/%d: caching the features of %d videos", k + 1, c.folds, len(everything)
+            )
+            cache_features(c, data, everything, best, k, out / "features")
+
+
+def _frame_rows(out: Path, k: int) -> pd.DataFrame:
+    columns = ["video_id", "seq_index", "frame_index", "frame_prob"]
+    return pq.read_table(out / "features" / f"fold={k}", columns=columns).to_pandas()
+
+
+def _annotated_key_frames(data: Path, video_ids: list[str]) -> dict[str, int]:
+    from usv_ray.classify.baselines import annotated_key_frames
+
+    tables = [
+        pq.read_table(path, columns=["video_id", "frame_index"])
+        for video_id in video_ids
+        if (path := data / "tracklets" / f"{video_id}.parquet").exists()
+    ]
+    if not tables:
+        return {}
+    return annotated_key_frames(pa.concat_tables(tables).to_pandas())
+
+
+def _frame_baselines(cfg: Config, data: Path, out: Path, folds: pd.DataFrame) -> pd.DataFrame:
+    """CNN_Vote, CNN_Aver and Key_Frame of every video, from its own fold's cache."""
+    from usv_ray.classify.baselines import average, key_frame, vote
+
+    annotated = _annotated_key_frames(data, folds["video_id"].tolist())
+    parts = []
+    for k in range(cfg.classify.folds):
+        tested = set(folds.loc[folds["fold"] == k, "video_id"])
+        frames = _frame_rows(out, k)
+        frames = frames[frames["video_id"].isin(tested)]
+        for scores in (
+            vote(frames, cfg.classify.threshold),
+            average(frames),
+            key_frame(frames, annotated),
+        ):
+            parts.append(
+                pd.DataFrame(
+                    {"video_id": scores.index, "method": scores.name, "prob": scores.to_numpy()}
+                )
+            )
+    return pd.concat(parts, ignore_index=True)
+
+
+def _lstms(cfg: Config, out: Path, folds: pd.DataFrame) -> pd.DataFrame:
+    """Every fold's variable- and equal-frame LSTMs, trained in one run, and their predictions."""
+    from usv_ray.classify.lstm import LstmJob, fit_lstms, job_sequences, predict
+
+    c = cfg.classify
+    frame_counts = sorted({*c.frame_counts, c.equal_frames})
+    jobs = [LstmJob(k, n) for k in range(c.folds) for n in (None, *frame_counts)]
+    videos = {
+        row.video_id: (int(row.label), int(row.fold)) for row in folds.itertuples(index=False)
+    }
+    log.info(
+        "training %d LSTMs (%d folds x variable + %d equal-frame sets)",
+        len(jobs),
+        c.folds,
+        len(frame_counts),
+    )
+    started = time.perf_counter()
+    weights = fit_lstms(c, out / "features", videos, jobs, out / "runs", "lstm")
+    log.info("LSTMs done in %.0f s", time.perf_counter() - started)
+    parts = []
+    for job in jobs:
+        tested = job_sequences(out / "features", videos, job, train=False)
+        method = VARIABLE if job.frames is None else equal_method(job.frames, c.equal_frames)
+        parts.append(
+            pd.DataFrame(
+                {
+                    "video_id": [s.video_id for s in tested],
+                    "method": method,
+                    "prob": predict(c, weights[job], tested),
+                }
+            )
+        )
+    return pd.concat(parts, ignore_index=True)
+
+
+def _video_models(cfg: Config, data: Path, out: Path, folds: pd.DataFrame) -> pd.DataFrame:
+    """The 3D-CNN baselines of every fold, trained in one run, and their predictions."""
+    from usv_ray.classify.video import fit_video_models, predict_video_models
+
+    c = cfg.classify
+    fold_of = dict(zip(folds["video_id"], folds["fold"].astype(int), strict=True))
+    log.info(
+        "training %d 3D-CNN baselines x %d folds on %d-frame clips of %d px for %d epochs",
+        len(c.video_models),
+        c.folds,
+        c.clip_frames,
+        c.clip_size,
+        c.video_epochs,
+    )
+    started = time.perf_counter()
+    states = fit_video_models(c, data, fold_of, out / "runs", "video")
+    log.info("3D-CNN baselines done in %.0f s", time.perf_counter() - started)
+    return predict_video_models(c, states, data, fold_of)[["video_id", "method", "prob"]]
+
+
+def _predictions(folds: pd.DataFrame, scored: pd.DataFrame) -> pa.Table:
+    rows = scored.merge(folds, on="video_id", how="left", validate="many_to_one")
+    rows = rows.sort_values(["method", "fold", "video_id"], kind="stable")
+    columns = {field.name: rows[field.name] for field in PREDICTIONS}
+    return pa.Table.from_pandas(pd.DataFrame(columns), schema=PREDICTIONS, preserve_index=False)
+
+
+def _tables(cfg: Config, predictions: pd.DataFrame, out: Path) -> pd.DataFrame:
+    """Write Tables 3 and 4 and the frame-count table; return Table 4."""
+    from usv_ray.evaluate.tables import method_table
+    from usv_ray.evaluate.tables import write_table as write_results
+
+    c = cfg.classify
+    rng = np.random.default_rng(c.seed)
+
+    def table(methods) -> pd.DataFrame:
+        chosen = predictions[predictions["method"].isin(methods)]
+        return method_table(chosen, threshold=c.threshold, n_boot=c.n_boot, rng=rng)
+
+    write_results(table(TABLE3), out / "tables" / "table3")
+    table4 = table(TABLE4)
+    write_results(table4, out / "tables" / "table4")
+    counts = sorted({*c.frame_counts, c.equal_frames})
+    frames = table([equal_method(n, c.equal_frames) for n in counts] + [VARIABLE])
+    frames["method"] = frames["method"].replace(EQUAL, f"{EQUAL} (N={c.equal_frames})")
+    order = {f"{EQUAL} (N={n})": i for i, n in enumerate(counts)}
+    frames = frames.sort_values("method", key=lambda m: m.map(order).fillna(len(order)))
+    write_results(frames.reset_index(drop=True), out / "tables" / "frame_counts")
+    return table4
+
+
+def _plots(cfg: Config, predictions: pd.DataFrame, out: Path, subtitle: str) -> None:
+    from usv_ray.evaluate.plots import confusion_plot, pr_plot, probability_plot, roc_plot
+
+    c = cfg.classify
+    shown = [m for m in (*TABLE4, "CNN_Vote", "CNN_Aver") if m in set(predictions["method"])]
+    curves = {
+        m: (
+            predictions.loc[predictions["method"] == m, "label"].to_numpy(),
+            predictions.loc[predictions["method"] == m, "prob"].to_numpy(),
+        )
+        for m in shown
+    }
+    plots = out / "plots"
+    roc_plot(curves, plots / "roc.png", subtitle)
+    pr_plot(curves, plots / "pr.png", subtitle)
+    for method, (labels, probs) in curves.items():
+        slug = method.replace("(", "").replace(")", "").replace("+", "p").replace(" ", "_")
+        confusion_plot(
+            labels, probs, plots / f"confusion_{slug}.png", f"{method} · {subtitle}", c.threshold
+        )
+        probability_plot(
+            labels,
+            probs,
+            plots / f"probabilities_{slug}.png",
+            f"{method} · {subtitle}",
+            c.threshold,
+        )
+
+
+def run_classify(cfg: Config, data: str | Path, out: str | Path) -> ClassifySummary:
+    """Cross-validate every method on the ingested videos of ``data`` into ``out``."""
+    from usv_ray.classify.folds import assign_folds
+    from usv_ray.runtime import ensure_ray
+
+    started = time.perf_counter()
+    data, out = Path(data), Path(out)
+    c = cfg.classify
+    videos = _labelled_videos(data)
+    _claim(out, cfg, videos)
+    remove_stale_tmp(out / "features")
+    try:
+        fold_of = assign_folds(
+            videos["video_id"], videos["patient_key"], videos["label"], c.folds, c.seed
+        )
+    except ValueError as exc:
+        raise ClassifyError(str(exc)) from exc
+    folds = videos.assign(fold=videos["video_id"].map(fold_of).astype(np.int8))
+    write_table(pa.Table.from_pandas(folds, preserve_index=False), out / "folds.parquet")
+    log.info(
+        "classify: %d videos of %d patients (%d malignant) in %d patient-level folds",
+        len(folds),
+        folds["patient_key"].nunique(),
+        int(folds["label"].sum()),
+        c.folds,
+    )
+
+    ensure_ray(cfg.ray)
+    _train_cnns(cfg, data, out, folds)
+    scored = [_frame_baselines(cfg, data, out, folds), _lstms(cfg, out, folds)]
+    if c.video_models:
+        scored.append(_video_models(cfg, data, out, folds))
+    predictions = _predictions(folds, pd.concat(scored, ignore_index=True))
+    write_table(predictions, out / "predictions" / "predictions.parquet")
+    frame = predictions.to_pandas()
+    table4 = _tables(cfg, frame, out)
+    subtitle = (
+        f"{len(folds)} videos, {folds['patient_key'].nunique()} patients from {data}; "
+        f"{c.folds}-fold CV, CNN {c.cnn_epochs} ep, LSTM {c.lstm_epochs} ep, seed {c.seed}"
+    )
+    _plots(cfg, frame, out, subtitle)
+    seconds = time.perf_counter() - started
+    write_json(
+        {"fingerprint": _fingerprint(cfg, videos), "classify": to_dict(c), "seconds": seconds},
+        out / "classify.json",
+    )
+    return ClassifySummary(out, len(folds), int(folds["patient_key"].nunique()), table4, seconds)
