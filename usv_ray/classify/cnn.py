@@ -9,6 +9,7 @@ with the same run name resumes from the last checkpoint instead of starting over
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,7 @@ def _train_loop(config: dict) -> dict:
     loss_fn = torch.nn.CrossEntropyLoss()
     train_shard = ray.train.get_dataset_shard("train")
     val_data = ray.train.get_dataset_shard("val")  # not split: rank 0 sees all of it
+    images_per_s: list[float] = []  # training throughput of each epoch this run trains
 
     for epoch in range(start_epoch, cfg.cnn_epochs):
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 101 + rank)
@@ -97,6 +99,7 @@ def _train_loop(config: dict) -> dict:
             local_shuffle_buffer_size=4 * cfg.cnn_batch_size,
             local_shuffle_seed=cfg.seed + epoch,
         )
+        started = time.perf_counter()  # the training batches alone: not validation
         for images, labels in batches:  # (B, 1, H, W) uint8, (B,)
             inputs = augment(normalise(images.to(device)), generator)
             loss = loss_fn(model(inputs), labels.to(device))
@@ -105,7 +108,15 @@ def _train_loop(config: dict) -> dict:
             optimizer.step()
             total += loss.item() * len(labels)
             count += len(labels)
-        metrics = {"epoch": epoch, "train_loss": total / max(count, 1), "val_loss": best_val}
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # the last step's kernels count in its epoch
+        images_per_s.append(_run_images_per_s(count, time.perf_counter() - started, device))
+        metrics = {
+            "epoch": epoch,
+            "train_loss": total / max(count, 1),
+            "val_loss": best_val,
+            "images_per_s": images_per_s[-1],
+        }
         validate = (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.cnn_epochs
         if validate and rank == 0:
             val_loss, val_acc = _validate(unwrap(model), val_data, device, loss_fn)
@@ -122,7 +133,21 @@ def _train_loop(config: dict) -> dict:
             "best": best_model,
         }
         report_epoch(metrics, state, epoch)
-    return {"start_epoch": start_epoch, "best_val_loss": best_val}
+    return {"start_epoch": start_epoch, "best_val_loss": best_val, "images_per_s": images_per_s}
+
+
+def _run_images_per_s(images: int, seconds: float, device: torch.device) -> float:
+    """Training images/s of the whole run in one epoch: every rank's images over the slowest
+    rank's time (one rank's own figure when there is one worker). Every rank must call it."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        counted = torch.tensor([float(images), seconds], dtype=torch.float64, device=device)
+        slowest = counted.clone()
+        dist.all_reduce(counted)  # [sum of images, sum of seconds]
+        dist.all_reduce(slowest, op=dist.ReduceOp.MAX)  # [_, slowest rank's seconds]
+        images, seconds = int(counted[0].item()), float(slowest[1].item())
+    return images / seconds if seconds > 0 else math.nan
 
 
 @torch.no_grad()
@@ -146,6 +171,9 @@ class CnnRun:
     best: Path  # the best weights (a FrameCNN state dict)
     start_epoch: int  # 0, or the epoch a rerun resumed from
     best_val_loss: float
+    # training images/s of the run (all workers together): the median over the epochs this
+    # call trained after its first (start-up excluded), or that one epoch's; nan if none
+    images_per_s: float = math.nan
 
 
 def fit_cnn(
@@ -181,4 +209,11 @@ def fit_cnn(
     best = Path(storage) / name / BEST_FILE
     torch.save(state["best"] if state["best"] is not None else state["model"], best)
     summary = summary or {}
-    return CnnRun(best, summary.get("start_epoch", 0), summary.get("best_val_loss", math.nan))
+    rates = summary.get("images_per_s", [])
+    steady = rates[1:] or rates  # the first epoch pays for warm-up (allocations, data start)
+    return CnnRun(
+        best,
+        summary.get("start_epoch", 0),
+        summary.get("best_val_loss", math.nan),
+        float(np.median(steady)) if steady else math.nan,
+    )

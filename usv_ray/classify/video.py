@@ -6,9 +6,11 @@ to ``clip_size`` x ``clip_size``. For every model and every cross-validation fol
 model is trained on the clips of the videos outside fold k and predicts the videos of fold k.
 
 All of it is one Ray Train run: the workers train the models one after the other, (model,
-fold) by (model, fold), and report after every epoch. The checkpoint holds the finished
-models' weights and the current model's weights, optimizer and epoch, so a rerun with the
-same run name continues from the (model, fold, epoch) where the last one stopped.
+fold) by (model, fold), and report after every epoch. A finished model's weights go to
+``<run>/models/`` (rank 0, before the report); the checkpoint lists what is finished and
+holds the current model's weights, optimizer and epoch, so it stays the size of one model
+and a rerun with the same run name continues from the (model, fold, epoch) where the last
+one stopped.
 
 Shapes: B clips, T frames per clip, S = clip_size; clips are gray, ``(B, 1, T, S, S)``.
 """
@@ -28,7 +30,15 @@ import torch
 from torch import Tensor, nn
 
 from usv_ray.classify.cnn import augment, frame_shards, normalise
-from usv_ray.classify.train import STATE_FILE, fit, report_epoch, resume_state, unwrap
+from usv_ray.classify.train import (
+    STATE_FILE,
+    fit,
+    model_path,
+    report_epoch,
+    resume_state,
+    save_model,
+    unwrap,
+)
 from usv_ray.config import ClassifyConfig
 
 if TYPE_CHECKING:
@@ -311,9 +321,20 @@ def augment_clips(clips: Tensor, generator: torch.Generator) -> Tensor:
 # Training: every (model, fold) in one Ray Train run
 
 
+def _model_key(method: str, fold: int) -> str:
+    """A file name for a finished model: ``R(2+1)D`` fold 3 -> ``R2p1D_fold=3``."""
+    slug = method.replace("(", "").replace(")", "").replace("+", "p")
+    return f"{slug}_fold={fold}"
+
+
+def model_file(models: Path, method: str, fold: int) -> Path:
+    """Where a run keeps the finished ``method`` model of ``fold``."""
+    return model_path(models, _model_key(method, fold))
+
+
 def _fresh_state() -> dict:
     return {
-        "done": {},  # method -> fold -> {"model": state dict, "epochs": epochs trained}
+        "done": {},  # method -> fold -> epochs trained (the weights: model_file, not here)
         "current": None,  # the unfinished (model, fold): method, fold, model, optimizer, epoch
         "step": -1,  # reports so far - 1, across (model, fold, epoch) and reruns
         "attempt": 0,  # times the loop has started on this run name (reruns, restarts)
@@ -331,6 +352,7 @@ def _train_loop(config: dict) -> dict:
     import ray.train.torch
 
     cfg: ClassifyConfig = config["cfg"]
+    models: Path = config["models"]
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
     state = resume_state() or _fresh_state()
@@ -348,8 +370,8 @@ def _train_loop(config: dict) -> dict:
             elif fold in done:
                 # finished by an earlier run with fewer epochs: continue from its weights
                 # (Adam's moments are not kept for finished models, only for the current one)
-                model.load_state_dict(done[fold]["model"])
-                start_epoch = done[fold]["epochs"]
+                model.load_state_dict(torch.load(model_file(models, method, fold)))
+                start_epoch = done[fold]
             if start_epoch >= cfg.video_epochs:
                 continue
             model = ray.train.torch.prepare_model(model)
@@ -391,10 +413,9 @@ def _train_loop(config: dict) -> dict:
                 state["log"].append(metrics)
                 weights = _cpu(unwrap(model).state_dict())
                 if epoch + 1 == cfg.video_epochs:
-                    state["done"].setdefault(method, {})[fold] = {
-                        "model": weights,
-                        "epochs": epoch + 1,
-                    }
+                    if rank == 0:  # before the report, so a checkpoint never lists a missing file
+                        save_model(models, _model_key(method, fold), weights)
+                    state["done"].setdefault(method, {})[fold] = epoch + 1
                     state["current"] = None
                 else:
                     state["current"] = {
@@ -448,9 +469,11 @@ def fit_video_models(
         .materialize()
         for k, ids in train_ids.items()
     }
-    state, _ = fit(_train_loop, {"cfg": cfg}, cfg, datasets, storage, name, split=list(datasets))
+    models = (Path(storage) / name / "models").resolve()
+    loop_config = {"cfg": cfg, "models": models}
+    fit(_train_loop, loop_config, cfg, datasets, storage, name, split=list(datasets))
     return {
-        method: {k: state["done"][method][k]["model"] for k in range(cfg.folds)}
+        method: {k: torch.load(model_file(models, method, k)) for k in range(cfg.folds)}
         for method in cfg.video_models
     }
 
