@@ -408,7 +408,8 @@ def main() -> int:
     gpu = device.type == "cuda"
     print(
         f"device: {torch.cuda.get_device_name(device) if gpu else 'CPU'}, "
-        f"torch threads {torch.get_num_threads()}",
+        f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} "
+        f"on {os.cpu_count()} cores (other work on the machine skews every figure)",
         flush=True,
     )
     failures: list[str] = []
@@ -480,6 +481,7 @@ def main() -> int:
             ("CNN training images/s, mixed precision / fp32", "-", ">= 1.0", "no GPU: skipped")
         )
 
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     width = max(len(row[0]) for row in summary)
     print(f"\n{'figure':<{width}}  {'value':>6}  {'target':<8}  result")
     for name, value, target, result in summary:
