@@ -73,9 +73,7 @@ def cache_features(
     tmp = target.with_name(f"{target.name}.tmp-{uuid.uuid4().hex[:8]}")
     frames = ray.data.read_parquet(
         frame_shards(data, video_ids), filesystem=pyarrow.fs.LocalFileSystem()
-    ).select_columns(
-        ["video_id", "seq_index", "frame_index", "image", "height", "width", "label"]
-    )
+    ).select_columns(["video_id", "seq_index", "frame_index", "image", "height", "width", "label"])
     embedded = frames.map_batches(
         FrameEmbedder,
         fn_constructor_kwargs={"weights": str(weights), "fold": fold, "use_gpu": cfg.use_gpu},
