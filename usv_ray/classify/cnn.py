@@ -9,7 +9,6 @@ with the same run name resumes from the last checkpoint instead of starting over
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from usv_ray.classify.train import fit, report_epoch, resume_state, unwrap
+from usv_ray.classify.train import fit, report_epoch, resume_state, train_epoch, unwrap
 from usv_ray.config import ClassifyConfig
 
 FRAME_COLUMNS = ["image", "label", "height", "width"]
@@ -58,6 +57,11 @@ def augment(images: Tensor, generator: torch.Generator) -> Tensor:
     return images * gain + shift
 
 
+def augmented(images: Tensor, generator: torch.Generator) -> Tensor:
+    """A uint8 training batch (B, 1, H, W) as the model sees it: normalised, augmented."""
+    return augment(normalise(images), generator)
+
+
 def _train_loop(config: dict) -> dict:
     """Runs on every Ray Train worker."""
     import ray.train
@@ -91,29 +95,25 @@ def _train_loop(config: dict) -> dict:
 
     for epoch in range(start_epoch, cfg.cnn_epochs):
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 101 + rank)
-        model.train()
-        total, count = 0.0, 0
         batches = train_shard.iter_torch_batches(
             batch_size=cfg.cnn_batch_size,
             collate_fn=collate_frames,
             local_shuffle_buffer_size=4 * cfg.cnn_batch_size,
             local_shuffle_seed=cfg.seed + epoch,
-        )
-        started = time.perf_counter()  # the training batches alone: not validation
-        for images, labels in batches:  # (B, 1, H, W) uint8, (B,)
-            inputs = augment(normalise(images.to(device)), generator)
-            loss = loss_fn(model(inputs), labels.to(device))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(labels)
-            count += len(labels)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)  # the last step's kernels count in its epoch
-        images_per_s.append(_run_images_per_s(count, time.perf_counter() - started, device))
+        )  # (B, 1, H, W) uint8, (B,)
+        train_loss, count, seconds = train_epoch(
+            model,
+            batches,
+            optimizer,
+            loss_fn,
+            augmented,
+            generator,
+            device,
+        )  # the training batches alone: not validation
+        images_per_s.append(_run_images_per_s(count, seconds, device))
         metrics = {
             "epoch": epoch,
-            "train_loss": total / max(count, 1),
+            "train_loss": train_loss,
             "val_loss": best_val,
             "images_per_s": images_per_s[-1],
         }

@@ -8,7 +8,8 @@ name resumes from the last checkpoint instead of starting over.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,37 @@ def report_epoch(metrics: dict, state: dict, epoch: int) -> None:
             checkpoint=ray.train.Checkpoint.from_directory(folder),
             checkpoint_dir_name=f"epoch_{epoch:04d}",
         )
+
+
+def train_epoch(
+    model: torch.nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    inputs: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+    generator: torch.Generator,
+    device: torch.device,
+) -> tuple[float, int, float]:
+    """One training pass of a classifier over this rank's ``(uint8 batch, labels)`` batches.
+
+    ``inputs(batch, generator)`` turns a uint8 batch into the model's input (normalise,
+    augment with ``generator``). Returns
+    (mean loss, samples seen, seconds spent on the batches; on a GPU the last step's
+    kernels are waited for, so they count in this epoch).
+    """
+    model.train()
+    total, count = 0.0, 0
+    started = time.perf_counter()
+    for batch, labels in batches:
+        loss = loss_fn(model(inputs(batch.to(device), generator)), labels.to(device))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(labels)
+        count += len(labels)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return total / max(count, 1), count, time.perf_counter() - started
 
 
 def model_path(folder: Path, key: str) -> Path:

@@ -18,7 +18,6 @@ Shapes: B clips, T frames per clip, S = clip_size; clips are gray, ``(B, 1, T, S
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,6 +36,7 @@ from usv_ray.classify.train import (
     report_epoch,
     resume_state,
     save_model,
+    train_epoch,
     unwrap,
 )
 from usv_ray.config import ClassifyConfig
@@ -317,6 +317,11 @@ def augment_clips(clips: Tensor, generator: torch.Generator) -> Tensor:
     return augment(clips[:, 0], generator)[:, None]  # (B, T, H, W) -> (B, 1, T, H, W)
 
 
+def augmented_clips(clips: Tensor, generator: torch.Generator) -> Tensor:
+    """A uint8 training batch (B, 1, T, S, S) as the model sees it: normalised, augmented."""
+    return augment_clips(normalise(clips), generator)
+
+
 # -----------------------------------------------------------------------------
 # Training: every (model, fold) in one Ray Train run
 
@@ -381,24 +386,21 @@ def _train_loop(config: dict) -> dict:
             shard = ray.train.get_dataset_shard(f"train_{fold}")
             for epoch in range(start_epoch, cfg.video_epochs):
                 generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 101 + rank)
-                model.train()
-                total, count = 0.0, 0
                 batches = shard.iter_torch_batches(
                     batch_size=cfg.video_batch_size,
                     collate_fn=collate_clips,
                     local_shuffle_buffer_size=4 * cfg.video_batch_size,
                     local_shuffle_seed=cfg.seed + epoch,
+                )  # (B, 1, T, S, S) uint8, (B,)
+                train_loss, count, seconds = train_epoch(
+                    model,
+                    batches,
+                    optimizer,
+                    loss_fn,
+                    augmented_clips,
+                    generator,
+                    device,
                 )
-                started = time.perf_counter()
-                for clips, labels in batches:  # (B, 1, T, S, S) uint8, (B,)
-                    inputs = augment_clips(normalise(clips.to(device)), generator)
-                    loss = loss_fn(model(inputs), labels.to(device))  # logits (B, 2)
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-                    total += loss.item() * len(labels)
-                    count += len(labels)
-                seconds = time.perf_counter() - started
                 state["step"] += 1
                 metrics = {
                     "method": method,
@@ -406,7 +408,7 @@ def _train_loop(config: dict) -> dict:
                     "epoch": epoch,
                     "step": state["step"],
                     "attempt": state["attempt"],
-                    "train_loss": total / max(count, 1),
+                    "train_loss": train_loss,
                     "train_clips": count,  # this rank's
                     "clips_per_s": count / seconds if seconds > 0 else math.nan,  # this rank's
                 }
