@@ -83,29 +83,3 @@ def test_job_entry_point_takes_the_ingest_arguments():
     job = Path(__file__).resolve().parents[1] / "jobs" / "ingest.py"
     done = subprocess.run([sys.executable, str(job), "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "--manifest" in done.stdout
-
-
-@pytest.mark.ray
-@pytest.mark.slow
-def test_demo_runs_synth_then_ingest(ray_session, tmp_path, capsys):
-    import pyarrow.parquet as pq
-
-    small = [
-        "--set",
-        "synth.patients=3",
-        "--set",
-        "synth.max_frames=24",
-        "--set",
-        "synth.workers=1",
-    ]
-    assert main(["demo", "--out", str(tmp_path), *small]) == 0
-    assert "demo finished" in capsys.readouterr().out
-    videos = pq.read_table(tmp_path / "data" / "videos.parquet").to_pylist()
-    assert videos and all(v["status"] == "ok" for v in videos)
-    assert {v["label"] for v in videos} <= {0, 1}
-    assert list((tmp_path / "data" / "tracklets").glob("*.parquet"))
-    manifest = (tmp_path / "archive" / "manifest.csv").read_text()
-    for row in manifest.splitlines()[1:]:
-        patient_id = row.split(",")[1]
-        if patient_id:  # the raw IDs of the archive appear in no output table
-            assert patient_id not in str(videos)

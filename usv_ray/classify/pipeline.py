@@ -201,7 +201,26 @@ def _lstms(cfg: Config, out: Path, folds: pd.DataFrame) -> pd.DataFrame:
 
     c = cfg.classify
     frame_counts = sorted({*c.frame_counts, c.equal_frames})
-    jobs = [LstmJob(k, n) for k in range(c.folds) for n in (None, *frame_counts)]
+    lengths = _frame_rows(out, 0).groupby("video_id").size()  # cached frames per video
+    longest = {  # fold k -> the longest video it trains on
+        k: int(lengths[folds.loc[folds["fold"] != k, "video_id"]].max()) for k in range(c.folds)
+    }
+    jobs = [
+        LstmJob(k, n)
+        for k in range(c.folds)
+        for n in (None, *frame_counts)
+        if n is None or n <= longest[k]
+    ]
+    for n in frame_counts:
+        short = [k for k in range(c.folds) if n > longest[k]]
+        if short:
+            log.warning(
+                "equal-frame set N=%d: no training video has %d frames in fold(s) %s; "
+                "it has no predictions there",
+                n,
+                n,
+                short,
+            )
     videos = {
         row.video_id: (int(row.label), int(row.fold)) for row in folds.itertuples(index=False)
     }
