@@ -1,0 +1,1 @@
+"""Nodule re-identification: which tracklets of a patient show the same nodule."""
