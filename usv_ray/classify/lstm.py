@@ -15,9 +15,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from usv_ray.classify.train import fit, model_path, save_model, unwrap
 from usv_ray.config import ClassifyConfig
 from usv_ray.schemas import FEATURE_DIM
+from usv_ray.train import fit, model_path, save_model, unwrap
 
 
 @dataclass(frozen=True)

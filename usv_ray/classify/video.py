@@ -29,7 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from usv_ray.classify.cnn import augment, frame_shards, normalise
-from usv_ray.classify.train import (
+from usv_ray.config import ClassifyConfig
+from usv_ray.train import (
     STATE_FILE,
     fit,
     model_path,
@@ -39,7 +40,6 @@ from usv_ray.classify.train import (
     train_epoch,
     unwrap,
 )
-from usv_ray.config import ClassifyConfig
 
 if TYPE_CHECKING:
     import pandas as pd

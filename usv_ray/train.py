@@ -1,4 +1,4 @@
-"""What every Ray Train run of the classify stage shares: resume, report, fit.
+"""What every Ray Train run shares (classify and re-ID stages): resume, report, fit.
 
 A run reports once per epoch from every rank (``ray.train.report`` is a barrier); rank 0
 alone attaches a checkpoint holding the state to resume from. A rerun with the same run
@@ -11,13 +11,19 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
-from usv_ray.config import ClassifyConfig
-
 STATE_FILE = "state.pt"
+
+
+class Scaling(Protocol):
+    """The settings of a stage's config that size its Ray Train runs."""
+
+    workers: int  # Ray Train workers (DDP)
+    cpus_per_worker: float
+    use_gpu: bool
 
 
 def resume_state() -> dict | None:
@@ -106,7 +112,7 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 def fit(
     loop: Callable[[dict], Any],
     loop_config: dict,
-    cfg: ClassifyConfig,
+    cfg: Scaling,
     datasets: dict,
     storage: Path,
     name: str,
