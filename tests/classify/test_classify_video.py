@@ -11,7 +11,6 @@ from usv_ray.classify.video import (
     VIDEO_MODELS,
     augment_clips,
     build_video_model,
-    clip_positions,
     collate_clips,
     fit_video_models,
     make_clip,
@@ -20,6 +19,7 @@ from usv_ray.classify.video import (
     training_log,
 )
 from usv_ray.config import ClassifyConfig, VideoModel
+from usv_ray.video3d import clip_positions
 
 
 def test_every_configurable_model_has_a_builder():
@@ -44,27 +44,6 @@ def test_models_take_any_clip_length_and_learn(name):
     assert stem.grad.abs().sum() > 0
     model.eval()  # batch norm from running stats: a single clip works
     assert model(torch.randn(1, 1, 12, 16, 16)).shape == (1, 2)
-
-
-@pytest.mark.parametrize(
-    ("length", "count", "expected"),
-    [
-        (1, 4, [0, 0, 0, 0]),  # one frame: repeated
-        (3, 6, [0, 0, 1, 1, 2, 2]),  # fewer frames than positions: nearest frames repeat
-        (12, 12, list(range(12))),  # as many: every frame once
-        (30, 3, [0, 14, 29]),  # more: spread out, both ends included
-        (30, 12, [0, 3, 5, 8, 11, 13, 16, 18, 21, 24, 26, 29]),
-    ],
-)
-def test_clip_positions(length, count, expected):
-    positions = clip_positions(length, count)
-    assert positions.tolist() == expected and positions.dtype == np.int64
-
-
-@pytest.mark.parametrize(("length", "count"), [(0, 12), (5, 0)])
-def test_clip_positions_rejects_empty(length, count):
-    with pytest.raises(ValueError):
-        clip_positions(length, count)
 
 
 def test_make_clip_resizes_and_samples():

@@ -40,6 +40,7 @@ from usv_ray.train import (
     train_epoch,
     unwrap,
 )
+from usv_ray.video3d import clip_positions, gray_r2plus1d_18, gray_stem_conv
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -146,18 +147,6 @@ def c3d_bn() -> nn.Module:
     return C3DBN()
 
 
-def _gray_stem_conv(conv: nn.Conv3d) -> nn.Conv3d:
-    """A 1-input-channel copy of the geometry of ``conv`` (freshly initialised)."""
-    return nn.Conv3d(
-        1,
-        conv.out_channels,
-        kernel_size=conv.kernel_size,
-        stride=conv.stride,
-        padding=conv.padding,
-        bias=conv.bias is not None,
-    )
-
-
 def r3d() -> nn.Module:
     """torchvision's R3D-18 (random init) with a gray stem and a 2-class fc.
 
@@ -166,20 +155,14 @@ def r3d() -> nn.Module:
     from torchvision.models.video import r3d_18
 
     model = r3d_18(weights=None)
-    model.stem[0] = _gray_stem_conv(model.stem[0])  # (3, 7, 7) kernel, stride (1, 2, 2)
+    model.stem[0] = gray_stem_conv(model.stem[0])  # (3, 7, 7) kernel, stride (1, 2, 2)
     model.fc = nn.Linear(model.fc.in_features, NUM_CLASSES)
     return model
 
 
 def r2plus1d() -> nn.Module:
-    """torchvision's R(2+1)D-18 (random init) with a gray stem and a 2-class fc.
-
-    Only the stem's first, spatial (1x7x7) convolution sees the input channels.
-    """
-    from torchvision.models.video import r2plus1d_18
-
-    model = r2plus1d_18(weights=None)
-    model.stem[0] = _gray_stem_conv(model.stem[0])  # (1, 7, 7) kernel, stride (1, 2, 2)
+    """torchvision's R(2+1)D-18 (random init) with a gray stem and a 2-class fc."""
+    model = gray_r2plus1d_18()
     model.fc = nn.Linear(model.fc.in_features, NUM_CLASSES)
     return model
 
@@ -207,20 +190,6 @@ def build_video_model(name: str) -> nn.Module:
 
 # -----------------------------------------------------------------------------
 # Clips: a video's kept frames -> count frames of size x size
-
-
-def clip_positions(length: int, count: int) -> np.ndarray:
-    """``count`` frame positions spread uniformly over ``length`` frames, both ends included.
-
-    With fewer frames than ``count`` the positions repeat (each is the nearest frame), so
-    every video of at least one frame gets a clip. Returns int64 ``(count,)``, non-decreasing.
-
-    Raises:
-        ValueError: if ``length`` or ``count`` is below 1.
-    """
-    if length < 1 or count < 1:
-        raise ValueError(f"need length >= 1 and count >= 1, got length={length}, count={count}")
-    return np.rint(np.linspace(0, length - 1, count)).astype(np.int64)
 
 
 def _resize(frame: np.ndarray, size: int) -> np.ndarray:
