@@ -41,9 +41,10 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
-from usv_ray.classify.cnn import augment, collate_frames, fit_cnn, frame_shards, normalise
+from usv_ray.classify.cnn import collate_frames, fit_cnn, frame_shards
 from usv_ray.classify.models import FrameCNN, VariableFrameLSTM, pad_features, video_nll
 from usv_ray.config import ClassifyConfig
+from usv_ray.imaging import augment, normalise
 from usv_ray.io import rows_to_table, write_table
 from usv_ray.schemas import FRAMES
 

@@ -5,8 +5,9 @@ import pytest
 import torch
 from toy_frames import write_toy_frames
 
-from usv_ray.classify.cnn import augment, collate_frames, fit_cnn, normalise
+from usv_ray.classify.cnn import collate_frames, fit_cnn
 from usv_ray.config import ClassifyConfig
+from usv_ray.imaging import augment, normalise
 
 
 def test_collate_and_augment_shapes():

@@ -4,10 +4,10 @@ import pytest
 import torch
 from toy_frames import SIZE, write_toy_frames
 
-from usv_ray.classify.cnn import normalise
 from usv_ray.classify.features import FrameEmbedder, cache_features
 from usv_ray.classify.models import FrameCNN
 from usv_ray.config import ClassifyConfig
+from usv_ray.imaging import normalise
 from usv_ray.schemas import FEATURES
 
 

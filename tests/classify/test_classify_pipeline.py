@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from usv_ray.classify.cnn import BEST_FILE, collate_frames, normalise
+from usv_ray.classify.cnn import BEST_FILE, collate_frames
 from usv_ray.classify.models import FrameCNN
 from usv_ray.classify.pipeline import (
     EQUAL,
@@ -18,6 +18,7 @@ from usv_ray.classify.pipeline import (
     run_classify,
 )
 from usv_ray.config import Config, ConfigError, load_config
+from usv_ray.imaging import normalise
 from usv_ray.io import rows_to_table, write_table
 from usv_ray.schemas import PREDICTIONS, VIDEOS
 

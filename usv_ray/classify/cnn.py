@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from usv_ray.classify.train import fit, report_epoch, resume_state, train_epoch, unwrap
 from usv_ray.config import ClassifyConfig
+from usv_ray.imaging import augment, normalise
+from usv_ray.train import fit, report_epoch, resume_state, train_epoch, unwrap
 
 FRAME_COLUMNS = ["image", "label", "height", "width"]
 BEST_FILE = "best_model.pt"  # the best weights alone, written once the run is done
@@ -35,26 +36,6 @@ def collate_frames(batch: dict[str, np.ndarray]) -> tuple[Tensor, Tensor]:
     height, width = int(batch["height"][0]), int(batch["width"][0])
     pixels = np.frombuffer(b"".join(images), np.uint8).reshape(len(images), 1, height, width)
     return torch.from_numpy(pixels.copy()), torch.from_numpy(batch["label"].astype(np.int64))
-
-
-def normalise(images: Tensor) -> Tensor:
-    """uint8 (B, 1, H, W) -> float, centred: B-mode gray levels sit mostly below mid-gray."""
-    return (images.float() / 255.0 - 0.5) / 0.25
-
-
-def augment(images: Tensor, generator: torch.Generator) -> Tensor:
-    """Augmentation that ultrasound allows, on a float batch (B, 1, H, W).
-
-    A left-right flip (the probe held the other way round) and a random gain and contrast
-    (the sonographer's gain and time-gain-compensation knobs); no vertical flip or large
-    rotation, which would put the skin line at the bottom.
-    """
-    batch = images.shape[0]
-    flip = torch.rand(batch, generator=generator) < 0.5  # (B,)
-    images = torch.where(flip[:, None, None, None].to(images.device), images.flip(-1), images)
-    gain = (1 + 0.4 * (torch.rand(batch, 1, 1, 1, generator=generator) - 0.5)).to(images.device)
-    shift = (0.4 * (torch.rand(batch, 1, 1, 1, generator=generator) - 0.5)).to(images.device)
-    return images * gain + shift
 
 
 def augmented(images: Tensor, generator: torch.Generator) -> Tensor:

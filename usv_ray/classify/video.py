@@ -28,8 +28,9 @@ import pyarrow.compute as pc
 import torch
 from torch import Tensor, nn
 
-from usv_ray.classify.cnn import augment, frame_shards, normalise
+from usv_ray.classify.cnn import frame_shards
 from usv_ray.config import ClassifyConfig
+from usv_ray.imaging import augment, normalise
 from usv_ray.train import (
     STATE_FILE,
     fit,

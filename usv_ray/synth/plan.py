@@ -440,7 +440,8 @@ def _sweep(
         u_n.append(float(pos @ tangent))
         half_n.append(float(radius * normal_half_extent(n, theta - n.axis_angle)))
     # Start and end well outside the target(s): they appear, grow, shrink and vanish.
-    before, after = rng.uniform(1.1, 2.2, 2)  # margins, in half-thicknesses
+    # Diagnostic clips dwell on the lesion: it fills about two thirds of the sweep.
+    before, after = rng.uniform(0.9, 1.4, 2)  # margins, in half-thicknesses
     lo = min(v - before * h for v, h in zip(v_n, half_n, strict=True))
     hi = max(v + after * h for v, h in zip(v_n, half_n, strict=True))
     v_start, v_end = (lo, hi) if rng.random() < 0.5 else (hi, lo)
