@@ -17,6 +17,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from usv_ray.config import ConfigError
+
 COMPRESSION = "zstd"
 COMPRESSION_LEVEL = 1  # images barely compress harder at higher levels, and cost more
 TMP_MARK = ".tmp-"
@@ -109,7 +111,59 @@ def remove_stale_tmp(folder: str | Path) -> int:
     folder = Path(folder)
     if not folder.is_dir():
         return 0
+    import shutil
+
     stale = [p for p in folder.iterdir() if TMP_MARK in p.name]
     for path in stale:
-        path.unlink(missing_ok=True)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)  # a dataset folder (write_dataset)
+        else:
+            path.unlink(missing_ok=True)
     return len(stale)
+
+
+class FolderClaimed(ConfigError):
+    """An output folder holds results made from other settings or data."""
+
+
+def claim_folder(record: str | Path, fingerprint: str, settings: Mapping[str, Any]) -> bool:
+    """Claim the folder of ``record`` for results with ``fingerprint``.
+
+    A new folder gets the record (the fingerprint and the settings, for people to read);
+    a folder already claimed with the same fingerprint is resumed (returns True). Results
+    never mix: a folder claimed with another fingerprint raises :class:`FolderClaimed`.
+    """
+    record = Path(record)
+    if record.exists():
+        if json.loads(record.read_text()).get("fingerprint") != fingerprint:
+            raise FolderClaimed(
+                f"{record.parent} holds results made with other settings or data; use a new "
+                "--out (or delete it) rather than mixing the two"
+            )
+        return True
+    record.parent.mkdir(parents=True, exist_ok=True)
+    write_json({"fingerprint": fingerprint, **settings}, record)
+    return False
+
+
+def write_dataset(dataset: Any, target: str | Path) -> Path:
+    """Write a Ray Dataset as Parquet files into the folder ``target``, whole or not at all.
+
+    The files go to a temporary folder beside it, renamed into place at the end (replacing
+    an older ``target``), so a killed run never leaves a partial folder for a later stage
+    to trust.
+    """
+    import shutil
+
+    import pyarrow.fs
+
+    target = Path(target)
+    tmp = _tmp_path(target)
+    try:
+        dataset.write_parquet(str(tmp), filesystem=pyarrow.fs.LocalFileSystem())
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

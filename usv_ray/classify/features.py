@@ -8,9 +8,6 @@ run the CNN again.
 
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -18,8 +15,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from usv_ray.classify.cnn import collate_frames, frame_shards, normalise
+from usv_ray.classify.cnn import collate_frames, frame_shards
 from usv_ray.config import ClassifyConfig
+from usv_ray.imaging import normalise
+from usv_ray.io import write_dataset
 from usv_ray.schemas import FEATURE_DIM, FEATURES
 
 
@@ -70,7 +69,6 @@ def cache_features(
     import ray.data
 
     target = Path(out) / f"fold={fold}"
-    tmp = target.with_name(f"{target.name}.tmp-{uuid.uuid4().hex[:8]}")
     frames = ray.data.read_parquet(
         frame_shards(data, video_ids), filesystem=pyarrow.fs.LocalFileSystem()
     ).select_columns(["video_id", "seq_index", "frame_index", "image", "height", "width", "label"])
@@ -83,11 +81,4 @@ def cache_features(
         num_cpus=cfg.cpus_per_worker,
         num_gpus=1 if cfg.use_gpu else 0,
     )
-    try:
-        embedded.write_parquet(str(tmp), filesystem=pyarrow.fs.LocalFileSystem())
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return write_dataset(embedded, target)

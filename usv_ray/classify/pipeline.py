@@ -39,8 +39,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from usv_ray.config import Config, ConfigError, to_dict
-from usv_ray.io import remove_stale_tmp, write_json, write_table
+from usv_ray.config import Config, to_dict
+from usv_ray.io import claim_folder, remove_stale_tmp, write_json, write_table
 from usv_ray.schemas import PREDICTIONS
 
 log = logging.getLogger(__name__)
@@ -94,23 +94,6 @@ def _fingerprint(cfg: Config, videos: pd.DataFrame) -> str:
     for row in videos.itertuples(index=False):
         digest.update(f"{row.video_id},{row.patient_key},{row.label};".encode())
     return digest.hexdigest()
-
-
-def _claim(out: Path, cfg: Config, videos: pd.DataFrame) -> None:
-    """Refuse a folder made from other settings or data; record ours in a new one."""
-    record = out / "classify.json"
-    fingerprint = _fingerprint(cfg, videos)
-    if record.exists():
-        previous = json.loads(record.read_text()).get("fingerprint")
-        if previous != fingerprint:
-            raise ConfigError(
-                f"{out} holds a classify run with other settings or data; use a new --out "
-                "(or delete it) rather than mixing the two"
-            )
-        log.info("resuming the classify run in %s", out)
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    write_json({"fingerprint": fingerprint, "classify": to_dict(cfg.classify)}, record)
 
 
 def _train_cnns(cfg: Config, data: Path, out: Path, folds: pd.DataFrame) -> None:
@@ -338,7 +321,10 @@ def run_classify(cfg: Config, data: str | Path, out: str | Path) -> ClassifySumm
     data, out = Path(data), Path(out)
     c = cfg.classify
     videos = _labelled_videos(data)
-    _claim(out, cfg, videos)
+    if claim_folder(
+        out / "classify.json", _fingerprint(cfg, videos), {"classify": to_dict(cfg.classify)}
+    ):
+        log.info("resuming the classify run in %s", out)
     remove_stale_tmp(out / "features")
     try:
         fold_of = assign_folds(
