@@ -109,6 +109,32 @@ class ClassifyConfig:
     n_boot: int = 1000  # bootstrap resamples over patients for the 95% CIs
 
 
+ReidModel = Literal["CM", "VM"]
+
+
+@dataclass(frozen=True)
+class ReidConfig:
+    seed: int = 0  # split, initialisation, P x K batches, partner pairs
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train / validation / test patients
+    workers: int = 1  # Ray Train workers (DDP) per training run
+    cpus_per_worker: float = 1.0
+    use_gpu: bool = False  # one GPU per worker when the cluster has them
+    models: tuple[ReidModel, ...] = ("CM", "VM")  # CM: classification, VM: verification
+    embed_model: ReidModel = "CM"  # the model that writes embeddings/
+    clip_frames: int = 8  # T frames sampled uniformly along each tracklet clip
+    clip_height: int = 256  # clips are resized from the ingest patch size to this
+    clip_width: int = 128
+    epochs: int = 10  # not given in the paper
+    p: int = 8  # CM batches: P nodules x K tracklets each, per worker
+    k: int = 4
+    pair_batch_size: int = 16  # VM batches: tracklet pairs per worker
+    lr: float = 1e-4  # Adam, as in the paper
+    weight_decay: float = 5e-4
+    triplet_margin: float = 0.3  # batch-hard triplet loss (CM)
+    contrastive_margin: float = 1.0  # contrastive loss on L2-normalised embeddings (VM)
+    n_boot: int = 1000  # bootstrap resamples over patients for the 95% CIs
+
+
 @dataclass(frozen=True)
 class Config:
     ray: RayConfig = field(default_factory=RayConfig)
@@ -116,6 +142,7 @@ class Config:
     synth: SynthConfig = field(default_factory=SynthConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
+    reid: ReidConfig = field(default_factory=ReidConfig)
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:

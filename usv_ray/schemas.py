@@ -91,3 +91,15 @@ PREDICTIONS = pa.schema(
         pa.field("label", pa.int8(), nullable=False),  # the truth: 0 benign, 1 malignant
     ]
 )
+
+EMBEDDING_DIM = 512  # the R(2+1)D-18 extractor's pooled output
+
+EMBEDDINGS = pa.schema(
+    [
+        pa.field("tracklet_id", pa.string(), nullable=False),
+        pa.field("patient_key", pa.string(), nullable=False),
+        pa.field("study_key", pa.string()),
+        pa.field("embedding", pa.list_(pa.float32(), EMBEDDING_DIM), nullable=False),  # L2 = 1
+        pa.field("model", pa.string(), nullable=False),  # e.g. "CM 3f9a..." (kind, weights)
+    ]
+)

@@ -45,7 +45,7 @@ def _method_sort_key(method: str) -> tuple[int, str]:
     return len(METHOD_ORDER), method
 
 
-def _ci_text(low: float, high: float) -> str | float:
+def ci_text(low: float, high: float) -> str | float:
     """``"91.20-95.40"`` in percent; NaN (not a string) when the interval is undefined."""
     if math.isnan(low) or math.isnan(high):
         return float("nan")
@@ -95,7 +95,7 @@ def method_table(
         row: dict[str, object] = {"method": str(method), "n_videos": len(pooled)}
         for name, stats in summary.items():
             row[name] = 100.0 * stats["value"]
-            row[f"{name}_ci"] = _ci_text(stats["low"], stats["high"])
+            row[f"{name}_ci"] = ci_text(stats["low"], stats["high"])
         rows.append(row)
     table = pd.DataFrame(rows, columns=columns)
     return table.astype({"n_videos": np.int64, **dict.fromkeys(METRICS, np.float64)})

@@ -1,0 +1,80 @@
+"""Trained re-ID models on disk, and batch inference that embeds tracklets with one.
+
+A model file holds the kind (CM or VM), the number of training nodules (the CM's fc) and
+the weights; its ``model_id`` (kind and a hash of the file) goes into every embedding row,
+so embeddings from different models are never mixed. :class:`TrackletEmbedder` is the
+callable class for ``Dataset.map_batches``: it loads the model once per actor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from usv_ray.config import ReidConfig, ReidModel
+from usv_ray.io import atomic_path
+from usv_ray.reid.clips import batch_clips
+from usv_ray.reid.evaluate import embed
+from usv_ray.reid.training import build_model
+from usv_ray.schemas import EMBEDDINGS
+
+EMBED_COLUMNS = [
+    "tracklet_id",
+    "patient_key",
+    "study_key",
+    "clip",
+    "frame_index",
+    "height",
+    "width",
+]
+
+
+def save_reid_model(path: Path, kind: ReidModel, n_identities: int, weights: dict) -> Path:
+    """Write a trained model atomically."""
+    with atomic_path(path) as tmp:
+        torch.save({"kind": kind, "n_identities": n_identities, "weights": weights}, tmp)
+    return Path(path)
+
+
+def load_reid_model(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, str]:
+    """(the model in eval mode on ``device``, its model_id "KIND sha256[:12]")."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no re-ID model at {path}: run `usv-ray reid` first")
+    saved = torch.load(path, map_location=device)
+    model = build_model(saved["kind"], saved["n_identities"])
+    model.load_state_dict(saved["weights"])
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    return model.to(device).eval(), f"{saved['kind']} {digest}"
+
+
+class TrackletEmbedder:
+    """Tracklet rows (``EMBED_COLUMNS``) -> :data:`EMBEDDINGS` rows, one model per actor."""
+
+    def __init__(self, model_file: str, cfg: ReidConfig, batch_size: int = 16) -> None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model, self.model_id = load_reid_model(model_file, device)
+        self.device = torch.device(device)
+        self.cfg = cfg
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        clips = batch_clips(batch, self.cfg)  # (B, T, H, W) uint8
+        vectors = embed(self.model.extractor, clips, self.batch_size, self.device).numpy()
+        n = len(vectors)
+        return pa.table(
+            {
+                "tracklet_id": pa.array(batch["tracklet_id"].tolist(), pa.string()),
+                "patient_key": pa.array(batch["patient_key"].tolist(), pa.string()),
+                "study_key": pa.array(batch["study_key"].tolist(), pa.string()),
+                "embedding": pa.FixedSizeListArray.from_arrays(
+                    pa.array(vectors.astype(np.float32).ravel()), vectors.shape[1]
+                ),
+                "model": pa.array([self.model_id] * n, pa.string()),
+            },
+            schema=EMBEDDINGS,
+        )
