@@ -109,20 +109,49 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_reid(summary) -> None:
+    from usv_ray.evaluate.tables import to_markdown
+
+    table = summary.table3[["model", "split", "pairs", "ACC", "SE", "SP", "AUC", "AUC_ci"]]
+    tests = "\n".join(
+        f"  DeLong {row.models} on {row.split}: AUC difference {100 * row.difference:.2f} "
+        f"points, p = {row.p_value:.3g}"
+        for row in summary.delong.itertuples()
+    )
+    print(
+        f"re-ID: {summary.tracklets} tracklets of {summary.patients} patients in "
+        f"{summary.seconds:.0f} s\n{to_markdown(table)}\n{tests}\n"
+        f"  tables: {summary.out / 'tables'}\n"
+        f"  plots: {summary.out / 'plots'}\n"
+        f"  embeddings: {summary.out / 'embeddings'}"
+    )
+
+
+def cmd_reid(args: argparse.Namespace) -> int:
+    from usv_ray.reid.pipeline import run_reid
+
+    cfg = build_config(args)
+    _print_reid(run_reid(cfg, args.data, args.out))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from usv_ray.classify.pipeline import run_classify
     from usv_ray.ingest.pipeline import run_ingest
+    from usv_ray.reid.pipeline import run_reid
     from usv_ray.synth import write_archive
 
     cfg = build_config(args)
     out = Path(args.out)
     started = time.perf_counter()
-    log.info("[1/3] synthesising an archive of %d patients", cfg.synth.patients)
+    log.info("[1/4] synthesising an archive of %d patients", cfg.synth.patients)
     manifest = write_archive(cfg.synth, out / "archive")
-    log.info("[2/3] ingesting %s", manifest)
+    log.info("[2/4] ingesting %s", manifest)
     _print_ingest(run_ingest(cfg, manifest, out / "data"))
-    log.info("[3/3] classifying: every method of the paper, %d-fold", cfg.classify.folds)
+    log.info("[3/4] classifying: every method of the paper, %d-fold", cfg.classify.folds)
     _print_classify(run_classify(cfg, out / "data", out / "classify"))
+    log.info("[4/4] re-identifying nodules: %s", " and ".join(cfg.reid.models))
+    _print_reid(run_reid(cfg, out / "data", out / "reid"))
     print(f"demo finished in {time.perf_counter() - started:.0f} s: {out}")
     return 0
 
@@ -156,6 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--out", required=True, help="folder of models, tables and plots")
     classify.set_defaults(func=cmd_classify)
 
+    reid = stages.add_parser("reid", help="train and evaluate the nodule re-ID models")
+    _common(reid, None)
+    reid.add_argument("--data", required=True, help="data folder that ingest wrote")
+    reid.add_argument("--out", required=True, help="folder of models, tables and embeddings")
+    reid.set_defaults(func=cmd_reid)
+
     demo = stages.add_parser("demo", help="every stage on a synthetic archive, on a local Ray")
     _common(demo, "demo")
     demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
@@ -168,6 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from usv_ray.classify.pipeline import ClassifyError
     from usv_ray.ingest.manifest import ManifestError
     from usv_ray.privacy import MissingKeyError
+    from usv_ray.reid.pipeline import ReidError
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -177,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (ConfigError, ManifestError, MissingKeyError, ClassifyError) as exc:
+    except (ConfigError, ManifestError, MissingKeyError, ClassifyError, ReidError) as exc:
         print(f"usv-ray: error: {exc}", file=sys.stderr)
         return 2
 
