@@ -55,6 +55,12 @@ def test_real_data_without_a_key_is_refused(tmp_path, capsys, monkeypatch):
     assert "USV_RAY_SECRET" in capsys.readouterr().err
 
 
+def test_reid_without_ingested_tracklets_is_a_clear_error(tmp_path, capsys):
+    argv = ["reid", "--config", "demo", "--data", str(tmp_path), "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert "run ingest first" in capsys.readouterr().err
+
+
 def test_stage_is_required(capsys):
     with pytest.raises(SystemExit):
         main([])

@@ -1,26 +1,16 @@
-"""The classify stage end to end: folds, caches, every method, tables, plots, reruns."""
+"""The classify stage's entry checks: clear errors before any training, method names."""
 
-import numpy as np
-import pandas as pd
-import pyarrow.parquet as pq
 import pytest
-import torch
 
-from usv_ray.classify.cnn import BEST_FILE, collate_frames
-from usv_ray.classify.models import FrameCNN
 from usv_ray.classify.pipeline import (
     EQUAL,
-    TABLE3,
-    TABLE4,
-    VARIABLE,
     ClassifyError,
     equal_method,
     run_classify,
 )
-from usv_ray.config import Config, ConfigError, load_config
-from usv_ray.imaging import normalise
+from usv_ray.config import Config
 from usv_ray.io import rows_to_table, write_table
-from usv_ray.schemas import PREDICTIONS, VIDEOS
+from usv_ray.schemas import VIDEOS
 
 
 def test_equal_method_names():
@@ -37,117 +27,3 @@ def test_no_ingested_data_is_a_clear_error(tmp_path):
     write_table(rows_to_table(rows, VIDEOS), tmp_path / "videos.parquet")
     with pytest.raises(ClassifyError, match="benign/malignant label"):
         run_classify(Config(), tmp_path, tmp_path / "out")
-
-
-DEMO_OVERRIDES = (
-    "synth.patients=9",
-    "classify.cnn_epochs=1",
-    "classify.lstm_epochs=2",
-    "classify.video_models=[]",
-    "classify.frame_counts=[12, 31]",  # no video has 31 frames (ingest keeps 30): no N=31 LSTM
-    "classify.n_boot=50",
-    "ray.progress=false",
-)
-
-
-@pytest.fixture(scope="module")
-def demo_run(ray_session, tmp_path_factory):
-    """`usv-ray demo` on a small archive: synth, ingest and classify.
-
-    Few patients and epochs, no 3D-CNN baselines and one frame count keep the suite quick;
-    this checks the command and the stage's plumbing (the parts have their own tests).
-    """
-    import contextlib
-    import io
-
-    from usv_ray.cli import main, resolve_config_path
-
-    root = tmp_path_factory.mktemp("demo")
-    sets = [arg for override in DEMO_OVERRIDES for arg in ("--set", override)]
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        assert main(["demo", "--out", str(root), *sets]) == 0
-    assert "demo finished" in printed.getvalue()
-    return load_config(resolve_config_path("demo"), DEMO_OVERRIDES), root
-
-
-def _predictions(root) -> pd.DataFrame:
-    table = pq.read_table(root / "classify" / "predictions" / "predictions.parquet")
-    assert table.schema.equals(PREDICTIONS)
-    return table.to_pandas()
-
-
-@pytest.mark.ray
-@pytest.mark.slow
-def test_demo_every_video_is_predicted_once_per_method_in_its_own_fold(demo_run):
-    cfg, root = demo_run
-    folds = pq.read_table(root / "classify" / "folds.parquet").to_pandas()
-    assert folds.groupby("patient_key")["fold"].nunique().max() == 1  # no patient in two folds
-    assert sorted(folds["fold"].unique()) == list(range(cfg.classify.folds))
-    predictions = _predictions(root)
-    methods = {"CNN_Vote", "CNN_Aver", "Key_Frame", VARIABLE, EQUAL}
-    assert set(predictions["method"]) == methods
-    merged = predictions.merge(folds, on="video_id", suffixes=("", "_truth"))
-    assert (merged["fold"] == merged["fold_truth"]).all()
-    assert (merged["label"] == merged["label_truth"]).all()
-    for method, rows in predictions.groupby("method"):
-        assert rows["video_id"].is_unique
-        if method != EQUAL:  # the equal-frame set leaves out videos shorter than N
-            assert set(rows["video_id"]) == set(folds["video_id"])
-    for stem in ("table3", "table4", "frame_counts"):
-        assert (root / "classify" / "tables" / f"{stem}.md").exists()
-    table4 = pd.read_csv(root / "classify" / "tables" / "table4.csv")
-    assert list(table4["method"]) == [m for m in TABLE4 if m in methods]
-    assert set(pd.read_csv(root / "classify" / "tables" / "table3.csv")["method"]) == set(TABLE3)
-    plots = {p.name for p in (root / "classify" / "plots").glob("*.png")}
-    assert {"roc.png", "pr.png", "confusion_Variable-frame_CNNLSTM.png"} <= plots
-
-
-@pytest.mark.ray
-@pytest.mark.slow
-def test_demo_features_of_fold_k_come_from_the_fold_k_cnn(demo_run):
-    cfg, root = demo_run
-    video = pq.read_table(root / "classify" / "folds.parquet").column("video_id")[0].as_py()
-    frames = pq.read_table(root / "data" / "frames" / f"{video}.parquet").to_pydict()
-    images, _ = collate_frames({k: np.array(v, dtype=object) for k, v in frames.items()})
-    for k in range(cfg.classify.folds):
-        model = FrameCNN()
-        model.load_state_dict(torch.load(root / "classify" / "runs" / f"cnn_fold={k}" / BEST_FILE))
-        with torch.no_grad():
-            expected = model.eval().features(normalise(images)).numpy()  # (T, 512)
-        cached = pq.read_table(root / "classify" / "features" / f"fold={k}").to_pandas()
-        cached = cached[cached["video_id"] == video].sort_values("seq_index")
-        np.testing.assert_allclose(np.stack(cached["feature"]), expected, atol=1e-4)
-
-
-@pytest.mark.ray
-@pytest.mark.slow
-def test_demo_rerun_reuses_everything_and_refuses_other_settings(demo_run):
-    cfg, root = demo_run
-    before = _predictions(root)
-    cnn = root / "classify" / "runs" / "cnn_fold=0" / BEST_FILE
-    stamp = cnn.stat().st_mtime_ns
-    again = run_classify(cfg, root / "data", root / "classify")
-    assert cnn.stat().st_mtime_ns == stamp  # nothing retrained
-    pd.testing.assert_frame_equal(_predictions(root), before)
-    assert again.seconds < 60
-    assert again.videos == len(pq.read_table(root / "classify" / "folds.parquet"))
-    other = load_config(None, ["classify.folds=2"])
-    with pytest.raises(ConfigError, match="other settings or data"):
-        run_classify(other, root / "data", root / "classify")
-
-
-@pytest.mark.ray
-@pytest.mark.slow
-def test_demo_ingests_every_video_and_keeps_patient_ids_out(demo_run):
-    _, root = demo_run
-    videos = pq.read_table(root / "data" / "videos.parquet").to_pylist()
-    assert videos and all(v["status"] == "ok" for v in videos)
-    assert {v["label"] for v in videos} <= {0, 1}
-    assert list((root / "data" / "tracklets").glob("*.parquet"))
-    predictions = str(_predictions(root).to_dict())
-    manifest = (root / "archive" / "manifest.csv").read_text()
-    for row in manifest.splitlines()[1:]:
-        patient_id = row.split(",")[1]
-        if patient_id:  # the raw IDs of the archive appear in no output table
-            assert patient_id not in str(videos) and patient_id not in predictions

@@ -19,6 +19,7 @@ made with other settings or data is refused rather than mixed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -55,7 +56,10 @@ def _annotated(data: Path) -> pd.DataFrame:
     """Tracklets with a known nodule identity (those without one cannot be paired)."""
     from usv_ray.reid.clips import read_tracklet_table
 
-    table = read_tracklet_table(data).to_pandas()
+    try:
+        table = read_tracklet_table(data).to_pandas()
+    except FileNotFoundError as exc:
+        raise ReidError(str(exc)) from exc
     known = table[table["nodule_id"].notna()].reset_index(drop=True)
     if known.empty:
         raise ReidError(f"no tracklet in {data} has a nodule_id: re-ID needs annotated nodules")
@@ -80,6 +84,21 @@ def _train(cfg: Config, data: Path, out: Path, splits: pd.DataFrame) -> dict[str
     train = splits[splits["split"] == "train"]
     val = splits[splits["split"] == "val"]
     n_identities = int(train.groupby(["patient_key", "nodule_id"]).ngroups)
+    if n_identities // r.workers < 2:
+        raise ReidError(
+            f"{n_identities} training nodules for {r.workers} workers: the triplet loss needs "
+            "at least 2 nodules per worker; add patients or use fewer reid.workers"
+        )
+    if r.p * r.workers > n_identities:
+        log.warning(
+            "re-ID: reid.p=%d nodules per batch on %d workers, but only %d training nodules: "
+            "using p=%d",
+            r.p,
+            r.workers,
+            n_identities,
+            n_identities // r.workers,
+        )
+        r = dataclasses.replace(r, p=n_identities // r.workers)
     files = {}
     for kind in r.models:
         files[kind] = out / "models" / f"{kind}.pt"
