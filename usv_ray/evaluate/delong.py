@@ -41,7 +41,7 @@ from statistics import NormalDist
 import numpy as np
 import numpy.typing as npt
 
-from usv_ray.evaluate.metrics import MetricWarning
+from usv_ray.evaluate.metrics import MetricWarning, _one_class
 
 __all__ = ["DelongComparison", "DelongResult", "delong_auc", "delong_test"]
 
@@ -117,22 +117,6 @@ def _check(y_true: ArrayLike, **named_scores: ArrayLike) -> tuple[np.ndarray, li
             raise ValueError(f"{name} must be finite, found NaN or inf")
         checked.append(scores)
     return labels, checked
-
-
-def _one_class(labels: np.ndarray, name: str) -> bool:
-    """Warn and say so when the AUC is undefined: no rows, or one class only."""
-    if labels.size == 0:
-        warnings.warn(f"{name} of an empty input is undefined; returning NaN", MetricWarning, 3)
-        return True
-    n_pos = int(labels.sum())
-    if n_pos in (0, labels.size):
-        warnings.warn(
-            f"{name} is undefined with only class {labels[0]} in y_true; returning NaN",
-            MetricWarning,
-            3,
-        )
-        return True
-    return False
 
 
 def _sorted_midranks(ordered: np.ndarray) -> np.ndarray:
