@@ -130,7 +130,8 @@ def reid_table(rows: list[dict]) -> pd.DataFrame:
     percent, each beside its 95% CI as ``"low-high"``."""
     out = []
     for row in rows:
-        line = {k: row[k] for k in ("model", "split", "pairs", "same", "threshold")}
+        line = {"model": row["model"], "split": row["split"]}
+        line.update(pairs=int(row["pairs"]), same=int(row["same"]), threshold=row["threshold"])
         for name in ("ACC", "SE", "SP", "AUC"):
             line[name] = 100 * row[name]
             line[f"{name}_ci"] = ci_text(row[f"{name}_low"], row[f"{name}_high"])
