@@ -7,6 +7,12 @@
    ``roc_auc_score``, whichever is faster on these scores (measured first, and printed).
    Target (from the issue): DeLong on 100,000 pairs in well under a second, here < 1 s.
 
+2. Training clips/s of the classification model (R(2+1)D-18 extractor, CE + batch-hard
+   triplet on P x K batches) through Ray Train with 1 worker vs a bare PyTorch loop doing
+   the same steps on the same clips in memory. Target: ratio >= 0.85.
+3. On a GPU only: R(2+1)D training clips/s at the papers' 16 x 256 x 128 clips, fp32 vs
+   mixed precision (bf16 autocast).
+
 Run: ``.venv/bin/python benchmarks/reid.py`` (about half a minute on 2 cores; ``--quick``:
 10,000 pairs and 100 resamples, seconds). Prints one line per figure, a summary table at the
 end, and exits non-zero when a target is missed.
@@ -20,9 +26,11 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from usv_ray.config import ReidConfig
 from usv_ray.evaluate.delong import delong_test
 from usv_ray.evaluate.metrics import roc_auc
 
@@ -122,6 +130,148 @@ def delong_speed(n_pairs: int = 100_000, n_boot: int = 1000, seed: int = 0) -> D
     )
 
 
+# -----------------------------------------------------------------------------
+# 2. Ray Train vs a bare loop
+
+
+def write_tracklets(
+    data: Path, n_nodules: int, per_nodule: int, cfg: ReidConfig, prefix: str
+) -> list[str]:
+    """Random clips of ``cfg``'s size, ``per_nodule`` per nodule, two nodules per patient
+    (speed only: the content does not matter), as ``data/tracklets/<prefix>.parquet``;
+    returns the tracklet ids."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from usv_ray.schemas import TRACKLETS
+
+    rng = np.random.default_rng(0)
+    (data / "tracklets").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for n in range(n_nodules):
+        for t in range(per_nodule):
+            shape = (cfg.clip_frames, cfg.clip_height, cfg.clip_width)
+            rows.append(
+                {
+                    "tracklet_id": f"{prefix}{n:03d}{t}",
+                    "video_id": f"{prefix}{n:03d}{t}",
+                    "patient_key": f"{prefix}{n // 2:03d}",
+                    "study_key": None,
+                    "nodule_id": f"n{n % 2}",
+                    "frame_index": list(range(cfg.clip_frames)),
+                    "clip": rng.integers(0, 256, shape, dtype=np.uint8).tobytes(),
+                    "n_frames_total": cfg.clip_frames,
+                    "height": cfg.clip_height,
+                    "width": cfg.clip_width,
+                }
+            )
+    table = pa.Table.from_pylist(rows, schema=TRACKLETS)
+    pq.write_table(table, data / "tracklets" / f"{prefix}.parquet")
+    return [r["tracklet_id"] for r in rows]
+
+
+def bare_cm_rates(cfg: ReidConfig, data: Path, ids: list[str], epochs: int) -> list[float]:
+    """Clips/s per epoch of a plain loop doing the CM worker's steps (same sampler, model,
+    augmentation, losses, optimizer) on the clips in memory."""
+    import torch
+
+    from usv_ray.reid.clips import augmented_input, load_tracklets
+    from usv_ray.reid.losses import batch_hard_triplet
+    from usv_ray.reid.training import build_model, cm_steps, identity_labels
+
+    train = load_tracklets(data, ids, cfg)
+    labels, clips = identity_labels(train), torch.from_numpy(train.clips)
+    torch.manual_seed(cfg.seed)
+    model = build_model("CM", int(labels.max()) + 1).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rates = []
+    for epoch in range(epochs):
+        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 101)
+        seen, started = 0, time.perf_counter()
+        for (index,) in cm_steps(labels, cfg, 0, 1, epoch):
+            y = torch.from_numpy(labels[index])
+            embeddings, logits = model(augmented_input(clips[index], generator))
+            loss = torch.nn.functional.cross_entropy(logits, y) + batch_hard_triplet(
+                embeddings, y, margin=cfg.triplet_margin
+            )
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            loss.item()
+            seen += len(index)
+        rates.append(seen / (time.perf_counter() - started))
+    return rates
+
+
+def ray_vs_bare(tmp: Path, epochs: int, n_nodules: int) -> tuple[float, float, int]:
+    """(Ray Train clips/s, bare loop clips/s, torch threads), medians over the epochs after
+    the first (warm-up); the bare loop runs before and after the Ray run, to bracket it."""
+    import statistics
+
+    import ray
+    import torch
+
+    from usv_ray.reid.training import fit_reid
+
+    threads = torch.get_num_threads()
+    cfg = ReidConfig(
+        workers=1, cpus_per_worker=float(threads), clip_height=32, clip_width=16, epochs=epochs
+    )
+    ids = write_tracklets(tmp, n_nodules, cfg.k, cfg, "train")
+    val = write_tracklets(tmp, 4, 2, cfg, "val")
+    bare = bare_cm_rates(cfg, tmp, ids, epochs)[1:]
+    ray.init(
+        num_cpus=threads + 1,
+        include_dashboard=False,
+        logging_config=ray.LoggingConfig(log_level="ERROR"),
+        object_store_memory=256 * 2**20,
+    )
+    try:
+        # validation reads from the same folder as training: copy its shard beside
+        import shutil
+
+        shutil.copy(
+            tmp / "val" / "tracklets" / "a.parquet", tmp / "data" / "tracklets" / "v.parquet"
+        )
+        _, summary = fit_reid(cfg, "CM", tmp / "data", ids, val, tmp / "runs", "bench")
+    finally:
+        ray.shutdown()
+    bare += bare_cm_rates(cfg, tmp, ids, 3)[1:]
+    return statistics.median(summary["clips_per_s"][1:]), statistics.median(bare), threads
+
+
+# -----------------------------------------------------------------------------
+# 3. mixed precision (GPU only)
+
+
+def amp_clip_rates(steps: int = 10, batch: int = 8) -> tuple[float, float]:
+    """R(2+1)D training clips/s at 16 x 256 x 128 on the GPU: (fp32, bf16 autocast)."""
+    import torch
+
+    from usv_ray.reid.models import ClassificationModel
+
+    device = torch.device("cuda")
+    model = ClassificationModel(100).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    clips = torch.randn(batch, 1, 16, 256, 128, device=device)
+    labels = torch.randint(0, 100, (batch,), device=device)
+    rates = []
+    for amp in (False, True):
+        for i in range(steps + 2):
+            if i == 2:  # two warm-up steps
+                torch.cuda.synchronize()
+                started = time.perf_counter()
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                _, logits = model(clips)
+                loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        torch.cuda.synchronize()
+        rates.append(steps * batch / (time.perf_counter() - started))
+    return rates[0], rates[1]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -169,6 +319,31 @@ def main() -> int:
         "none",
         None,
     )
+
+    # --- 2. Ray Train vs bare loop
+    import tempfile
+
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ray_rate, bare_rate, threads = ray_vs_bare(
+            Path(tmp), 3 if args.quick else 5, 16 if args.quick else 40
+        )
+    print(
+        f"CM training (8 x 32 x 16 clips, {threads} torch threads): Ray Train 1 worker "
+        f"{ray_rate:.1f} clips/s, bare loop {bare_rate:.1f} clips/s",
+        flush=True,
+    )
+    report("CM training clips/s, Ray Train / bare", f"{ray_rate / bare_rate:.2f}", ">= 0.85",
+           ray_rate / bare_rate >= 0.85)  # fmt: skip
+
+    # --- 3. mixed precision on a GPU
+    if torch.cuda.is_available():
+        fp32, amp = amp_clip_rates()
+        print(f"R(2+1)D training, 16 x 256 x 128 clips: fp32 {fp32:.1f}, bf16 {amp:.1f} clips/s")
+        report("R(2+1)D clips/s, bf16 / fp32", f"{amp / fp32:.2f}", "none", None)
+    else:
+        print("no GPU: mixed-precision clips/s skipped", flush=True)
 
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     width = max(len(row[0]) for row in summary)
