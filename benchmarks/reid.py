@@ -227,13 +227,7 @@ def ray_vs_bare(tmp: Path, epochs: int, n_nodules: int) -> tuple[float, float, i
         object_store_memory=256 * 2**20,
     )
     try:
-        # validation reads from the same folder as training: copy its shard beside
-        import shutil
-
-        shutil.copy(
-            tmp / "val" / "tracklets" / "a.parquet", tmp / "data" / "tracklets" / "v.parquet"
-        )
-        _, summary = fit_reid(cfg, "CM", tmp / "data", ids, val, tmp / "runs", "bench")
+        _, summary = fit_reid(cfg, "CM", tmp, ids, val, tmp / "runs", "bench")
     finally:
         ray.shutdown()
     bare += bare_cm_rates(cfg, tmp, ids, 3)[1:]
