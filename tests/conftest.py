@@ -6,6 +6,8 @@ import pytest
 
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+# the Parquet reader a local Ray uses in the product (see usv_ray.runtime._init)
+os.environ.setdefault("RAY_DATA_USE_DATASOURCE_V2", "0")
 
 
 @pytest.fixture(scope="session")

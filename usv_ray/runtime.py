@@ -31,6 +31,8 @@ def ensure_ray(cfg: RayConfig) -> None:
         root.handlers[:] = handlers
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = cfg.progress
+    if "RAY_DATA_USE_DATASOURCE_V2" in os.environ:  # read once, at import: apply it now
+        ctx.use_datasource_v2 = os.environ["RAY_DATA_USE_DATASOURCE_V2"] == "1"
 
 
 def _init(cfg: RayConfig) -> None:
@@ -44,6 +46,11 @@ def _init(cfg: RayConfig) -> None:
         # Ray Train polls its workers every 2 s by default, and each report waits for a
         # poll: on a laptop that is most of a short run. Workers inherit this from here.
         os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+        # Ray Data's default Parquet reader (datasource V2) starts a pool of up to 32
+        # FooterReader actors, each a new process, for every read_parquet: 5-30 s to read a
+        # few shards on a laptop, several times per stage. The V1 reader takes well under a
+        # second. Set here so the local workers (Ray Train's datasets) inherit it too.
+        os.environ.setdefault("RAY_DATA_USE_DATASOURCE_V2", "0")
         ray.init(
             num_cpus=cfg.num_cpus,
             object_store_memory=cfg.object_store_mb * 2**20 if cfg.object_store_mb else None,

@@ -1,4 +1,10 @@
+import dataclasses
+import json
 import math
+import os
+import signal
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -27,61 +33,89 @@ def test_collate_and_augment_shapes():
     assert torch.equal(out, again)  # seeded: reruns augment the same way
 
 
+SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of registered checkpoints
+
+
+def _registered_checkpoints(run) -> list[str]:
+    """The checkpoints Ray Train's controller has registered for ``run`` so far (its snapshot,
+    written once a reported checkpoint is registered: a restart from then on resumes from it)."""
+    try:
+        snapshot = json.loads((run / SNAPSHOT).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):  # not yet written, or being written
+        return []
+    return [result["checkpoint_dir_name"] for result in snapshot["checkpoint_results"]]
+
+
+def _live_training_workers() -> list[int]:
+    from ray._private import state
+
+    return [
+        actor["Pid"]
+        for actor in state.actors().values()
+        if actor["ActorClassName"] == "RayTrainWorker" and actor["State"] == "ALIVE"
+    ]
+
+
+@pytest.fixture(scope="module")
+def killed_run(ray_session, tmp_path_factory):
+    """A fresh ``fit_cnn`` run whose training worker is SIGKILLed as soon as its first
+    checkpoint is registered; Ray Train restarts the worker, which finishes the run.
+
+    One Ray Train run serves both tests below (each run costs tens of seconds of start-up
+    on 2 cores): the killed run is also the first run that the rerun test continues.
+    """
+    root = tmp_path_factory.mktemp("cnn")
+    ids = write_toy_frames(root / "data")  # 8 videos x 4 frames of 32 x 32
+    cfg = ClassifyConfig(cnn_epochs=4, cnn_batch_size=8, cnn_lr=1e-3, cpus_per_worker=0.5)
+    run = root / "runs" / "fold0"
+    result = {}
+
+    def train():
+        result["run"] = fit_cnn(cfg, root / "data", ids[:6], ids[6:], root / "runs", "fold0")
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    deadline = time.monotonic() + 300
+    registered: list[str] = []
+    while not registered and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+        registered = _registered_checkpoints(run)
+    # the kill lands in the next epoch: three more are left to train
+    assert registered and thread.is_alive(), "no checkpoint registered while the run lasted"
+    workers = _live_training_workers()
+    assert workers, "no live training worker to kill"
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    thread.join(timeout=600)
+    assert not thread.is_alive(), "fit_cnn did not finish after the kill"
+    return {"cfg": cfg, "ids": ids, "root": root, "run": result["run"], "killed_at": registered}
+
+
 @pytest.mark.ray
 @pytest.mark.slow
-def test_fit_cnn_learns_and_a_rerun_resumes(ray_session, tmp_path):
+def test_fit_cnn_learns_and_a_rerun_resumes(killed_run):
     from usv_ray.classify.models import FrameCNN
 
-    ids = write_toy_frames(tmp_path / "data")
-    cfg = ClassifyConfig(cnn_epochs=2, cnn_batch_size=8, cnn_lr=1e-3, cpus_per_worker=0.5)
-    first = fit_cnn(cfg, tmp_path / "data", ids[:6], ids[6:], tmp_path / "runs", "fold0")
-    assert first.start_epoch == 0 and first.best.exists()
+    cfg, ids, root, first = (killed_run[k] for k in ("cfg", "ids", "root", "run"))
+    assert first.best.exists()
     assert first.best_val_loss < 0.69  # below chance (ln 2): it learnt the toy labels
-    assert first.images_per_s > 0 and math.isfinite(first.images_per_s)  # epoch 2's rate
+    assert first.images_per_s > 0 and math.isfinite(first.images_per_s)  # a later epoch's rate
     model = FrameCNN()
     model.load_state_dict(torch.load(first.best))  # the best weights load into a fresh model
 
     # the same run name with more epochs continues from the last checkpoint
-    more = ClassifyConfig(cnn_epochs=3, cnn_batch_size=8, cnn_lr=1e-3, cpus_per_worker=0.5)
-    resumed = fit_cnn(more, tmp_path / "data", ids[:6], ids[6:], tmp_path / "runs", "fold0")
-    assert resumed.start_epoch == 2
+    more = dataclasses.replace(cfg, cnn_epochs=cfg.cnn_epochs + 1)
+    resumed = fit_cnn(more, root / "data", ids[:6], ids[6:], root / "runs", "fold0")
+    assert resumed.start_epoch == cfg.cnn_epochs
     assert resumed.images_per_s > 0  # one epoch trained: its own rate
     assert resumed.best_val_loss <= first.best_val_loss
 
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_session, tmp_path):
+def test_a_killed_worker_resumes_from_the_last_checkpoint(killed_run):
     """SIGKILL the training worker mid-run: Ray Train restarts it from the last checkpoint."""
-    import os
-    import signal
-    import threading
-    import time
-
-    from ray._private import state
-
-    ids = write_toy_frames(tmp_path / "data", n_videos=8, frames=8)
-    cfg = ClassifyConfig(cnn_epochs=12, cnn_batch_size=8, cpus_per_worker=0.5)
-    result = {}
-
-    def train():
-        result["run"] = fit_cnn(cfg, tmp_path / "data", ids[:6], ids[6:], tmp_path, "killed")
-
-    thread = threading.Thread(target=train)
-    thread.start()
-    second = tmp_path / "killed" / "epoch_0001"  # its existence means epoch_0000 is complete
-    deadline = time.monotonic() + 300
-    while not second.exists() and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    workers = [
-        actor["Pid"]
-        for actor in state.actors().values()
-        if actor["ActorClassName"] == "RayTrainWorker" and actor["State"] == "ALIVE"
-    ]
-    assert workers, "no live training worker to kill"
-    for pid in workers:
-        os.kill(pid, signal.SIGKILL)
-    thread.join(timeout=600)
-    run = result["run"]
+    cfg, run = killed_run["cfg"], killed_run["run"]
+    assert killed_run["killed_at"] == ["epoch_0000"]  # a fresh run starts at epoch 0
     assert 1 <= run.start_epoch < cfg.cnn_epochs  # continued, not from scratch
     assert run.best.exists()
