@@ -1,0 +1,361 @@
+"""The demo's report: both files from a small fake output folder, missing stages, escaping,
+and the HTML page rendered in headless Chromium (tables shown, every image decoded)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from usv_ray.evaluate.tables import write_table
+from usv_ray.report import ReportError, write_report
+
+PATIENT_KEYS = [f"{i:032x}" for i in (0xA1, 0xB2, 0xC3, 0xD4)]  # what the tables would hold
+RED, BLUE = (255, 0, 0), (0, 0, 255)
+
+
+def _png(path: Path, color: tuple[int, int, int], size: tuple[int, int] = (40, 30)) -> Path:
+    """A tiny one-colour PNG (the browser test looks for its colour on the screenshot)."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path)
+    return path
+
+
+def _json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def _parquet(path: Path, frame: pd.DataFrame) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(path, index=False)
+
+
+def _data(out: Path) -> None:
+    videos = pd.DataFrame(
+        {
+            "patient_key": [PATIENT_KEYS[i // 3] for i in range(12)],
+            "label": np.array([0, 1, -1] * 4, dtype=np.int8),
+            "status": ["ok"] * 11 + ["error"],
+        }
+    )
+    _parquet(out / "data" / "videos.parquet", videos)
+    _parquet(out / "data" / "errors.parquet", pd.DataFrame({"stage": ["decode"]}))
+
+
+def _classify(out: Path, method: str = "Variable-frame CNNLSTM") -> None:
+    folder = out / "classify"
+    table = pd.DataFrame(
+        {"method": [method, "CNN_Aver"], "n_videos": [8, 8], "accuracy": [73.874, 65.77]}
+    )
+    table["accuracy_ci"] = ["64.41-83.33", "54.42-76.59"]
+    write_table(table, folder / "tables" / "table4")
+    write_table(table.iloc[:1], folder / "tables" / "table3")
+    _png(folder / "plots" / "roc.png", RED)
+    folds = pd.DataFrame(
+        {
+            "video_id": [f"v{i}" for i in range(8)],
+            "patient_key": [PATIENT_KEYS[i // 2] for i in range(8)],
+            "label": np.array([0, 1] * 4, dtype=np.int8),
+            "fold": np.array([0, 0, 1, 1, 2, 2, 0, 0], dtype=np.int8),
+        }
+    )
+    _parquet(folder / "folds.parquet", folds)
+    settings = {"folds": 3, "cnn_lr": 0.0003, "video_models": ["C3D_BN", "R3D"]}
+    _json(
+        folder / "classify.json", {"fingerprint": "125bd5994e52" + "0" * 52, "classify": settings}
+    )
+
+
+def _reid(out: Path) -> None:
+    folder = out / "reid"
+    table = pd.DataFrame({"model": ["CM", "VM"], "split": ["test"] * 2, "AUC": [62.5, 38.64]})
+    write_table(table, folder / "tables" / "table3")
+    delong = pd.DataFrame({"split": ["test"], "models": ["CM vs VM"], "p_value": [0.00023]})
+    write_table(delong, folder / "tables" / "delong")
+    _png(folder / "plots" / "roc_test.png", BLUE)
+    splits = pd.DataFrame(
+        {
+            "tracklet_id": [f"t{i}" for i in range(6)],
+            "patient_key": [PATIENT_KEYS[i // 2] for i in range(6)],
+            "nodule_id": ["n0", "n0", "n1", "n2", "n3", "n3"],
+            "split": ["train", "train", "val", "val", "test", "test"],
+        }
+    )
+    _parquet(folder / "splits.parquet", splits)
+    _json(folder / "reid.json", {"fingerprint": "03dd4a3a4956" + "1" * 52, "reid": {"epochs": 3}})
+
+
+def _index(out: Path) -> None:
+    folder = out / "index"
+    table = pd.DataFrame({"method": ["algorithm1", "agglomerative"], "f_score": [0.81, 0.77]})
+    write_table(table, folder / "tables" / "table4_clustering")
+    summary = {
+        "patients": 4,
+        "tracklets": 6,
+        "nodules": 5,
+        "index_version": "cm-7f3a-8x32x16-tau0.7-algorithm1",
+        "scores": {"precision": 0.875, "recall": 0.7},
+    }
+    _json(folder / "summary.json", summary)
+
+
+def _tune(out: Path) -> None:
+    folder = out / "tune" / "tau"
+    write_table(pd.DataFrame({"tau": [0.5, 0.7], "f_score": [0.70, 0.81]}), folder / "results")
+    (folder / "best.yaml").write_text("index:\n  tau: 0.7\n")
+    _json(folder / "tune.json", {"fingerprint": "feedbeef" * 8, "tune": {"target": "tau"}})
+
+
+@pytest.fixture
+def full_run(tmp_path: Path) -> Path:
+    """A fake demo output folder with every stage, as the stages lay it out."""
+    out = tmp_path / "demo"
+    _data(out)
+    _classify(out)
+    _reid(out)
+    _index(out)
+    _tune(out)
+    return out
+
+
+def _section(text: str, title: str) -> str:
+    """The Markdown of one ``## title`` section."""
+    return text.split(f"## {title}", 1)[1].split("\n## ", 1)[0]
+
+
+def test_both_files_hold_every_stage_labelled(full_run: Path) -> None:
+    html_path, md_path = write_report(full_run)
+    assert (html_path, md_path) == (full_run / "report.html", full_run / "report.md")
+    page, md = html_path.read_text(), md_path.read_text()
+
+    for text in (page, md):
+        assert "not run" not in text
+        assert "usv_ray version" in text and "keyed hash (HMAC-SHA256)" in text
+        assert "public development key" in text
+        # tables, from their CSVs (HTML) or the stage's Markdown (report.md)
+        for value in ("73.87", "64.41-83.33", "38.64", "algorithm1", "0.81"):
+            assert value in text
+        # labels: data folder with its counts, config fingerprint, settings
+        assert f"data: {(full_run / 'data').resolve()}" in text
+        assert "8 videos of 4 patients, 3 folds" in text
+        assert "6 tracklets of 3 patients" in text
+        assert "config classify/classify.json 125bd5994e52" in text
+        assert "config reid/reid.json 03dd4a3a4956" in text
+        assert "index_version cm-7f3a-8x32x16-tau0.7-algorithm1" in text
+        assert "classify.video_models" in text and "C3D_BN, R3D" in text
+        assert "12 videos of 4 patients, 11 ingested ok, 1 failed" in text
+        assert "tau: 0.7" in text  # best.yaml
+        assert "scores.precision" in text  # the index summary, flattened
+    # every table and figure carries its source and its stage's data/config label
+    assert md.count("*source: ") == 10 and page.count('<p class="label">source: ') == 10
+    roc_label = re.search(r"\*source: classify/plots/roc\.png · (.*)\*", md).group(1)
+    assert "8 videos of 4 patients" in roc_label and "125bd5994e52" in roc_label
+    assert "2.3e-04" in page or "0.00023" in page  # a small p-value is not rounded to 0.00
+
+    # HTML: self-contained (images embedded, no file reference), the PNG bytes intact
+    sources = re.findall(r'src="([^"]*)"', page)
+    assert len(sources) == 2 and all(s.startswith("data:image/png;base64,") for s in sources)
+    embedded = {base64.b64decode(s.split(",", 1)[1]) for s in sources}
+    assert embedded == {
+        (full_run / "classify/plots/roc.png").read_bytes(),
+        (full_run / "reid/plots/roc_test.png").read_bytes(),
+    }
+    assert page.count('<table class="dataframe data">') == 10  # 7 tables, 3 settings
+    # Markdown: images linked relative to the report, and the links resolve
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert links == ["classify/plots/roc.png", "reid/plots/roc_test.png"]
+    assert all((full_run / link).is_file() for link in links)
+    # privacy: counts only, never a patient key
+    assert not any(key in page or key in md for key in PATIENT_KEYS)
+
+
+@pytest.mark.parametrize(
+    ("stages", "not_run"),
+    [
+        ((), ("Data", "Classification", "Nodule re-identification", "Nodule index", "Tuning")),
+        ((_data, _classify), ("Nodule re-identification", "Nodule index", "Tuning sweeps")),
+        ((_data, _reid, _tune), ("Classification", "Nodule index")),
+    ],
+)
+def test_missing_stages_say_not_run(tmp_path: Path, stages, not_run) -> None:
+    for stage in stages:
+        stage(tmp_path)
+    html_path, md_path = write_report(tmp_path)
+    md, page = md_path.read_text(), html_path.read_text()
+    for title in not_run:
+        assert "*not run (no " in _section(md, title)
+    assert md.count("*not run (no ") == len(not_run)
+    assert page.count('<p class="status">not run (no ') == len(not_run)
+
+
+def test_stage_folder_without_results_and_bad_inputs(tmp_path: Path) -> None:
+    (tmp_path / "reid").mkdir()
+    _, md_path = write_report(tmp_path)
+    assert "*no results yet (the stage did not finish)*" in _section(
+        md_path.read_text(), "Nodule re-identification"
+    )
+    with pytest.raises(ReportError, match="is not a folder"):
+        write_report(tmp_path / "missing")
+    (tmp_path / "reid" / "reid.json").write_text("{not json")
+    with pytest.raises(ReportError, match=r"reid\.json is not valid JSON"):
+        write_report(tmp_path)
+
+
+def test_missing_record_and_tables_without_csv(tmp_path: Path) -> None:
+    _classify(tmp_path)
+    (tmp_path / "classify" / "classify.json").unlink()
+    (tmp_path / "classify" / "tables" / "table4.csv").unlink()
+    html_path, md_path = write_report(tmp_path)
+    md, page = md_path.read_text(), html_path.read_text()
+    assert "config: not recorded" in md and "config: not recorded" in page
+    assert "source: classify/tables/table4.md" in md
+    assert "<pre>| method | n_videos" in page  # the Markdown shown as text, not lost
+
+
+HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+
+
+def test_everything_from_files_is_escaped(tmp_path: Path) -> None:
+    _classify(tmp_path, method=HOSTILE)
+    _json(
+        tmp_path / "classify" / "classify.json",
+        {"fingerprint": "<b>fp</b>", "classify": {"note": HOSTILE}},
+    )
+    _png(tmp_path / "classify" / "plots" / 'confusion_<i>&"x".png', RED)
+    _index(tmp_path)
+    _json(tmp_path / "index" / "summary.json", {"index_version": HOSTILE, HOSTILE: 1})
+    _tune(tmp_path)
+    (tmp_path / "tune" / "tau" / "best.yaml").write_text(f"note: '</pre>{HOSTILE}'\n```\n")
+    html_path, md_path = write_report(tmp_path)
+    page, md = html_path.read_text(), md_path.read_text()
+    # best.yaml sits in a fence longer than the ``` it holds, so it cannot close early; a
+    # fenced block is shown as text, so only the Markdown outside it must be escaped
+    fenced = "````\nnote: '</pre>" + HOSTILE + "'\n```\n````"
+    assert fenced in md
+    for text in (page, md.replace(fenced, "")):
+        assert "<script" not in text and "<img src=x" not in text and "<i>" not in text
+        assert "&lt;script&gt;" in text
+    assert page.count("<img ") == 2  # the two real figures, nothing injected
+    assert "</pre><script" not in page
+    # the image's file name is quoted in its Markdown link
+    assert "(classify/plots/confusion_%3Ci%3E%26%22x%22.png)" in md
+
+
+def test_rerun_rewrites_both_files(full_run: Path) -> None:
+    write_report(full_run)
+    shutil.rmtree(full_run / "tune")
+    html_path, md_path = write_report(full_run)
+    assert "*not run (no tune/ folder)*" in md_path.read_text()
+    assert "best.yaml" not in html_path.read_text()
+    assert sorted(p.name for p in full_run.iterdir() if p.is_file()) == [
+        "report.html",
+        "report.md",
+    ]  # no temporary file left beside them
+
+
+# ---------------------------------------------------------------------------- browser
+
+MARK_IMAGES = """<script>
+window.addEventListener("load", () => {
+  for (const img of document.images) {
+    img.setAttribute("data-natural-width", String(img.naturalWidth));
+    img.setAttribute("data-complete", String(img.complete));
+  }
+  document.body.setAttribute("data-checked", "yes");
+});
+</script>"""
+# A deliberately broken image: proves the check can see one.
+BROKEN = '<img id="control" src="data:image/png;base64,iVBORw0KGgoAAAAN">'
+
+
+def _chromium() -> str:
+    for name in (os.environ.get("USV_RAY_CHROMIUM"), "chromium", "chromium-browser"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    pytest.fail(
+        "headless Chromium not found: install Debian's package (apt-get install -y chromium; "
+        ".ci/run does) or set USV_RAY_CHROMIUM to the browser's path"
+    )
+
+
+def _run_chromium(profile: Path, *args: str) -> subprocess.CompletedProcess:
+    command = [
+        _chromium(),
+        "--headless",
+        "--no-sandbox",  # as root (CI containers) Chromium refuses to start with its sandbox
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--no-first-run",
+        f"--user-data-dir={profile}",  # its own profile: parallel runs do not share a lock
+        *args,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=90)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
+class _Elements(HTMLParser):
+    """Every img's attributes and the number of tables in a DOM dump."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[dict[str, str | None]] = []
+        self.tables = 0
+        self.checked = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "img":
+            self.images.append(dict(attrs))
+        elif tag == "table":
+            self.tables += 1
+        elif tag == "body":
+            self.checked = dict(attrs).get("data-checked") == "yes"
+
+
+def test_chromium_shows_tables_and_images(full_run: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    html_path, _ = write_report(full_run)
+    page = html_path.read_text()
+    assert "<script" not in page  # the report has no script; the test adds its own marker
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("</body>", f"{BROKEN}{MARK_IMAGES}</body>"))
+
+    # the DOM after load, each img marked with its decoded width
+    dump = _run_chromium(
+        tmp_path / "profile", "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()
+    )
+    elements = _Elements()
+    elements.feed(dump.stdout)
+    assert elements.checked, "the load handler did not run"
+    control = [img for img in elements.images if img.get("id") == "control"]
+    figures = [img for img in elements.images if img.get("id") != "control"]
+    assert [img["data-natural-width"] for img in control] == ["0"]  # broken, and seen as such
+    assert len(figures) == 2
+    assert all(img["data-natural-width"] == "40" for img in figures), figures
+    assert elements.tables >= 8  # the header, 7 data tables, settings
+
+    # the page as a person sees it: the two figures (pure red, pure blue) are on screen
+    shot = tmp_path / "report.png"
+    _run_chromium(
+        tmp_path / "profile", "--window-size=1280,2400", f"--screenshot={shot}", html_path.as_uri()
+    )
+    pixels = np.asarray(Image.open(shot).convert("RGB"))  # (H, W, 3)
+    assert pixels.shape == (2400, 1280, 3)
+    for color in (RED, BLUE):
+        assert np.all(pixels == color, axis=-1).sum() > 10_000, f"no {color} image on screen"
+    figure = np.all(pixels == RED, axis=-1) | np.all(pixels == BLUE, axis=-1)
+    text_like = np.any(pixels < 100, axis=-1) & ~figure
+    assert text_like.sum() > 5_000  # dark pixels: text and table borders, not a blank page

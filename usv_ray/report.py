@@ -1,0 +1,583 @@
+"""The demo's report: one HTML page and one Markdown file from what the stages wrote.
+
+``write_report(out)`` reads a ``usv-ray demo`` output folder (``data/``, ``classify/``,
+``reid/``, ``index/``, ``tune/``) and writes ``out/report.html``, a single self-contained
+page (images embedded as base64 data URIs, so the file can be mailed), and
+``out/report.md`` (images linked relative to ``out``). It only reads files: a stage that
+did not run gets a "not run" section instead of an error, and a rerun rewrites both files.
+
+Every table and figure is labelled with the data and the configuration it came from: the
+data folder with its counts, and the stage's JSON record (``<stage>.json``, written through
+``usv_ray.io.claim_folder``: the settings' fingerprint and the settings themselves).
+Everything read from a file is HTML-escaped before it reaches either page.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import json
+import math
+import mimetypes
+import re
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from usv_ray.io import atomic_path
+
+__all__ = ["ReportError", "write_report"]
+
+HTML_NAME = "report.html"
+MD_NAME = "report.md"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg")
+PRIVACY_NOTE = (
+    "Patients appear only as patient_key, a keyed hash (HMAC-SHA256) of the patient ID; no "
+    "table, figure or file name here holds a raw identifier. The demo keys its synthetic "
+    "patients with a public development key, fine for synthetic data only: a real archive "
+    "needs a private key (USV_RAY_SECRET or privacy.key_file)."
+)
+
+CLASSIFY_TITLE = "Classification (benign / malignant per video)"
+REID_TITLE = "Nodule re-identification (same nodule or not, within a patient)"
+INDEX_TITLE = "Nodule index (tracklets clustered into nodules per patient)"
+# Titles of the tables and figures the stages are known to write; anything else found in
+# their folders is still shown, under its file name.
+TITLES = {
+    ("classify", "table3"): "Table 3: frame-level baselines vs the variable-frame CNN-LSTM",
+    ("classify", "table4"): "Table 4: every method (3D CNNs, key frame, CNN-LSTMs)",
+    ("classify", "frame_counts"): "Equal-frame CNN-LSTM by frame count N",
+    ("classify", "roc"): "ROC curves",
+    ("classify", "pr"): "Precision-recall curves",
+    ("reid", "table3"): "Re-ID Table 3: same-nodule pairs within a patient (CM vs VM)",
+    ("reid", "delong"): "DeLong test of the AUC difference, CM vs VM",
+    ("reid", "roc_val"): "ROC curves, validation pairs",
+    ("reid", "roc_test"): "ROC curves, test pairs",
+    ("index", "table4_clustering"): "Clustering methods (pairwise precision / recall / F)",
+    ("tune", "results"): "Sweep results, one row per trial",
+}
+PREFIX_TITLES = {"confusion_": "Confusion matrix: ", "probabilities_": "Predicted probabilities: "}
+# Figure order within a stage: summary curves first, then per-method plots.
+FIGURE_ORDER = ("roc", "pr", "roc_val", "roc_test", "confusion_", "probabilities_")
+
+
+class ReportError(ValueError):
+    """The report cannot be written: no output folder, or a stage record that is not JSON."""
+
+
+# ---------------------------------------------------------------------------- model
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table from a stage: a CSV (preferred) and/or its Markdown rendering."""
+
+    title: str
+    source: str  # path relative to the output folder, e.g. "classify/tables/table4.csv"
+    frame: pd.DataFrame | None  # from the CSV
+    markdown: str | None  # the stage's own .md, used by report.md when present
+
+
+@dataclass(frozen=True)
+class Figure:
+    title: str
+    path: Path
+    source: str
+
+
+@dataclass(frozen=True)
+class Text:
+    """A file shown as it is (e.g. tune's best.yaml)."""
+
+    title: str
+    source: str
+    text: str
+
+
+@dataclass
+class Section:
+    """One stage's part of the report."""
+
+    title: str
+    status: str  # "" when the stage ran, else why nothing is shown ("not run", ...)
+    provenance: list[str] = field(default_factory=list)  # where it came from, in full
+    tags: list[str] = field(default_factory=list)  # the same, short: on every table and figure
+    settings: dict[str, str] = field(default_factory=dict)  # flattened record settings
+    items: list[Table | Figure | Text] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def _rel(path: Path, out: Path) -> str:
+    try:
+        return path.relative_to(out).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _title(stage: str, stem: str) -> str:
+    if (stage, stem) in TITLES:
+        return TITLES[(stage, stem)]
+    for prefix, title in PREFIX_TITLES.items():
+        if stem.startswith(prefix):
+            return title + stem[len(prefix) :]
+    return stem
+
+
+def _figure_rank(path: Path) -> tuple[int, str]:
+    for rank, key in enumerate(FIGURE_ORDER):
+        if path.stem == key or (key.endswith("_") and path.stem.startswith(key)):
+            return rank, path.stem
+    return len(FIGURE_ORDER), path.stem
+
+
+def _tables(folder: Path, stage: str, out: Path, first: tuple[str, ...] = ()) -> list[Table]:
+    """Every table in ``folder`` (a stem with a .csv and/or .md): ``first`` ones first."""
+    if not folder.is_dir():
+        return []
+    stems = sorted({p.stem for p in folder.iterdir() if p.suffix in (".csv", ".md")})
+    stems.sort(key=lambda stem: first.index(stem) if stem in first else len(first))
+    tables = []
+    for stem in stems:
+        csv, md = folder / f"{stem}.csv", folder / f"{stem}.md"
+        frame = pd.read_csv(csv) if csv.is_file() else None
+        markdown = md.read_text(encoding="utf-8").strip() if md.is_file() else None
+        source = _rel(csv if csv.is_file() else md, out)
+        tables.append(Table(_title(stage, stem), source, frame, markdown))
+    return tables
+
+
+def _figures(folder: Path, stage: str, out: Path) -> list[Figure]:
+    if not folder.is_dir():
+        return []
+    paths = sorted(
+        (p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_figure_rank
+    )
+    return [Figure(_title(stage, p.stem), p, _rel(p, out)) for p in paths]
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, str]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}``; lists joined with commas."""
+    if isinstance(value, Mapping):
+        flat: dict[str, str] = {}
+        for key, inner in value.items():
+            flat.update(_flatten(inner, f"{prefix}{key}."))
+        return flat
+    if isinstance(value, list | tuple):
+        value = ", ".join(str(v) for v in value)
+    elif isinstance(value, float):
+        value = f"{value:.6g}"
+    elif value is None or isinstance(value, bool):
+        value = json.dumps(value)  # as the record spells it: null, true, false
+    return {prefix.rstrip("."): str(value)}
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object, or None when the file is missing; a clear error when it is not JSON."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ReportError(f"{path} holds a JSON {type(data).__name__}, expected an object")
+    return data
+
+
+def _record(folder: Path, stage: str) -> tuple[Path, dict[str, Any]] | None:
+    """The stage's config record: ``<stage>.json``, else any JSON there with a fingerprint."""
+    candidates = [folder / f"{stage}.json", *sorted(folder.glob("*.json"))]
+    for path in candidates:
+        data = _read_json(path)
+        if data is not None and "fingerprint" in data:
+            return path, data
+    return None
+
+
+def _stamp(seconds: float) -> str:
+    return dt.datetime.fromtimestamp(seconds).astimezone().strftime("%Y-%m-%d %H:%M %Z")
+
+
+def _when(path: Path) -> str:
+    """The local date and time ``path`` was written."""
+    return _stamp(path.stat().st_mtime)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def _add_record(
+    section: Section, found: tuple[Path, dict[str, Any]] | None, where: Path, out: Path
+) -> None:
+    """Label ``section`` with the stage's record: fingerprint, when, how long, settings."""
+    if found is None:
+        section.provenance.append(
+            f"config: no record (JSON with a fingerprint) in {_rel(where, out)}"
+        )
+        section.tags.append("config: not recorded")
+        return
+    path, data = found
+    line = f"config: {_rel(path, out)}, fingerprint {str(data['fingerprint'])[:12]}"
+    line += f", written {_when(path)}"
+    if isinstance(data.get("seconds"), int | float):
+        line += f", took {_duration(float(data['seconds']))}"
+    section.provenance.append(line)
+    section.tags.append(f"config {_rel(path, out)} {str(data['fingerprint'])[:12]}")
+    section.settings = _flatten(
+        {k: v for k, v in data.items() if k not in ("fingerprint", "seconds", "data")}
+    )
+
+
+def _parquet_columns(path: Path, columns: list[str]) -> pd.DataFrame | None:
+    import pyarrow.parquet as pq
+
+    if not path.exists():
+        return None
+    return pq.read_table(path, columns=columns).to_pandas()
+
+
+def _data_line(record_data: Any, out: Path) -> str:
+    """The data folder a stage read: its record's ``data`` entry, else the demo's ``out/data``."""
+    if isinstance(record_data, str):
+        return f"data: {record_data}"
+    if (out / "data").is_dir():
+        return f"data: {(out / 'data').resolve()}"
+    return "data: not recorded"
+
+
+def _data_section(out: Path) -> Section:
+    folder = out / "data"
+    section = Section("Data", "" if folder.is_dir() else "not run (no data/ folder)")
+    if not folder.is_dir():
+        return section
+    section.provenance.append(f"data: {folder.resolve()}")
+    manifest = out / "archive" / "manifest.csv"
+    if manifest.is_file():
+        section.provenance.append(f"archive: {manifest.resolve()} (synthetic, written by synth)")
+    videos = _parquet_columns(folder / "videos.parquet", ["patient_key", "label", "status"])
+    if videos is not None:
+        ok = videos[videos["status"] == "ok"]
+        section.provenance.append(
+            f"videos.parquet: {len(videos)} videos of {videos['patient_key'].nunique()} patients, "
+            f"{len(ok)} ingested ok, {len(videos) - len(ok)} failed; "
+            f"{int((ok['label'] == 1).sum())} malignant, {int((ok['label'] == 0).sum())} benign, "
+            f"{int((ok['label'] < 0).sum())} unlabelled"
+        )
+    errors = _parquet_columns(folder / "errors.parquet", ["stage"])
+    if errors is not None:
+        section.provenance.append(f"errors.parquet: {len(errors)} error rows")
+    return section
+
+
+def _classify_counts(folder: Path) -> tuple[str, str] | None:
+    """What classify cross-validated (its folds table): a full line and a short tag."""
+    folds = _parquet_columns(folder / "folds.parquet", ["patient_key", "label", "fold"])
+    if folds is None:
+        return None
+    videos, patients = len(folds), folds["patient_key"].nunique()
+    folds_n = folds["fold"].nunique()
+    return (
+        f"cross-validated: {videos} labelled videos of {patients} patients "
+        f"({int(folds['label'].sum())} malignant) in {folds_n} patient-level folds; "
+        "predictions pooled over folds; 95% patient-bootstrap CIs",
+        f"{videos} videos of {patients} patients, {folds_n} folds",
+    )
+
+
+def _reid_counts(folder: Path) -> tuple[str, str] | None:
+    """What re-ID trained and evaluated on (its splits table): a full line and a short tag."""
+    splits = _parquet_columns(folder / "splits.parquet", ["patient_key", "nodule_id", "split"])
+    if splits is None:
+        return None
+    parts = []
+    for split in ("train", "val", "test"):
+        part = splits[splits["split"] == split]
+        parts.append(
+            f"{split} {len(part)} tracklets, {part['nodule_id'].nunique()} nodules, "
+            f"{part['patient_key'].nunique()} patients"
+        )
+    return (
+        "split by patient: " + "; ".join(parts),
+        f"{len(splits)} tracklets of {splits['patient_key'].nunique()} patients",
+    )
+
+
+def _index_counts(folder: Path) -> tuple[str, str] | None:
+    """What the index holds (its summary.json): a full line and a short tag."""
+    summary = _read_json(folder / "summary.json")
+    if summary is None:
+        return None
+    patients, tracklets = summary.get("patients", "?"), summary.get("tracklets", "?")
+    version = summary.get("index_version", "not recorded")
+    return (
+        f"index: {summary.get('nodules', '?')} nodules of {patients} patients from {tracklets} "
+        f"tracklets; index_version {version} (the model, clip shape, tau and method)",
+        f"{tracklets} tracklets of {patients} patients · index_version {version}",
+    )
+
+
+def _index_summary(folder: Path, out: Path) -> list[Table]:
+    summary = _read_json(folder / "summary.json")
+    if summary is None:
+        return []
+    flat = _flatten(summary)
+    frame = pd.DataFrame({"field": list(flat), "value": list(flat.values())})
+    return [Table("Index summary", _rel(folder / "summary.json", out), frame, None)]
+
+
+def _stage_section(out: Path, stage: str, title: str, first: tuple[str, ...]) -> Section:
+    """A stage's section: provenance, its tables (``first`` ones first), then its plots."""
+    folder = out / stage
+    if not folder.is_dir():
+        return Section(title, f"not run (no {stage}/ folder)")
+    section = Section(title, "")
+    record = _record(folder, stage)
+    data = _data_line(record[1].get("data") if record else None, out)
+    section.provenance.append(data)
+    section.tags.append(data)
+    counting = {"classify": _classify_counts, "reid": _reid_counts, "index": _index_counts}
+    counts = counting[stage](folder)
+    if counts is not None:
+        section.provenance.append(counts[0])
+        section.tags.append(counts[1])
+    # the index has no fingerprint record: its index_version (above) names its settings
+    if record is not None or stage != "index" or counts is None:
+        _add_record(section, record, folder, out)
+    if stage == "index":
+        section.items += _index_summary(folder, out)
+    section.items += _tables(folder / "tables", stage, out, first)
+    section.items += _figures(folder / "plots", stage, out)
+    if not section.items:
+        section.status = "no results yet (the stage did not finish)"
+    return section
+
+
+def _tune_sections(out: Path) -> list[Section]:
+    """One section per sweep target folder under ``tune/`` (the demo sweeps ``tau``)."""
+    folder = out / "tune"
+    if not folder.is_dir():
+        return [Section("Tuning sweeps", "not run (no tune/ folder)")]
+    sections = []
+    for target in sorted(p for p in folder.iterdir() if p.is_dir()):
+        section = Section(f"Tuning sweep: {target.name}", "")
+        # the sweep's own record, else one for the whole tune folder
+        record = _record(target, "tune") or _record(folder, "tune")
+        data = _data_line(record[1].get("data") if record else None, out)
+        section.provenance.append(data)
+        section.tags.append(data)
+        _add_record(section, record, target, out)
+        section.items += _tables(target, "tune", out, ("results",))
+        best = target / "best.yaml"
+        if best.is_file():
+            title = "Best configuration (a YAML the other commands accept with --config)"
+            section.items.append(Text(title, _rel(best, out), best.read_text(encoding="utf-8")))
+        section.items += _figures(target, "tune", out)
+        if not section.items:
+            section.status = "no results yet (the sweep did not finish)"
+        sections.append(section)
+    return sections or [Section("Tuning sweeps", "not run (tune/ holds no sweep)")]
+
+
+# ---------------------------------------------------------------------------- rendering
+
+
+def _number(value: float) -> str:
+    """Two decimals; small values (p-values) with two significant digits; NaN as n/a."""
+    if math.isnan(value):
+        return "n/a"
+    if value != 0 and abs(value) < 0.01:
+        return f"{value:.2g}"
+    return f"{value:.2f}"
+
+
+def _md_text(text: str) -> str:
+    """File text in Markdown prose or tables: raw HTML is escaped, so it shows as text."""
+    return html.escape(text, quote=False)
+
+
+def _md_fence(text: str) -> str:
+    """A fenced code block whose fence is longer than any backtick run inside ``text``."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}\n{text.rstrip()}\n{fence}"
+
+
+def _md_table(frame: pd.DataFrame) -> str:
+    from usv_ray.evaluate.tables import to_markdown
+
+    shown = frame.copy()
+    for column in shown.columns:
+        if pd.api.types.is_float_dtype(shown[column]):
+            continue
+        shown[column] = shown[column].map(lambda v: _md_text(str(v)) if isinstance(v, str) else v)
+    return to_markdown(shown)
+
+
+def _label(section: Section, source: str) -> str:
+    return " · ".join([f"source: {source}", *section.tags])
+
+
+def render_markdown(sections: list[Section], header: list[tuple[str, str]], out: Path) -> str:
+    """The Markdown report; images are linked relative to ``out``."""
+    lines = ["# usv-ray demo report", ""]
+    lines += [f"- **{name}**: {_md_text(value)}" for name, value in header]
+    for section in sections:
+        lines += ["", f"## {_md_text(section.title)}", ""]
+        if section.status:
+            lines += [f"*{_md_text(section.status)}*"]
+            continue
+        lines += [f"- {_md_text(line)}" for line in section.provenance]
+        if section.settings:
+            settings = pd.DataFrame(
+                {"setting": list(section.settings), "value": list(section.settings.values())}
+            )
+            lines += ["", "<details><summary>settings</summary>", "", _md_table(settings)]
+            lines += ["", "</details>"]
+        for item in section.items:
+            lines += ["", f"### {_md_text(item.title)}", ""]
+            lines += [f"*{_md_text(_label(section, item.source))}*", ""]
+            if isinstance(item, Table):
+                # the stage's own Markdown where it wrote one (same figures as its CSV)
+                lines += [_md_text(item.markdown) if item.markdown else _md_table(item.frame)]
+            elif isinstance(item, Figure):
+                link = urllib.parse.quote(_rel(item.path, out))
+                alt = _md_text(item.title).replace("]", "\\]").replace("[", "\\[")
+                lines += [f"![{alt}]({link})"]
+            else:
+                lines += [_md_fence(item.text)]
+    return "\n".join(lines) + "\n"
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px;
+       padding: 0 1em; color: #222; }
+h1 { margin-bottom: .2em; } h2 { border-bottom: 1px solid #ccc; margin-top: 2em; }
+.header td { padding: .1em 1em .1em 0; vertical-align: top; }
+.header td:first-child { white-space: nowrap; }
+.label { color: #555; font-size: .85em; margin: .2em 0 .6em; }
+.status { color: #a40; font-style: italic; }
+.scroll { overflow-x: auto; }
+table.data { border-collapse: collapse; font-size: .85em; }
+table.data th, table.data td { border: 1px solid #ccc; padding: .2em .5em; }
+table.data td { text-align: right; white-space: nowrap; }
+table.data td:first-child { text-align: left; } table.data th { background: #f2f2f2; }
+figure { display: inline-block; width: 48%; margin: .5em 0; vertical-align: top; }
+figure img { width: 100%; height: auto; }
+figcaption { font-size: .85em; color: #555; }
+pre { background: #f6f6f6; padding: .6em; overflow-x: auto; }
+"""
+
+
+def _html_table(frame: pd.DataFrame) -> str:
+    # to_html escapes every cell and header (escape=True is its default; said for the reader)
+    return frame.to_html(
+        index=False, escape=True, na_rep="n/a", float_format=_number, border=0, classes="data"
+    )
+
+
+def _data_uri(path: Path) -> str:
+    mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
+
+
+def render_html(sections: list[Section], header: list[tuple[str, str]]) -> str:
+    """The HTML report: one self-contained page, images embedded as data URIs."""
+    e = html.escape
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        "<title>usv-ray demo report</title>",
+        f"<style>{STYLE}</style></head><body>",
+        "<h1>usv-ray demo report</h1>",
+        '<table class="header">',
+        *(f"<tr><td><b>{e(name)}</b></td><td>{e(value)}</td></tr>" for name, value in header),
+        "</table>",
+    ]
+    for section in sections:
+        parts.append(f"<section><h2>{e(section.title)}</h2>")
+        if section.status:
+            parts.append(f'<p class="status">{e(section.status)}</p></section>')
+            continue
+        parts.append(
+            "<ul>" + "".join(f"<li>{e(line)}</li>" for line in section.provenance) + "</ul>"
+        )
+        if section.settings:
+            settings = pd.DataFrame(
+                {"setting": list(section.settings), "value": list(section.settings.values())}
+            )
+            parts.append(f"<details><summary>settings</summary>{_html_table(settings)}</details>")
+        for item in section.items:
+            label = f'<p class="label">{e(_label(section, item.source))}</p>'
+            if isinstance(item, Table):
+                body = (
+                    _html_table(item.frame)
+                    if item.frame is not None
+                    else f"<pre>{e(item.markdown or '')}</pre>"
+                )
+                parts.append(f'<h3>{e(item.title)}</h3>{label}<div class="scroll">{body}</div>')
+            elif isinstance(item, Figure):
+                parts.append(
+                    f'<figure><img src="{_data_uri(item.path)}" alt="{e(item.title)}">'
+                    f"<figcaption><b>{e(item.title)}</b>{label}</figcaption></figure>"
+                )
+            else:
+                parts.append(f"<h3>{e(item.title)}</h3>{label}<pre>{e(item.text)}</pre>")
+        parts.append("</section>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+# ---------------------------------------------------------------------------- entry point
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("usv_ray")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def write_report(out: str | Path) -> tuple[Path, Path]:
+    """Write ``out/report.html`` and ``out/report.md`` from the stages' outputs in ``out``.
+
+    Sections: data, classify, reid, index, tune (one per sweep); a stage without a folder
+    is "not run". Returns ``(html_path, md_path)``; both are written atomically.
+    """
+    out = Path(out)
+    if not out.is_dir():
+        raise ReportError(f"{out} is not a folder: run `usv-ray demo --out {out}` first")
+    sections = [
+        _data_section(out),
+        _stage_section(out, "classify", CLASSIFY_TITLE, ("table3", "table4")),
+        _stage_section(out, "reid", REID_TITLE, ("table3", "delong")),
+        _stage_section(out, "index", INDEX_TITLE, ("table4_clustering",)),
+        *_tune_sections(out),
+    ]
+    records = [_record(out / stage, stage) for stage in ("classify", "reid", "index")]
+    records += [_record(p, "tune") for p in sorted((out / "tune").glob("*/"))]
+    written = [found[0] for found in records if found is not None]
+    written += [p for p in [out / "index" / "summary.json"] if p.is_file()]
+    stamps = [path.stat().st_mtime for path in written]
+    header = [
+        ("run", _stamp(max(stamps)) if stamps else "no stage record found"),
+        ("report written", _stamp(dt.datetime.now().timestamp())),
+        ("usv_ray version", _version()),
+        ("output folder", str(out.resolve())),
+        ("privacy", PRIVACY_NOTE),
+    ]
+    html_path, md_path = out / HTML_NAME, out / MD_NAME
+    with atomic_path(html_path) as tmp:
+        tmp.write_text(render_html(sections, header), encoding="utf-8")
+    with atomic_path(md_path) as tmp:
+        tmp.write_text(render_markdown(sections, header, out), encoding="utf-8")
+    return html_path, md_path
