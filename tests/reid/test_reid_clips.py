@@ -7,6 +7,7 @@ from usv_ray.config import ReidConfig
 from usv_ray.reid.clips import (
     augmented_input,
     clip_array,
+    clip_problem,
     load_tracklets,
     model_input,
     read_tracklet_table,
@@ -28,6 +29,21 @@ def test_clip_array_samples_and_resizes():
 def test_clip_array_rejects_a_truncated_clip():
     with pytest.raises(ValueError, match="is not 2 x 8 x 4"):
         clip_array(b"\0" * 63, 2, 8, 4, ReidConfig())
+
+
+@pytest.mark.parametrize(
+    ("clip", "frames", "height", "width", "problem"),
+    [
+        (b"\0" * 64, 2, 8, 4, None),
+        (b"\0" * 63, 2, 8, 4, "63 bytes is not 2 x 8 x 4"),
+        (None, 2, 8, 4, "0 bytes is not 2 x 8 x 4"),
+        (b"", 0, 8, 4, "empty tracklet"),
+        (b"", 2, 0, 4, "empty tracklet"),
+    ],
+)
+def test_clip_problem(clip, frames, height, width, problem):
+    found = clip_problem(clip, frames, height, width)
+    assert found == problem if problem is None else problem in found
 
 
 def test_load_tracklets_reads_only_the_asked_ids(tmp_path):

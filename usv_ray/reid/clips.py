@@ -42,18 +42,26 @@ def read_tracklet_table(data: Path, columns: Sequence[str] = META_COLUMNS) -> pa
     return table.sort_by("tracklet_id")
 
 
+def clip_problem(clip: bytes | None, frames: int, height: int, width: int) -> str | None:
+    """Why a stored tracklet clip cannot be read, or None when it can."""
+    if frames < 1 or height < 1 or width < 1:
+        return f"empty tracklet: {frames} frames of {height} x {width}"
+    if clip is None or len(clip) != frames * height * width:
+        size = 0 if clip is None else len(clip)
+        return f"tracklet clip of {size} bytes is not {frames} x {height} x {width} uint8"
+    return None
+
+
 def clip_array(clip: bytes, frames: int, height: int, width: int, cfg: ReidConfig) -> np.ndarray:
     """One stored tracklet clip -> ``(cfg.clip_frames, clip_height, clip_width)`` uint8.
 
     Raises:
-        ValueError: for a clip whose size does not match ``frames x height x width``.
+        ValueError: for a clip :func:`clip_problem` rejects.
     """
     import cv2
 
-    if frames < 1 or len(clip) != frames * height * width:
-        raise ValueError(
-            f"tracklet clip of {len(clip)} bytes is not {frames} x {height} x {width} uint8"
-        )
+    if problem := clip_problem(clip, frames, height, width):
+        raise ValueError(problem)
     patches = np.frombuffer(clip, np.uint8).reshape(frames, height, width)  # (T0, h, w)
     size = (cfg.clip_width, cfg.clip_height)
     return np.stack(

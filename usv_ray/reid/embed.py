@@ -1,13 +1,15 @@
 """Trained re-ID models on disk, and batch inference that embeds tracklets with one.
 
-A model file holds the kind (CM or VM), the number of training nodules (the CM's fc) and
-the weights; its ``model_id`` (kind and a hash of the file) goes into every embedding row,
-so embeddings from different models are never mixed. :class:`TrackletEmbedder` is the
-callable class for ``Dataset.map_batches``: it loads the model once per actor.
+A model file holds the kind (CM or VM), the number of training nodules (the CM's fc), the
+clip shape it was trained on and the weights; its ``model_id`` (kind and a hash of the
+file) goes into every embedding row, so embeddings from different models are never mixed.
+:class:`TrackletEmbedder` is the callable class for ``Dataset.map_batches``: it loads the
+model once per actor; :func:`embed_dataset` is the batch-inference step that uses it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from pathlib import Path
 
@@ -33,15 +35,36 @@ EMBED_COLUMNS = [
 ]
 
 
-def save_reid_model(path: Path, kind: ReidModel, n_identities: int, weights: dict) -> Path:
-    """Write a trained model atomically."""
+CLIP_SETTINGS = ("clip_frames", "clip_height", "clip_width")  # the model's input shape
+
+
+@dataclasses.dataclass(frozen=True)
+class ReidModelFile:
+    """A trained model loaded from disk."""
+
+    model: torch.nn.Module  # in eval mode
+    model_id: str  # "KIND sha256[:12]" of the file
+    clip: dict[str, int]  # CLIP_SETTINGS it was trained on: embed with the same
+
+
+def save_reid_model(
+    path: Path, kind: ReidModel, n_identities: int, weights: dict, cfg: ReidConfig
+) -> Path:
+    """Write a model trained on ``cfg``'s clip shape atomically."""
+    clip = {name: getattr(cfg, name) for name in CLIP_SETTINGS}
     with atomic_path(path) as tmp:
-        torch.save({"kind": kind, "n_identities": n_identities, "weights": weights}, tmp)
+        torch.save(
+            {"kind": kind, "n_identities": n_identities, "clip": clip, "weights": weights}, tmp
+        )
     return Path(path)
 
 
-def load_reid_model(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, str]:
-    """(the model in eval mode on ``device``, its model_id "KIND sha256[:12]")."""
+def load_reid_model(path: str | Path, device: str = "cpu") -> ReidModelFile:
+    """The model at ``path`` on ``device``.
+
+    Raises:
+        FileNotFoundError: when there is no model file at ``path``.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no re-ID model at {path}: run `usv-ray reid` first")
@@ -49,17 +72,21 @@ def load_reid_model(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Mod
     model = build_model(saved["kind"], saved["n_identities"])
     model.load_state_dict(saved["weights"])
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    return model.to(device).eval(), f"{saved['kind']} {digest}"
+    return ReidModelFile(model.to(device).eval(), f"{saved['kind']} {digest}", saved["clip"])
 
 
 class TrackletEmbedder:
-    """Tracklet rows (``EMBED_COLUMNS``) -> :data:`EMBEDDINGS` rows, one model per actor."""
+    """Tracklet rows (``EMBED_COLUMNS``) -> :data:`EMBEDDINGS` rows, one model per actor.
+
+    Clips are shaped as the model was trained (its file says how), whatever ``cfg`` says.
+    """
 
     def __init__(self, model_file: str, cfg: ReidConfig, batch_size: int = 16) -> None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model, self.model_id = load_reid_model(model_file, device)
+        loaded = load_reid_model(model_file, device)
+        self.model, self.model_id = loaded.model, loaded.model_id
         self.device = torch.device(device)
-        self.cfg = cfg
+        self.cfg = dataclasses.replace(cfg, **loaded.clip)
         self.batch_size = batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
@@ -78,3 +105,27 @@ class TrackletEmbedder:
             },
             schema=EMBEDDINGS,
         )
+
+
+def embed_dataset(
+    tracklets,  # ray.data.Dataset of EMBED_COLUMNS rows
+    model_file: Path,
+    cfg: ReidConfig,
+    workers: int,
+    cpus_per_worker: float,
+    use_gpu: bool,
+    batch_size: int = 16,
+):
+    """The Ray Data batch-inference step: ``tracklets`` -> a Dataset of EMBEDDINGS rows, on
+    ``workers`` actors that each load the model once (one GPU each with ``use_gpu``)."""
+    import ray.data
+
+    return tracklets.map_batches(
+        TrackletEmbedder,
+        fn_constructor_kwargs={"model_file": str(model_file), "cfg": cfg},
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        num_cpus=cpus_per_worker,
+        num_gpus=1 if use_gpu else 0,
+    )

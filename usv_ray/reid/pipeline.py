@@ -117,7 +117,7 @@ def _train(cfg: Config, data: Path, out: Path, splits: pd.DataFrame) -> dict[str
         weights, summary = fit_reid(
             r, kind, data, train["tracklet_id"], val["tracklet_id"], out / "runs", f"reid_{kind}"
         )
-        save_reid_model(files[kind], kind, n_identities, weights)
+        save_reid_model(files[kind], kind, n_identities, weights, r)
         log.info(
             "re-ID: %s trained in %.0f s (best validation accuracy %.3f)",
             kind,
@@ -144,7 +144,7 @@ def _evaluate(
     )
 
     r = cfg.reid
-    models = {kind: load_reid_model(path)[0] for kind, path in files.items()}
+    models = {kind: load_reid_model(path).model for kind, path in files.items()}
     scored = {}
     for split in ("val", "test"):
         ids = splits.loc[splits["split"] == split, "tracklet_id"]
@@ -182,11 +182,11 @@ def _embeddings(cfg: Config, data: Path, out: Path, model_file: Path) -> Path:
 
     from usv_ray.io import write_dataset
     from usv_ray.reid.clips import tracklet_shards
-    from usv_ray.reid.embed import EMBED_COLUMNS, TrackletEmbedder, load_reid_model
+    from usv_ray.reid.embed import EMBED_COLUMNS, embed_dataset, load_reid_model
 
     r = cfg.reid
     target = out / "embeddings"
-    model_id = load_reid_model(model_file)[1]
+    model_id = load_reid_model(model_file).model_id
     if target.exists():
         done = pq.read_table(target, columns=["model"])["model"].unique().to_pylist()
         if done == [model_id]:
@@ -195,15 +195,7 @@ def _embeddings(cfg: Config, data: Path, out: Path, model_file: Path) -> Path:
     tracklets = ray.data.read_parquet(
         tracklet_shards(data), filesystem=pyarrow.fs.LocalFileSystem()
     ).select_columns(EMBED_COLUMNS)
-    embedded = tracklets.map_batches(
-        TrackletEmbedder,
-        fn_constructor_kwargs={"model_file": str(model_file), "cfg": r},
-        batch_size=16,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=r.workers),
-        num_cpus=r.cpus_per_worker,
-        num_gpus=1 if r.use_gpu else 0,
-    )
+    embedded = embed_dataset(tracklets, model_file, r, r.workers, r.cpus_per_worker, r.use_gpu)
     return write_dataset(embedded, target)
 
 
