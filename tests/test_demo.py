@@ -11,7 +11,7 @@ from usv_ray.classify.models import FrameCNN
 from usv_ray.classify.pipeline import EQUAL, TABLE3, TABLE4, VARIABLE, run_classify
 from usv_ray.config import ConfigError, load_config
 from usv_ray.imaging import normalise
-from usv_ray.schemas import EMBEDDINGS, PREDICTIONS
+from usv_ray.schemas import EMBEDDINGS, NODULES, PREDICTIONS
 
 DEMO_OVERRIDES = (
     "synth.patients=9",
@@ -30,7 +30,7 @@ DEMO_OVERRIDES = (
 
 @pytest.fixture(scope="module")
 def demo_run(ray_session, tmp_path_factory):
-    """`usv-ray demo` on a small archive: synth, ingest, classify and re-ID.
+    """`usv-ray demo` on a small archive: synth, ingest, classify, re-ID and the index.
 
     Few patients and epochs, no 3D-CNN baselines and one frame count keep the suite quick;
     this checks the command and the stage's plumbing (the parts have their own tests).
@@ -148,6 +148,19 @@ def test_demo_reid_evaluates_both_models_and_embeds_every_tracklet(demo_run):
         tracklets["tracklet_id"].to_pylist()
     )
     assert "re-ID:" in (root / "printed.txt").read_text()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_demo_indexes_every_tracklet_in_one_nodule(demo_run):
+    _, root = demo_run
+    nodules = pq.read_table(root / "index" / "nodules.parquet")
+    assert nodules.schema.equals(NODULES, check_metadata=False)
+    members = [t for ids in nodules["tracklet_ids"].to_pylist() for t in ids]
+    tracklets = pq.read_table(root / "data" / "tracklets", columns=["tracklet_id"])
+    assert sorted(members) == sorted(tracklets["tracklet_id"].to_pylist())
+    assert len(set(nodules["index_version"].to_pylist())) == 1
+    assert "pairwise precision" in (root / "printed.txt").read_text()
 
 
 @pytest.mark.ray

@@ -135,8 +135,55 @@ def cmd_reid(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_index(summary) -> None:
+    scores = summary.scores
+    agreement = (
+        f"\n  vs annotated nodules ({scores['tracklets']} tracklets, {scores['true_nodules']} "
+        f"nodules): pairwise precision {100 * scores['precision']:.1f}, recall "
+        f"{100 * scores['recall']:.1f}, F {100 * scores['f_score']:.1f}"
+        if scores
+        else ""
+    )
+    print(
+        f"index: {summary.nodules} nodules of {summary.patients} patients from "
+        f"{summary.tracklets} tracklets ({summary.embedded_now} embedded now"
+        f"{', rebuilt' if summary.rebuilt else ''}, {summary.errors} error rows) in "
+        f"{summary.seconds:.0f} s{agreement}\n"
+        f"  version: {summary.index_version}\n"
+        f"  index: {summary.out / 'nodules.parquet'}\n"
+        f"  errors: {summary.out / 'errors.parquet'}"
+    )
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from usv_ray.index.pipeline import run_index
+
+    cfg = build_config(args)
+    _print_index(run_index(cfg, args.data, args.model, args.out))
+    return 0
+
+
+def _print_report(out: Path) -> None:
+    from usv_ray.report import write_report
+
+    html_path, md_path = write_report(out)
+    print(f"report: {html_path} (self-contained; Markdown: {md_path})")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from usv_ray.report import ReportError
+
+    try:
+        _print_report(Path(args.out))
+    except ReportError as exc:  # no output folder, an unreadable stage record
+        print(f"usv-ray: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from usv_ray.classify.pipeline import run_classify
+    from usv_ray.index.pipeline import run_index
     from usv_ray.ingest.pipeline import run_ingest
     from usv_ray.reid.pipeline import run_reid
     from usv_ray.synth import write_archive
@@ -144,14 +191,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg = build_config(args)
     out = Path(args.out)
     started = time.perf_counter()
-    log.info("[1/4] synthesising an archive of %d patients", cfg.synth.patients)
+    log.info("[1/5] synthesising an archive of %d patients", cfg.synth.patients)
     manifest = write_archive(cfg.synth, out / "archive")
-    log.info("[2/4] ingesting %s", manifest)
+    log.info("[2/5] ingesting %s", manifest)
     _print_ingest(run_ingest(cfg, manifest, out / "data"))
-    log.info("[3/4] classifying: every method of the paper, %d-fold", cfg.classify.folds)
+    log.info("[3/5] classifying: every method of the paper, %d-fold", cfg.classify.folds)
     _print_classify(run_classify(cfg, out / "data", out / "classify"))
-    log.info("[4/4] re-identifying nodules: %s", " and ".join(cfg.reid.models))
+    log.info("[4/5] re-identifying nodules: %s", " and ".join(cfg.reid.models))
     _print_reid(run_reid(cfg, out / "data", out / "reid"))
+    log.info("[5/5] indexing every patient's nodules with %s", cfg.index.model)
+    _print_index(run_index(cfg, out / "data", out / "reid", out / "index"))
     print(f"demo finished in {time.perf_counter() - started:.0f} s: {out}")
     return 0
 
@@ -191,6 +240,23 @@ def build_parser() -> argparse.ArgumentParser:
     reid.add_argument("--out", required=True, help="folder of models, tables and embeddings")
     reid.set_defaults(func=cmd_reid)
 
+    index = stages.add_parser(
+        "index", help="embed new tracklets and update the nodule index (the nightly job)"
+    )
+    _common(index, None)
+    index.add_argument("--data", required=True, help="data folder that ingest wrote")
+    index.add_argument(
+        "--model", required=True, help="re-ID output folder (or a model file) to embed with"
+    )
+    index.add_argument("--out", required=True, help="folder of the index (nodules.parquet)")
+    index.set_defaults(func=cmd_index)
+
+    report = stages.add_parser(
+        "report", help="write report.html and report.md from a demo output folder"
+    )
+    report.add_argument("--out", required=True, help="the demo's output folder")
+    report.set_defaults(func=cmd_report)
+
     demo = stages.add_parser("demo", help="every stage on a synthetic archive, on a local Ray")
     _common(demo, "demo")
     demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
@@ -201,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``usv-ray`` console command and of ``jobs/*.py``."""
     from usv_ray.classify.pipeline import ClassifyError
+    from usv_ray.index.pipeline import IndexBuildError
     from usv_ray.ingest.manifest import ManifestError
     from usv_ray.privacy import MissingKeyError
     from usv_ray.reid.pipeline import ReidError
@@ -213,7 +280,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (ConfigError, ManifestError, MissingKeyError, ClassifyError, ReidError) as exc:
+    except (
+        ConfigError,
+        ManifestError,
+        MissingKeyError,
+        ClassifyError,
+        ReidError,
+        IndexBuildError,
+    ) as exc:
         print(f"usv-ray: error: {exc}", file=sys.stderr)
         return 2
 

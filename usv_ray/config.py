@@ -135,6 +135,21 @@ class ReidConfig:
     n_boot: int = 1000  # bootstrap resamples over patients for the 95% CIs
 
 
+ClusterMethod = Literal["closure", "algorithm1"]
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    model: ReidModel = "CM"  # which of the re-ID folder's models embeds the archive
+    tau: float = 0.3  # cosine distance within which two tracklets show the same nodule
+    method: ClusterMethod = "closure"  # closure: order-independent; algorithm1: the paper's
+    seed: int = 0  # algorithm1's choice of seed elements
+    workers: int = 1  # embedding actors (one model each)
+    cpus_per_worker: float = 1.0
+    use_gpu: bool = False  # one GPU per embedding actor when the cluster has them
+    batch_size: int = 16  # tracklets per inference batch
+
+
 @dataclass(frozen=True)
 class Config:
     ray: RayConfig = field(default_factory=RayConfig)
@@ -143,6 +158,7 @@ class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
     reid: ReidConfig = field(default_factory=ReidConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:

@@ -103,3 +103,18 @@ EMBEDDINGS = pa.schema(
         pa.field("model", pa.string(), nullable=False),  # e.g. "CM 3f9a..." (kind, weights)
     ]
 )
+
+NODULES = pa.schema(  # the nodule index: one row per nodule of a patient
+    [
+        pa.field("patient_key", pa.string(), nullable=False),
+        pa.field("nodule_uid", pa.string(), nullable=False),  # stable across nightly runs
+        pa.field("tracklet_ids", pa.list_(pa.string()), nullable=False),  # sorted
+        pa.field("study_keys", pa.list_(pa.string()), nullable=False),  # exams that show it
+        pa.field("centroid", pa.list_(pa.float32(), EMBEDDING_DIM), nullable=False),  # L2 = 1
+        pa.field("n_tracklets", pa.int32(), nullable=False),
+        pa.field("first_study", pa.string()),  # the exam it was first indexed from
+        pa.field("last_study", pa.string()),  # the latest exam that added a tracklet
+        pa.field("updated_at", pa.timestamp("s", tz="UTC"), nullable=False),
+        pa.field("index_version", pa.string(), nullable=False),  # model, clip shape, tau, method
+    ]
+)

@@ -1,0 +1,97 @@
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from usv_ray.index.nodules import Nodule, centroid, nodule_uid, update_patient
+
+BEFORE = datetime(2026, 1, 1, tzinfo=UTC)
+NOW = datetime(2026, 2, 1, tzinfo=UTC)
+
+
+def unit(*angles_deg: float) -> np.ndarray:
+    """Unit vectors in the plane at these angles: cosine distance = 1 - cos(difference)."""
+    a = np.radians(angles_deg)
+    return np.stack([np.cos(a), np.sin(a)], axis=1).astype(np.float32)
+
+
+def world(angles: dict[str, float], studies: dict[str, str]):
+    vecs = unit(*angles.values())
+    return dict(zip(angles, vecs, strict=True)), studies
+
+
+TAU = 1 - np.cos(np.radians(10))  # within 10 degrees
+
+
+@pytest.mark.parametrize("method", ["closure", "algorithm1"])
+def test_first_build_clusters_the_patient(method):
+    embedding_of, study_of = world(
+        {"a": 0, "b": 5, "c": 90, "d": 94, "e": 180},
+        {"a": "s1", "b": "s2", "c": "s1", "d": "s1", "e": None},
+    )
+    nodules = update_patient("pk", [], list("edcba"), embedding_of, study_of, TAU, method, NOW)
+    groups = sorted(n.tracklet_ids for n in nodules)
+    assert groups == [("a", "b"), ("c", "d"), ("e",)]
+    ab = next(n for n in nodules if n.tracklet_ids == ("a", "b"))
+    assert ab.nodule_uid == nodule_uid("pk", "a")  # founded on its smallest tracklet id
+    assert (ab.first_study, ab.last_study) == ("s1", "s2") and ab.updated_at == NOW
+    e = next(n for n in nodules if n.tracklet_ids == ("e",))
+    assert (e.first_study, e.last_study) == (None, None)  # no study known
+
+
+def test_follow_up_joins_the_nodule_it_matches_and_uids_stay():
+    embedding_of, study_of = world(
+        {"a": 0, "c": 90, "a2": 6, "a3": 14, "c2": 95, "new": 200},
+        {"a": "s1", "c": "s1", "a2": "s2", "a3": "s2", "c2": "s2", "new": "s2"},
+    )
+    existing = [
+        Nodule("uid-a", ("a",), "s1", "s1", BEFORE),
+        Nodule("uid-c", ("c",), "s1", "s1", BEFORE),
+    ]
+    nodules = update_patient(
+        "pk", existing, ["a3", "new", "c2", "a2"], embedding_of, study_of, TAU, "closure", NOW
+    )
+    by_uid = {n.nodule_uid: n for n in nodules}
+    # a3 is 14 degrees from a, but 8 from a2, which joined: a chain of views joins too
+    assert by_uid["uid-a"].tracklet_ids == ("a", "a2", "a3")
+    assert by_uid["uid-a"].last_study == "s2" and by_uid["uid-a"].first_study == "s1"
+    assert by_uid["uid-c"].tracklet_ids == ("c", "c2") and by_uid["uid-c"].updated_at == NOW
+    assert by_uid[nodule_uid("pk", "new")].tracklet_ids == ("new",)  # matches nothing: new
+    assert len(nodules) == 3
+
+
+def test_unchanged_nodules_come_back_as_they_were():
+    embedding_of, study_of = world({"a": 0, "c": 90, "c2": 92}, {"a": "s1", "c": "s1", "c2": "s2"})
+    a = Nodule("uid-a", ("a",), "s1", "s1", BEFORE)
+    nodules = update_patient(
+        "pk",
+        [a, Nodule("uid-c", ("c",), "s1", "s1", BEFORE)],
+        ["c2"],
+        embedding_of,
+        study_of,
+        TAU,
+        "closure",
+        NOW,
+    )
+    assert nodules[0] is a  # untouched, its updated_at too
+    assert update_patient("pk", [a], [], embedding_of, study_of, TAU, "closure", NOW) == [a]
+
+
+def test_a_tracklet_between_two_nodules_joins_the_nearer_and_never_merges_them():
+    embedding_of, study_of = world({"a": 0, "b": 15, "x": 9}, {"a": "s", "b": "s", "x": "s"})
+    existing = [Nodule("A", ("a",), "s", "s", BEFORE), Nodule("B", ("b",), "s", "s", BEFORE)]
+    nodules = update_patient("pk", existing, ["x"], embedding_of, study_of, TAU, "closure", NOW)
+    assert [n.tracklet_ids for n in nodules] == [("a",), ("b", "x")]
+
+
+def test_a_non_finite_embedding_is_an_error():
+    embedding_of = {"a": np.array([np.nan, 1.0], np.float32)}
+    with pytest.raises(ValueError, match="non-finite"):
+        update_patient("pk", [], ["a"], embedding_of, {"a": None}, TAU, "closure", NOW)
+
+
+def test_centroid_is_the_normalised_mean():
+    embedding_of, _ = world({"a": 0, "b": 90}, {})
+    c = centroid(Nodule("u", ("a", "b"), None, None, NOW), embedding_of)
+    np.testing.assert_allclose(c, unit(45)[0], atol=1e-6)
+    assert c.dtype == np.float32

@@ -1,0 +1,370 @@
+"""The nightly nodule index: ``usv-ray index --data DIR --model DIR --out DIR``.
+
+Every run embeds the tracklets of the archive that the index has not seen (Ray Data batch
+inference, one model per actor), then updates the nodules of the patients they belong to
+(:mod:`usv_ray.index.nodules`). Layout of ``--out``::
+
+    nodules.parquet     the index (schemas.NODULES), one row per nodule of a patient
+    embeddings/NNNNN/   the embeddings each run added (schemas.EMBEDDINGS), by its model
+    errors.parquet      tracklets that could not be embedded, patients that failed
+    summary.json        what the index holds, and its agreement with annotated nodules
+
+A rerun with nothing new embeds nothing and writes nothing. The index records its
+``index_version`` (the model's id, its clip shape, tau and the method): a run with another
+model rebuilds the index from new embeddings, one with another tau or method re-clusters
+the stored embeddings; versions never mix. Tables are written atomically, so a killed run
+leaves the previous index intact and its rerun does the work again.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from usv_ray.config import Config, IndexConfig
+from usv_ray.index.nodules import Nodule, centroid, update_patient
+from usv_ray.io import remove_stale_tmp, write_json, write_table
+from usv_ray.schemas import EMBEDDINGS, ERRORS, NODULES
+
+log = logging.getLogger(__name__)
+
+
+class IndexBuildError(RuntimeError):
+    """The index cannot be built from these inputs (no model, no tracklets)."""
+
+
+@dataclass(frozen=True)
+class IndexSummary:
+    out: Path
+    index_version: str
+    patients: int
+    tracklets: int  # indexed, in all
+    nodules: int
+    embedded_now: int  # tracklets this run embedded
+    errors: int  # error rows in errors.parquet
+    rebuilt: bool  # the index was rebuilt (another model, tau or method)
+    scores: dict | None  # pairwise precision / recall / F vs the annotated nodules
+    seconds: float
+
+
+def model_file(model: str | Path, cfg: IndexConfig) -> Path:
+    """``--model``: a re-ID output folder (its ``models/<index.model>.pt``) or a model file."""
+    model = Path(model)
+    return model / "models" / f"{cfg.model}.pt" if model.is_dir() else model
+
+
+def index_version(model_id: str, clip: dict[str, int], cfg: IndexConfig) -> str:
+    """What the index was built with; indexes of different versions are never mixed."""
+    shape = f"{clip['clip_frames']}x{clip['clip_height']}x{clip['clip_width']}"
+    method = cfg.method if cfg.method == "closure" else f"{cfg.method} seed {cfg.seed}"
+    return f"{model_id} clip {shape} tau {cfg.tau:g} {method}"
+
+
+def _check_clips(batch: pa.Table) -> pa.Table:
+    """Add an ``error`` column: why a row's clip cannot be read, null when it can."""
+    from usv_ray.reid.clips import clip_problem
+
+    problems = [
+        clip_problem(c, len(f) if f is not None else 0, h or 0, w or 0)
+        for c, f, h, w in zip(
+            batch["clip"].to_pylist(),
+            batch["frame_index"].to_pylist(),
+            batch["height"].to_pylist(),
+            batch["width"].to_pylist(),
+            strict=True,
+        )
+    ]
+    return batch.append_column("error", pa.array(problems, pa.string()))
+
+
+def _keep(batch: pa.Table, ids: frozenset[str]) -> pa.Table:
+    """The rows of ``batch`` whose tracklet is in ``ids``."""
+    import pyarrow.compute as pc
+
+    return batch.filter(pc.is_in(batch["tracklet_id"], pa.array(sorted(ids), pa.string())))
+
+
+def _embed_new(
+    cfg: Config, data: Path, out: Path, model: Path, new: set[str], run: int
+) -> pd.DataFrame:
+    """Embed the tracklets ``new`` into ``embeddings/<run>``; returns the unreadable ones
+    (tracklet_id, video_id, patient_key, error)."""
+    import pyarrow.fs
+    import ray.data
+
+    from usv_ray.io import write_dataset
+    from usv_ray.reid.clips import tracklet_shards
+    from usv_ray.reid.embed import EMBED_COLUMNS, embed_dataset
+    from usv_ray.runtime import ensure_ray
+
+    c = cfg.index
+    shards = [
+        s
+        for s in tracklet_shards(data)
+        if not new.isdisjoint(pq.read_table(s, columns=["tracklet_id"])["tracklet_id"].to_pylist())
+    ]
+    ensure_ray(cfg.ray)
+    checked = (
+        ray.data.read_parquet(shards, filesystem=pyarrow.fs.LocalFileSystem())
+        .select_columns([*EMBED_COLUMNS, "video_id"])
+        .map_batches(_keep, fn_kwargs={"ids": frozenset(new)}, batch_format="pyarrow")
+        .map_batches(_check_clips, batch_format="pyarrow")
+        .materialize()
+    )
+    bad = checked.filter(lambda row: row["error"] is not None).select_columns(
+        ["tracklet_id", "video_id", "patient_key", "error"]
+    )
+    bad = bad.to_pandas() if bad.count() else pd.DataFrame(columns=bad.columns())
+    good = checked.filter(lambda row: row["error"] is None).select_columns(EMBED_COLUMNS)
+    if good.count():
+        embedded = embed_dataset(
+            good, model, cfg.reid, c.workers, c.cpus_per_worker, c.use_gpu, c.batch_size
+        )
+        write_dataset(embedded, out / "embeddings" / f"{run:05d}")
+    return bad
+
+
+def _read_store(out: Path) -> pd.DataFrame:
+    """Every stored embedding row (all runs), or an empty frame."""
+    runs = sorted(p for p in (out / "embeddings").glob("[0-9]" * 5) if p.is_dir())
+    if not runs:
+        return EMBEDDINGS.empty_table().to_pandas()
+    return pd.concat([pq.read_table(r, schema=EMBEDDINGS).to_pandas() for r in runs])
+
+
+def _read_nodules(out: Path) -> pd.DataFrame | None:
+    path = out / "nodules.parquet"
+    return pq.read_table(path).to_pandas() if path.exists() else None
+
+
+def _nodules_of(rows: pd.DataFrame) -> dict[str, list[Nodule]]:
+    """The index's rows as :class:`Nodule` lists by patient."""
+    by_patient: dict[str, list[Nodule]] = {}
+    for row in rows.itertuples(index=False):
+        by_patient.setdefault(row.patient_key, []).append(
+            Nodule(
+                row.nodule_uid,
+                tuple(row.tracklet_ids),
+                row.first_study,
+                row.last_study,
+                row.updated_at.to_pydatetime(),
+            )
+        )
+    return by_patient
+
+
+def _index_table(
+    by_patient: dict[str, list[Nodule]],
+    embedding_of: dict[str, np.ndarray],
+    study_of: dict[str, str | None],
+    version: str,
+) -> pa.Table:
+    rows = []
+    for patient_key in sorted(by_patient):
+        for nodule in sorted(by_patient[patient_key], key=lambda n: n.nodule_uid):
+            studies = {study_of[t] for t in nodule.tracklet_ids} - {None}
+            rows.append(
+                {
+                    "patient_key": patient_key,
+                    "nodule_uid": nodule.nodule_uid,
+                    "tracklet_ids": list(nodule.tracklet_ids),
+                    "study_keys": sorted(studies),
+                    "centroid": centroid(nodule, embedding_of),
+                    "n_tracklets": len(nodule.tracklet_ids),
+                    "first_study": nodule.first_study,
+                    "last_study": nodule.last_study,
+                    "updated_at": nodule.updated_at,
+                    "index_version": version,
+                }
+            )
+    return pa.Table.from_pylist(rows, schema=NODULES)
+
+
+def _error_rows(bad: pd.DataFrame, failed: dict[str, str]) -> list[dict]:
+    rows = [
+        {
+            "source": r.tracklet_id,
+            "video_id": r.video_id,
+            "stage": "index",
+            "kind": "bad_tracklet",
+            "message": f"patient {r.patient_key}: {r.error}",
+        }
+        for r in bad.itertuples(index=False)
+    ]
+    rows += [
+        {
+            "source": patient_key,
+            "video_id": None,
+            "stage": "index",
+            "kind": "patient_failed",
+            "message": f"patient {patient_key}: {message}; its nodules are as before",
+        }
+        for patient_key, message in sorted(failed.items())
+    ]
+    return rows
+
+
+def _scores(table: pa.Table, tracklets: pd.DataFrame) -> dict | None:
+    """Pairwise precision / recall / F of the index vs the annotated nodule ids."""
+    from usv_ray.cluster.metrics import pairwise_scores
+
+    members = table.select(["patient_key", "nodule_uid", "tracklet_ids"]).to_pandas()
+    members = members.explode("tracklet_ids").rename(columns={"tracklet_ids": "tracklet_id"})
+    truth = tracklets.dropna(subset=["nodule_id"])[["tracklet_id", "nodule_id"]]
+    both = members.merge(truth, on="tracklet_id")
+    if both.empty:
+        return None
+    s = pairwise_scores(
+        both["nodule_id"].to_numpy(), both["nodule_uid"].to_numpy(), both["patient_key"].to_numpy()
+    )
+    return {
+        "precision": s.precision,
+        "recall": s.recall,
+        "f_score": s.f_score,
+        "tracklets": len(both),
+        "true_nodules": int(both.groupby(["patient_key", "nodule_id"]).ngroups),
+    }
+
+
+def run_index(cfg: Config, data: str | Path, model: str | Path, out: str | Path) -> IndexSummary:
+    """Bring the nodule index in ``out`` up to date with the tracklets of ``data``."""
+    from usv_ray.reid.clips import read_tracklet_table
+    from usv_ray.reid.embed import load_reid_model
+
+    started = time.perf_counter()
+    data, out, c = Path(data), Path(out), cfg.index
+    model = model_file(model, c)
+    try:
+        loaded = load_reid_model(model)
+    except FileNotFoundError as exc:
+        raise IndexBuildError(str(exc)) from exc
+    version = index_version(loaded.model_id, loaded.clip, c)
+    try:
+        tracklets = read_tracklet_table(data).to_pandas()
+    except FileNotFoundError as exc:
+        raise IndexBuildError(str(exc)) from exc
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(out)
+    remove_stale_tmp(out / "embeddings")
+
+    store = _read_store(out)
+    stale_model = sorted(set(store["model"]) - {loaded.model_id})
+    if stale_model:  # another model's embeddings: start a new store
+        log.info("index: built with %s before; rebuilding with %s", stale_model, loaded.model_id)
+        shutil.rmtree(out / "embeddings")
+        store = store.iloc[:0]
+    previous = _read_nodules(out)
+    rebuilt = previous is not None and set(previous["index_version"]) != {version}
+    if rebuilt:
+        log.info(
+            "index: version %s before; re-clustering as %s", previous["index_version"][0], version
+        )
+        previous = None
+    old_errors = (
+        pq.read_table(out / "errors.parquet").to_pandas()
+        if (out / "errors.parquet").exists()
+        else None
+    )
+    bad_before = (
+        set(old_errors.loc[old_errors["kind"] == "bad_tracklet", "source"])
+        if old_errors is not None
+        else set()
+    )
+    new = set(tracklets["tracklet_id"]) - set(store["tracklet_id"]) - bad_before
+    if not new and not rebuilt and previous is not None:
+        log.info("index: nothing new since the last run (%s)", version)
+        return _summary(out, version, previous, tracklets, old_errors, 0, False, started, False)
+
+    bad = pd.DataFrame(columns=["tracklet_id", "video_id", "patient_key", "error"])
+    if new:
+        log.info("index: embedding %d new tracklets with %s", len(new), loaded.model_id)
+        run = 1 + max((int(p.name) for p in (out / "embeddings").glob("[0-9]" * 5)), default=-1)
+        bad = _embed_new(cfg, data, out, model, new, run)
+        for row in bad.itertuples(index=False):
+            log.warning("index: tracklet %s unreadable: %s", row.tracklet_id, row.error)
+        store = _read_store(out)
+    embedding_of = dict(zip(store["tracklet_id"], store["embedding"], strict=True))
+    study_of = dict(zip(tracklets["tracklet_id"], tracklets["study_key"], strict=True))
+    patient_of = dict(zip(tracklets["tracklet_id"], tracklets["patient_key"], strict=True))
+
+    by_patient = _nodules_of(previous) if previous is not None else {}
+    indexed = {t for nodules in by_patient.values() for n in nodules for t in n.tracklet_ids}
+    todo: dict[str, list[str]] = {}
+    for tracklet_id in sorted(set(embedding_of) - indexed):
+        if tracklet_id in patient_of:  # still in the archive
+            todo.setdefault(patient_of[tracklet_id], []).append(tracklet_id)
+    now = datetime.now(UTC).replace(microsecond=0)
+    failed = {}
+    for patient_key, new_ids in todo.items():
+        try:
+            by_patient[patient_key] = update_patient(
+                patient_key,
+                by_patient.get(patient_key, []),
+                new_ids,
+                embedding_of,
+                study_of,
+                c.tau,
+                c.method,
+                now,
+                c.seed,
+            )
+        except Exception as exc:  # one patient's failure is an error row, not a failed run
+            log.warning("index: patient %s failed: %s", patient_key, exc)
+            failed[patient_key] = f"{type(exc).__name__}: {exc}"
+    table = _index_table(by_patient, embedding_of, study_of, version)
+    write_table(table, out / "nodules.parquet")
+    errors = pd.DataFrame(
+        _error_rows(bad, failed)
+        + (
+            old_errors[old_errors["kind"] == "bad_tracklet"].to_dict("records")
+            if old_errors is not None
+            else []
+        ),
+        columns=ERRORS.names,
+    )
+    write_table(
+        pa.Table.from_pandas(errors, schema=ERRORS, preserve_index=False), out / "errors.parquet"
+    )
+    embedded_now = len(new) - len(bad)
+    return _summary(
+        out, version, table.to_pandas(), tracklets, errors, embedded_now, rebuilt, started, True
+    )
+
+
+def _summary(
+    out: Path,
+    version: str,
+    nodules: pd.DataFrame,
+    tracklets: pd.DataFrame,
+    errors: pd.DataFrame | None,
+    embedded_now: int,
+    rebuilt: bool,
+    started: float,
+    changed: bool,
+) -> IndexSummary:
+    """The summary of the index in ``out``; written to summary.json when it ``changed``."""
+    summary = IndexSummary(
+        out,
+        version,
+        int(nodules["patient_key"].nunique()),
+        int(nodules["n_tracklets"].sum()),
+        len(nodules),
+        embedded_now,
+        0 if errors is None else len(errors),
+        rebuilt,
+        _scores(pa.Table.from_pandas(nodules, schema=NODULES, preserve_index=False), tracklets),
+        time.perf_counter() - started,
+    )
+    if changed:
+        record = {k: v for k, v in summary.__dict__.items() if k not in ("out", "seconds")}
+        write_json(record, out / "summary.json")
+    return summary
