@@ -21,6 +21,7 @@ demo: install
 	$(VENV)/bin/usv-ray demo --out runs/demo
 
 test: install
+	tools/ensure_chromium.sh
 	$(VENV)/bin/python -m pytest
 
 lint: install
