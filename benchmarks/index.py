@@ -1,0 +1,240 @@
+"""Nodule index speed, measured in one run, one section per target.
+
+1. per patient: clustering one patient's tracklet embeddings with ``closure`` and with
+   ``algorithm1`` vs scikit-learn's DBSCAN (``min_samples=1``, cosine metric, ``eps=tau``:
+   the same partition as the closure) on the same embeddings, for 5 and for 200
+   tracklets per patient. Target: at least 20x faster than DBSCAN.
+2. all patients: ``cluster_patients`` on 1,000,000 synthetic 512-d float32 embeddings
+   spread over 200,000 patients, closure (the index's default) and Algorithm 1. Target:
+   under 60 s each, on 2 cores.
+
+Embeddings are realistic in shape: each patient has 1-3 nodules (2 for 5 tracklets, 6 for
+200 tracklets in section 1), each tracklet a unit nodule centre plus Gaussian noise, so
+same-nodule cosine distances are about 0.15 and different-nodule ones about 1 (tau 0.35).
+
+Section 1 runs every method on one thread (threadpoolctl), the set-up of a one-CPU Ray
+worker: on a patient's few tracklets BLAS/OpenMP threads only add start-up and barrier
+costs, which hit sklearn's OpenMP neighbour search hardest on a busy machine and would
+flatter the ratio. Timings alternate between the methods in rounds and keep each method's
+best round (the least disturbed by other work on a shared machine).
+
+Sections are functions in ``SECTIONS``, each returning its ``Figure`` rows; ``main`` runs
+them in order (or those named with ``--sections``), prints a summary table and exits
+non-zero when a target is missed. (To come: embedding throughput of the Ray Data job vs a
+bare loop.)
+
+Run: ``.venv/bin/python benchmarks/index.py`` (about a minute on 2 cores, most of it
+generating the 2 GB of embeddings; ``--quick``: 100,000 embeddings and fewer repeats).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from usv_ray.cluster.metrics import pairwise_scores
+from usv_ray.cluster.threshold import algorithm1, closure, cluster_patients
+
+TAU = 0.35  # between the ~0.15 same-nodule and ~1 different-nodule cosine distances
+NOISE = 0.4  # norm of the noise added to a unit nodule centre
+DIM = 512
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One measured figure and its target (``ok`` None: printed without a target)."""
+
+    name: str
+    value: str
+    target: str
+    ok: bool | None
+
+
+def load() -> str:
+    """The 1-minute load average against the core count, for every figure's context."""
+    return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+
+
+def noisy_unit(centres: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``(n, D)`` float32: each unit centre ``(n, D)`` plus noise of norm about ``NOISE``."""
+    noise = rng.standard_normal(centres.shape, dtype=np.float32) * np.float32(
+        NOISE / np.sqrt(centres.shape[1])
+    )
+    return (centres + noise).astype(np.float32)
+
+
+def patient_embeddings(n: int, n_nodules: int, rng: np.random.Generator) -> np.ndarray:
+    """``(n, DIM)`` float32 tracklet embeddings of one patient with ``n_nodules`` nodules."""
+    centres = rng.standard_normal((n_nodules, DIM)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    x = noisy_unit(centres[rng.integers(n_nodules, size=n)], rng)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)  # the re-ID model's output is unit
+
+
+def per_call_seconds(
+    methods: dict[str, Callable[[], object]], calls: int, rounds: int
+) -> dict[str, float]:
+    """Seconds per call of each method: ``rounds`` rounds, each timing ``calls`` calls of
+    every method in turn; each method's best round."""
+    best = dict.fromkeys(methods, float("inf"))
+    for _ in range(rounds):
+        for name, fn in methods.items():
+            started = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            best[name] = min(best[name], (time.perf_counter() - started) / calls)
+    return best
+
+
+# -----------------------------------------------------------------------------
+# 1. one patient: closure and Algorithm 1 vs DBSCAN
+
+
+def section_per_patient(args: argparse.Namespace) -> list[Figure]:
+    """Per-call time of ``closure``, ``algorithm1`` and DBSCAN on one patient."""
+    from sklearn.cluster import DBSCAN
+    from threadpoolctl import threadpool_limits
+
+    figures = []
+    rng = np.random.default_rng(0)
+    for n, n_nodules, calls in ((5, 2, 400), (200, 6, 20)):
+        x = patient_embeddings(n, n_nodules, rng)
+        dbscan = DBSCAN(eps=TAU, min_samples=1, metric="cosine")
+        generator = np.random.default_rng(1)
+        methods = {
+            "DBSCAN": lambda x=x, dbscan=dbscan: dbscan.fit_predict(x),
+            "closure": lambda x=x: closure(x, TAU),
+            "algorithm1": lambda x=x, g=generator: algorithm1(x, TAU, g),
+        }
+        with threadpool_limits(limits=1):
+            same = dbscan.fit_predict(x)
+            ours = closure(x, TAU)
+            agree = np.array_equal(same[:, None] == same, ours[:, None] == ours)
+            seconds = per_call_seconds(
+                methods, max(1, calls // (5 if args.quick else 1)), 3 if args.quick else 7
+            )
+        print(
+            f"{n} tracklets, {n_nodules} nodules, 1 thread: DBSCAN "
+            f"{seconds['DBSCAN'] * 1e3:.3f} ms, closure {seconds['closure'] * 1e3:.3f} ms, "
+            f"algorithm1 {seconds['algorithm1'] * 1e3:.3f} ms per call "
+            f"({ours.max() + 1} clusters; closure and DBSCAN partitions "
+            f"{'agree' if agree else 'DIFFER'}; {load()})",
+            flush=True,
+        )
+        for method in ("closure", "algorithm1"):
+            ratio = seconds["DBSCAN"] / seconds[method]
+            figures.append(
+                Figure(
+                    f"{n} tracklets: DBSCAN / {method} time", f"{ratio:.1f}", ">= 20", ratio >= 20
+                )
+            )
+    return figures
+
+
+# -----------------------------------------------------------------------------
+# 2. every patient at once
+
+
+def archive_embeddings(
+    n_rows: int, n_patients: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(embeddings (N, DIM) float32, patients (N,) int64, nodule (N,) int64)`` of a
+    synthetic archive: every patient has at least one tracklet (about N / P on average),
+    1-3 nodules, rows in random order. Nodule centres come from a pool of 4096 random unit
+    vectors (only within-patient distinctness matters; a patient's nodules rarely share
+    one), filled in chunks to keep memory at the embeddings' 2 GB."""
+    sizes = 1 + np.bincount(
+        rng.integers(n_patients, size=n_rows - n_patients), minlength=n_patients
+    )
+    patients = rng.permutation(np.repeat(np.arange(n_patients), sizes))  # (N,)
+    n_nodules = rng.integers(1, 4, size=n_patients)  # (P,)
+    nodule = (rng.random(n_rows) * n_nodules[patients]).astype(np.int64)  # (N,)
+    pool = rng.standard_normal((4096, DIM)).astype(np.float32)
+    pool /= np.linalg.norm(pool, axis=1, keepdims=True)
+    centre = (patients * 7919 + nodule * 104_729) % len(pool)  # (N,) a pool row per nodule
+    embeddings = np.empty((n_rows, DIM), dtype=np.float32)
+    for first in range(0, n_rows, 65_536):
+        rows = slice(first, min(n_rows, first + 65_536))
+        embeddings[rows] = noisy_unit(pool[centre[rows]], rng)
+    return embeddings, patients, nodule
+
+
+def section_all_patients(args: argparse.Namespace) -> list[Figure]:
+    """Wall time of ``cluster_patients`` over a whole synthetic archive."""
+    n_rows, n_patients = (100_000, 20_000) if args.quick else (1_000_000, 200_000)
+    started = time.perf_counter()
+    embeddings, patients, nodule = archive_embeddings(n_rows, n_patients, np.random.default_rng(2))
+    print(
+        f"{n_rows:,} x {DIM} float32 embeddings ({embeddings.nbytes / 2**30:.1f} GiB) over "
+        f"{n_patients:,} patients (at most {np.bincount(patients).max()} tracklets each) "
+        f"generated in {time.perf_counter() - started:.1f} s",
+        flush=True,
+    )
+    figures = []
+    for method in ("closure", "algorithm1"):
+        print(f"cluster_patients, {method}: starting ({load()})", flush=True)
+        started = time.perf_counter()
+        labels = cluster_patients(embeddings, patients, TAU, method=method)
+        seconds = time.perf_counter() - started
+        scores = pairwise_scores(nodule, labels, patients)
+        print(
+            f"cluster_patients, {method}, tau {TAU}: {seconds:.2f} s "
+            f"({n_rows / seconds:,.0f} embeddings/s); pairwise precision "
+            f"{100 * scores.precision:.2f}, recall {100 * scores.recall:.2f} ({load()})",
+            flush=True,
+        )
+        figures.append(
+            Figure(
+                f"cluster_patients, {n_rows:,} embeddings, {method}, s",
+                f"{seconds:.2f}",
+                "< 60",
+                seconds < 60,
+            )
+        )
+    return figures
+
+
+SECTIONS: dict[str, Callable[[argparse.Namespace], list[Figure]]] = {
+    "per-patient": section_per_patient,
+    "all-patients": section_all_patients,
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="100,000 embeddings and fewer repeats (seconds)"
+    )
+    parser.add_argument(
+        "--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS), help="run these"
+    )
+    args = parser.parse_args()
+    print(f"{load()} (other work on the machine skews every figure)", flush=True)
+    figures: list[Figure] = []
+    for name in args.sections:
+        print(f"--- {name}", flush=True)
+        for figure in SECTIONS[name](args):
+            result = "-" if figure.ok is None else ("PASS" if figure.ok else "MISSED")
+            print(f"{figure.name}: {figure.value} (target {figure.target}) {result}", flush=True)
+            figures.append(figure)
+
+    print(f"{load()} at the end")
+    width = max(len(figure.name) for figure in figures)
+    print(f"\n{'figure':<{width}}  {'value':>8}  {'target':<6}  result")
+    for figure in figures:
+        result = "-" if figure.ok is None else ("PASS" if figure.ok else "MISSED")
+        print(f"{figure.name:<{width}}  {figure.value:>8}  {figure.target:<6}  {result}")
+    missed = [figure.name for figure in figures if figure.ok is False]
+    if missed:
+        print(f"missed: {', '.join(missed)}")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
