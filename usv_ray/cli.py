@@ -118,9 +118,12 @@ def _print_reid(summary) -> None:
         f"points, p = {row.p_value:.3g}"
         for row in summary.delong.itertuples()
     )
+    clustering = summary.clustering[["method", "parameter", "value", "precision", "recall"]]
     print(
         f"re-ID: {summary.tracklets} tracklets of {summary.patients} patients in "
         f"{summary.seconds:.0f} s\n{to_markdown(table)}\n{tests}\n"
+        f"  clustering the test patients' tracklets (tuned on validation):\n"
+        f"{to_markdown(clustering.assign(f_score=summary.clustering['f_score']))}\n"
         f"  tables: {summary.out / 'tables'}\n"
         f"  plots: {summary.out / 'plots'}\n"
         f"  embeddings: {summary.out / 'embeddings'}"

@@ -58,7 +58,8 @@ TITLES = {
     ("reid", "delong"): "DeLong test of the AUC difference, CM vs VM",
     ("reid", "roc_val"): "ROC curves, validation pairs",
     ("reid", "roc_test"): "ROC curves, test pairs",
-    ("index", "table4_clustering"): "Clustering methods (pairwise precision / recall / F)",
+    ("reid", "table4_clustering"): "Re-ID Table 4: clustering methods (pairwise precision / "
+    "recall / F on the test patients, each tuned on validation)",
     ("tune", "results"): "Sweep results, one row per trial",
 }
 PREFIX_TITLES = {"confusion_": "Confusion matrix: ", "probabilities_": "Predicted probabilities: "}
@@ -559,8 +560,8 @@ def write_report(out: str | Path) -> tuple[Path, Path]:
     sections = [
         _data_section(out),
         _stage_section(out, "classify", CLASSIFY_TITLE, ("table3", "table4")),
-        _stage_section(out, "reid", REID_TITLE, ("table3", "delong")),
-        _stage_section(out, "index", INDEX_TITLE, ("table4_clustering",)),
+        _stage_section(out, "reid", REID_TITLE, ("table3", "delong", "table4_clustering")),
+        _stage_section(out, "index", INDEX_TITLE, ()),
         *_tune_sections(out),
     ]
     records = [_record(out / stage, stage) for stage in ("classify", "reid", "index")]

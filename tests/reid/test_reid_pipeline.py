@@ -3,6 +3,7 @@
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from toy_tracklets import write_toy_tracklets
@@ -60,6 +61,16 @@ def test_tables_plots_and_delong(reid_run):
         assert (out / name).stat().st_size > 0
     for split in ("val", "test"):
         assert (out / "plots" / f"roc_{split}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_clustering_table_compares_every_method_on_the_test_patients(reid_run):
+    from usv_ray.cluster.compare import CANDIDATES
+
+    _, out, _, _, summary = reid_run
+    table = pd.read_csv(out / "tables" / "table4_clustering.csv")
+    assert list(table["method"]) == list(summary.clustering["method"]) == list(CANDIDATES)
+    assert table[["precision", "recall", "f_score"]].stack().between(0, 100).all()
+    assert (out / "tables" / "table4_clustering.md").stat().st_size > 0
 
 
 def test_embeddings_cover_every_tracklet_with_unit_vectors(reid_run):

@@ -12,6 +12,8 @@ Output layout under ``out``::
     tables/delong.{md,csv}      paired DeLong test of CM vs VM, per split
     plots/roc_val.png, plots/roc_test.png
     embeddings/                 every tracklet's embedding by ``reid.embed_model``
+    tables/table4_clustering.{md,csv}  the re-ID paper's Table 4: clustering methods tuned
+                                on the validation patients' embeddings, scored on the test's
 
 A rerun skips the models already trained and the embeddings already written; a folder
 made with other settings or data is refused rather than mixed.
@@ -49,6 +51,7 @@ class ReidSummary:
     patients: int
     table3: pd.DataFrame  # the paper's Table 3 layout for this data
     delong: pd.DataFrame  # CM vs VM, per split
+    clustering: pd.DataFrame  # the paper's Table 4 on the embeddings
     seconds: float
 
 
@@ -199,6 +202,25 @@ def _embeddings(cfg: Config, data: Path, out: Path, model_file: Path) -> Path:
     return write_dataset(embedded, target)
 
 
+def _clustering(out: Path, embeddings: Path, splits: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """The clustering methods on the embeddings: tuned on "val", scored on "test"."""
+    from usv_ray.cluster.compare import clustering_table
+    from usv_ray.evaluate.tables import write_table as write_md_csv
+
+    rows = pq.read_table(embeddings, columns=["tracklet_id", "embedding"]).to_pandas()
+    rows = rows.merge(splits[splits["split"] != "train"], on="tracklet_id")
+    log.info("re-ID: comparing clustering methods on %d val / test tracklets", len(rows))
+    table = clustering_table(
+        np.stack(rows["embedding"]),
+        rows["patient_key"].to_numpy(),
+        rows["nodule_id"].to_numpy(),
+        rows["split"].to_numpy(),
+        seed=seed,
+    )
+    write_md_csv(table, out / "tables" / "table4_clustering")
+    return table
+
+
 def run_reid(cfg: Config, data: str | Path, out: str | Path) -> ReidSummary:
     """Train and evaluate the re-ID models on the tracklets of ``data`` into ``out``."""
     from usv_ray.reid.pairs import split_patients
@@ -232,12 +254,14 @@ def run_reid(cfg: Config, data: str | Path, out: str | Path) -> ReidSummary:
     ensure_ray(cfg.ray)
     files = _train(cfg, data, out, splits)
     table3, delong = _evaluate(cfg, data, out, splits, files)
-    _embeddings(cfg, data, out, files[r.embed_model])
+    embeddings = _embeddings(cfg, data, out, files[r.embed_model])
+    clustering = _clustering(out, embeddings, splits, r.seed)
     return ReidSummary(
         out,
         len(tracklets),
         int(tracklets["patient_key"].nunique()),
         table3,
         delong,
+        clustering,
         time.perf_counter() - started,
     )
