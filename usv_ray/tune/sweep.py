@@ -1,0 +1,393 @@
+"""Run a sweep: the Tuner (new or restored), its resources and scheduler, and its outputs.
+
+Output layout under ``out``::
+
+    tune.json               the target and settings this folder was made from
+    sweep/                  the Ray Tune experiment (``Tuner.restore`` resumes it)
+    runs/                   the trials' Ray Train runs, named ``<target>-<trial id>``
+    results.csv, results.md one row per trial: its values, metrics and how it ended
+    best.yaml               the full config with the best trial's values
+
+A rerun on the same ``out`` restores the experiment: finished trials are kept, unfinished
+ones go on (their Train runs resume from their last checkpoints), and a folder made for
+another target or other settings is refused rather than mixed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from usv_ray.config import Config, ConfigError, load_config, to_dict
+from usv_ray.io import atomic_path, claim_folder
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "sweep"  # the Tune experiment's folder under out
+
+
+class TuneError(ValueError):
+    """A sweep that cannot run as asked (no data for the target, an impossible space)."""
+
+
+@dataclass(frozen=True)
+class TuneSummary:
+    out: Path
+    target: str
+    metric: str  # what the best trial is best at
+    mode: str  # "min" or "max"
+    best: dict[str, Any]  # dotted config key -> the best trial's value
+    best_value: float  # its metric
+    table: pd.DataFrame  # one row per trial, best first
+    best_config: Path  # best.yaml
+    seconds: float
+
+
+def apply_params(cfg: Config, params: Mapping[str, Any]) -> Config:
+    """``cfg`` with each ``"section.key": value`` of ``params`` set (values keep the field's
+    type, so a Tune sample such as numpy's int64 becomes a plain int)."""
+    sections: dict[str, dict[str, Any]] = {}
+    for dotted, value in params.items():
+        section, _, key = dotted.partition(".")
+        current = getattr(getattr(cfg, section), key)
+        sections.setdefault(section, {})[key] = type(current)(value)
+    return dataclasses.replace(
+        cfg,
+        **{
+            name: dataclasses.replace(getattr(cfg, name), **values)
+            for name, values in sections.items()
+        },
+    )
+
+
+def run_name(target: str) -> str:
+    """The Train run of this Tune trial: the same name when a restored trial resumes."""
+    from ray import tune
+
+    return f"{target}-{tune.get_context().get_trial_id()}"
+
+
+def write_best_config(cfg: Config, best: Mapping[str, Any], path: Path) -> Path:
+    """Write the full config with ``best`` applied, checked by :func:`load_config`."""
+    tree = to_dict(apply_params(cfg, best))
+    header = "".join(f"#   {key}: {value}\n" for key, value in best.items())
+    text = f"# usv-ray tune: the best trial's values\n{header}" + yaml.safe_dump(
+        tree, sort_keys=False
+    )
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+        load_config(tmp)  # a config that the other commands refuse is never written
+    return path
+
+
+def write_results(table: pd.DataFrame, out: Path) -> tuple[Path, Path]:
+    """``results.md`` (4 significant digits: learning rates stay readable) and
+    ``results.csv`` (full precision), each written atomically."""
+    from usv_ray.evaluate.tables import to_markdown
+
+    md, csv = out / "results.md", out / "results.csv"
+    with atomic_path(md) as tmp:
+        tmp.write_text(to_markdown(table, float_format="{:.4g}") + "\n", encoding="utf-8")
+    with atomic_path(csv) as tmp:
+        table.to_csv(tmp, index=False)
+    return md, csv
+
+
+def claim(out: Path, target: str, settings: Mapping[str, Any]) -> bool:
+    """Claim ``out`` for this sweep (True: resuming one made with the same settings)."""
+    record = {"target": target, **settings}
+    digest = hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode())
+    return claim_folder(out / "tune.json", digest.hexdigest(), record)
+
+
+def best_row(table: pd.DataFrame, metric: str, mode: str) -> pd.Series:
+    """The best row by ``metric`` (NaN never wins; ties: the earlier row)."""
+    scores = pd.to_numeric(table[metric], errors="coerce")
+    if scores.notna().sum() == 0:
+        raise TuneError(f"no trial reported a finite {metric}: see {table.get('status')}")
+    return table.loc[scores.idxmin() if mode == "min" else scores.idxmax()]
+
+
+def release_orphaned_placement_groups() -> int:
+    """Remove the placement groups whose creator actor is dead; returns how many.
+
+    Ray keeps a placement group made by a (non-detached) actor until the job ends, even
+    after the actor is gone. When ASHA stops a trial, Tune ends the trial's actor and with
+    it the Train controller it started; Train's own PlacementGroupCleaner notices that
+    only through the dashboard's State API, so on a local Ray without the dashboard the
+    workers' placement group stays reserved until the sweep's process exits. After a few
+    stopped trials no CPU is left and the next Train run times out (ray issue 54305, PR
+    58515). A group whose creator is dead can never be used again: removing it is what Ray
+    does itself at the end of the job. The creator's state is only in the GCS table (no
+    public API returns it), read here through Ray's internal state accessor.
+    """
+    import ray
+    from ray._private.state import state
+    from ray.core.generated import gcs_pb2
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    removed = 0
+    try:
+        table = state._connect_and_get_accessor().get_placement_group_table()
+    except Exception as exc:  # an internal API: never let it break a sweep
+        log.debug("cannot read the placement group table: %s", exc)
+        return 0
+    for raw in table:
+        group = gcs_pb2.PlacementGroupTableData.FromString(raw)
+        alive = group.state != gcs_pb2.PlacementGroupTableData.REMOVED
+        # a driver's groups (Tune's own, for its trials) have no creator actor and count
+        # as "creator actor dead": they live as long as the driver
+        by_actor = not ray.ActorID(group.creator_actor_id).is_nil()
+        if alive and by_actor and group.creator_actor_dead and not group.is_detached:
+            remove_placement_group(PlacementGroup(ray.PlacementGroupID(group.placement_group_id)))
+            removed += 1
+    if removed:
+        log.info("released %d placement group(s) of stopped trials", removed)
+    return removed
+
+
+def _orphan_callback() -> Any:
+    """A Tune callback that releases stopped trials' placement groups as the sweep goes."""
+    from ray import tune
+
+    class ReleaseOrphans(tune.Callback):
+        """Every second of the sweep's loop and after every trial (see
+        :func:`release_orphaned_placement_groups`)."""
+
+        def __init__(self) -> None:
+            self._last = 0.0
+
+        def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+            if time.monotonic() - self._last >= 1.0:
+                self._last = time.monotonic()
+                release_orphaned_placement_groups()
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info) -> None:
+            release_orphaned_placement_groups()
+
+    return ReleaseOrphans()
+
+
+@dataclass(frozen=True)
+class TrainingTarget:
+    """One training sweep: its trial function and search space, and how to rank trials."""
+
+    name: str
+    trainable: Callable[[dict], None]  # a Tune function (``tune.with_parameters`` applied)
+    param_space: dict[str, Any]  # dotted config key -> Tune domain or grid
+    metric: str  # a metric every trial reports last
+    mode: str  # "min" or "max"
+    # ASHA's time attribute, counted from 0 as the stage reports it; None: a trial reports
+    # once (LSTMs train in one go), so there is nothing to stop early
+    time_attr: str | None
+    epochs: int  # the stage's epochs per trial
+    cpus: float  # CPUs of one trial's Train workers together
+    gpus: float
+    columns: tuple[str, ...]  # metrics shown in the results table
+    settings: dict[str, Any]  # what the sweep's results depend on (for claim)
+
+
+def max_concurrent(cfg: Config, cpus: float, gpus: float) -> int:
+    """Trials at once: ``tune.max_concurrent``, or as many whole Train runs as the cluster
+    fits while one CPU stays free for Ray Data and the drivers (1 on a 2-CPU laptop).
+
+    A Train V2 run reserves its workers in its own placement group, apart from the Tune
+    trial's, so the trial cannot hold them for it; limiting concurrency to what the
+    cluster fits is how the Ray docs keep trials from starving each other.
+    """
+    import ray
+
+    total = ray.cluster_resources()
+    if cpus > total.get("CPU", 0) or gpus > total.get("GPU", 0):
+        raise TuneError(
+            f"one trial's Train workers need {cpus:g} CPUs and {gpus:g} GPUs, the cluster "
+            f"has {total.get('CPU', 0):g} and {total.get('GPU', 0):g}: lower the stage's "
+            "workers or cpus_per_worker"
+        )
+    if cfg.tune.max_concurrent is not None:
+        if cfg.tune.max_concurrent < 1:
+            raise TuneError(f"tune.max_concurrent must be >= 1, got {cfg.tune.max_concurrent}")
+        return cfg.tune.max_concurrent
+    fits = math.floor(max(total.get("CPU", 0) - 1, cpus) / cpus) if cpus > 0 else 1 << 30
+    if gpus > 0:
+        fits = min(fits, math.floor(total.get("GPU", 0) / gpus))
+    return max(1, fits)
+
+
+def driver_resources(cfg: Config) -> dict[str, float]:
+    """What one trial's actor (the Train driver) reserves: memory, and optionally a share
+    of a custom resource that only safe (non-preemptible) nodes offer."""
+    resources: dict[str, float] = {"memory": float(cfg.tune.driver_memory_mb * 2**20)}
+    if cfg.tune.driver_resource:
+        resources[cfg.tune.driver_resource] = 0.01
+    return resources
+
+
+def _status(result: Any, epoch: float, target: TrainingTarget) -> str:
+    if result.error is not None:
+        return f"error: {type(result.error).__name__}"
+    if target.time_attr is not None and not math.isnan(epoch) and epoch + 1 < target.epochs:
+        return f"stopped by ASHA after {int(epoch) + 1} epochs"
+    return "done"
+
+
+def _table(results: Any, target: TrainingTarget) -> pd.DataFrame:
+    rows = []
+    for result in results:
+        metrics = result.metrics or {}
+        epoch = float(metrics.get("epoch", math.nan))
+        row = {"trial": metrics.get("trial_id", "")}  # Tune adds it to every result
+        row.update({key: (result.config or {}).get(key) for key in target.param_space})
+        row.update({column: metrics.get(column, math.nan) for column in target.columns})
+        row["status"] = _status(result, epoch, target)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    # best first; ties (common on small validation sets) in trial order, on every rerun
+    return table.sort_values(
+        [target.metric, "trial"],
+        ascending=[target.mode == "min", True],
+        na_position="last",
+        kind="stable",
+    )
+
+
+def fit_sweep(
+    cfg: Config, target: TrainingTarget, out: Path, callbacks: Sequence[Any] = ()
+) -> pd.DataFrame:
+    """Run (or resume) the Tune experiment of ``target`` in ``out``; the results table."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    path = (out / EXPERIMENT).resolve()
+    trainable = tune.with_resources(target.trainable, driver_resources(cfg))
+    concurrent = max_concurrent(cfg, target.cpus, target.gpus)
+    if tune.Tuner.can_restore(path):
+        log.info("tune: resuming the sweep in %s", path)
+        # errored trials go on from their Train runs' last checkpoints
+        tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
+    else:
+        scheduler = None
+        if target.time_attr is not None:
+            t = cfg.tune
+            scheduler = ASHAScheduler(
+                time_attr=target.time_attr,
+                max_t=max(target.epochs - 1, t.grace_period),  # the last epoch's index
+                grace_period=t.grace_period,
+                reduction_factor=t.reduction_factor,
+            )
+        # with no scheduler the metric is only used to rank trials at the end: the LSTM's
+        # own per-model reports (train loss) come before the trial's validation report
+        tuner = tune.Tuner(
+            trainable,
+            param_space=target.param_space,
+            tune_config=tune.TuneConfig(
+                metric=target.metric if scheduler else None,
+                mode=target.mode if scheduler else None,
+                num_samples=cfg.tune.num_samples,
+                scheduler=scheduler,
+                # Tune ignores max_concurrent_trials next to a search_alg: limit it here
+                search_alg=BasicVariantGenerator(
+                    random_state=cfg.tune.seed, max_concurrent=concurrent
+                ),
+            ),
+            run_config=tune.RunConfig(
+                name=EXPERIMENT,
+                storage_path=str(path.parent),
+                callbacks=[_orphan_callback(), *callbacks],
+                verbose=1,
+            ),
+        )
+    log.info(
+        "tune %s: %s, up to %d trial(s) at once%s",
+        target.name,
+        ", ".join(target.param_space),
+        concurrent,
+        " with ASHA" if target.time_attr else "",
+    )
+    results = tuner.fit()
+    release_orphaned_placement_groups()  # the last stopped trial's, if any
+    check_finished(results, expected_trials(target.param_space, cfg.tune.num_samples), out)
+    return _table(results, target)
+
+
+def expected_trials(param_space: Mapping[str, Any], num_samples: int) -> int:
+    """Trials a sweep makes: ``num_samples`` times every combination of its grids."""
+    count = num_samples
+    for value in param_space.values():
+        if isinstance(value, dict) and "grid_search" in value:
+            count *= len(value["grid_search"])
+    return count
+
+
+def check_finished(results: Any, expected: int, out: Path) -> None:
+    """Raise when Tune returned before every trial ended (Ctrl+C, a stop signal): its
+    state is saved, and the same command on the same ``out`` goes on from there.
+
+    Trials are created as slots free up, so an interrupted sweep may not have created
+    all of its ``expected`` trials yet.
+    """
+    unfinished = expected - results.num_terminated - results.num_errors
+    if unfinished > 0:
+        raise TuneError(
+            f"the sweep was interrupted with {unfinished} trial(s) unfinished; its state is "
+            f"saved in {out / EXPERIMENT}: run the same command again to resume it"
+        )
+
+
+def run_tune(
+    cfg: Config,
+    target: str,
+    data: str | Path,
+    out: str | Path,
+    callbacks: Sequence[Any] = (),
+) -> TuneSummary:
+    """Sweep ``target`` on ``data`` into ``out``; ``callbacks`` are extra Tune callbacks.
+
+    ``data`` is the ingest folder for ``cnn`` and ``reid``, a classify folder for
+    ``lstm``, ``equal_frames`` and ``variable_max``, a re-ID folder for ``tau``.
+    """
+    from usv_ray.runtime import ensure_ray
+    from usv_ray.tune.targets import TARGETS
+
+    if target == "tau":
+        from usv_ray.tune.tau import run_tau_sweep
+
+        return run_tau_sweep(cfg, data, out)
+    if target not in TARGETS:
+        raise ConfigError(f"unknown tune target {target!r} (known: {', '.join(TARGETS)}, tau)")
+    started = time.perf_counter()
+    data, out = Path(data), Path(out)
+    ensure_ray(cfg.ray)
+    spec = TARGETS[target](cfg, data, out)
+    if claim(out, target, spec.settings):
+        log.info("tune: resuming in %s", out)
+    table = fit_sweep(cfg, spec, out, callbacks)
+    write_results(table, out)
+    row = best_row(table, spec.metric, spec.mode)
+    best = {key: row[key] for key in spec.param_space}
+    best_config = write_best_config(cfg, best, out / "best.yaml")
+    best = to_dict(apply_params(cfg, best))  # plain values, as in the YAML
+    best = {key: best[key.split(".")[0]][key.split(".")[1]] for key in spec.param_space}
+    return TuneSummary(
+        out,
+        target,
+        spec.metric,
+        spec.mode,
+        best,
+        float(row[spec.metric]),
+        table.reset_index(drop=True),
+        best_config,
+        time.perf_counter() - started,
+    )

@@ -1,0 +1,401 @@
+"""The training sweeps: for each target, the data its trials read and its trial function.
+
+A trial function runs in a Tune trial's actor and launches the stage's own Ray Train run
+(``fit_cnn``, ``fit_lstms``, ``fit_reid``, all on :func:`usv_ray.train.fit`, which adds
+``TuneReportCallback`` inside a Tune trial). The CNN and re-ID runs report every epoch,
+so ASHA can stop poor trials; an LSTM run reports once per model, so its trial reports
+its validation metrics itself when the model is trained.
+
+Validation never touches a test set: the classify targets use fold ``tune.fold``'s
+training patients and, for validation, the share of them that validates that fold's CNN
+in ``usv-ray classify`` (the LSTM targets read that CNN's features, which it computed
+for those videos without training on them); the re-ID target uses the re-ID split's
+validation patients.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from usv_ray.config import Config, to_dict
+from usv_ray.io import write_table
+from usv_ray.tune.sweep import TrainingTarget, TuneError, apply_params, run_name
+
+log = logging.getLogger(__name__)
+
+CLASSIFY_COLUMNS = ("epoch", "best_val_loss", "val_loss", "val_acc")
+LSTM_COLUMNS = ("best_val_loss", "val_auc", "val_acc", "val_videos", "train_videos")
+REID_COLUMNS = ("epoch", "best_val_acc", "val_acc", "val_auc", "train_loss")
+
+
+# -- the frame CNN ----------------------------------------------------------------------
+
+
+def _labelled_videos(data: Path) -> pd.DataFrame:
+    """video_id, patient_key, label of the ingested videos with a label and frames."""
+    path = data / "videos.parquet"
+    if not path.exists():
+        raise TuneError(f"{path} not found: the cnn target needs an ingest folder as --data")
+    videos = pq.read_table(path, columns=["video_id", "patient_key", "label", "status"])
+    videos = videos.to_pandas()
+    videos = videos[(videos["status"] == "ok") & videos["label"].isin([0, 1])]
+    has_frames = [(data / "frames" / f"{v}.parquet").exists() for v in videos["video_id"]]
+    videos = videos[np.asarray(has_frames, dtype=bool)].sort_values("video_id", kind="stable")
+    if videos.empty:
+        raise TuneError(f"no ingested video with a benign/malignant label in {data}")
+    return videos.reset_index(drop=True)
+
+
+def _with_folds(cfg: Config, videos: pd.DataFrame) -> pd.DataFrame:
+    """``videos`` with the classify fold of each (the same patient-level folds)."""
+    from usv_ray.classify.folds import assign_folds
+
+    c = cfg.classify
+    try:
+        fold_of = assign_folds(
+            videos["video_id"], videos["patient_key"], videos["label"], c.folds, c.seed
+        )
+    except ValueError as exc:
+        raise TuneError(str(exc)) from exc
+    return videos.assign(fold=videos["video_id"].map(fold_of))
+
+
+def _fold_split(cfg: Config, folds: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """(training, validation) videos of fold ``tune.fold``'s CNN, as classify splits them;
+    ``folds`` has video_id, patient_key, label and fold."""
+    from usv_ray.classify.folds import validation_videos
+
+    c, k = cfg.classify, cfg.tune.fold
+    if not 0 <= k < c.folds:
+        raise TuneError(f"tune.fold={k} is not one of the {c.folds} classify folds")
+    train = folds[folds["fold"] != k]
+    try:
+        held = validation_videos(
+            train["video_id"], train["patient_key"], train["label"], c.val_fraction, c.seed
+        )
+    except ValueError as exc:
+        raise TuneError(str(exc)) from exc
+    return [v for v in train["video_id"] if v not in held], sorted(held)
+
+
+def cnn_trial(
+    params: dict, *, cfg: Config, data: str, train_ids: list, val_ids: list, storage: str
+) -> None:
+    """One CNN trial: the frame CNN with ``params``, validated every epoch (ASHA needs it)."""
+    from usv_ray.classify.cnn import fit_cnn
+
+    c = dataclasses.replace(apply_params(cfg, params).classify, val_every=1)
+    fit_cnn(c, Path(data), train_ids, val_ids, Path(storage), run_name("cnn"))
+
+
+def _log_uniform(bounds: tuple[float, float], name: str) -> Any:
+    from ray import tune
+
+    low, high = bounds
+    if not 0 < low <= high:
+        raise TuneError(f"tune.{name} must be 0 < low <= high, got {bounds}")
+    return tune.loguniform(low, high) if low < high else low
+
+
+def _choice(values: tuple, name: str) -> Any:
+    from ray import tune
+
+    if not values:
+        raise TuneError(f"tune.{name} is empty")
+    return tune.choice(list(values)) if len(values) > 1 else values[0]
+
+
+def cnn_target(cfg: Config, data: Path, out: Path) -> TrainingTarget:
+    """Learning rate and batch size of the frame CNN."""
+    from ray import tune
+
+    train_ids, val_ids = _fold_split(cfg, _with_folds(cfg, _labelled_videos(data)))
+    c = cfg.classify
+    trainable = tune.with_parameters(
+        cnn_trial,
+        cfg=cfg,
+        data=str(data.resolve()),
+        train_ids=train_ids,
+        val_ids=val_ids,
+        storage=str((out / "runs").resolve()),
+    )
+    return TrainingTarget(
+        "cnn",
+        trainable,
+        {
+            "classify.cnn_lr": _log_uniform(cfg.tune.cnn_lr, "cnn_lr"),
+            "classify.cnn_batch_size": _choice(cfg.tune.cnn_batch_size, "cnn_batch_size"),
+        },
+        "best_val_loss",
+        "min",
+        "epoch",
+        c.cnn_epochs,
+        c.workers * c.cpus_per_worker,
+        c.workers if c.use_gpu else 0,
+        CLASSIFY_COLUMNS,
+        _settings(cfg, data, "classify", train_ids=train_ids, val_ids=val_ids),
+    )
+
+
+def _settings(cfg: Config, data: Path, section: str, **extra: Any) -> dict[str, Any]:
+    """What a sweep's results depend on: its data, the stage's and the sweep's settings."""
+    return {
+        "data": str(data.resolve()),
+        section: to_dict(getattr(cfg, section)),
+        "tune": to_dict(cfg.tune),
+        **extra,
+    }
+
+
+# -- the LSTMs on cached features ---------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LstmInputs:
+    """What an LSTM trial reads: one fold's cache and its training/validation videos."""
+
+    features: str  # a classify folder's features/ (or a capped copy of fold k's cache)
+    fold: int  # the fold whose CNN computed the features
+    videos: dict[str, tuple[int, int]]  # video_id -> (label, fold): fold k = validation
+
+
+def _lstm_inputs(cfg: Config, data: Path) -> LstmInputs:
+    path = data / "folds.parquet"
+    k = cfg.tune.fold
+    if not path.exists() or not (data / "features" / f"fold={k}").exists():
+        raise TuneError(
+            f"{data} holds no folds.parquet and features/fold={k}: the lstm, equal_frames "
+            "and variable_max targets need a classify folder (usv-ray classify --out) as --data"
+        )
+    folds = pq.read_table(path).to_pandas()
+    train_ids, val_ids = _fold_split(cfg, folds)
+    labels = dict(zip(folds["video_id"], folds["label"].astype(int), strict=True))
+    # the job of fold k trains on every video whose fold is not k and validates on fold k's
+    held = set(val_ids)
+    return LstmInputs(
+        str((data / "features").resolve()),
+        k,
+        {v: (labels[v], k if v in held else k + 1) for v in [*train_ids, *val_ids]},
+    )
+
+
+def lstm_trial(
+    params: dict, *, cfg: Config, inputs: LstmInputs, features: dict, storage: str
+) -> None:
+    """One LSTM trial: train on the training videos, then report validation metrics.
+
+    ``features`` maps a value of ``ingest.n_frames`` (variable_max) to its capped cache;
+    the equal-frame N comes from ``classify.equal_frames`` when the sweep sets it.
+    """
+    from ray import tune
+
+    from usv_ray.classify.lstm import LstmJob, fit_lstms, job_sequences, predict
+    from usv_ray.evaluate.metrics import MetricWarning, roc_auc
+
+    trial_cfg = apply_params(cfg, params)
+    c = trial_cfg.classify
+    frames = c.equal_frames if "classify.equal_frames" in params else None
+    folder = Path(features.get(trial_cfg.ingest.n_frames, inputs.features))
+    job = LstmJob(inputs.fold, frames)
+    weights = fit_lstms(c, folder, inputs.videos, [job], Path(storage), run_name("lstm"))[job]
+    trained = job_sequences(folder, inputs.videos, job, train=True)
+    held = job_sequences(folder, inputs.videos, job, train=False)
+    prob = predict(c, weights, held)  # (V,) P(malignant)
+    label = np.asarray([s.label for s in held], dtype=np.int64)  # (V,)
+    if len(held) == 0:
+        val_loss, auc, acc = math.nan, math.nan, math.nan
+    else:
+        p = np.clip(prob, 1e-7, 1 - 1e-7)
+        val_loss = float(-np.mean(label * np.log(p) + (1 - label) * np.log(1 - p)))
+        acc = float(np.mean((prob >= c.threshold) == label))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MetricWarning)  # one-class validation: NaN
+            auc = roc_auc(label, prob)
+    tune.report(
+        {
+            "epoch": c.lstm_epochs - 1,
+            "best_val_loss": val_loss,  # the name the classify targets share
+            "val_auc": auc,
+            "val_acc": acc,
+            "val_videos": len(held),
+            "train_videos": len(trained),
+        }
+    )
+
+
+def _lengths(inputs: LstmInputs) -> pd.Series:
+    """Cached frames of every video of the sweep (fold k's cache)."""
+    table = pq.read_table(Path(inputs.features) / f"fold={inputs.fold}", columns=["video_id"])
+    counts = table.to_pandas().groupby("video_id").size()
+    return counts.reindex(list(inputs.videos)).fillna(0).astype(int)
+
+
+def _capped_cache(inputs: LstmInputs, cap: int, out: Path) -> str:
+    """A copy of fold k's cache with at most ``cap`` frames per video, spread uniformly
+    over the cached ones as ingest samples them: the variable-frame set of
+    ``ingest.n_frames=cap``, without ingesting again. Written once, reused by reruns."""
+    from usv_ray.classify.lstm import uniform_positions
+
+    folder = out / "features" / f"max={cap}"
+    target = folder / f"fold={inputs.fold}" / "features.parquet"
+    if not target.exists():
+        table = pq.read_table(Path(inputs.features) / f"fold={inputs.fold}").to_pandas()
+        table = table.sort_values(["video_id", "seq_index"], kind="stable")
+        keep = []
+        for _, rows in table.groupby("video_id", sort=False):
+            index = rows.index.to_numpy()
+            keep.append(index if len(index) <= cap else index[uniform_positions(len(index), cap)])
+        import pyarrow as pa
+
+        kept = table.loc[np.concatenate(keep)] if keep else table
+        write_table(pa.Table.from_pandas(kept, preserve_index=False), target)
+    return str(folder.resolve())
+
+
+def _lstm_target(cfg: Config, data: Path, out: Path, kind: str) -> TrainingTarget:
+    from ray import tune
+
+    inputs = _lstm_inputs(cfg, data)
+    c, t = cfg.classify, cfg.tune
+    train_lengths = _lengths(inputs)[[v for v, (_, f) in inputs.videos.items() if f != t.fold]]
+    longest = int(train_lengths.max())
+    features: dict[int, str] = {}
+    if kind == "lstm":
+        space = {
+            "classify.lstm_lr": _log_uniform(t.lstm_lr, "lstm_lr"),
+            "classify.lstm_batch_size": _choice(t.lstm_batch_size, "lstm_batch_size"),
+        }
+    elif kind == "equal_frames":
+        counts = sorted(n for n in set(t.frame_counts) if n <= longest)
+        if len(counts) < len(set(t.frame_counts)):
+            log.warning(
+                "tune equal_frames: no training video has more than %d cached frames; "
+                "leaving out N = %s",
+                longest,
+                sorted(n for n in set(t.frame_counts) if n > longest),
+            )
+        if not counts:
+            raise TuneError(f"no tune.frame_counts value fits the {longest}-frame videos")
+        space = {"classify.equal_frames": tune.grid_search(counts)}
+    else:
+        caps = sorted(m for m in set(t.variable_max) if m >= 1)
+        if not caps:
+            raise TuneError(f"tune.variable_max holds no positive value: {t.variable_max}")
+        if max(caps) > longest:
+            log.warning(
+                "tune variable_max: the cache holds at most %d frames per video (ingest "
+                "n_frames); caps above it train on the same set",
+                longest,
+            )
+        features = {m: _capped_cache(inputs, m, out) for m in caps}
+        space = {"ingest.n_frames": tune.grid_search(caps)}
+    trainable = tune.with_parameters(
+        lstm_trial,
+        cfg=cfg,
+        inputs=inputs,
+        features=features,
+        storage=str((out / "runs").resolve()),
+    )
+    return TrainingTarget(
+        kind,
+        trainable,
+        space,
+        "best_val_loss",
+        "min",
+        None,  # one report per trial: nothing for ASHA to stop
+        c.lstm_epochs,
+        c.workers * c.cpus_per_worker,
+        c.workers if c.use_gpu else 0,
+        LSTM_COLUMNS,
+        _settings(cfg, data, "classify", videos=sorted(inputs.videos), ingest_cap=kind),
+    )
+
+
+# -- the re-ID model ---------------------------------------------------------------------
+
+
+def reid_trial(
+    params: dict,
+    *,
+    cfg: Config,
+    data: str,
+    train_ids: list,
+    val_ids: list,
+    n_identities: int,
+    storage: str,
+) -> None:
+    """One re-ID trial: ``reid.embed_model`` with ``params``, validated every epoch."""
+    from usv_ray.reid.training import fit_reid
+
+    r = apply_params(cfg, params).reid
+    r = dataclasses.replace(r, p=min(r.p, n_identities // r.workers))  # as run_reid clamps it
+    fit_reid(r, r.embed_model, Path(data), train_ids, val_ids, Path(storage), run_name("reid"))
+
+
+def reid_target(cfg: Config, data: Path, out: Path) -> TrainingTarget:
+    """Learning rate and P (nodules per P x K batch) of the re-ID model."""
+    from ray import tune
+
+    from usv_ray.reid.clips import read_tracklet_table
+    from usv_ray.reid.pairs import split_patients
+
+    r = cfg.reid
+    try:
+        table = read_tracklet_table(data).to_pandas()
+    except FileNotFoundError as exc:
+        raise TuneError(str(exc)) from exc
+    known = table[table["nodule_id"].notna()]
+    try:
+        split_of = split_patients(known["patient_key"].tolist(), r.split, seed=r.seed)
+    except ValueError as exc:
+        raise TuneError(f"re-ID split: {exc}") from exc
+    split = known["patient_key"].map(split_of)
+    train, val = known[split == "train"], known[split == "val"]
+    n_identities = int(train.groupby(["patient_key", "nodule_id"]).ngroups)
+    if n_identities // r.workers < 2:
+        raise TuneError(
+            f"{n_identities} training nodules for {r.workers} workers: the triplet loss "
+            "needs at least 2 nodules per worker"
+        )
+    p_values = sorted({min(p, n_identities // r.workers) for p in cfg.tune.reid_p})
+    trainable = tune.with_parameters(
+        reid_trial,
+        cfg=cfg,
+        data=str(data.resolve()),
+        train_ids=train["tracklet_id"].tolist(),
+        val_ids=val["tracklet_id"].tolist(),
+        n_identities=n_identities,
+        storage=str((out / "runs").resolve()),
+    )
+    return TrainingTarget(
+        "reid",
+        trainable,
+        {"reid.lr": _log_uniform(cfg.tune.reid_lr, "reid_lr"), "reid.p": _choice(p_values, "p")},
+        "best_val_acc",
+        "max",
+        "epoch",
+        r.epochs,
+        r.workers * r.cpus_per_worker,
+        r.workers if r.use_gpu else 0,
+        REID_COLUMNS,
+        _settings(cfg, data, "reid", tracklets=known["tracklet_id"].tolist()),
+    )
+
+
+TARGETS: dict[str, Callable[[Config, Path, Path], TrainingTarget]] = {
+    "cnn": cnn_target,
+    "lstm": lambda cfg, data, out: _lstm_target(cfg, data, out, "lstm"),
+    "equal_frames": lambda cfg, data, out: _lstm_target(cfg, data, out, "equal_frames"),
+    "variable_max": lambda cfg, data, out: _lstm_target(cfg, data, out, "variable_max"),
+    "reid": reid_target,
+}
