@@ -184,6 +184,27 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_tune(summary) -> None:
+    from usv_ray.evaluate.tables import to_markdown
+
+    best = ", ".join(f"{key}={value:.4g}" for key, value in summary.best.items())
+    print(
+        f"tune {summary.target}: {len(summary.table)} trials in {summary.seconds:.0f} s; best "
+        f"{best} ({summary.metric} {summary.best_value:.4g})\n"
+        f"{to_markdown(summary.table, float_format='{:.4g}')}\n"
+        f"  results: {summary.out / 'results.md'} (and .csv)\n"
+        f"  best config: {summary.best_config} (use it as --config)"
+    )
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from usv_ray.tune import run_tune
+
+    cfg = build_config(args)
+    _print_tune(run_tune(cfg, args.target, args.data, args.out))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from usv_ray.classify.pipeline import run_classify
     from usv_ray.index.pipeline import run_index
@@ -260,6 +281,25 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", required=True, help="the demo's output folder")
     report.set_defaults(func=cmd_report)
 
+    tune = stages.add_parser("tune", help="Ray Tune sweep of one target's hyperparameters")
+    _common(tune, None)
+    tune.add_argument(
+        "--target",
+        required=True,
+        choices=["cnn", "lstm", "equal_frames", "variable_max", "reid", "tau"],
+        help="cnn, reid: learning rate and batch size; lstm: the same on cached features; "
+        "equal_frames: N of the equal-frame LSTM; variable_max: the variable-frame cap; "
+        "tau: the clustering threshold",
+    )
+    tune.add_argument(
+        "--data",
+        required=True,
+        help="ingest folder (cnn, reid), classify folder (lstm, equal_frames, variable_max) "
+        "or re-ID folder (tau)",
+    )
+    tune.add_argument("--out", required=True, help="sweep folder (rerun it to resume)")
+    tune.set_defaults(func=cmd_tune)
+
     demo = stages.add_parser("demo", help="every stage on a synthetic archive, on a local Ray")
     _common(demo, "demo")
     demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
@@ -274,6 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from usv_ray.ingest.manifest import ManifestError
     from usv_ray.privacy import MissingKeyError
     from usv_ray.reid.pipeline import ReidError
+    from usv_ray.tune import TuneError
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -290,6 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ClassifyError,
         ReidError,
         IndexBuildError,
+        TuneError,
     ) as exc:
         print(f"usv-ray: error: {exc}", file=sys.stderr)
         return 2

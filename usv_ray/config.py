@@ -150,6 +150,34 @@ class IndexConfig:
     batch_size: int = 16  # tracklets per inference batch
 
 
+TuneTarget = Literal["cnn", "lstm", "equal_frames", "variable_max", "reid", "tau"]
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """Ray Tune sweeps (``usv-ray tune``): search spaces and how trials are run."""
+
+    num_samples: int = 4  # lr/batch-size targets: random trials; grid targets: repeats of the grid
+    seed: int = 0  # the random search's draws
+    # trials at once; None: as many whole Train runs as the cluster fits with one CPU left
+    # for Ray Data and the drivers (1 on a 2-CPU laptop)
+    max_concurrent: int | None = None
+    grace_period: int = 1  # ASHA: epoch index (from 0) at which trials are first compared
+    reduction_factor: int = 2  # ASHA: each rung lets the best 1/reduction_factor go on
+    driver_memory_mb: int = 256  # what a trial's driver reserves: it only launches Train
+    driver_resource: str | None = None  # custom resource drivers also take 0.01 of (safe nodes)
+    fold: int = 0  # cnn/lstm targets: tune on this classify fold's training patients
+    cnn_lr: tuple[float, float] = (1e-5, 1e-3)  # log-uniform range of classify.cnn_lr
+    cnn_batch_size: tuple[int, ...] = (16, 32, 64)  # choices of classify.cnn_batch_size
+    lstm_lr: tuple[float, float] = (1e-5, 1e-2)  # log-uniform range of classify.lstm_lr
+    lstm_batch_size: tuple[int, ...] = (16, 32, 64)  # choices of classify.lstm_batch_size
+    reid_lr: tuple[float, float] = (1e-5, 1e-3)  # log-uniform range of reid.lr
+    reid_p: tuple[int, ...] = (4, 8, 16)  # choices of reid.p (CM batch: p nodules x k clips)
+    frame_counts: tuple[int, ...] = (10, 12, 14, 16, 18, 20)  # grid of classify.equal_frames
+    variable_max: tuple[int, ...] = (10, 15, 20, 25, 30)  # grid of ingest.n_frames (the cap)
+    tau: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # grid of index.tau
+
+
 @dataclass(frozen=True)
 class Config:
     ray: RayConfig = field(default_factory=RayConfig)
@@ -159,6 +187,7 @@ class Config:
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
     reid: ReidConfig = field(default_factory=ReidConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:

@@ -109,6 +109,21 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
+def _tune_callbacks() -> list:
+    """``[TuneReportCallback()]`` when this run is launched from a Ray Tune trial, else ``[]``.
+
+    With Ray Train V2 a Train run inside a Tune trial reaches Tune only through this
+    callback (every report of rank 0 becomes a Tune result); it refuses to exist outside a
+    Tune session, which is how a plain run tells the two apart.
+    """
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    try:
+        return [TuneReportCallback()]
+    except RuntimeError:  # not in a Tune session
+        return []
+
+
 def fit(
     loop: Callable[[dict], Any],
     loop_config: dict,
@@ -140,6 +155,7 @@ def fit(
             storage_path=str(Path(storage).resolve()),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             failure_config=ray.train.FailureConfig(max_failures=2),
+            callbacks=_tune_callbacks(),
         ),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=list(split)),
