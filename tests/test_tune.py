@@ -1,5 +1,6 @@
-"""Ray Tune sweeps: tau on toy embeddings, and a re-ID training sweep with ASHA that is
-interrupted after its first trial and resumed."""
+"""Ray Tune sweeps: tau on toy embeddings, a re-ID training sweep with ASHA that is
+interrupted after its first trial and resumed, and the classify targets (cnn on toy
+frames; lstm, equal_frames and variable_max on a toy feature cache)."""
 
 import os
 import signal
@@ -8,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from ray import tune
 from toy_tracklets import write_toy_tracklets
@@ -18,6 +20,7 @@ from usv_ray.io import write_table
 from usv_ray.schemas import EMBEDDINGS
 from usv_ray.tune import TuneError, run_tau_sweep, run_tune
 from usv_ray.tune.sweep import apply_params
+from usv_ray.tune.targets import TARGETS, _lengths, _lstm_inputs
 
 pytestmark = [pytest.mark.ray]
 
@@ -174,3 +177,164 @@ def test_reid_sweep_with_asha_resumes_after_an_interruption(ray_session, tmp_pat
     # a third run finds every trial finished and trains nothing
     again = run_tune(cfg, "reid", data, out)
     pd.testing.assert_frame_equal(again.table, table)
+
+
+# -- the classify targets: cnn on an ingest folder, the LSTMs on a classify folder --------
+
+CLASSIFY = [
+    "classify.folds=2",
+    "classify.val_fraction=0.3",  # 2 of fold 0's 6 training patients validate
+    "classify.cpus_per_worker=0.5",  # two trials at once on 2 CPUs
+    "classify.cnn_epochs=1",
+    "classify.lstm_epochs=1",
+    "classify.lstm_hidden=8",
+    "tune.num_samples=2",
+    "tune.cnn_batch_size=[4, 8]",
+    "tune.lstm_batch_size=[4, 8]",
+]
+
+
+@pytest.fixture(scope="module")
+def classify_inputs(tmp_path_factory) -> tuple[Path, Path]:
+    """(an ingest folder of 12 toy videos, a classify folder with fold 0's feature cache).
+
+    The features carry the label (the LSTMs can learn it) and the videos keep 2 to 9
+    cached frames, so an equal-frame N or a frame cap changes which frames a trial sees.
+    """
+    from classify.toy_frames import write_toy_frames  # tests/classify/toy_frames.py
+
+    from usv_ray.classify.folds import assign_folds
+    from usv_ray.config import to_dict
+    from usv_ray.io import rows_to_table, write_json
+    from usv_ray.schemas import FEATURE_DIM, FEATURES, VIDEOS
+
+    root = tmp_path_factory.mktemp("classify_inputs")
+    data, classify = root / "data", root / "classify"
+    ids = write_toy_frames(data, n_videos=12, frames=3)  # patient p{i}, label i % 2
+    videos = pd.DataFrame(
+        {
+            "video_id": ids,
+            "patient_key": [f"p{i}" for i in range(12)],
+            "label": [i % 2 for i in range(12)],
+        }
+    )
+    rows = [
+        {**row, "source": f"toy/{row['video_id']}", "status": "ok"}
+        for row in videos.to_dict("records")
+    ]
+    write_table(rows_to_table(rows, VIDEOS), data / "videos.parquet")
+    fold_of = assign_folds(videos["video_id"], videos["patient_key"], videos["label"], 2, 0)
+    folds = videos.assign(fold=videos["video_id"].map(fold_of).astype(np.int8))
+    write_table(pa.Table.from_pandas(folds, preserve_index=False), classify / "folds.parquet")
+    write_json(
+        {"classify": to_dict(load_config(None, CLASSIFY).classify)}, classify / "classify.json"
+    )
+    rng = np.random.default_rng(0)
+    features = []
+    for i, video_id in enumerate(ids):
+        for t in range(2 + i % 8):  # 2..9 frames
+            feature = rng.normal(0.6 * (i % 2), 1.0, FEATURE_DIM).astype(np.float32)
+            features.append(
+                {
+                    "video_id": video_id,
+                    "fold": 0,
+                    "seq_index": t,
+                    "frame_index": 3 * t,
+                    "feature": feature.tolist(),
+                    "frame_prob": 0.5,
+                }
+            )
+    table = pa.Table.from_pylist(features, schema=FEATURES)
+    write_table(table, classify / "features" / "fold=0" / "part.parquet")
+    return data, classify
+
+
+def test_classify_targets_need_their_folders(classify_inputs, tmp_path):
+    data, classify = classify_inputs
+    cfg = load_config(None, CLASSIFY)
+    with pytest.raises(TuneError, match="needs an ingest folder"):
+        TARGETS["cnn"](cfg, classify, tmp_path)
+    for target in ("lstm", "equal_frames", "variable_max"):
+        with pytest.raises(TuneError, match="need a classify folder"):
+            TARGETS[target](cfg, data, tmp_path)
+    with pytest.raises(TuneError, match="not one of the 2 classify folds"):
+        TARGETS["cnn"](load_config(None, [*CLASSIFY, "tune.fold=2"]), data, tmp_path)
+    # another validation share than the classify run's would validate on CNN training videos
+    with pytest.raises(TuneError, match=r"--set classify.val_fraction=0.3"):
+        TARGETS["lstm"](
+            load_config(None, [*CLASSIFY, "classify.val_fraction=0.5"]), classify, tmp_path
+        )
+    # the capped caches are written only once run_tune has claimed the folder
+    target = TARGETS["variable_max"](cfg, classify, tmp_path / "unclaimed")
+    assert not (tmp_path / "unclaimed").exists() and target.prepare is not None
+
+
+def _check_best(summary, keys: set[str]) -> None:
+    """best.yaml loads, holds the best trial's values, and keeps the rest of the config."""
+    assert set(summary.best) == keys
+    best = load_config(summary.best_config)
+    for key, value in summary.best.items():
+        section, _, name = key.partition(".")
+        assert getattr(getattr(best, section), name) == pytest.approx(value)
+    assert best.classify.folds == 2 and best.classify.lstm_hidden == 8
+    assert summary.best_value == pytest.approx(summary.table[summary.metric].min())
+    for name in ("results.csv", "results.md", "tune.json"):
+        assert (summary.out / name).exists()
+
+
+@pytest.mark.slow
+def test_cnn_sweep(ray_session, classify_inputs, tmp_path):
+    data, _ = classify_inputs
+    summary = run_tune(load_config(None, CLASSIFY), "cnn", data, tmp_path / "cnn")
+    print(f"cnn sweep, 2 trials x 1 epoch: {summary.seconds:.1f} s")
+    table = summary.table
+    assert len(table) == 2 and (table["status"] == "done").all()
+    assert table["classify.cnn_lr"].between(1e-5, 1e-3).all()
+    assert set(table["classify.cnn_batch_size"]) <= {4, 8}
+    assert table["epoch"].tolist() == [0, 0]
+    assert table["val_acc"].between(0, 1).all() and np.isfinite(table["best_val_loss"]).all()
+    assert summary.metric == "best_val_loss" and summary.mode == "min"
+    _check_best(summary, {"classify.cnn_lr", "classify.cnn_batch_size"})
+    assert len(list((tmp_path / "cnn" / "runs").glob("cnn-*"))) == 2  # one Train run a trial
+
+
+@pytest.mark.slow
+def test_lstm_sweeps_on_cached_features(ray_session, classify_inputs, tmp_path):
+    _, classify = classify_inputs
+    cfg = load_config(None, CLASSIFY)
+    inputs = _lstm_inputs(cfg, classify)
+    lengths = _lengths(inputs)  # cached frames per video: 2..9
+    train = [v for v, (_, fold) in inputs.videos.items() if fold != cfg.tune.fold]
+    val = [v for v in inputs.videos if v not in train]
+    assert len(train) == 4 and len(val) == 2  # fold 0's training patients, 2 validate
+
+    lstm = run_tune(cfg, "lstm", classify, tmp_path / "lstm")
+    table = lstm.table
+    assert len(table) == 2 and (table["status"] == "done").all()
+    assert (table["train_videos"] == 4).all() and (table["val_videos"] == 2).all()
+    assert table["classify.lstm_lr"].between(1e-5, 1e-2).all()
+    assert np.isfinite(table["best_val_loss"]).all()
+    _check_best(lstm, {"classify.lstm_lr", "classify.lstm_batch_size"})
+
+    # N = 40 is longer than every training video: left out of the grid
+    grid = load_config(None, [*CLASSIFY, "tune.num_samples=1", "tune.frame_counts=[3, 6, 40]"])
+    equal = run_tune(grid, "equal_frames", classify, tmp_path / "equal_frames")
+    table = equal.table.set_index("classify.equal_frames").sort_index()
+    assert list(table.index) == [3, 6] and (table["status"] == "done").all()
+    for n in (3, 6):  # videos shorter than N are left out, as in classify
+        assert table.loc[n, "train_videos"] == (lengths[train] >= n).sum()
+        assert table.loc[n, "val_videos"] == (lengths[val] >= n).sum()
+    _check_best(equal, {"classify.equal_frames"})
+
+    caps = load_config(None, [*CLASSIFY, "tune.num_samples=1", "tune.variable_max=[2, 50]"])
+    capped = run_tune(caps, "variable_max", classify, tmp_path / "variable_max")
+    table = capped.table.set_index("ingest.n_frames").sort_index()
+    assert list(table.index) == [2, 50] and (table["status"] == "done").all()
+    assert (table["train_videos"] == 4).all()  # a cap drops frames, never videos
+    cache = pq.read_table(tmp_path / "variable_max" / "features" / "max=2" / "fold=0")
+    assert cache.to_pandas().groupby("video_id").size().max() == 2
+    _check_best(capped, {"ingest.n_frames"})
+    print(
+        f"lstm {lstm.seconds:.1f} s, equal_frames {equal.seconds:.1f} s, "
+        f"variable_max {capped.seconds:.1f} s (2 trials x 1 epoch each)"
+    )

@@ -196,6 +196,9 @@ class TrainingTarget:
     gpus: float
     columns: tuple[str, ...]  # metrics shown in the results table
     settings: dict[str, Any]  # what the sweep's results depend on (for claim)
+    # writes what the trials read into ``out`` (variable_max: the capped caches); called
+    # once the folder is claimed, so a folder of another sweep is never written to
+    prepare: Callable[[], None] | None = None
 
 
 def max_concurrent(cfg: Config, cpus: float, gpus: float) -> int:
@@ -373,6 +376,8 @@ def run_tune(
     spec = TARGETS[target](cfg, data, out)
     if claim(out, target, spec.settings):
         log.info("tune: resuming in %s", out)
+    if spec.prepare is not None:
+        spec.prepare()
     table = fit_sweep(cfg, spec, out, callbacks)
     write_results(table, out)
     row = best_row(table, spec.metric, spec.mode)

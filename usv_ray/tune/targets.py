@@ -169,6 +169,28 @@ class LstmInputs:
     videos: dict[str, tuple[int, int]]  # video_id -> (label, fold): fold k = validation
 
 
+SPLIT_KEYS = ("folds", "seed", "val_fraction")  # what fixes a fold CNN's training videos
+
+
+def _check_split_settings(cfg: Config, data: Path) -> None:
+    """Refuse a classify folder made with other split settings than ``cfg``.
+
+    Fold k's features come from a CNN trained on fold k's training videos less its
+    validation share; with another seed or val_fraction the LSTM would validate on videos
+    that CNN trained on (their features are overfit, the scores optimistic).
+    """
+    import json
+
+    record = data / "classify.json"
+    if not record.exists():
+        raise TuneError(f"{record} not found: --data must be a classify folder")
+    made = json.loads(record.read_text()).get("classify", {})
+    wrong = [k for k in SPLIT_KEYS if k in made and made[k] != getattr(cfg.classify, k)]
+    if wrong:
+        fix = " ".join(f"--set classify.{k}={made[k]}" for k in wrong)
+        raise TuneError(f"{data} was classified with other split settings: tune with {fix}")
+
+
 def _lstm_inputs(cfg: Config, data: Path) -> LstmInputs:
     path = data / "folds.parquet"
     k = cfg.tune.fold
@@ -177,6 +199,7 @@ def _lstm_inputs(cfg: Config, data: Path) -> LstmInputs:
             f"{data} holds no folds.parquet and features/fold={k}: the lstm, equal_frames "
             "and variable_max targets need a classify folder (usv-ray classify --out) as --data"
         )
+    _check_split_settings(cfg, data)
     folds = pq.read_table(path).to_pandas()
     train_ids, val_ids = _fold_split(cfg, folds)
     labels = dict(zip(folds["video_id"], folds["label"].astype(int), strict=True))
@@ -240,13 +263,18 @@ def _lengths(inputs: LstmInputs) -> pd.Series:
     return counts.reindex(list(inputs.videos)).fillna(0).astype(int)
 
 
+def _capped_folder(out: Path, cap: int) -> str:
+    """Where the sweep in ``out`` keeps the cache capped at ``cap`` frames per video."""
+    return str((out / "features" / f"max={cap}").resolve())
+
+
 def _capped_cache(inputs: LstmInputs, cap: int, out: Path) -> str:
     """A copy of fold k's cache with at most ``cap`` frames per video, spread uniformly
     over the cached ones as ingest samples them: the variable-frame set of
     ``ingest.n_frames=cap``, without ingesting again. Written once, reused by reruns."""
     from usv_ray.classify.lstm import uniform_positions
 
-    folder = out / "features" / f"max={cap}"
+    folder = Path(_capped_folder(out, cap))
     target = folder / f"fold={inputs.fold}" / "features.parquet"
     if not target.exists():
         table = pq.read_table(Path(inputs.features) / f"fold={inputs.fold}").to_pandas()
@@ -259,7 +287,7 @@ def _capped_cache(inputs: LstmInputs, cap: int, out: Path) -> str:
 
         kept = table.loc[np.concatenate(keep)] if keep else table
         write_table(pa.Table.from_pandas(kept, preserve_index=False), target)
-    return str(folder.resolve())
+    return str(folder)
 
 
 def _lstm_target(cfg: Config, data: Path, out: Path, kind: str) -> TrainingTarget:
@@ -270,6 +298,7 @@ def _lstm_target(cfg: Config, data: Path, out: Path, kind: str) -> TrainingTarge
     train_lengths = _lengths(inputs)[[v for v, (_, f) in inputs.videos.items() if f != t.fold]]
     longest = int(train_lengths.max())
     features: dict[int, str] = {}
+    prepare = None
     if kind == "lstm":
         space = {
             "classify.lstm_lr": _log_uniform(t.lstm_lr, "lstm_lr"),
@@ -297,8 +326,13 @@ def _lstm_target(cfg: Config, data: Path, out: Path, kind: str) -> TrainingTarge
                 "n_frames); caps above it train on the same set",
                 longest,
             )
-        features = {m: _capped_cache(inputs, m, out) for m in caps}
+        features = {m: _capped_folder(out, m) for m in caps}
         space = {"ingest.n_frames": tune.grid_search(caps)}
+
+        def prepare() -> None:
+            for m in caps:
+                _capped_cache(inputs, m, out)
+
     trainable = tune.with_parameters(
         lstm_trial,
         cfg=cfg,
@@ -318,6 +352,7 @@ def _lstm_target(cfg: Config, data: Path, out: Path, kind: str) -> TrainingTarge
         c.workers if c.use_gpu else 0,
         LSTM_COLUMNS,
         _settings(cfg, data, "classify", videos=sorted(inputs.videos), ingest_cap=kind),
+        prepare=prepare,
     )
 
 
