@@ -113,6 +113,13 @@ def test_fit_and_predict_every_fold_and_a_rerun_resumes(ray_session, tmp_path):
     name = "head.1.weight"  # fc6
     assert not torch.equal(first["C3D_BN"][0][name], second["C3D_BN"][0][name])
 
+    # a rerun of the finished run starts no training, and returns the same models
+    checkpoints = sorted(p.name for p in (runs / "video").glob("epoch_*"))
+    third = fit_video_models(more, data, folds, runs, "video")
+    assert training_log(runs, "video") == rows
+    assert sorted(p.name for p in (runs / "video").glob("epoch_*")) == checkpoints
+    assert torch.equal(third["C3D_BN"][1][name], second["C3D_BN"][1][name])
+
     predictions = predict_video_models(more, second, data, folds)
     assert list(predictions.columns) == ["video_id", "fold", "method", "prob"]
     assert sorted(zip(predictions.video_id, predictions.fold, strict=True)) == sorted(folds.items())

@@ -430,6 +430,32 @@ def fit_video_models(
     empty = [k for k, ids in train_ids.items() if not ids]
     if empty:
         raise ValueError(f"no training videos for fold(s) {empty}")
+    models = (Path(storage) / name / "models").resolve()
+    state = _last_state(storage, name)
+    finished = state is not None and all(
+        state["done"].get(method, {}).get(k, 0) >= cfg.video_epochs
+        and model_file(models, method, k).exists()
+        for method in cfg.video_models
+        for k in range(cfg.folds)
+    )
+    if not finished:  # a rerun of a finished run starts no Ray Train run: minutes on a laptop
+        _fit(cfg, data, folds, train_ids, storage, name, models)
+    return {
+        method: {k: torch.load(model_file(models, method, k)) for k in range(cfg.folds)}
+        for method in cfg.video_models
+    }
+
+
+def _fit(
+    cfg: ClassifyConfig,
+    data: Path,
+    folds: dict[str, int],
+    train_ids: dict[int, list[str]],
+    storage: Path,
+    name: str,
+    models: Path,
+) -> None:
+    """The Ray Train run of :func:`fit_video_models`."""
     # read every clip once and keep it in the object store; each fold's training set is a
     # filtered copy, materialized so epochs do not re-run the filter
     clips = load_clips(data, sorted(folds), cfg.clip_frames, cfg.clip_size).materialize()
@@ -441,13 +467,8 @@ def fit_video_models(
         .materialize()
         for k, ids in train_ids.items()
     }
-    models = (Path(storage) / name / "models").resolve()
     loop_config = {"cfg": cfg, "models": models}
     fit(_train_loop, loop_config, cfg, datasets, storage, name, split=list(datasets))
-    return {
-        method: {k: torch.load(model_file(models, method, k)) for k in range(cfg.folds)}
-        for method in cfg.video_models
-    }
 
 
 def training_log(storage: Path, name: str) -> list[dict]:
@@ -456,14 +477,20 @@ def training_log(storage: Path, name: str) -> list[dict]:
     Each has method, fold, epoch, step, attempt (1 for the first start of the run, then one
     more for each rerun or restart) and train_loss. Empty when the run has no checkpoint.
     """
+    state = _last_state(storage, name)
+    return [] if state is None else state["log"]
+
+
+def _last_state(storage: Path, name: str) -> dict | None:
+    """The training state in run ``storage / name``'s last checkpoint, or None."""
     checkpoints = sorted(
         (p for p in (Path(storage) / name).glob("epoch_*") if (p / STATE_FILE).is_file()),
         key=lambda p: int(p.name.removeprefix("epoch_")),
     )
     if not checkpoints:
-        return []
-    # mmap: only the small log is read, not the models' weights
-    return torch.load(checkpoints[-1] / STATE_FILE, map_location="cpu", mmap=True)["log"]
+        return None
+    # mmap: only the small parts read (the log, what is done) leave the disk
+    return torch.load(checkpoints[-1] / STATE_FILE, map_location="cpu", mmap=True)
 
 
 # -----------------------------------------------------------------------------
