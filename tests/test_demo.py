@@ -24,13 +24,15 @@ DEMO_OVERRIDES = (
     "reid.p=2",
     "reid.k=2",
     "reid.n_boot=50",
+    "tune.tau=[0.1, 0.3]",
     "ray.progress=false",
 )
 
 
 @pytest.fixture(scope="module")
 def demo_run(ray_session, tmp_path_factory):
-    """`usv-ray demo` on a small archive: synth, ingest, classify, re-ID and the index.
+    """`usv-ray demo` on a small archive: synth, ingest, classify, re-ID, the tau sweep, the
+    index and the report.
 
     Few patients and epochs, no 3D-CNN baselines and one frame count keep the suite quick;
     this checks the command and the stage's plumbing (the parts have their own tests).
@@ -161,6 +163,23 @@ def test_demo_indexes_every_tracklet_in_one_nodule(demo_run):
     assert sorted(members) == sorted(tracklets["tracklet_id"].to_pylist())
     assert len(set(nodules["index_version"].to_pylist())) == 1
     assert "pairwise precision" in (root / "printed.txt").read_text()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_demo_sweeps_tau_indexes_with_the_best_and_writes_the_report(demo_run):
+    _, root = demo_run
+    best = load_config(root / "tune" / "tau" / "best.yaml")
+    results = pd.read_csv(root / "tune" / "tau" / "results.csv")
+    assert best.index.tau in set(results["tau"])
+    nodules = pq.read_table(root / "index" / "nodules.parquet")
+    assert f"tau {best.index.tau:g} " in nodules["index_version"][0].as_py()
+    html = (root / "report.html").read_text()
+    for title in ("Table 3", "Table 4", "Nodule index", "Tuning sweep: tau"):
+        assert title in html, title
+    assert (root / "report.md").stat().st_size > 0
+    printed = (root / "printed.txt").read_text()
+    assert "report:" in printed and "(synth " in printed  # the time of every step
 
 
 @pytest.mark.ray

@@ -211,21 +211,40 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from usv_ray.ingest.pipeline import run_ingest
     from usv_ray.reid.pipeline import run_reid
     from usv_ray.synth import write_archive
+    from usv_ray.tune import run_tau_sweep
+    from usv_ray.tune.sweep import apply_params
 
     cfg = build_config(args)
     out = Path(args.out)
     started = time.perf_counter()
-    log.info("[1/5] synthesising an archive of %d patients", cfg.synth.patients)
+    seconds: dict[str, float] = {}
+
+    def step(number: int, name: str, what: str) -> None:
+        seconds[name] = time.perf_counter()
+        log.info("[%d/7] %s", number, what)
+
+    step(1, "synth", f"synthesising an archive of {cfg.synth.patients} patients")
     manifest = write_archive(cfg.synth, out / "archive")
-    log.info("[2/5] ingesting %s", manifest)
+    step(2, "ingest", f"ingesting {manifest}")
     _print_ingest(run_ingest(cfg, manifest, out / "data"))
-    log.info("[3/5] classifying: every method of the paper, %d-fold", cfg.classify.folds)
+    step(3, "classify", f"classifying: every method of the paper, {cfg.classify.folds}-fold")
     _print_classify(run_classify(cfg, out / "data", out / "classify"))
-    log.info("[4/5] re-identifying nodules: %s", " and ".join(cfg.reid.models))
+    step(4, "re-ID", f"re-identifying nodules: {' and '.join(cfg.reid.models)}")
     _print_reid(run_reid(cfg, out / "data", out / "reid"))
-    log.info("[5/5] indexing every patient's nodules with %s", cfg.index.model)
+    step(5, "tau sweep", "sweeping the clustering threshold tau on the validation patients")
+    sweep = run_tau_sweep(cfg, out / "reid", out / "tune" / "tau")
+    _print_tune(sweep)
+    cfg = apply_params(cfg, sweep.best)
+    step(6, "index", f"indexing every patient's nodules ({cfg.index.model}, tau {cfg.index.tau:g})")
     _print_index(run_index(cfg, out / "data", out / "reid", out / "index"))
-    print(f"demo finished in {time.perf_counter() - started:.0f} s: {out}")
+    step(7, "report", "writing the report")
+    _print_report(out)
+    ends = [*list(seconds.values())[1:], time.perf_counter()]
+    steps = ", ".join(
+        f"{name} {end - begin:.0f} s"
+        for (name, begin), end in zip(seconds.items(), ends, strict=True)
+    )
+    print(f"demo finished in {time.perf_counter() - started:.0f} s ({steps}): {out}")
     return 0
 
 

@@ -175,7 +175,8 @@ class TuneConfig:
     reid_p: tuple[int, ...] = (4, 8, 16)  # choices of reid.p (CM batch: p nodules x k clips)
     frame_counts: tuple[int, ...] = (10, 12, 14, 16, 18, 20)  # grid of classify.equal_frames
     variable_max: tuple[int, ...] = (10, 15, 20, 25, 30)  # grid of ingest.n_frames (the cap)
-    tau: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # grid of index.tau
+    # grid of index.tau: cosine distances 0.05 to 0.95 (the clustering table's grid)
+    tau: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20))
 
 
 @dataclass(frozen=True)

@@ -114,7 +114,7 @@ NODULES = pa.schema(  # the nodule index: one row per nodule of a patient
         pa.field("n_tracklets", pa.int32(), nullable=False),
         pa.field("first_study", pa.string()),  # the exam it was first indexed from
         pa.field("last_study", pa.string()),  # the latest exam that added a tracklet
-        pa.field("updated_at", pa.timestamp("s", tz="UTC"), nullable=False),
+        pa.field("updated_at", pa.timestamp("ms", tz="UTC"), nullable=False),  # Parquet has no s
         pa.field("index_version", pa.string(), nullable=False),  # model, clip shape, tau, method
     ]
 )

@@ -18,6 +18,7 @@ from usv_ray.config import Config, IndexConfig, RayConfig, ReidConfig
 from usv_ray.index.pipeline import IndexBuildError, run_index
 from usv_ray.reid.embed import TrackletEmbedder, save_reid_model
 from usv_ray.reid.training import build_model
+from usv_ray.schemas import NODULES
 
 CLIP = ReidConfig(clip_frames=4, clip_height=32, clip_width=16, cpus_per_worker=0.5)
 
@@ -74,6 +75,7 @@ def test_first_build_finds_each_patients_nodules(archive):
     assert (s.patients, s.tracklets, s.nodules, s.embedded_now) == (3, 12, 6, 12)
     assert s.scores["precision"] == s.scores["recall"] == 1.0  # the toy truth, exactly
     index = _nodules(archive["out"])
+    assert pq.read_schema(archive["out"] / "nodules.parquet").equals(NODULES)
     assert {r["n_tracklets"] for r in index.values()} == {2}
     assert {r["index_version"] for r in index.values()} == {s.index_version}
     assert "tau" in s.index_version and s.index_version.startswith("CM ")
