@@ -22,7 +22,7 @@ demo: install
 
 test: install
 	tools/ensure_chromium.sh
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest --durations=20
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
