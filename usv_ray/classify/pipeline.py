@@ -69,8 +69,12 @@ def equal_method(frames: int, main: int) -> str:
     return EQUAL if frames == main else f"{EQUAL} (N={frames})"
 
 
-def _labelled_videos(data: Path) -> pd.DataFrame:
-    """video_id, patient_key, label of every ingested video with a known label and frames."""
+def labelled_videos(data: Path) -> pd.DataFrame:
+    """video_id, patient_key, label of every ingested video with a known label and frames.
+
+    Raises:
+        ClassifyError: no videos.parquet in ``data``, or no labelled video with frames.
+    """
     path = data / "videos.parquet"
     if not path.exists():
         raise ClassifyError(f"{path} not found: run `usv-ray ingest` into {data} first")
@@ -320,7 +324,7 @@ def run_classify(cfg: Config, data: str | Path, out: str | Path) -> ClassifySumm
     started = time.perf_counter()
     data, out = Path(data), Path(out)
     c = cfg.classify
-    videos = _labelled_videos(data)
+    videos = labelled_videos(data)
     if claim_folder(
         out / "classify.json", _fingerprint(cfg, videos), {"classify": to_dict(cfg.classify)}
     ):

@@ -43,17 +43,16 @@ REID_COLUMNS = ("epoch", "best_val_acc", "val_acc", "val_auc", "train_loss")
 
 def _labelled_videos(data: Path) -> pd.DataFrame:
     """video_id, patient_key, label of the ingested videos with a label and frames."""
-    path = data / "videos.parquet"
-    if not path.exists():
-        raise TuneError(f"{path} not found: the cnn target needs an ingest folder as --data")
-    videos = pq.read_table(path, columns=["video_id", "patient_key", "label", "status"])
-    videos = videos.to_pandas()
-    videos = videos[(videos["status"] == "ok") & videos["label"].isin([0, 1])]
-    has_frames = [(data / "frames" / f"{v}.parquet").exists() for v in videos["video_id"]]
-    videos = videos[np.asarray(has_frames, dtype=bool)].sort_values("video_id", kind="stable")
-    if videos.empty:
-        raise TuneError(f"no ingested video with a benign/malignant label in {data}")
-    return videos.reset_index(drop=True)
+    from usv_ray.classify.pipeline import ClassifyError, labelled_videos
+
+    if not (data / "videos.parquet").exists():
+        raise TuneError(
+            f"{data / 'videos.parquet'} not found: the cnn target needs an ingest folder as --data"
+        )
+    try:
+        return labelled_videos(data)
+    except ClassifyError as exc:
+        raise TuneError(str(exc)) from exc
 
 
 def _with_folds(cfg: Config, videos: pd.DataFrame) -> pd.DataFrame:
