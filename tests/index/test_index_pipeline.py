@@ -145,6 +145,31 @@ def test_another_model_rebuilds_from_new_embeddings(archive):
     assert embedded.to_pylist() == [s.index_version.split(" clip")[0]]
 
 
+def test_a_failing_patient_is_an_error_row_and_the_rest_is_indexed(archive, tmp_path, monkeypatch):
+    from usv_ray.index import pipeline
+
+    real = pipeline.update_patient
+
+    def fails_for_pk01(patient_key, *args, **kwargs):
+        if patient_key == "pk01":
+            raise ValueError("boom")
+        return real(patient_key, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "update_patient", fails_for_pk01)
+    out = tmp_path / "index"
+    patients = set(pq.read_table(archive["data"] / "tracklets")["patient_key"].to_pylist())
+    s = run_index(archive["cfg"], archive["data"], archive["model"], out)
+    indexed = set(pq.read_table(out / "nodules.parquet")["patient_key"].to_pylist())
+    assert indexed == patients - {"pk01"} and s.patients == len(patients) - 1
+    errors = pq.read_table(out / "errors.parquet").to_pandas()
+    failed = errors[errors["kind"] == "patient_failed"].reset_index()
+    assert failed["source"].tolist() == ["pk01"] and "ValueError: boom" in failed["message"][0]
+    # the next run retries the patient (its tracklets are embedded, not yet indexed)
+    monkeypatch.setattr(pipeline, "update_patient", real)
+    again = run_index(archive["cfg"], archive["data"], archive["model"], out)
+    assert again.embedded_now == 0 and again.patients == len(patients)
+
+
 def test_missing_inputs_are_clear_errors(tmp_path):
     cfg = Config()
     with pytest.raises(IndexBuildError, match="run `usv-ray reid` first"):

@@ -206,7 +206,8 @@ def _error_rows(bad: pd.DataFrame, failed: dict[str, str]) -> list[dict]:
             "video_id": None,
             "stage": "index",
             "kind": "patient_failed",
-            "message": f"patient {patient_key}: {message}; its nodules are as before",
+            "message": f"patient {patient_key}: {message}; its nodules are left as they were "
+            "(none on a first build or rebuild) and its new tracklets are retried on the next run",
         }
         for patient_key, message in sorted(failed.items())
     ]
@@ -279,8 +280,13 @@ def run_index(cfg: Config, data: str | Path, model: str | Path, out: str | Path)
         if old_errors is not None
         else set()
     )
-    new = set(tracklets["tracklet_id"]) - set(store["tracklet_id"]) - bad_before
-    if not new and not rebuilt and previous is not None:
+    archive = set(tracklets["tracklet_id"])
+    new = archive - set(store["tracklet_id"]) - bad_before
+    indexed_before = (
+        {t for ids in previous["tracklet_ids"] for t in ids} if previous is not None else set()
+    )
+    waiting = (archive & set(store["tracklet_id"])) - indexed_before  # a failed patient's
+    if not new and not waiting and not rebuilt and previous is not None:
         log.info("index: nothing new since the last run (%s)", version)
         return _summary(out, version, previous, tracklets, old_errors, 0, False, started, False)
 
