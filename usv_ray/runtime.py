@@ -56,5 +56,20 @@ def _init(cfg: RayConfig) -> None:
             object_store_memory=cfg.object_store_mb * 2**20 if cfg.object_store_mb else None,
             include_dashboard=False,
             logging_config=ray.LoggingConfig(log_level="WARNING"),
+            runtime_env={"worker_process_setup_hook": "usv_ray.runtime.quiet_local_workers"},
         )
         log.info("started a local Ray with %s CPUs", ray.cluster_resources().get("CPU"))
+
+
+def quiet_local_workers() -> None:
+    """Run in every worker of a local Ray (its ``worker_process_setup_hook``).
+
+    Ray Train's placement-group cleaner asks the State API every second whether the
+    training controller is alive; without a dashboard (a local Ray skips it: ~1 GB and
+    seconds of startup on a laptop) every ask fails and logs a warning, ~1,000 lines per
+    demo. On a local Ray the cleaner has nothing to guard: its placement groups end with
+    the driver's Ray. Clusters run the dashboard and keep the warning.
+    """
+    logging.getLogger(
+        "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+    ).setLevel(logging.ERROR)
