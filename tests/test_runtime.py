@@ -2,7 +2,16 @@
 
 import logging
 
-from usv_ray.runtime import quiet_local_workers
+import pytest
+
+from usv_ray.runtime import actor_cpus, quiet_local_workers
+
+
+@pytest.mark.ray
+def test_an_inference_actor_leaves_a_cpu_to_the_reads_that_feed_it(ray_session):
+    assert ray_session.cluster_resources()["CPU"] == 2
+    assert actor_cpus(2) == 1 and actor_cpus(8) == 1
+    assert actor_cpus(1) == 1 and actor_cpus(0.5) == 0.5
 
 
 def test_quiet_local_workers_silences_the_placement_group_cleaner_warning():

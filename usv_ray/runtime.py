@@ -61,6 +61,24 @@ def _init(cfg: RayConfig) -> None:
         log.info("started a local Ray with %s CPUs", ray.cluster_resources().get("CPU"))
 
 
+def actor_cpus(cpus: float) -> float:
+    """The CPUs a Ray Data inference actor may hold: ``cpus``, but at most all but one of
+    the largest node's, so the read tasks that feed it can still run.
+
+    An actor pool that takes every CPU (a config that gives each Train worker the whole
+    laptop) waits forever for blocks that no read task can be scheduled to produce. With
+    no node known yet (an autoscaling cluster before its first worker) ``cpus`` stands.
+    """
+    import ray
+
+    largest = max(
+        (node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node["Alive"]),
+        default=0.0,
+    )
+    if largest <= 1 or cpus <= largest - 1:
+        return cpus
+    return largest - 1
+
 def quiet_local_workers() -> None:
     """Run in every worker of a local Ray (its ``worker_process_setup_hook``).
 

@@ -51,7 +51,9 @@ def test_embedder_matches_the_model_without_ray(tmp_path):
 def test_cache_features_embeds_every_frame_once(ray_session, tmp_path):
     ids = write_toy_frames(tmp_path / "data", n_videos=4, frames=3)
     weights = _weights(tmp_path / "w.pt")
-    cfg = ClassifyConfig(cpus_per_worker=0.5)
+    # Train workers that hold all of the session's 2 CPUs (as the demo's do): the embedding
+    # actor must leave one to the reads that feed it, or the cache waits forever
+    cfg = ClassifyConfig(cpus_per_worker=2)
     folder = cache_features(cfg, tmp_path / "data", ids, weights, 1, tmp_path / "features")
     assert folder == tmp_path / "features" / "fold=1"
     table = pq.read_table(folder)

@@ -19,6 +19,7 @@ from usv_ray.classify.cnn import collate_frames, frame_shards
 from usv_ray.config import ClassifyConfig
 from usv_ray.imaging import normalise
 from usv_ray.io import write_dataset
+from usv_ray.runtime import actor_cpus
 from usv_ray.schemas import FEATURE_DIM, FEATURES
 
 
@@ -78,7 +79,7 @@ def cache_features(
         batch_size=64,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=cfg.workers),
-        num_cpus=cfg.cpus_per_worker,
+        num_cpus=actor_cpus(cfg.cpus_per_worker),
         num_gpus=1 if cfg.use_gpu else 0,
     )
     return write_dataset(embedded, target)

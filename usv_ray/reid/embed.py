@@ -22,6 +22,7 @@ from usv_ray.io import atomic_path
 from usv_ray.reid.clips import batch_clips
 from usv_ray.reid.evaluate import embed
 from usv_ray.reid.training import build_model
+from usv_ray.runtime import actor_cpus
 from usv_ray.schemas import EMBEDDINGS
 
 EMBED_COLUMNS = [
@@ -126,6 +127,6 @@ def embed_dataset(
         batch_size=batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=workers),
-        num_cpus=cpus_per_worker,
+        num_cpus=actor_cpus(cpus_per_worker),
         num_gpus=1 if use_gpu else 0,
     )
