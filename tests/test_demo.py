@@ -15,6 +15,7 @@ from usv_ray.schemas import EMBEDDINGS, NODULES, PREDICTIONS
 
 DEMO_OVERRIDES = (
     "synth.patients=9",
+    "classify.folds=2",  # each fold trains and caches a CNN: the fixture's largest cost
     "classify.cnn_epochs=1",
     "classify.lstm_epochs=2",
     "classify.video_models=[]",
@@ -34,7 +35,7 @@ def demo_run(ray_session, tmp_path_factory):
     """`usv-ray demo` on a small archive: synth, ingest, classify, re-ID, the tau sweep, the
     index and the report.
 
-    Few patients and epochs, no 3D-CNN baselines and one frame count keep the suite quick;
+    Few patients, folds and epochs, no 3D-CNN baselines and one frame count keep the suite quick;
     this checks the command and the stage's plumbing (the parts have their own tests).
     """
     import contextlib
@@ -113,7 +114,7 @@ def test_demo_rerun_reuses_everything_and_refuses_other_settings(demo_run):
     pd.testing.assert_frame_equal(_predictions(root), before)
     assert again.seconds < 60
     assert again.videos == len(pq.read_table(root / "classify" / "folds.parquet"))
-    other = load_config(None, ["classify.folds=2"])
+    other = load_config(None, ["classify.folds=3"])
     with pytest.raises(ConfigError, match="other settings or data"):
         run_classify(other, root / "data", root / "classify")
 
