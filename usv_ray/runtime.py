@@ -79,6 +79,7 @@ def actor_cpus(cpus: float) -> float:
         return cpus
     return largest - 1
 
+
 def quiet_local_workers() -> None:
     """Run in every worker of a local Ray (its ``worker_process_setup_hook``).
 
