@@ -175,8 +175,11 @@ class TuneConfig:
     reid_p: tuple[int, ...] = (4, 8, 16)  # choices of reid.p (CM batch: p nodules x k clips)
     frame_counts: tuple[int, ...] = (10, 12, 14, 16, 18, 20)  # grid of classify.equal_frames
     variable_max: tuple[int, ...] = (10, 15, 20, 25, 30)  # grid of ingest.n_frames (the cap)
-    # grid of index.tau: cosine distances 0.05 to 0.95 (the clustering table's grid)
-    tau: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20))
+    # grid of index.tau: cosine distances 0.01 to 0.04, then 0.05 to 0.95 (the clustering
+    # table's grid, usv_ray.cluster.compare.TAU_GRID)
+    tau: tuple[float, ...] = tuple(round(0.01 * i, 2) for i in range(1, 5)) + tuple(
+        round(0.05 * i, 2) for i in range(1, 20)
+    )
 
 
 @dataclass(frozen=True)

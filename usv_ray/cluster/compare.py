@@ -77,7 +77,9 @@ def tau_grid(low: float = 0.05, high: float = 0.95, step: float = 0.05) -> tuple
     return tuple(round(low + i * step, 6) for i in range(count))
 
 
-TAU_GRID: tuple[float, ...] = tau_grid()  # 0.05, 0.10, ..., 0.95
+# 0.01 to 0.04, then 0.05, 0.10, ..., 0.95: a trained re-ID model puts tracklets of one
+# nodule within a few hundredths (the demo's CM: 0.01-0.04), a coarser grid merges nodules
+TAU_GRID: tuple[float, ...] = tau_grid(0.01, 0.04, 0.01) + tau_grid()
 # Euclidean radius on unit vectors: sqrt(2 * 0.03) ~ 0.25 to sqrt(2 * 1.1) ~ 1.5
 BANDWIDTH_GRID: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
 # Similarity -|a - b|^2 = -2 d lies in [-4, 0]; a lower preference gives fewer clusters.
