@@ -86,8 +86,10 @@ def quiet_local_workers() -> None:
     Ray Train's placement-group cleaner asks the State API every second whether the
     training controller is alive; without a dashboard (a local Ray skips it: ~1 GB and
     seconds of startup on a laptop) every ask fails and logs a warning, ~1,000 lines per
-    demo. On a local Ray the cleaner has nothing to guard: its placement groups end with
-    the driver's Ray. Clusters run the dashboard and keep the warning.
+    demo. Without the State API the cleaner cannot work anyway: a local Ray's placement
+    groups end with the driver, and Tune releases those its stopped trials leave
+    (:func:`usv_ray.tune.sweep.release_orphaned_placement_groups`). Clusters run the
+    dashboard: there the cleaner works and its warnings stay.
     """
     logging.getLogger(
         "ray.train.v2._internal.execution.controller.placement_group_cleaner"
