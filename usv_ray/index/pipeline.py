@@ -280,12 +280,12 @@ def run_index(cfg: Config, data: str | Path, model: str | Path, out: str | Path)
         if old_errors is not None
         else set()
     )
-    archive = set(tracklets["tracklet_id"])
-    new = archive - set(store["tracklet_id"]) - bad_before
+    archive, stored = set(tracklets["tracklet_id"]), set(store["tracklet_id"])
+    new = archive - stored - bad_before
     indexed_before = (
         {t for ids in previous["tracklet_ids"] for t in ids} if previous is not None else set()
     )
-    waiting = (archive & set(store["tracklet_id"])) - indexed_before  # a failed patient's
+    waiting = (archive & stored) - indexed_before  # a failed patient's
     if not new and not waiting and not rebuilt and previous is not None:
         log.info("index: nothing new since the last run (%s)", version)
         return _summary(out, version, previous, tracklets, old_errors, 0, False, started, False)

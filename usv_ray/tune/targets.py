@@ -267,14 +267,14 @@ def _capped_folder(out: Path, cap: int) -> str:
     return str((out / "features" / f"max={cap}").resolve())
 
 
-def _capped_cache(inputs: LstmInputs, cap: int, out: Path) -> str:
-    """A copy of fold k's cache with at most ``cap`` frames per video, spread uniformly
-    over the cached ones as ingest samples them: the variable-frame set of
-    ``ingest.n_frames=cap``, without ingesting again. Written once, reused by reruns."""
+def _capped_cache(inputs: LstmInputs, cap: int, out: Path) -> None:
+    """Write into ``_capped_folder(out, cap)`` a copy of fold k's cache with at most ``cap``
+    frames per video, spread uniformly over the cached ones as ingest samples them: the
+    variable-frame set of ``ingest.n_frames=cap``, without ingesting again. Written once,
+    reused by reruns."""
     from usv_ray.classify.lstm import uniform_positions
 
-    folder = Path(_capped_folder(out, cap))
-    target = folder / f"fold={inputs.fold}" / "features.parquet"
+    target = Path(_capped_folder(out, cap)) / f"fold={inputs.fold}" / "features.parquet"
     if not target.exists():
         table = pq.read_table(Path(inputs.features) / f"fold={inputs.fold}").to_pandas()
         table = table.sort_values(["video_id", "seq_index"], kind="stable")
@@ -286,7 +286,6 @@ def _capped_cache(inputs: LstmInputs, cap: int, out: Path) -> str:
 
         kept = table.loc[np.concatenate(keep)] if keep else table
         write_table(pa.Table.from_pandas(kept, preserve_index=False), target)
-    return str(folder)
 
 
 def _lstm_target(cfg: Config, data: Path, out: Path, kind: str) -> TrainingTarget:
