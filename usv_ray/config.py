@@ -175,8 +175,9 @@ class TuneConfig:
     reid_p: tuple[int, ...] = (4, 8, 16)  # choices of reid.p (CM batch: p nodules x k clips)
     frame_counts: tuple[int, ...] = (10, 12, 14, 16, 18, 20)  # grid of classify.equal_frames
     variable_max: tuple[int, ...] = (10, 15, 20, 25, 30)  # grid of ingest.n_frames (the cap)
-    # grid of index.tau: cosine distances 0.01 to 0.04, then 0.05 to 0.95 (the clustering
-    # table's grid, usv_ray.cluster.compare.TAU_GRID)
+    # grid of index.tau, also the clustering table's (usv_ray.cluster.compare.TAU_GRID):
+    # cosine distances 0.01 to 0.04, then 0.05 to 0.95 (a trained re-ID model puts the
+    # tracklets of one nodule within a few hundredths; a coarser grid merges nodules)
     tau: tuple[float, ...] = tuple(round(0.01 * i, 2) for i in range(1, 5)) + tuple(
         round(0.05 * i, 2) for i in range(1, 20)
     )

@@ -5,8 +5,7 @@ import pandas as pd
 import pytest
 
 from usv_ray.cluster import compare
-from usv_ray.cluster.compare import CANDIDATES, TABLE_COLUMNS, TAU_GRID, clustering_table, tau_grid
-from usv_ray.config import TuneConfig
+from usv_ray.cluster.compare import CANDIDATES, TABLE_COLUMNS, TAU_GRID, clustering_table
 from usv_ray.evaluate.tables import to_markdown
 
 
@@ -35,14 +34,8 @@ def synthetic_tracklets(
 
 
 def test_tau_grid():
-    assert tau_grid(0.1, 0.5, 0.1) == (0.1, 0.2, 0.3, 0.4, 0.5)
     assert TAU_GRID[:5] == (0.01, 0.02, 0.03, 0.04, 0.05) and TAU_GRID[-1] == 0.95
-    assert len(TAU_GRID) == 23 and TuneConfig().tau == TAU_GRID  # the tau sweep's default
-    assert tau_grid(0.3, 0.3, 0.1) == (0.3,)
-    with pytest.raises(ValueError):
-        tau_grid(0.5, 0.1)
-    with pytest.raises(ValueError):
-        tau_grid(step=0.0)
+    assert len(TAU_GRID) == 23 and sorted(TAU_GRID) == list(TAU_GRID)
 
 
 def test_well_separated_nodules_score_near_100():

@@ -8,8 +8,8 @@ patients with the chosen value: pairwise precision, recall and F-score (percent,
 ``usv_ray.cluster.metrics``) and the wall time of clustering the test set. Every method,
 the threshold ones included, runs one patient at a time and on one thread, so the times
 compare like with like (``cluster_patients``, which batches patients, is faster still).
-Grids: ``TAU_GRID`` for ``tau`` and ``eps``, ``BANDWIDTH_GRID``, ``PREFERENCE_GRID`` (with
-damping fixed at ``AFFINITY_DAMPING``).
+Grids: ``TAU_GRID`` (the tau sweep's) for ``tau`` and ``eps``, ``BANDWIDTH_GRID``,
+``PREFERENCE_GRID`` (with damping fixed at ``AFFINITY_DAMPING``).
 
 Embeddings are L2-normalised first, so every method sees the cosine geometry: DBSCAN's
 ``eps`` and the threshold methods' ``tau`` are cosine distances; MeanShift's bandwidth is a
@@ -37,6 +37,7 @@ import pandas as pd
 
 from usv_ray.cluster.metrics import pairwise_scores
 from usv_ray.cluster.threshold import algorithm1, closure
+from usv_ray.config import TuneConfig
 from usv_ray.evaluate.metrics import MetricWarning
 
 __all__ = [
@@ -47,7 +48,6 @@ __all__ = [
     "TAU_GRID",
     "Candidate",
     "clustering_table",
-    "tau_grid",
 ]
 
 TABLE_COLUMNS = (
@@ -63,23 +63,8 @@ TABLE_COLUMNS = (
 )
 
 
-def tau_grid(low: float = 0.05, high: float = 0.95, step: float = 0.05) -> tuple[float, ...]:
-    """Cosine-distance thresholds ``low, low + step, ..., high`` (both ends included),
-    rounded to 6 decimals so that the values print as written: the tau sweep of this
-    comparison, reusable by a Ray Tune sweep (``tune.grid_search(list(tau_grid()))``).
-
-    Raises:
-        ValueError: ``step <= 0``, ``low < 0`` or ``high < low``.
-    """
-    if step <= 0 or low < 0 or high < low:
-        raise ValueError(f"need 0 <= low <= high and step > 0, got {low}, {high}, {step}")
-    count = int(np.floor((high - low) / step + 1e-9)) + 1
-    return tuple(round(low + i * step, 6) for i in range(count))
-
-
-# 0.01 to 0.04, then 0.05, 0.10, ..., 0.95: a trained re-ID model puts tracklets of one
-# nodule within a few hundredths (the demo's CM: 0.01-0.04), a coarser grid merges nodules
-TAU_GRID: tuple[float, ...] = tau_grid(0.01, 0.04, 0.01) + tau_grid()
+# the tau sweep's grid (usv_ray.config.TuneConfig.tau): 0.01 to 0.04, then 0.05 to 0.95
+TAU_GRID: tuple[float, ...] = TuneConfig().tau
 # Euclidean radius on unit vectors: sqrt(2 * 0.03) ~ 0.25 to sqrt(2 * 1.1) ~ 1.5
 BANDWIDTH_GRID: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
 # Similarity -|a - b|^2 = -2 d lies in [-4, 0]; a lower preference gives fewer clusters.
