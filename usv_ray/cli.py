@@ -150,6 +150,7 @@ def _print_index(summary) -> None:
     print(
         f"index: {summary.nodules} nodules of {summary.patients} patients from "
         f"{summary.tracklets} tracklets ({summary.embedded_now} embedded now"
+        f"{f', {summary.reused} of them by the re-ID run' if summary.reused else ''}"
         f"{', rebuilt' if summary.rebuilt else ''}, {summary.errors} error rows) in "
         f"{summary.seconds:.0f} s{agreement}\n"
         f"  version: {summary.index_version}\n"

@@ -15,10 +15,11 @@ import torch
 from toy_tracklets import write_toy_tracklets
 
 from usv_ray.config import Config, IndexConfig, RayConfig, ReidConfig
-from usv_ray.index.pipeline import IndexBuildError, run_index
+from usv_ray.index.pipeline import IndexBuildError, _reid_embeddings, run_index
+from usv_ray.reid.clips import clip_problem
 from usv_ray.reid.embed import TrackletEmbedder, save_reid_model
 from usv_ray.reid.training import build_model
-from usv_ray.schemas import NODULES
+from usv_ray.schemas import EMBEDDING_DIM, EMBEDDINGS, NODULES
 
 CLIP = ReidConfig(clip_frames=4, clip_height=32, clip_width=16, cpus_per_worker=0.5)
 
@@ -72,7 +73,7 @@ def _nodules(out: Path) -> dict:
 
 def test_first_build_finds_each_patients_nodules(archive):
     s = run_index(archive["cfg"], archive["data"], archive["model"], archive["out"])
-    assert (s.patients, s.tracklets, s.nodules, s.embedded_now) == (3, 12, 6, 12)
+    assert (s.patients, s.tracklets, s.nodules, s.embedded_now, s.reused) == (3, 12, 6, 12, 0)
     assert s.scores["precision"] == s.scores["recall"] == 1.0  # the toy truth, exactly
     index = _nodules(archive["out"])
     assert pq.read_schema(archive["out"] / "nodules.parquet").equals(NODULES)
@@ -145,6 +146,37 @@ def test_another_model_rebuilds_from_new_embeddings(archive):
     assert embedded.to_pylist() == [s.index_version.split(" clip")[0]]
 
 
+def _reid_folder(archive, folder: Path) -> Path:
+    """What `usv-ray reid` leaves: the archive's model as models/CM.pt, and embeddings/ of
+    every readable tracklet by it."""
+    (folder / "models").mkdir(parents=True)
+    shutil.copy(archive["model"], folder / "models" / "CM.pt")  # the same file: the same id
+    rows = pq.read_table(archive["data"] / "tracklets").to_pandas()
+    columns = zip(rows["clip"], rows["frame_index"], rows["height"], rows["width"], strict=True)
+    readable = rows[[clip_problem(c, len(f), h, w) is None for c, f, h, w in columns]]
+    embedder = TrackletEmbedder(str(folder / "models" / "CM.pt"), CLIP)
+    (folder / "embeddings").mkdir()
+    pq.write_table(
+        embedder({k: readable[k].to_numpy() for k in readable.columns}),
+        folder / "embeddings" / "part.parquet",
+    )
+    return folder
+
+
+def test_only_the_same_models_embeddings_are_taken_from_a_reid_folder(tmp_path):
+    vector = [1.0] + [0.0] * (EMBEDDING_DIM - 1)
+    rows = [
+        {"tracklet_id": t, "patient_key": "pk", "study_key": "s", "embedding": vector, "model": m}
+        for t, m in (("t1", "CM a"), ("t2", "CM a"), ("t3", "CM b"))
+    ]
+    (tmp_path / "reid" / "embeddings").mkdir(parents=True)
+    table = pa.Table.from_pylist(rows, schema=EMBEDDINGS)
+    pq.write_table(table, tmp_path / "reid" / "embeddings" / "part.parquet")
+    taken = _reid_embeddings(tmp_path / "reid", "CM a", {"t1", "t3", "t9"})
+    assert taken.schema.equals(EMBEDDINGS) and taken["tracklet_id"].to_pylist() == ["t1"]
+    assert _reid_embeddings(tmp_path / "reid" / "cm.pt", "CM a", {"t1"}).num_rows == 0
+
+
 def test_a_failing_patient_is_an_error_row_and_the_rest_is_indexed(archive, tmp_path, monkeypatch):
     from usv_ray.index import pipeline
 
@@ -158,7 +190,10 @@ def test_a_failing_patient_is_an_error_row_and_the_rest_is_indexed(archive, tmp_
     monkeypatch.setattr(pipeline, "update_patient", fails_for_pk01)
     out = tmp_path / "index"
     patients = set(pq.read_table(archive["data"] / "tracklets")["patient_key"].to_pylist())
-    s = run_index(archive["cfg"], archive["data"], archive["model"], out)
+    # --model the re-ID folder: the index takes its embeddings rather than embed again
+    reid = _reid_folder(archive, tmp_path / "reid")
+    s = run_index(archive["cfg"], archive["data"], reid, out)
+    assert s.reused == s.embedded_now == 25  # the 2 bad tracklets of the archive are not
     indexed = set(pq.read_table(out / "nodules.parquet")["patient_key"].to_pylist())
     assert indexed == patients - {"pk01"} and s.patients == len(patients) - 1
     errors = pq.read_table(out / "errors.parquet").to_pandas()
@@ -166,7 +201,7 @@ def test_a_failing_patient_is_an_error_row_and_the_rest_is_indexed(archive, tmp_
     assert failed["source"].tolist() == ["pk01"] and "ValueError: boom" in failed["message"][0]
     # the next run retries the patient (its tracklets are embedded, not yet indexed)
     monkeypatch.setattr(pipeline, "update_patient", real)
-    again = run_index(archive["cfg"], archive["data"], archive["model"], out)
+    again = run_index(archive["cfg"], archive["data"], reid, out)
     assert again.embedded_now == 0 and again.patients == len(patients)
 
 

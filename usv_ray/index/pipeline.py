@@ -2,7 +2,9 @@
 
 Every run embeds the tracklets of the archive that the index has not seen (Ray Data batch
 inference, one model per actor), then updates the nodules of the patients they belong to
-(:mod:`usv_ray.index.nodules`). Layout of ``--out``::
+(:mod:`usv_ray.index.nodules`). When ``--model`` is the re-ID output folder, the tracklets
+its own ``embeddings/`` holds by the same model are taken from there, not embedded again.
+Layout of ``--out``::
 
     nodules.parquet     the index (schemas.NODULES), one row per nodule of a patient
     embeddings/NNNNN/   the embeddings each run added (schemas.EMBEDDINGS), by its model
@@ -49,7 +51,8 @@ class IndexSummary:
     patients: int
     tracklets: int  # indexed, in all
     nodules: int
-    embedded_now: int  # tracklets this run embedded
+    embedded_now: int  # tracklets this run added to the index's embeddings
+    reused: int  # of those, taken from the re-ID run's embeddings by the same model
     errors: int  # error rows in errors.parquet
     rebuilt: bool  # the index was rebuilt (another model, tau or method)
     scores: dict | None  # pairwise precision / recall / F vs the annotated nodules
@@ -131,6 +134,21 @@ def _embed_new(
         )
         write_dataset(embedded, out / "embeddings" / f"{run:05d}")
     return bad
+
+
+def _reid_embeddings(model: Path, model_id: str, ids: set[str]) -> pa.Table:
+    """The embeddings of ``ids`` that the re-ID run in the folder ``model`` wrote with this
+    same model (``model_id`` hashes the file): the index takes them instead of embedding
+    those tracklets again. Empty when ``model`` is a model file, not a re-ID folder."""
+    import pyarrow.compute as pc
+
+    folder = Path(model) / "embeddings"
+    if not folder.is_dir():
+        return EMBEDDINGS.empty_table()
+    table = pq.read_table(folder, schema=EMBEDDINGS)
+    ours = pc.equal(table["model"], model_id)
+    wanted = pc.is_in(table["tracklet_id"], pa.array(sorted(ids), pa.string()))
+    return table.filter(pc.and_(ours, wanted))
 
 
 def _read_store(out: Path) -> pd.DataFrame:
@@ -243,7 +261,7 @@ def run_index(cfg: Config, data: str | Path, model: str | Path, out: str | Path)
 
     started = time.perf_counter()
     data, out, c = Path(data), Path(out), cfg.index
-    model = model_file(model, c)
+    reid_folder, model = Path(model), model_file(model, c)
     try:
         loaded = load_reid_model(model)
     except FileNotFoundError as exc:
@@ -288,15 +306,22 @@ def run_index(cfg: Config, data: str | Path, model: str | Path, out: str | Path)
     waiting = (archive & stored) - indexed_before  # a failed patient's
     if not new and not waiting and not rebuilt and previous is not None:
         log.info("index: nothing new since the last run (%s)", version)
-        return _summary(out, version, previous, tracklets, old_errors, 0, False, started, False)
+        return _summary(out, version, previous, tracklets, old_errors, 0, 0, False, started, False)
 
     bad = pd.DataFrame(columns=["tracklet_id", "video_id", "patient_key", "error"])
-    if new:
-        log.info("index: embedding %d new tracklets with %s", len(new), loaded.model_id)
-        run = 1 + max((int(p.name) for p in (out / "embeddings").glob("[0-9]" * 5)), default=-1)
-        bad = _embed_new(cfg, data, out, model, new, run)
+    reused = _reid_embeddings(reid_folder, loaded.model_id, new) if new else None
+    run = 1 + max((int(p.name) for p in (out / "embeddings").glob("[0-9]" * 5)), default=-1)
+    if reused is not None and reused.num_rows:
+        log.info("index: %d new tracklets embedded by the re-ID run already", reused.num_rows)
+        write_table(reused, out / "embeddings" / f"{run:05d}" / "reid.parquet")
+        run += 1
+    rest = new - set(reused["tracklet_id"].to_pylist()) if reused is not None else set()
+    if rest:
+        log.info("index: embedding %d new tracklets with %s", len(rest), loaded.model_id)
+        bad = _embed_new(cfg, data, out, model, rest, run)
         for row in bad.itertuples(index=False):
             log.warning("index: tracklet %s unreadable: %s", row.tracklet_id, row.error)
+    if new:
         store = _read_store(out)
     embedding_of = dict(zip(store["tracklet_id"], store["embedding"], strict=True))
     study_of = dict(zip(tracklets["tracklet_id"], tracklets["study_key"], strict=True))
@@ -341,8 +366,18 @@ def run_index(cfg: Config, data: str | Path, model: str | Path, out: str | Path)
         pa.Table.from_pandas(errors, schema=ERRORS, preserve_index=False), out / "errors.parquet"
     )
     embedded_now = len(new) - len(bad)
+    n_reused = reused.num_rows if reused is not None else 0
     return _summary(
-        out, version, table.to_pandas(), tracklets, errors, embedded_now, rebuilt, started, True
+        out,
+        version,
+        table.to_pandas(),
+        tracklets,
+        errors,
+        embedded_now,
+        n_reused,
+        rebuilt,
+        started,
+        True,
     )
 
 
@@ -353,6 +388,7 @@ def _summary(
     tracklets: pd.DataFrame,
     errors: pd.DataFrame | None,
     embedded_now: int,
+    reused: int,
     rebuilt: bool,
     started: float,
     changed: bool,
@@ -365,6 +401,7 @@ def _summary(
         int(nodules["n_tracklets"].sum()),
         len(nodules),
         embedded_now,
+        reused,
         0 if errors is None else len(errors),
         rebuilt,
         _scores(pa.Table.from_pandas(nodules, schema=NODULES, preserve_index=False), tracklets),
