@@ -24,3 +24,45 @@ def ray_session():
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
+
+
+DEMO_OVERRIDES = (
+    "synth.patients=9",
+    "classify.folds=2",  # each fold trains and caches a CNN: the fixture's largest cost
+    "classify.cnn_epochs=1",
+    "classify.lstm_epochs=2",
+    "classify.video_models=[]",
+    "classify.frame_counts=[12, 31]",  # no video has 31 frames (ingest keeps 30): no N=31 LSTM
+    "classify.n_boot=50",
+    "reid.epochs=1",
+    "reid.p=2",
+    "reid.k=2",
+    "reid.n_boot=50",
+    "tune.tau=[0.1, 0.3]",
+    "ray.progress=false",
+)
+
+
+@pytest.fixture(scope="session")
+def demo_run(ray_session, tmp_path_factory):
+    """`usv-ray demo` on a small archive: synth, ingest, classify, re-ID, the tau sweep, the
+    index and the report. Returns (its config, its output folder).
+
+    Few patients, folds and epochs, no 3D-CNN baselines and one frame count keep the suite quick.
+    One run serves the demo's tests and the re-ID stage's (each Ray Train run costs ~20 s of
+    start-up on 2 cores); tests that change a stage's output work on a copy.
+    """
+    import contextlib
+    import io
+
+    from usv_ray.cli import main, resolve_config_path
+    from usv_ray.config import load_config
+
+    root = tmp_path_factory.mktemp("demo")
+    sets = [arg for override in DEMO_OVERRIDES for arg in ("--set", override)]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["demo", "--out", str(root), *sets]) == 0
+    assert "demo finished" in printed.getvalue()
+    (root / "printed.txt").write_text(printed.getvalue())  # scanned by the privacy test
+    return load_config(resolve_config_path("demo"), DEMO_OVERRIDES), root

@@ -1,5 +1,7 @@
 """`usv-ray demo` end to end on a small archive: every stage's plumbing, reruns, privacy."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -12,45 +14,6 @@ from usv_ray.classify.pipeline import EQUAL, TABLE3, TABLE4, VARIABLE, run_class
 from usv_ray.config import ConfigError, load_config
 from usv_ray.imaging import normalise
 from usv_ray.schemas import EMBEDDINGS, NODULES, PREDICTIONS
-
-DEMO_OVERRIDES = (
-    "synth.patients=9",
-    "classify.folds=2",  # each fold trains and caches a CNN: the fixture's largest cost
-    "classify.cnn_epochs=1",
-    "classify.lstm_epochs=2",
-    "classify.video_models=[]",
-    "classify.frame_counts=[12, 31]",  # no video has 31 frames (ingest keeps 30): no N=31 LSTM
-    "classify.n_boot=50",
-    "reid.epochs=1",
-    "reid.p=2",
-    "reid.k=2",
-    "reid.n_boot=50",
-    "tune.tau=[0.1, 0.3]",
-    "ray.progress=false",
-)
-
-
-@pytest.fixture(scope="module")
-def demo_run(ray_session, tmp_path_factory):
-    """`usv-ray demo` on a small archive: synth, ingest, classify, re-ID, the tau sweep, the
-    index and the report.
-
-    Few patients, folds and epochs, no 3D-CNN baselines and one frame count keep the suite quick;
-    this checks the command and the stage's plumbing (the parts have their own tests).
-    """
-    import contextlib
-    import io
-
-    from usv_ray.cli import main, resolve_config_path
-
-    root = tmp_path_factory.mktemp("demo")
-    sets = [arg for override in DEMO_OVERRIDES for arg in ("--set", override)]
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        assert main(["demo", "--out", str(root), *sets]) == 0
-    assert "demo finished" in printed.getvalue()
-    (root / "printed.txt").write_text(printed.getvalue())  # scanned by the privacy test
-    return load_config(resolve_config_path("demo"), DEMO_OVERRIDES), root
 
 
 def _predictions(root) -> pd.DataFrame:
@@ -164,6 +127,9 @@ def test_demo_indexes_every_tracklet_in_one_nodule(demo_run):
     assert sorted(members) == sorted(tracklets["tracklet_id"].to_pylist())
     assert len(set(nodules["index_version"].to_pylist())) == 1
     assert "pairwise precision" in (root / "printed.txt").read_text()
+    # the index took the re-ID run's embeddings (the same model) rather than embed again
+    summary = json.loads((root / "index" / "summary.json").read_text())
+    assert summary["reused"] == summary["embedded_now"] == len(members)
 
 
 @pytest.mark.ray
