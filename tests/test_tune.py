@@ -185,6 +185,7 @@ CLASSIFY = [
     "classify.folds=2",
     "classify.val_fraction=0.3",  # 2 of fold 0's 6 training patients validate
     "classify.cpus_per_worker=0.5",  # two trials at once on 2 CPUs
+    "classify.lstm_workers=0",  # the LSTM trials train in their own actors: no Train start-up
     "classify.cnn_epochs=1",
     "classify.lstm_epochs=1",
     "classify.lstm_hidden=8",

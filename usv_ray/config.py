@@ -96,6 +96,9 @@ class ClassifyConfig:
     lstm_batch_size: int = 32  # videos per batch, per worker
     lstm_lr: float = 1e-3  # Adam; paper: 1e-5
     lstm_hidden: int = 256
+    # Ray Train workers of the LSTM runs; 0 trains in the calling process without Ray Train
+    # (on its CPU): no worker start-up, which on a laptop is most of a small LSTM run
+    lstm_workers: int = 1
     equal_frames: int = 12  # N of the equal-frame CNN-LSTM (the paper's best of 10..20)
     frame_counts: tuple[int, ...] = (10, 12, 14, 16, 18, 20)  # the frame-count experiment
     # 3D-CNN baselines on clip_frames uniformly sampled frames of clip_size x clip_size

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -125,7 +127,7 @@ def test_fit_lstms_learns_and_reruns_only_what_is_missing(ray_session, tmp_path)
         lstm_epochs=4, lstm_batch_size=8, lstm_hidden=32, lstm_lr=5e-3, cpus_per_worker=0.5
     )
     jobs = [LstmJob(0), LstmJob(1), LstmJob(1, 12)]
-    paths = fit_lstms(cfg, tmp_path / "features", table, jobs, tmp_path, "lstm")
+    paths = fit_lstms(cfg, tmp_path / "features", table, jobs, tmp_path, "lstm")  # 1 worker
     assert all(path.exists() for path in paths.values())
     test = job_sequences(tmp_path / "features", table, LstmJob(1), train=False)
     probs = predict(cfg, paths[LstmJob(1)], test)
@@ -133,9 +135,15 @@ def test_fit_lstms_learns_and_reruns_only_what_is_missing(ray_session, tmp_path)
     assert probs.shape == (48,) and ((probs >= 0.5) == labels).mean() > 0.75
     assert predict(cfg, paths[LstmJob(1)], []).shape == (0,)
 
-    # a crash after the first model: the rerun trains the missing ones and keeps the rest
+    # a crash after the first model: the rerun trains the missing ones and keeps the rest;
+    # in this process (lstm_workers=0, without Ray Train): the same jobs, no start-up
     kept = paths[LstmJob(0)].stat().st_mtime_ns
-    paths[LstmJob(1, 12)].unlink()
-    again = fit_lstms(cfg, tmp_path / "features", table, jobs, tmp_path, "lstm")
-    assert again == paths and paths[LstmJob(1, 12)].exists()
+    missing = paths[LstmJob(1, 12)]
+    missing.unlink()
+    local = dataclasses.replace(cfg, lstm_workers=0)
+    again = fit_lstms(local, tmp_path / "features", table, jobs, tmp_path, "lstm")
+    assert again == paths and missing.exists()
     assert paths[LstmJob(0)].stat().st_mtime_ns == kept
+    equal = job_sequences(tmp_path / "features", table, LstmJob(1, 12), train=False)
+    equal_labels = np.array([v.label for v in equal])
+    assert ((predict(cfg, missing, equal) >= 0.5) == equal_labels).mean() > 0.75  # it learnt

@@ -7,7 +7,8 @@ out, as in the paper (the variable-frame set keeps more videos).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,18 +105,22 @@ def rank_batches(
     return [mine[i : i + batch_size] for i in range(0, per_rank, batch_size)]
 
 
-def _train_loop(config: dict) -> dict:
-    """Runs on every Ray Train worker: trains each job not yet finished, one after another."""
-    import ray.train
-    import ray.train.torch
-
+def _train_jobs(
+    config: dict,
+    rank: int = 0,
+    world: int = 1,
+    device: torch.device | None = None,
+    prepare: Callable[[torch.nn.Module], torch.nn.Module] = lambda model: model,
+    report: Callable[[dict], None] = lambda metrics: None,
+) -> list[str]:
+    """Train each job of ``config`` not finished yet, one after another, as rank ``rank`` of
+    ``world`` (``prepare`` wraps a model for DDP, ``report`` reports a finished one); rank
+    0 saves every model. Returns the keys of the jobs it trained."""
     from usv_ray.classify.models import VariableFrameLSTM, pad_features, video_nll
 
     cfg: ClassifyConfig = config["cfg"]
     models: Path = config["models"]
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
+    device = device or torch.device("cpu")
     trained = []
     for job in config["jobs"]:
         if model_path(models, job.key).exists():
@@ -124,7 +129,7 @@ def _train_loop(config: dict) -> dict:
         if not sequences:
             raise ValueError(f"LSTM {job.key}: no training videos (with >= {job.frames} frames)")
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-        model = ray.train.torch.prepare_model(VariableFrameLSTM(hidden_size=cfg.lstm_hidden))
+        model = prepare(VariableFrameLSTM(hidden_size=cfg.lstm_hidden))
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lstm_lr)
         rng = np.random.default_rng([cfg.seed, job.fold, job.frames or 0])
         losses = []
@@ -145,8 +150,25 @@ def _train_loop(config: dict) -> dict:
             losses.append(total / sum(len(index) for index in batches))
         if rank == 0:
             save_model(models, job.key, unwrap(model).state_dict())
-        ray.train.report({"job": job.key, "first_loss": losses[0], "train_loss": losses[-1]})
+        report({"job": job.key, "first_loss": losses[0], "train_loss": losses[-1]})
         trained.append(job.key)
+    return trained
+
+
+def _train_loop(config: dict) -> dict:
+    """Runs on every Ray Train worker: trains each job not yet finished (DDP)."""
+    import ray.train
+    import ray.train.torch
+
+    context = ray.train.get_context()
+    trained = _train_jobs(
+        config,
+        context.get_world_rank(),
+        context.get_world_size(),
+        ray.train.torch.get_device(),
+        ray.train.torch.prepare_model,
+        ray.train.report,
+    )
     return {"trained": trained}
 
 
@@ -158,7 +180,8 @@ def fit_lstms(
     storage: Path,
     name: str,
 ) -> dict[LstmJob, Path]:
-    """Train every LSTM of ``jobs`` in one Ray Train run; returns each one's weights file.
+    """Train every LSTM of ``jobs`` in one Ray Train run of ``cfg.lstm_workers`` workers (0:
+    in this process, on its CPU, without Ray Train); returns each one's weights file.
 
     ``videos`` maps video_id -> (label, fold); ``features`` is the cache folder holding
     ``fold=k``. Workers read the cache from it (a folder every node sees), each taking its
@@ -176,7 +199,11 @@ def fit_lstms(
             "jobs": list(jobs),
             "models": models.resolve(),
         }
-        fit(_train_loop, loop_config, cfg, {}, storage, name, split=())
+        if cfg.lstm_workers == 0:  # here, without Ray Train: what a small sweep's trial wants
+            _train_jobs(loop_config)
+        else:
+            scaling = dataclasses.replace(cfg, workers=cfg.lstm_workers)
+            fit(_train_loop, loop_config, scaling, {}, storage, name, split=())
     return paths
 
 

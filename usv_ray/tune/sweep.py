@@ -199,6 +199,8 @@ class TrainingTarget:
     # writes what the trials read into ``out`` (variable_max: the capped caches); called
     # once the folder is claimed, so a folder of another sweep is never written to
     prepare: Callable[[], None] | None = None
+    # the trial's own actor trains (without Ray Train): it reserves ``cpus`` itself
+    in_trial: bool = False
 
 
 def max_concurrent(cfg: Config, cpus: float, gpus: float) -> int:
@@ -274,7 +276,8 @@ def fit_sweep(
     from ray.tune.search import BasicVariantGenerator
 
     path = (out / EXPERIMENT).resolve()
-    trainable = tune.with_resources(target.trainable, driver_resources(cfg))
+    resources = driver_resources(cfg) | ({"CPU": target.cpus} if target.in_trial else {})
+    trainable = tune.with_resources(target.trainable, resources)
     concurrent = max_concurrent(cfg, target.cpus, target.gpus)
     if tune.Tuner.can_restore(path):
         log.info("tune: resuming the sweep in %s", path)

@@ -346,11 +346,12 @@ def _lstm_target(cfg: Config, data: Path, out: Path, kind: str) -> TrainingTarge
         "min",
         None,  # one report per trial: nothing for ASHA to stop
         c.lstm_epochs,
-        c.workers * c.cpus_per_worker,
-        c.workers if c.use_gpu else 0,
+        max(c.lstm_workers, 1) * c.cpus_per_worker,
+        c.lstm_workers if c.use_gpu else 0,
         LSTM_COLUMNS,
         _settings(cfg, data, "classify", videos=sorted(inputs.videos), ingest_cap=kind),
         prepare=prepare,
+        in_trial=c.lstm_workers == 0,
     )
 
 
