@@ -309,13 +309,15 @@ def run_index(cfg: Config, data: str | Path, model: str | Path, out: str | Path)
         return _summary(out, version, previous, tracklets, old_errors, 0, 0, False, started, False)
 
     bad = pd.DataFrame(columns=["tracklet_id", "video_id", "patient_key", "error"])
-    reused = _reid_embeddings(reid_folder, loaded.model_id, new) if new else None
+    reused = (
+        _reid_embeddings(reid_folder, loaded.model_id, new) if new else EMBEDDINGS.empty_table()
+    )
     run = 1 + max((int(p.name) for p in (out / "embeddings").glob("[0-9]" * 5)), default=-1)
-    if reused is not None and reused.num_rows:
+    if reused.num_rows:
         log.info("index: %d new tracklets embedded by the re-ID run already", reused.num_rows)
         write_table(reused, out / "embeddings" / f"{run:05d}" / "reid.parquet")
         run += 1
-    rest = new - set(reused["tracklet_id"].to_pylist()) if reused is not None else set()
+    rest = new - set(reused["tracklet_id"].to_pylist())
     if rest:
         log.info("index: embedding %d new tracklets with %s", len(rest), loaded.model_id)
         bad = _embed_new(cfg, data, out, model, rest, run)
@@ -366,7 +368,6 @@ def run_index(cfg: Config, data: str | Path, model: str | Path, out: str | Path)
         pa.Table.from_pandas(errors, schema=ERRORS, preserve_index=False), out / "errors.parquet"
     )
     embedded_now = len(new) - len(bad)
-    n_reused = reused.num_rows if reused is not None else 0
     return _summary(
         out,
         version,
@@ -374,7 +375,7 @@ def run_index(cfg: Config, data: str | Path, model: str | Path, out: str | Path)
         tracklets,
         errors,
         embedded_now,
-        n_reused,
+        reused.num_rows,
         rebuilt,
         started,
         True,
