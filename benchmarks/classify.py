@@ -7,7 +7,7 @@
    packed variable-frame batches (``VariableFrameLSTM`` as it is) vs the same batches run
    zero-padded to the longest video through the same weights, then the same masked mean
    (target on the CPU: at least 1.0; on a GPU, when there is one, printed without a target);
-3. Ray Train: CNN training images/s of ``fit_cnn`` with 1 worker (its ``images_per_s``: the
+3. Ray Train: CNN training images/s of ``fit_cnns`` with 1 worker (its ``images_per_s``: the
    steady epochs, Ray's start-up left out) vs a bare PyTorch loop on the same frames held
    in memory, same model, batch size, normalise/augment and thread count; the bare loop's
    epochs run before and after the fit, so its median brackets it (target: at least 0.85);
@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
-from usv_ray.classify.cnn import collate_frames, fit_cnn, frame_shards
+from usv_ray.classify.cnn import CnnFold, collate_frames, fit_cnns, frame_shards
 from usv_ray.classify.models import FrameCNN, VariableFrameLSTM, pad_features, video_nll
 from usv_ray.config import ClassifyConfig
 from usv_ray.imaging import augment, normalise
@@ -248,7 +248,7 @@ def load_frames(data: Path, video_ids: Sequence[str]) -> tuple[Tensor, Tensor]:
 
 
 class BareLoop:
-    """A plain PyTorch loop doing what ``fit_cnn``'s loop does, one epoch per call: same
+    """A plain PyTorch loop doing what ``fit_cnns``' loop does, one epoch per call: same
     FrameCNN and initial weights, Adam, batch size, shuffle, normalise and augment, on the
     frames held in memory."""
 
@@ -325,7 +325,8 @@ def ray_vs_bare(
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         worker_threads = ray_worker_threads(cfg.cpus_per_worker)
-        run = fit_cnn(cfg, tmp / "data", train_ids, val_ids, tmp / "runs", "bench")
+        fold = CnnFold(0, tuple(train_ids), tuple(val_ids))
+        run = fit_cnns(cfg, tmp / "data", [fold], tmp / "runs", "bench")[0]
     finally:
         ray.shutdown()
     # two more bare epochs after the fit, so the bare figure brackets it in time: the load

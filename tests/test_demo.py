@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from usv_ray.classify.cnn import BEST_FILE, collate_frames
+from usv_ray.classify.cnn import collate_frames
 from usv_ray.classify.models import FrameCNN
 from usv_ray.classify.pipeline import EQUAL, TABLE3, TABLE4, VARIABLE, run_classify
 from usv_ray.config import ConfigError, load_config
@@ -57,7 +57,9 @@ def test_demo_features_of_fold_k_come_from_the_fold_k_cnn(demo_run):
     images, _ = collate_frames({k: np.array(v, dtype=object) for k, v in frames.items()})
     for k in range(cfg.classify.folds):
         model = FrameCNN()
-        model.load_state_dict(torch.load(root / "classify" / "runs" / f"cnn_fold={k}" / BEST_FILE))
+        model.load_state_dict(
+            torch.load(root / "classify" / "runs" / "cnn" / "models" / f"fold={k}.pt")
+        )
         with torch.no_grad():
             expected = model.eval().features(normalise(images)).numpy()  # (T, 512)
         cached = pq.read_table(root / "classify" / "features" / f"fold={k}").to_pandas()
@@ -70,7 +72,7 @@ def test_demo_features_of_fold_k_come_from_the_fold_k_cnn(demo_run):
 def test_demo_rerun_reuses_everything_and_refuses_other_settings(demo_run):
     cfg, root = demo_run
     before = _predictions(root)
-    cnn = root / "classify" / "runs" / "cnn_fold=0" / BEST_FILE
+    cnn = root / "classify" / "runs" / "cnn" / "models" / "fold=0.pt"
     stamp = cnn.stat().st_mtime_ns
     again = run_classify(cfg, root / "data", root / "classify")
     assert cnn.stat().st_mtime_ns == stamp  # nothing retrained

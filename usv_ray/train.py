@@ -84,6 +84,27 @@ def train_epoch(
     return total / max(count, 1), count, time.perf_counter() - started
 
 
+def last_state(storage: Path, name: str) -> dict | None:
+    """The training state in run ``storage / name``'s last checkpoint, or None (no checkpoint).
+
+    Read on the driver, without starting a run: what a run that trains several models has
+    finished. Checkpoints are named ``epoch_<step>`` by :func:`report_epoch`.
+    """
+    checkpoints = sorted(
+        (p for p in (Path(storage) / name).glob("epoch_*") if (p / STATE_FILE).is_file()),
+        key=lambda p: int(p.name.removeprefix("epoch_")),
+    )
+    if not checkpoints:
+        return None
+    # mmap: only the small parts read (the log, what is done) leave the disk
+    return torch.load(checkpoints[-1] / STATE_FILE, map_location="cpu", mmap=True)
+
+
+def cpu_weights(state_dict: dict) -> dict:
+    """A model's weights as detached CPU tensors: what a checkpoint or a weights file keeps."""
+    return {k: v.detach().cpu() for k, v in state_dict.items()}
+
+
 def model_path(folder: Path, key: str) -> Path:
     """Where a run that trains several models keeps the finished one named ``key``."""
     return Path(folder) / f"{key}.pt"
@@ -100,7 +121,7 @@ def save_model(folder: Path, key: str, weights: dict) -> Path:
 
     path = model_path(folder, key)
     with atomic_path(path) as tmp:
-        torch.save({k: v.detach().cpu() for k, v in weights.items()}, tmp)
+        torch.save(cpu_weights(weights), tmp)
     return path
 
 

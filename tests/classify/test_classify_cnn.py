@@ -1,4 +1,3 @@
-import dataclasses
 import json
 import math
 import os
@@ -11,7 +10,7 @@ import pytest
 import torch
 from toy_frames import write_toy_frames
 
-from usv_ray.classify.cnn import collate_frames, fit_cnn
+from usv_ray.classify.cnn import CnnFold, collate_frames, fit_cnns
 from usv_ray.config import ClassifyConfig
 from usv_ray.imaging import augment, normalise
 
@@ -58,64 +57,82 @@ def _live_training_workers() -> list[int]:
 
 @pytest.fixture(scope="module")
 def killed_run(ray_session, tmp_path_factory):
-    """A fresh ``fit_cnn`` run whose training worker is SIGKILLed as soon as its first
-    checkpoint is registered; Ray Train restarts the worker, which finishes the run.
+    """A fresh ``fit_cnns`` run of two folds whose training worker is SIGKILLed as soon as
+    the first checkpoint of the second fold is registered; Ray Train restarts the worker,
+    which skips the finished fold, resumes the second and finishes the run.
 
-    One Ray Train run serves both tests below (each run costs tens of seconds of start-up
-    on 2 cores): the killed run is also the first run that the rerun test continues.
+    One Ray Train run serves every test below (each run costs tens of seconds of start-up
+    on 2 cores).
     """
     root = tmp_path_factory.mktemp("cnn")
     ids = write_toy_frames(root / "data")  # 8 videos x 4 frames of 32 x 32
     cfg = ClassifyConfig(cnn_epochs=4, cnn_batch_size=8, cnn_lr=1e-3, cpus_per_worker=0.5)
-    run = root / "runs" / "fold0"
+    folds = [CnnFold(0, tuple(ids[:6]), tuple(ids[6:])), CnnFold(1, tuple(ids[2:]), tuple(ids[:2]))]
+    run = root / "runs" / "cnn"
+    first_of_fold_1 = f"epoch_{cfg.cnn_epochs:04d}"  # one checkpoint per epoch, fold after fold
     result = {}
 
     def train():
-        result["run"] = fit_cnn(cfg, root / "data", ids[:6], ids[6:], root / "runs", "fold0")
+        result["runs"] = fit_cnns(cfg, root / "data", folds, root / "runs", "cnn")
 
     thread = threading.Thread(target=train)
     thread.start()
     deadline = time.monotonic() + 300
     registered: list[str] = []
-    while not registered and thread.is_alive() and time.monotonic() < deadline:
+    while first_of_fold_1 not in registered and thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.02)
         registered = _registered_checkpoints(run)
-    # the kill lands in the next epoch: three more are left to train
-    assert registered and thread.is_alive(), "no checkpoint registered while the run lasted"
+    # the kill lands in the second fold's next epoch: three more are left to train
+    assert first_of_fold_1 in registered and thread.is_alive(), "the run ended before the kill"
+    fold_0 = run / "models" / "fold=0.pt"
+    finished_0 = fold_0.stat().st_mtime_ns
     workers = _live_training_workers()
     assert workers, "no live training worker to kill"
     for pid in workers:
         os.kill(pid, signal.SIGKILL)
     thread.join(timeout=600)
-    assert not thread.is_alive(), "fit_cnn did not finish after the kill"
-    return {"cfg": cfg, "ids": ids, "root": root, "run": result["run"], "killed_at": registered}
+    assert not thread.is_alive(), "fit_cnns did not finish after the kill"
+    return {
+        "cfg": cfg,
+        "folds": folds,
+        "root": root,
+        "runs": result["runs"],
+        "killed_at": registered,
+        "fold_0_written": finished_0,
+    }
 
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_fit_cnn_learns_and_a_rerun_resumes(killed_run):
+def test_fit_cnns_learns_every_fold_and_a_rerun_trains_nothing(killed_run):
     from usv_ray.classify.models import FrameCNN
 
-    cfg, ids, root, first = (killed_run[k] for k in ("cfg", "ids", "root", "run"))
-    assert first.best.exists()
-    assert first.best_val_loss < 0.69  # below chance (ln 2): it learnt the toy labels
-    assert first.images_per_s > 0 and math.isfinite(first.images_per_s)  # a later epoch's rate
-    model = FrameCNN()
-    model.load_state_dict(torch.load(first.best))  # the best weights load into a fresh model
+    cfg, folds, root, runs = (killed_run[k] for k in ("cfg", "folds", "root", "runs"))
+    assert sorted(runs) == [0, 1]
+    for run in runs.values():
+        assert run.best.exists()
+        assert run.best_val_loss < 0.69  # below chance (ln 2): it learnt the toy labels
+        assert run.images_per_s > 0 and math.isfinite(run.images_per_s)
+        model = FrameCNN()
+        model.load_state_dict(torch.load(run.best))  # the best weights load into a fresh model
+    assert runs[0].best != runs[1].best
 
-    # the same run name with more epochs continues from the last checkpoint
-    more = dataclasses.replace(cfg, cnn_epochs=cfg.cnn_epochs + 1)
-    resumed = fit_cnn(more, root / "data", ids[:6], ids[6:], root / "runs", "fold0")
-    assert resumed.start_epoch == cfg.cnn_epochs
-    assert resumed.images_per_s > 0  # one epoch trained: its own rate
-    assert resumed.best_val_loss <= first.best_val_loss
+    # every fold finished: a rerun starts no Ray Train run and reports the same figures
+    checkpoints = _registered_checkpoints(root / "runs" / "cnn")
+    written = [run.best.stat().st_mtime_ns for run in runs.values()]
+    again = fit_cnns(cfg, root / "data", folds, root / "runs", "cnn")
+    assert again == runs
+    assert _registered_checkpoints(root / "runs" / "cnn") == checkpoints
+    assert [run.best.stat().st_mtime_ns for run in again.values()] == written
 
 
 @pytest.mark.ray
 @pytest.mark.slow
 def test_a_killed_worker_resumes_from_the_last_checkpoint(killed_run):
-    """SIGKILL the training worker mid-run: Ray Train restarts it from the last checkpoint."""
-    cfg, run = killed_run["cfg"], killed_run["run"]
-    assert killed_run["killed_at"] == ["epoch_0000"]  # a fresh run starts at epoch 0
-    assert 1 <= run.start_epoch < cfg.cnn_epochs  # continued, not from scratch
-    assert run.best.exists()
+    """SIGKILL the training worker mid-run: Ray Train restarts it from the last checkpoint,
+    which skips the finished fold and continues the current one rather than restarting it."""
+    cfg, runs = killed_run["cfg"], killed_run["runs"]
+    assert killed_run["killed_at"][-1] == f"epoch_{cfg.cnn_epochs:04d}"
+    assert runs[0].start_epoch == 0  # trained before the kill, whole
+    assert (runs[0].best.stat().st_mtime_ns) == killed_run["fold_0_written"]  # not again
+    assert 1 <= runs[1].start_epoch < cfg.cnn_epochs  # continued, not from scratch

@@ -1,15 +1,17 @@
-"""Train the frame CNN of one fold on Ray Train (DDP), resumable from its checkpoints.
+"""Train the frame CNN of every fold on Ray Train (DDP), in one run, resumable from its checkpoints.
 
-The worker function follows Ray's own examples: it reads its shard of the training frames,
-prepares the model for DDP, validates on rank 0, and reports every epoch with a checkpoint
-(rank 0 only) holding the latest state, for resuming, and the best weights so far. A rerun
-with the same run name resumes from the last checkpoint instead of starting over.
+The worker function follows Ray's own examples: for each fold it reads its shard of that
+fold's training frames, prepares the model for DDP, validates on rank 0, and reports every
+epoch with a checkpoint (rank 0 only) holding the fold's latest state, for resuming, and
+its best weights so far. One run for all folds: each Ray Train run costs ~20 s of process
+start-up on 2 cores. A rerun with the same run name resumes from the last checkpoint
+instead of starting over.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +21,19 @@ from torch import Tensor
 
 from usv_ray.config import ClassifyConfig
 from usv_ray.imaging import augment, normalise
-from usv_ray.train import fit, report_epoch, resume_state, train_epoch, unwrap
+from usv_ray.train import (
+    cpu_weights,
+    fit,
+    last_state,
+    model_path,
+    report_epoch,
+    resume_state,
+    save_model,
+    train_epoch,
+    unwrap,
+)
 
 FRAME_COLUMNS = ["image", "label", "height", "width"]
-BEST_FILE = "best_model.pt"  # the best weights alone, written once the run is done
 
 
 def frame_shards(data: Path, video_ids: Iterable[str]) -> list[str]:
@@ -43,78 +54,116 @@ def augmented(images: Tensor, generator: torch.Generator) -> Tensor:
     return augment(normalise(images), generator)
 
 
+@dataclass(frozen=True)
+class CnnFold:
+    """One CNN to train: fold ``fold``'s, on ``train_ids``' frames, validated on ``val_ids``'."""
+
+    fold: int
+    train_ids: tuple[str, ...]
+    val_ids: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        """The file name of its finished weights: ``fold=3``."""
+        return f"fold={self.fold}"
+
+
+def _fresh_state() -> dict:
+    return {
+        "done": {},  # fold -> its CnnRun figures (the weights: model_path, not here)
+        "current": None,  # the unfinished fold: fold, model, optimizer, epoch, best, ...
+        "step": -1,  # reports so far - 1, across folds, epochs and restarts
+    }
+
+
 def _train_loop(config: dict) -> dict:
-    """Runs on every Ray Train worker."""
+    """Runs on every Ray Train worker: trains each fold not finished yet, one after another."""
     import ray.train
     import ray.train.torch
 
     from usv_ray.classify.models import FrameCNN, cached_imagenet_weights, load_imagenet
 
     cfg: ClassifyConfig = config["cfg"]
-    context = ray.train.get_context()
-    rank = context.get_world_rank()
+    models: Path = config["models"]
+    rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    model = FrameCNN()
-    if cfg.pretrained == "imagenet":
-        load_imagenet(model, cached_imagenet_weights())
-    optimizer_state = None
-    start_epoch, best_val, best_model = 0, math.inf, None
-    state = resume_state()
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer_state = state["optimizer"]
-        start_epoch, best_val, best_model = state["epoch"] + 1, state["best_val"], state["best"]
-    model = ray.train.torch.prepare_model(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.cnn_lr)
-    if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
+    state = resume_state() or _fresh_state()
     loss_fn = torch.nn.CrossEntropyLoss()
-    train_shard = ray.train.get_dataset_shard("train")
-    val_data = ray.train.get_dataset_shard("val")  # not split: rank 0 sees all of it
-    images_per_s: list[float] = []  # training throughput of each epoch this run trains
-
-    for epoch in range(start_epoch, cfg.cnn_epochs):
-        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 101 + rank)
-        batches = train_shard.iter_torch_batches(
-            batch_size=cfg.cnn_batch_size,
-            collate_fn=collate_frames,
-            local_shuffle_buffer_size=4 * cfg.cnn_batch_size,
-            local_shuffle_seed=cfg.seed + epoch,
-        )  # (B, 1, H, W) uint8, (B,)
-        train_loss, count, seconds = train_epoch(
-            model,
-            batches,
-            optimizer,
-            loss_fn,
-            augmented,
-            generator,
-            device,
-        )  # the training batches alone: not validation
-        images_per_s.append(_run_images_per_s(count, seconds, device))
-        metrics = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "val_loss": best_val,
-            "images_per_s": images_per_s[-1],
-        }
-        validate = (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.cnn_epochs
-        if validate and rank == 0:
-            val_loss, val_acc = _validate(unwrap(model), val_data, device, loss_fn)
-            metrics.update(val_loss=val_loss, val_acc=val_acc)
-            if val_loss < best_val:
-                best_val = val_loss
-                best_model = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
-        metrics["best_val_loss"] = best_val
-        state = {
-            "model": unwrap(model).state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "epoch": epoch,
-            "best_val": best_val,
-            "best": best_model,
-        }
-        report_epoch(metrics, state, epoch)
-    return {"start_epoch": start_epoch, "best_val_loss": best_val, "images_per_s": images_per_s}
+    for fold in config["folds"]:
+        if fold.fold in state["done"]:
+            continue  # finished before a restart
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        model = FrameCNN()
+        if cfg.pretrained == "imagenet":
+            load_imagenet(model, cached_imagenet_weights())
+        current = state["current"]
+        if current is not None and current["fold"] == fold.fold:  # resume it
+            model.load_state_dict(current["model"])
+            start_epoch = current["epoch"] + 1
+        else:
+            current = {"fold": fold.fold, "best_val": math.inf, "best": None, "rates": []}
+            start_epoch = 0
+        model = ray.train.torch.prepare_model(model)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.cnn_lr)
+        if "optimizer" in current:
+            optimizer.load_state_dict(current["optimizer"])
+        train_shard = ray.train.get_dataset_shard(f"train_{fold.fold}")
+        val_data = ray.train.get_dataset_shard(f"val_{fold.fold}")  # not split: rank 0 sees all
+        for epoch in range(start_epoch, cfg.cnn_epochs):
+            generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 101 + rank)
+            batches = train_shard.iter_torch_batches(
+                batch_size=cfg.cnn_batch_size,
+                collate_fn=collate_frames,
+                local_shuffle_buffer_size=4 * cfg.cnn_batch_size,
+                local_shuffle_seed=cfg.seed + epoch,
+            )  # (B, 1, H, W) uint8, (B,)
+            train_loss, count, seconds = train_epoch(
+                model,
+                batches,
+                optimizer,
+                loss_fn,
+                augmented,
+                generator,
+                device,
+            )  # the training batches alone: not validation
+            current["rates"].append(_run_images_per_s(count, seconds, device))
+            metrics = {
+                "fold": fold.fold,
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_loss": current["best_val"],
+                "images_per_s": current["rates"][-1],
+            }
+            validate = (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.cnn_epochs
+            if validate and rank == 0:
+                val_loss, val_acc = _validate(unwrap(model), val_data, device, loss_fn)
+                metrics.update(val_loss=val_loss, val_acc=val_acc)
+                if val_loss < current["best_val"]:
+                    current["best_val"] = val_loss
+                    current["best"] = cpu_weights(unwrap(model).state_dict())
+            metrics["best_val_loss"] = current["best_val"]
+            state["step"] += 1
+            if epoch + 1 == cfg.cnn_epochs:
+                if rank == 0:  # before the report, so a checkpoint never lists a missing file
+                    best = current["best"] or cpu_weights(unwrap(model).state_dict())
+                    save_model(models, fold.key, best)
+                steady = current["rates"][1:] or current["rates"]  # the first pays warm-up
+                state["done"][fold.fold] = {
+                    "start_epoch": start_epoch,
+                    "best_val_loss": current["best_val"],
+                    "images_per_s": float(np.median(steady)),
+                }
+                state["current"] = None
+            else:
+                current.update(
+                    model=cpu_weights(unwrap(model).state_dict()),
+                    optimizer=optimizer.state_dict(),
+                    epoch=epoch,
+                )
+                state["current"] = current
+            report_epoch(metrics, state, state["step"])
+        del model, optimizer
+    return state["done"]
 
 
 def _run_images_per_s(images: int, seconds: float, device: torch.device) -> float:
@@ -150,51 +199,52 @@ def _validate(model, data, device, loss_fn) -> tuple[float, float]:
 @dataclass(frozen=True)
 class CnnRun:
     best: Path  # the best weights (a FrameCNN state dict)
-    start_epoch: int  # 0, or the epoch a rerun resumed from
+    start_epoch: int  # 0, or the epoch a restarted or rerun run resumed this fold from
     best_val_loss: float
-    # training images/s of the run (all workers together): the median over the epochs this
-    # call trained after its first (start-up excluded), or that one epoch's; nan if none
+    # training images/s of the fold (all workers together): the median over its epochs after
+    # the first (which pays for warm-up), or that one epoch's
     images_per_s: float = math.nan
 
 
-def fit_cnn(
-    cfg: ClassifyConfig,
-    data: Path,
-    train_ids: Iterable[str],
-    val_ids: Iterable[str],
-    storage: Path,
-    name: str,
-) -> CnnRun:
-    """Train the frame CNN on ``train_ids``' frames, validating on ``val_ids``'.
+def fit_cnns(
+    cfg: ClassifyConfig, data: Path, folds: Sequence[CnnFold], storage: Path, name: str
+) -> dict[int, CnnRun]:
+    """Train the frame CNN of every fold of ``folds``, one after another, in one Ray Train run.
 
-    ``storage / name`` holds the Ray Train run; calling again with the same name resumes
-    from its last checkpoint rather than starting over.
+    Each reads its own training and validation frames (``train_k``, ``val_k``: read once,
+    kept in the object store). ``storage / name`` holds the run: finished weights in
+    ``models/fold=k.pt`` (rank 0, before the report), and a checkpoint every epoch that
+    lists the finished folds and holds the current fold's state, so it stays the size of
+    one model. Calling again with the same name resumes at the (fold, epoch) where the last
+    call stopped; when every fold is finished it starts no Ray Train run at all.
     """
     import pyarrow.fs
     import ray.data
 
     from usv_ray.classify.models import imagenet_weights_path
 
-    if cfg.pretrained == "imagenet":
-        imagenet_weights_path()  # a missing cache fails here, not inside a worker
-    # an explicit filesystem: path resolution would otherwise import fsspec's HTTP support
-    local = pyarrow.fs.LocalFileSystem()
-    train = ray.data.read_parquet(frame_shards(data, train_ids), filesystem=local)
-    val = ray.data.read_parquet(frame_shards(data, val_ids), filesystem=local)
-    # read once, keep in the object store: re-reading the shards every epoch cost ~20 s
-    # per epoch on a 2-core machine, whatever their size
-    train = train.select_columns(FRAME_COLUMNS).materialize()
-    val = val.select_columns(FRAME_COLUMNS).materialize()
-    datasets = {"train": train, "val": val}
-    state, summary = fit(_train_loop, {"cfg": cfg}, cfg, datasets, storage, name)
-    best = Path(storage) / name / BEST_FILE
-    torch.save(state["best"] if state["best"] is not None else state["model"], best)
-    summary = summary or {}
-    rates = summary.get("images_per_s", [])
-    steady = rates[1:] or rates  # the first epoch pays for warm-up (allocations, data start)
-    return CnnRun(
-        best,
-        summary.get("start_epoch", 0),
-        summary.get("best_val_loss", math.nan),
-        float(np.median(steady)) if steady else math.nan,
-    )
+    models = (Path(storage) / name / "models").resolve()
+    state = last_state(storage, name)
+    done = {} if state is None else state["done"]
+    todo = [f for f in folds if f.fold not in done or not model_path(models, f.key).exists()]
+    if todo:
+        if cfg.pretrained == "imagenet":
+            imagenet_weights_path()  # a missing cache fails here, not inside a worker
+        # an explicit filesystem: path resolution would otherwise import fsspec's HTTP support
+        local = pyarrow.fs.LocalFileSystem()
+
+        def frames(video_ids) -> ray.data.Dataset:
+            # read once, keep in the object store: re-reading the shards every epoch cost
+            # ~20 s per epoch on a 2-core machine, whatever their size
+            shards = frame_shards(data, video_ids)
+            return ray.data.read_parquet(shards, filesystem=local).select_columns(FRAME_COLUMNS)
+
+        datasets = {}
+        for fold in todo:
+            datasets[f"train_{fold.fold}"] = frames(fold.train_ids).materialize()
+            datasets[f"val_{fold.fold}"] = frames(fold.val_ids).materialize()
+        loop_config = {"cfg": cfg, "folds": list(folds), "models": models}
+        splits = [f"train_{fold.fold}" for fold in todo]
+        state, _ = fit(_train_loop, loop_config, cfg, datasets, storage, name, split=splits)
+        done = state["done"]
+    return {f.fold: CnnRun(model_path(models, f.key), **done[f.fold]) for f in folds}

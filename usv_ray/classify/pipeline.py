@@ -1,9 +1,10 @@
 """The classify stage: patient-level k-fold cross-validation of every method of the paper.
 
-For each fold k: the frame CNN is trained on the other folds' patients (a patient-level
-share of them validates it), then embeds every frame of the archive into ``features/
-fold=k``. One Ray Train run then trains every fold's LSTMs on the cached features (the
-variable-frame set and each equal-frame set), another the 3D-CNN baselines on clips. Each
+For each fold k, a frame CNN is trained on the other folds' patients (a patient-level
+share of them validates it; one Ray Train run trains every fold's), then embeds every
+frame of the archive into ``features/fold=k``. One Ray Train run then trains every fold's
+LSTMs on the cached features (the variable-frame set and each equal-frame set), another
+the 3D-CNN baselines on clips. Each
 fold's videos are predicted by the models that never saw them, every method into one
 predictions table, and the paper's tables and figures are drawn from it.
 
@@ -11,8 +12,8 @@ Output layout under ``out``::
 
     classify.json               settings and data this folder was made from; progress
     folds.parquet               video_id, patient_key, label, fold
-    runs/                       Ray Train runs: cnn_fold=k (checkpoints, best_model.pt),
-                                lstm/models, video/models
+    runs/                       Ray Train runs: cnn, lstm and video (checkpoints, and each
+                                finished model in models/)
     features/fold=k/            512-d feature and P(malignant) of every frame
     predictions/predictions.parquet   video_id, patient_key, fold, method, prob, label
     tables/table3.{md,csv}      ablation: CNN_Vote, CNN_Aver, Variable-frame CNNLSTM
@@ -101,44 +102,41 @@ def _fingerprint(cfg: Config, videos: pd.DataFrame) -> str:
 
 
 def _train_cnns(cfg: Config, data: Path, out: Path, folds: pd.DataFrame) -> None:
-    """Fold k's CNN, then fold k's feature cache, for every fold not finished yet."""
-    from usv_ray.classify.cnn import BEST_FILE, fit_cnn
+    """Every fold's CNN (one Ray Train run), then each fold's feature cache not written yet."""
+    from usv_ray.classify.cnn import CnnFold, fit_cnns
     from usv_ray.classify.features import cache_features
     from usv_ray.classify.folds import validation_videos
 
     c = cfg.classify
     everything = folds["video_id"].tolist()
+    jobs = []
     for k in range(c.folds):
-        name = f"cnn_fold={k}"
-        best = out / "runs" / name / BEST_FILE
         train = folds[folds["fold"] != k]
-        if not best.exists():
-            held = validation_videos(
-                train["video_id"], train["patient_key"], train["label"], c.val_fraction, c.seed
-            )
-            train_ids = [v for v in train["video_id"] if v not in held]
-            started = time.perf_counter()
-            log.info(
-                "fold %d/%d: training the frame CNN on %d videos (%d validate) for %d epochs",
-                k + 1,
-                c.folds,
-                len(train_ids),
-                len(held),
-                c.cnn_epochs,
-            )
-            run = fit_cnn(c, data, train_ids, sorted(held), out / "runs", name)
-            log.info(
-                "fold %d/%d: CNN done in %.0f s (best validation loss %.3f)",
-                k + 1,
-                c.folds,
-                time.perf_counter() - started,
-                run.best_val_loss,
-            )
-        if not (out / "features" / f"fold={k}").exists():
-            log.info(
-                "fold %d/%d: caching the features of %d videos", k + 1, c.folds, len(everything)
-            )
-            cache_features(c, data, everything, best, k, out / "features")
+        held = validation_videos(
+            train["video_id"], train["patient_key"], train["label"], c.val_fraction, c.seed
+        )
+        train_ids = tuple(v for v in train["video_id"] if v not in held)
+        jobs.append(CnnFold(k, train_ids, tuple(sorted(held))))
+    missing = [k for k in range(c.folds) if not (out / "features" / f"fold={k}").exists()]
+    if not missing:
+        return  # every cache written: the CNNs are not needed again
+    started = time.perf_counter()
+    log.info(
+        "training the frame CNNs of %d folds (%s videos, %s validate) for %d epochs",
+        c.folds,
+        "/".join(str(len(job.train_ids)) for job in jobs),
+        "/".join(str(len(job.val_ids)) for job in jobs),
+        c.cnn_epochs,
+    )
+    runs = fit_cnns(c, data, jobs, out / "runs", "cnn")
+    log.info(
+        "CNNs done in %.0f s (best validation loss %s)",
+        time.perf_counter() - started,
+        " / ".join(f"{run.best_val_loss:.3f}" for run in runs.values()),
+    )
+    for k in missing:
+        log.info("fold %d/%d: caching the features of %d videos", k + 1, c.folds, len(everything))
+        cache_features(c, data, everything, runs[k].best, k, out / "features")
 
 
 def _frame_rows(out: Path, k: int) -> pd.DataFrame:

@@ -32,8 +32,9 @@ from usv_ray.classify.cnn import frame_shards
 from usv_ray.config import ClassifyConfig
 from usv_ray.imaging import augment, normalise
 from usv_ray.train import (
-    STATE_FILE,
+    cpu_weights,
     fit,
+    last_state,
     model_path,
     report_epoch,
     resume_state,
@@ -317,10 +318,6 @@ def _fresh_state() -> dict:
     }
 
 
-def _cpu(state_dict: dict) -> dict:
-    return {k: v.detach().cpu() for k, v in state_dict.items()}
-
-
 def _train_loop(config: dict) -> dict:
     """Runs on every Ray Train worker."""
     import ray.train
@@ -383,7 +380,7 @@ def _train_loop(config: dict) -> dict:
                     "clips_per_s": count / seconds if seconds > 0 else math.nan,  # this rank's
                 }
                 state["log"].append(metrics)
-                weights = _cpu(unwrap(model).state_dict())
+                weights = cpu_weights(unwrap(model).state_dict())
                 if epoch + 1 == cfg.video_epochs:
                     if rank == 0:  # before the report, so a checkpoint never lists a missing file
                         save_model(models, _model_key(method, fold), weights)
@@ -431,7 +428,7 @@ def fit_video_models(
     if empty:
         raise ValueError(f"no training videos for fold(s) {empty}")
     models = (Path(storage) / name / "models").resolve()
-    state = _last_state(storage, name)
+    state = last_state(storage, name)
     finished = state is not None and all(
         state["done"].get(method, {}).get(k, 0) >= cfg.video_epochs
         and model_file(models, method, k).exists()
@@ -477,20 +474,8 @@ def training_log(storage: Path, name: str) -> list[dict]:
     Each has method, fold, epoch, step, attempt (1 for the first start of the run, then one
     more for each rerun or restart) and train_loss. Empty when the run has no checkpoint.
     """
-    state = _last_state(storage, name)
+    state = last_state(storage, name)
     return [] if state is None else state["log"]
-
-
-def _last_state(storage: Path, name: str) -> dict | None:
-    """The training state in run ``storage / name``'s last checkpoint, or None."""
-    checkpoints = sorted(
-        (p for p in (Path(storage) / name).glob("epoch_*") if (p / STATE_FILE).is_file()),
-        key=lambda p: int(p.name.removeprefix("epoch_")),
-    )
-    if not checkpoints:
-        return None
-    # mmap: only the small parts read (the log, what is done) leave the disk
-    return torch.load(checkpoints[-1] / STATE_FILE, map_location="cpu", mmap=True)
 
 
 # -----------------------------------------------------------------------------

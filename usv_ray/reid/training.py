@@ -27,7 +27,7 @@ from usv_ray.config import ReidConfig, ReidModel
 from usv_ray.reid.clips import TrackletSet, augmented_input, load_tracklets
 from usv_ray.reid.losses import batch_hard_triplet, contrastive
 from usv_ray.reid.models import ClassificationModel, VerificationModel
-from usv_ray.train import fit, report_epoch, resume_state, unwrap
+from usv_ray.train import cpu_weights, fit, report_epoch, resume_state, unwrap
 
 EVAL_BATCH = 16  # clips per forward pass when embedding for validation
 
@@ -180,7 +180,7 @@ def _train_loop(config: dict) -> dict:
             metrics.update(_validate(unwrap(model), val))
             if metrics["val_acc"] > best_acc or best_model is None:
                 best_acc = metrics["val_acc"]
-                best_model = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+                best_model = cpu_weights(unwrap(model).state_dict())
         metrics["best_val_acc"] = best_acc
         state = {
             "model": unwrap(model).state_dict(),

@@ -1,7 +1,7 @@
 """The training sweeps: for each target, the data its trials read and its trial function.
 
 A trial function runs in a Tune trial's actor and launches the stage's own Ray Train run
-(``fit_cnn``, ``fit_lstms``, ``fit_reid``, all on :func:`usv_ray.train.fit`, which adds
+(``fit_cnns``, ``fit_lstms``, ``fit_reid``, all on :func:`usv_ray.train.fit`, which adds
 ``TuneReportCallback`` inside a Tune trial). The CNN and re-ID runs report every epoch,
 so ASHA can stop poor trials; an LSTM run reports once per model, so its trial reports
 its validation metrics itself when the model is trained.
@@ -91,10 +91,11 @@ def cnn_trial(
     params: dict, *, cfg: Config, data: str, train_ids: list, val_ids: list, storage: str
 ) -> None:
     """One CNN trial: the frame CNN with ``params``, validated every epoch (ASHA needs it)."""
-    from usv_ray.classify.cnn import fit_cnn
+    from usv_ray.classify.cnn import CnnFold, fit_cnns
 
     c = dataclasses.replace(apply_params(cfg, params).classify, val_every=1)
-    fit_cnn(c, Path(data), train_ids, val_ids, Path(storage), run_name("cnn"))
+    fold = CnnFold(cfg.tune.fold, tuple(train_ids), tuple(val_ids))
+    fit_cnns(c, Path(data), [fold], Path(storage), run_name("cnn"))
 
 
 def _log_uniform(bounds: tuple[float, float], name: str) -> Any:
