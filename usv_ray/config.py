@@ -179,11 +179,10 @@ class TuneConfig:
     frame_counts: tuple[int, ...] = (10, 12, 14, 16, 18, 20)  # grid of classify.equal_frames
     variable_max: tuple[int, ...] = (10, 15, 20, 25, 30)  # grid of ingest.n_frames (the cap)
     # grid of index.tau, also the clustering table's (usv_ray.cluster.compare.TAU_GRID):
-    # cosine distances 0.01 to 0.04, then 0.05 to 0.95 (a trained re-ID model puts the
-    # tracklets of one nodule within a few hundredths; a coarser grid merges nodules)
-    tau: tuple[float, ...] = tuple(round(0.01 * i, 2) for i in range(1, 5)) + tuple(
-        round(0.05 * i, 2) for i in range(1, 20)
-    )
+    # cosine distances 0.005 to 0.85, each 1.25 x the last (two significant digits). A
+    # trained re-ID model puts one nodule's tracklets within a few hundredths and another
+    # nodule's a few hundredths further: an even grid of 0.01 steps there merged nodules.
+    tau: tuple[float, ...] = tuple(float(f"{0.005 * 1.25**i:.2g}") for i in range(24))
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,13 @@ import pandas as pd
 import pytest
 
 from usv_ray.cluster import compare
-from usv_ray.cluster.compare import CANDIDATES, TABLE_COLUMNS, TAU_GRID, clustering_table
+from usv_ray.cluster.compare import (
+    CANDIDATES,
+    TABLE_COLUMNS,
+    TAU_GRID,
+    best_on_grid,
+    clustering_table,
+)
 from usv_ray.evaluate.tables import to_markdown
 
 
@@ -34,8 +40,18 @@ def synthetic_tracklets(
 
 
 def test_tau_grid():
-    assert TAU_GRID[:5] == (0.01, 0.02, 0.03, 0.04, 0.05) and TAU_GRID[-1] == 0.95
-    assert len(TAU_GRID) == 23 and sorted(TAU_GRID) == list(TAU_GRID)
+    assert TAU_GRID[:4] == (0.005, 0.0063, 0.0078, 0.0098) and TAU_GRID[-1] == 0.85
+    assert len(TAU_GRID) == 24 and sorted(TAU_GRID) == list(TAU_GRID)
+    steps = np.array(TAU_GRID[1:]) / np.array(TAU_GRID[:-1])
+    assert np.all((steps > 1.15) & (steps < 1.35))  # evenly spaced on a log scale
+
+
+def test_best_on_grid_takes_the_middle_of_a_plateau():
+    assert best_on_grid([0.2, 0.9, 0.5]) == 1
+    assert best_on_grid([0.2, 1.0, 1.0, 1.0, 1.0, 1.0, 0.4]) == 3  # centre of the plateau
+    assert best_on_grid([1.0, 1.0, 0.3]) == 0  # the lower of two middles
+    assert best_on_grid([np.nan, 0.1, np.nan]) == 1  # NaN ranks last
+    assert best_on_grid([np.nan, np.nan]) == 0
 
 
 def test_well_separated_nodules_score_near_100():

@@ -47,6 +47,7 @@ __all__ = [
     "TABLE_COLUMNS",
     "TAU_GRID",
     "Candidate",
+    "best_on_grid",
     "clustering_table",
 ]
 
@@ -63,7 +64,7 @@ TABLE_COLUMNS = (
 )
 
 
-# the tau sweep's grid (usv_ray.config.TuneConfig.tau): 0.01 to 0.04, then 0.05 to 0.95
+# the tau sweep's grid (usv_ray.config.TuneConfig.tau): 0.005 to 0.85, geometric
 TAU_GRID: tuple[float, ...] = TuneConfig().tau
 # Euclidean radius on unit vectors: sqrt(2 * 0.03) ~ 0.25 to sqrt(2 * 1.1) ~ 1.5
 BANDWIDTH_GRID: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
@@ -71,6 +72,19 @@ BANDWIDTH_GRID: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
 PREFERENCE_GRID: tuple[float, ...] = (-0.25, -0.5, -1.0, -1.5, -2.0, -3.0)
 AFFINITY_DAMPING = 0.9  # slower but more often convergent than sklearn's 0.5
 AFFINITY_MAX_ITER = 1000
+
+
+def best_on_grid(scores: Sequence[float]) -> int:
+    """The index of the best of ``scores``, one per value of a sorted grid (NaN ranks last).
+
+    On a tie, the middle of the tied values (the lower of two middles): on a plateau of
+    equal validation scores, its centre rather than an edge, where a small validation set
+    says least about what lies just beyond. With the geometric ``TAU_GRID`` that is the
+    plateau's centre on a log scale.
+    """
+    values = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-np.inf)
+    ties = np.flatnonzero(values == values.max())
+    return int(ties[(len(ties) - 1) // 2])
 
 
 class _NotConverged(Exception):
@@ -287,8 +301,7 @@ def _tune_and_score(
             unit, rows_of["val"], candidate.cluster, value, np.random.default_rng(seed)
         )
         val_f.append(_quiet_f_score(nodule_ids[val], labels[val], patients[val]))
-    # NaN (no pairs at all) ranks last; ties go to the first value of the grid
-    best = int(np.argmax(np.nan_to_num(np.asarray(val_f), nan=-1.0)))
+    best = best_on_grid(val_f)  # NaN (no pairs at all) ranks last
 
     rng = np.random.default_rng(seed)
     started = time.perf_counter()

@@ -21,6 +21,7 @@ import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from usv_ray.cluster.compare import best_on_grid
 from usv_ray.config import Config
 from usv_ray.tune.sweep import (
     EXPERIMENT,
@@ -97,7 +98,8 @@ def run_tau_sweep(cfg: Config, reid: str | Path, out: str | Path) -> TuneSummary
     """Sweep ``tune.tau`` on the validation embeddings of the re-ID folder ``reid``.
 
     Writes ``out/results.{csv,md}`` (one row per tau) and ``out/best.yaml`` (``index.tau``
-    set to the tau of the best pairwise F-score, the smallest such tau on a tie). A rerun on
+    set to the tau of the best pairwise F-score; on a tie, the middle of the tied values:
+    :func:`usv_ray.cluster.compare.best_on_grid`). A rerun on
     the same ``out`` restores the Tune experiment and evaluates only what is missing.
     """
     from ray import tune
@@ -165,7 +167,8 @@ def run_tau_sweep(cfg: Config, reid: str | Path, out: str | Path) -> TuneSummary
         )
     table = pd.DataFrame(rows).sort_values("tau", kind="stable").reset_index(drop=True)
     write_results(table, out)
-    row = best_row(table, "f_score", "max")
+    best_row(table, "f_score", "max")  # raises when no tau has a finite F-score
+    row = table.loc[best_on_grid(table["f_score"])]
     best = {KEY: float(row["tau"])}
     path = write_best_config(cfg, best, out / "best.yaml")
     return TuneSummary(
