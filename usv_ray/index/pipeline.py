@@ -139,16 +139,17 @@ def _embed_new(
 def _reid_embeddings(model: Path, model_id: str, ids: set[str]) -> pa.Table:
     """The embeddings of ``ids`` that the re-ID run in the folder ``model`` wrote with this
     same model (``model_id`` hashes the file): the index takes them instead of embedding
-    those tracklets again. Empty when ``model`` is a model file, not a re-ID folder."""
-    import pyarrow.compute as pc
+    those tracklets again. Empty when ``model`` is a model file, not a re-ID folder.
+
+    The filter goes to the reader: row groups whose statistics rule out this model (every
+    file of another model) are skipped, not read and then dropped."""
+    import pyarrow.dataset as ds
 
     folder = Path(model) / "embeddings"
     if not folder.is_dir():
         return EMBEDDINGS.empty_table()
-    table = pq.read_table(folder, schema=EMBEDDINGS)
-    ours = pc.equal(table["model"], model_id)
-    wanted = pc.is_in(table["tracklet_id"], pa.array(sorted(ids), pa.string()))
-    return table.filter(pc.and_(ours, wanted))
+    wanted = (ds.field("model") == model_id) & ds.field("tracklet_id").isin(sorted(ids))
+    return pq.read_table(folder, schema=EMBEDDINGS, filters=wanted)
 
 
 def _read_store(out: Path) -> pd.DataFrame:
