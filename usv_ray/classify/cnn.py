@@ -90,7 +90,7 @@ def _train_loop(config: dict) -> dict:
     state = resume_state() or _fresh_state()
     loss_fn = torch.nn.CrossEntropyLoss()
     for fold in config["folds"]:
-        if fold.fold in state["done"]:
+        if fold.fold in state["done"] and model_path(models, fold.key).exists():
             continue  # finished before a restart
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         model = FrameCNN()
@@ -243,7 +243,7 @@ def fit_cnns(
         for fold in todo:
             datasets[f"train_{fold.fold}"] = frames(fold.train_ids).materialize()
             datasets[f"val_{fold.fold}"] = frames(fold.val_ids).materialize()
-        loop_config = {"cfg": cfg, "folds": list(folds), "models": models}
+        loop_config = {"cfg": cfg, "folds": todo, "models": models}
         splits = [f"train_{fold.fold}" for fold in todo]
         state, _ = fit(_train_loop, loop_config, cfg, datasets, storage, name, split=splits)
         done = state["done"]

@@ -4,9 +4,9 @@ For each fold k, a frame CNN is trained on the other folds' patients (a patient-
 share of them validates it; one Ray Train run trains every fold's), then embeds every
 frame of the archive into ``features/fold=k``. One Ray Train run then trains every fold's
 LSTMs on the cached features (the variable-frame set and each equal-frame set), another
-the 3D-CNN baselines on clips. Each
-fold's videos are predicted by the models that never saw them, every method into one
-predictions table, and the paper's tables and figures are drawn from it.
+the 3D-CNN baselines on clips. Each fold's videos are predicted by the models that never
+saw them, every method into one predictions table, and the paper's tables and figures are
+drawn from it.
 
 Output layout under ``out``::
 
@@ -108,6 +108,9 @@ def _train_cnns(cfg: Config, data: Path, out: Path, folds: pd.DataFrame) -> None
     from usv_ray.classify.folds import validation_videos
 
     c = cfg.classify
+    missing = [k for k in range(c.folds) if not (out / "features" / f"fold={k}").exists()]
+    if not missing:
+        return  # every cache written: the CNNs are not needed again
     everything = folds["video_id"].tolist()
     jobs = []
     for k in range(c.folds):
@@ -117,9 +120,6 @@ def _train_cnns(cfg: Config, data: Path, out: Path, folds: pd.DataFrame) -> None
         )
         train_ids = tuple(v for v in train["video_id"] if v not in held)
         jobs.append(CnnFold(k, train_ids, tuple(sorted(held))))
-    missing = [k for k in range(c.folds) if not (out / "features" / f"fold={k}").exists()]
-    if not missing:
-        return  # every cache written: the CNNs are not needed again
     started = time.perf_counter()
     log.info(
         "training the frame CNNs of %d folds (%s videos, %s validate) for %d epochs",

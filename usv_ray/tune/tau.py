@@ -99,8 +99,8 @@ def run_tau_sweep(cfg: Config, reid: str | Path, out: str | Path) -> TuneSummary
 
     Writes ``out/results.{csv,md}`` (one row per tau) and ``out/best.yaml`` (``index.tau``
     set to the tau of the best pairwise F-score; on a tie, the middle of the tied values:
-    :func:`usv_ray.cluster.compare.best_on_grid`). A rerun on
-    the same ``out`` restores the Tune experiment and evaluates only what is missing.
+    :func:`usv_ray.cluster.compare.best_on_grid`). A rerun on the same ``out`` restores the
+    Tune experiment and evaluates only what is missing.
     """
     from ray import tune
 
