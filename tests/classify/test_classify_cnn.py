@@ -104,7 +104,7 @@ def killed_run(ray_session, tmp_path_factory):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_fit_cnns_learns_every_fold_and_a_rerun_trains_nothing(killed_run):
+def test_fit_cnns_learns_every_fold_and_a_rerun_trains_only_what_is_missing(killed_run):
     from usv_ray.classify.models import FrameCNN
 
     cfg, folds, root, runs = (killed_run[k] for k in ("cfg", "folds", "root", "runs"))
@@ -124,6 +124,14 @@ def test_fit_cnns_learns_every_fold_and_a_rerun_trains_nothing(killed_run):
     assert again == runs
     assert _registered_checkpoints(root / "runs" / "cnn") == checkpoints
     assert [run.best.stat().st_mtime_ns for run in again.values()] == written
+
+    # a lost weights file: a rerun (a new Ray Train run, restored from the checkpoint that
+    # lists the fold as done) trains that fold again, from scratch, and leaves the other
+    runs[1].best.unlink()
+    redone = fit_cnns(cfg, root / "data", folds, root / "runs", "cnn")
+    assert redone[1].best.exists() and redone[1].start_epoch == 0
+    assert redone[1].best_val_loss < 0.69
+    assert redone[0] == runs[0] and runs[0].best.stat().st_mtime_ns == written[0]
 
 
 @pytest.mark.ray
