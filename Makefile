@@ -7,7 +7,7 @@ UV := .tools/bin/uv
 VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: demo test lint bench install
+.PHONY: demo test test-learning lint bench install
 install: $(VENV)/.synced
 
 $(UV): tools/bootstrap_uv.py
@@ -23,6 +23,9 @@ demo: install
 test: install
 	tools/ensure_chromium.sh
 	$(VENV)/bin/python -m pytest --durations=20
+
+test-learning: install  # the full-size demo learns: ~12 minutes, outside make test's budget
+	$(VENV)/bin/python -m pytest -m learning -s tests/test_learning.py
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -1,0 +1,55 @@
+"""The pipeline learns on the demo archive: the demo's own config and seed, full size.
+
+About 12 minutes on 2 cores (the demo without its 3D-CNN baselines), so it is left out of
+``make test`` (15-minute budget) and run with ``make test-learning``. The margins sit
+below every demo run measured (variable-frame CNN-LSTM AUC 68.1 and 70.1 in the last two,
+accuracy 65.8-73.9 in every run; CM test AUC 77.3, 85.2 and 77.3): the frame CNN varies from
+run to run (thread timing), and these margins still mean clearly above chance.
+"""
+
+import contextlib
+import io
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from sklearn.metrics import accuracy_score, roc_auc_score
+
+from usv_ray.classify.pipeline import VARIABLE
+
+pytestmark = [pytest.mark.learning, pytest.mark.slow, pytest.mark.ray]
+
+
+@pytest.fixture(scope="module")
+def full_demo(ray_session, tmp_path_factory):
+    from usv_ray.cli import main
+
+    root = tmp_path_factory.mktemp("full-demo")
+    sets = ["--set", "classify.video_models=[]", "--set", "ray.progress=false"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["demo", "--out", str(root), *sets]) == 0
+    print(printed.getvalue())  # the demo's tables, in pytest's captured output (-s shows it)
+    return root
+
+
+def test_variable_frame_cnn_lstm_beats_chance_clearly(full_demo):
+    predictions = pq.read_table(full_demo / "classify" / "predictions").to_pandas()
+    rows = predictions[predictions["method"] == VARIABLE]
+    assert rows["label"].nunique() == 2 and len(rows) >= 100
+    auc = roc_auc_score(rows["label"], rows["prob"])
+    accuracy = accuracy_score(rows["label"], rows["prob"] >= 0.5)
+    print(
+        f"variable-frame CNN-LSTM over {len(rows)} videos: AUC {auc:.3f}, accuracy {accuracy:.3f}"
+    )
+    assert auc >= 0.62
+    assert accuracy >= 0.60
+
+
+def test_cm_separates_same_nodule_pairs_on_test(full_demo):
+    table = pd.read_csv(full_demo / "reid" / "tables" / "table3.csv")
+    cm = table[(table["model"] == "CM") & (table["split"] == "test")].iloc[0]
+    print(
+        f"CM on {cm['pairs']} test pairs ({cm['same']} same): AUC {cm['AUC']:.1f} ({cm['AUC_ci']})"
+    )
+    assert cm["AUC"] >= 70.0
