@@ -91,6 +91,9 @@ class ClassifyConfig:
     cnn_batch_size: int = 32  # per worker; paper: 256
     cnn_lr: float = 1e-4  # Adam; paper: 1e-5
     val_every: int = 1  # validate every N epochs and keep the best model; paper: 20
+    # checkpoint a model's last epoch, and between at most every this many seconds (0: every
+    # epoch): a checkpoint of a few hundred MB after each few-second epoch slows training
+    checkpoint_every_s: float = 60.0
     val_fraction: float = 0.15  # share of the training patients that validate the CNN
     lstm_epochs: int = 20  # paper: 300
     lstm_batch_size: int = 32  # videos per batch, per worker
@@ -128,6 +131,7 @@ class ReidConfig:
     clip_height: int = 256  # clips are resized from the ingest patch size to this
     clip_width: int = 128
     epochs: int = 10  # not given in the paper
+    checkpoint_every_s: float = 60.0  # as classify.checkpoint_every_s
     p: int = 8  # CM batches: P nodules x K tracklets each, per worker
     k: int = 4
     pair_batch_size: int = 16  # VM batches: tracklet pairs per worker

@@ -66,7 +66,9 @@ def killed_run(ray_session, tmp_path_factory):
     """
     root = tmp_path_factory.mktemp("cnn")
     ids = write_toy_frames(root / "data")  # 8 videos x 4 frames of 32 x 32
-    cfg = ClassifyConfig(cnn_epochs=4, cnn_batch_size=8, cnn_lr=1e-3, cpus_per_worker=0.5)
+    cfg = ClassifyConfig(
+        cnn_epochs=4, cnn_batch_size=8, cnn_lr=1e-3, cpus_per_worker=0.5, checkpoint_every_s=0
+    )  # a checkpoint every epoch: the kill lands between two
     folds = [CnnFold(0, tuple(ids[:6]), tuple(ids[6:])), CnnFold(1, tuple(ids[2:]), tuple(ids[:2]))]
     run = root / "runs" / "cnn"
     first_of_fold_1 = f"epoch_{cfg.cnn_epochs:04d}"  # one checkpoint per epoch, fold after fold

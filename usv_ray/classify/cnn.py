@@ -22,11 +22,11 @@ from torch import Tensor
 from usv_ray.config import ClassifyConfig
 from usv_ray.imaging import augment, normalise
 from usv_ray.train import (
+    EpochReporter,
     cpu_weights,
     fit,
     last_state,
     model_path,
-    report_epoch,
     resume_state,
     save_model,
     train_epoch,
@@ -88,6 +88,7 @@ def _train_loop(config: dict) -> dict:
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
     state = resume_state() or _fresh_state()
+    report = EpochReporter(cfg.checkpoint_every_s)
     loss_fn = torch.nn.CrossEntropyLoss()
     for fold in config["folds"]:
         if fold.fold in state["done"] and model_path(models, fold.key).exists():
@@ -143,7 +144,8 @@ def _train_loop(config: dict) -> dict:
                     current["best"] = cpu_weights(unwrap(model).state_dict())
             metrics["best_val_loss"] = current["best_val"]
             state["step"] += 1
-            if epoch + 1 == cfg.cnn_epochs:
+            finished = epoch + 1 == cfg.cnn_epochs
+            if finished:
                 if rank == 0:  # before the report, so a checkpoint never lists a missing file
                     best = current["best"] or cpu_weights(unwrap(model).state_dict())
                     save_model(models, fold.key, best)
@@ -161,7 +163,7 @@ def _train_loop(config: dict) -> dict:
                     epoch=epoch,
                 )
                 state["current"] = current
-            report_epoch(metrics, state, state["step"])
+            report(metrics, state, state["step"], finished=finished)
         del model, optimizer
     return state["done"]
 

@@ -32,11 +32,11 @@ from usv_ray.classify.cnn import frame_shards
 from usv_ray.config import ClassifyConfig
 from usv_ray.imaging import augment, normalise
 from usv_ray.train import (
+    EpochReporter,
     cpu_weights,
     fit,
     last_state,
     model_path,
-    report_epoch,
     resume_state,
     save_model,
     train_epoch,
@@ -328,6 +328,7 @@ def _train_loop(config: dict) -> dict:
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
     state = resume_state() or _fresh_state()
+    report = EpochReporter(cfg.checkpoint_every_s)
     state["attempt"] += 1
     loss_fn = nn.CrossEntropyLoss()
     for method in cfg.video_models:
@@ -381,7 +382,8 @@ def _train_loop(config: dict) -> dict:
                 }
                 state["log"].append(metrics)
                 weights = cpu_weights(unwrap(model).state_dict())
-                if epoch + 1 == cfg.video_epochs:
+                finished = epoch + 1 == cfg.video_epochs
+                if finished:
                     if rank == 0:  # before the report, so a checkpoint never lists a missing file
                         save_model(models, _model_key(method, fold), weights)
                     state["done"].setdefault(method, {})[fold] = epoch + 1
@@ -394,7 +396,7 @@ def _train_loop(config: dict) -> dict:
                         "optimizer": optimizer.state_dict(),
                         "epoch": epoch,
                     }
-                report_epoch(metrics, state, state["step"])
+                report(metrics, state, state["step"], finished=finished)
             del model, optimizer
     return {"attempt": state["attempt"], "steps": state["step"] + 1}
 

@@ -27,7 +27,7 @@ from usv_ray.config import ReidConfig, ReidModel
 from usv_ray.reid.clips import TrackletSet, augmented_input, load_tracklets
 from usv_ray.reid.losses import batch_hard_triplet, contrastive
 from usv_ray.reid.models import ClassificationModel, VerificationModel
-from usv_ray.train import cpu_weights, fit, report_epoch, resume_state, unwrap
+from usv_ray.train import EpochReporter, cpu_weights, fit, resume_state, unwrap
 
 EVAL_BATCH = 16  # clips per forward pass when embedding for validation
 
@@ -151,6 +151,7 @@ def _train_loop(config: dict) -> dict:
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     clips_per_s: list[float] = []
+    report = EpochReporter(cfg.checkpoint_every_s)
 
     for epoch in range(start_epoch, cfg.epochs):
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 101 + rank)
@@ -189,7 +190,7 @@ def _train_loop(config: dict) -> dict:
             "best_acc": best_acc,
             "best": best_model,
         }
-        report_epoch(metrics, state, epoch)
+        report(metrics, state, epoch, finished=epoch + 1 == cfg.epochs)
     return {"start_epoch": start_epoch, "best_val_acc": best_acc, "clips_per_s": clips_per_s}
 
 
