@@ -31,6 +31,9 @@ DEMO_OVERRIDES = (
     "classify.folds=2",  # each fold trains and caches a CNN: the fixture's largest cost
     "classify.cnn_epochs=1",
     "classify.lstm_epochs=2",
+    # the LSTMs in this process: a Train run costs ~25 s of start-up, and Ray Train's LSTM
+    # path has its own test (tests/classify/test_classify_lstm.py)
+    "classify.lstm_workers=0",
     "classify.video_models=[]",
     "classify.frame_counts=[12, 31]",  # no video has 31 frames (ingest keeps 30): no N=31 LSTM
     "classify.n_boot=50",
