@@ -1,6 +1,8 @@
 import time
 
-from usv_ray.train import EpochReporter
+import torch
+
+from usv_ray.train import EpochReporter, seed_epoch
 
 
 def test_a_checkpoint_is_due_at_a_models_end_and_every_so_many_seconds():
@@ -10,3 +12,23 @@ def test_a_checkpoint_is_due_at_a_models_end_and_every_so_many_seconds():
     assert report.due(finished=True, now=start + 1.0)  # a finished model always
     assert report.due(finished=False, now=start + 60.0)  # the interval has passed
     assert EpochReporter(every_s=0.0).due(finished=False)  # 0: every epoch
+
+
+def _draws(seed, epoch, rank):
+    """(augmentation draws, dropout draws) of one epoch seeded by ``seed_epoch``."""
+    generator = seed_epoch(seed, epoch, rank)
+    augmentation = torch.rand(4, generator=generator)
+    dropout = torch.nn.functional.dropout(torch.ones(64), p=0.5, training=True)
+    return augmentation, dropout
+
+
+def test_an_epochs_draws_depend_on_seed_epoch_and_rank_alone():
+    first = _draws(0, 3, 0)
+    torch.rand(100)  # whatever ran before (a resume starts a fresh process)
+    again = _draws(0, 3, 0)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    for other in (_draws(1, 3, 0), _draws(0, 4, 0), _draws(0, 3, 1)):
+        assert not torch.equal(first[0], other[0]) and not torch.equal(first[1], other[1])
+    # augmentation and the global generator (dropout) are separate streams, not one twice
+    generator = seed_epoch(0, 3, 0)
+    assert not torch.equal(torch.rand(4, generator=generator), torch.rand(4))

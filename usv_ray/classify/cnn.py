@@ -25,10 +25,12 @@ from usv_ray.train import (
     EpochReporter,
     cpu_weights,
     fit,
+    in_order,
     last_state,
     model_path,
     resume_state,
     save_model,
+    seed_epoch,
     train_epoch,
     unwrap,
 )
@@ -111,7 +113,7 @@ def _train_loop(config: dict) -> dict:
         train_shard = ray.train.get_dataset_shard(f"train_{fold.fold}")
         val_data = ray.train.get_dataset_shard(f"val_{fold.fold}")  # not split: rank 0 sees all
         for epoch in range(start_epoch, cfg.cnn_epochs):
-            generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 101 + rank)
+            generator = seed_epoch(cfg.seed, epoch, rank)
             batches = train_shard.iter_torch_batches(
                 batch_size=cfg.cnn_batch_size,
                 collate_fn=collate_frames,
@@ -239,7 +241,9 @@ def fit_cnns(
             # read once, keep in the object store: re-reading the shards every epoch cost
             # ~20 s per epoch on a 2-core machine, whatever their size
             shards = frame_shards(data, video_ids)
-            return ray.data.read_parquet(shards, filesystem=local).select_columns(FRAME_COLUMNS)
+            return in_order(ray.data.read_parquet(shards, filesystem=local)).select_columns(
+                FRAME_COLUMNS
+            )
 
         datasets = {}
         for fold in todo:

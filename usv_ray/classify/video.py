@@ -35,10 +35,12 @@ from usv_ray.train import (
     EpochReporter,
     cpu_weights,
     fit,
+    in_order,
     last_state,
     model_path,
     resume_state,
     save_model,
+    seed_epoch,
     train_epoch,
     unwrap,
 )
@@ -263,7 +265,7 @@ def load_clips(data: Path, video_ids: Sequence[str], count: int, size: int) -> r
     paths = frame_shards(data, video_ids)
     items = [{"path": path} for path in paths]
     blocks = max(1, math.ceil(len(items) / VIDEOS_PER_TASK))
-    return ray.data.from_items(items, override_num_blocks=blocks).map_batches(
+    return in_order(ray.data.from_items(items, override_num_blocks=blocks)).map_batches(
         read_clips,
         fn_kwargs={"count": count, "size": size},
         batch_size=VIDEOS_PER_TASK,
@@ -353,7 +355,7 @@ def _train_loop(config: dict) -> dict:
                 optimizer.load_state_dict(optimizer_state)
             shard = ray.train.get_dataset_shard(f"train_{fold}")
             for epoch in range(start_epoch, cfg.video_epochs):
-                generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 101 + rank)
+                generator = seed_epoch(cfg.seed, epoch, rank)
                 batches = shard.iter_torch_batches(
                     batch_size=cfg.video_batch_size,
                     collate_fn=collate_clips,

@@ -27,7 +27,7 @@ from usv_ray.config import ReidConfig, ReidModel
 from usv_ray.reid.clips import TrackletSet, augmented_input, load_tracklets
 from usv_ray.reid.losses import batch_hard_triplet, contrastive
 from usv_ray.reid.models import ClassificationModel, VerificationModel
-from usv_ray.train import EpochReporter, cpu_weights, fit, resume_state, unwrap
+from usv_ray.train import EpochReporter, cpu_weights, fit, resume_state, seed_epoch, unwrap
 
 EVAL_BATCH = 16  # clips per forward pass when embedding for validation
 
@@ -154,7 +154,7 @@ def _train_loop(config: dict) -> dict:
     report = EpochReporter(cfg.checkpoint_every_s)
 
     for epoch in range(start_epoch, cfg.epochs):
-        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 101 + rank)
+        generator = seed_epoch(cfg.seed, epoch, rank)
         if kind == "CM":
             steps = cm_steps(labels, cfg, rank, world, epoch)
         else:
