@@ -267,11 +267,10 @@ def _tables(cfg: Config, predictions: pd.DataFrame, out: Path) -> pd.DataFrame:
     from usv_ray.evaluate.tables import write_table as write_results
 
     c = cfg.classify
-    rng = np.random.default_rng(c.seed)
 
     def table(methods) -> pd.DataFrame:
         chosen = predictions[predictions["method"].isin(methods)]
-        return method_table(chosen, threshold=c.threshold, n_boot=c.n_boot, rng=rng)
+        return method_table(chosen, threshold=c.threshold, n_boot=c.n_boot, seed=c.seed)
 
     write_results(table(TABLE3), out / "tables" / "table3")
     table4 = table(TABLE4)

@@ -57,7 +57,7 @@ def method_table(
     *,
     threshold: float = 0.5,
     n_boot: int = 1000,
-    rng: np.random.Generator,
+    seed: int,
 ) -> pd.DataFrame:
     """One row per method, pooled over folds, each metric in percent with a 95% CI string.
 
@@ -68,9 +68,10 @@ def method_table(
     use ``threshold``. The bootstrap resamples ``patient_key`` groups (see ``summarize``).
 
     Rows follow ``METHOD_ORDER``; unknown methods come after, alphabetically; methods
-    without predictions are absent. The methods draw from ``rng`` one after another in
-    that order. An empty ``predictions`` gives an empty table with these columns. Undefined
-    metrics (e.g. a method with one class) are NaN and emit a ``MetricWarning``.
+    without predictions are absent. Every method's bootstrap starts from ``seed``, so a
+    method's intervals do not depend on which other methods share its table. An empty
+    ``predictions`` gives an empty table with these columns. Undefined metrics (e.g. a
+    method with one class) are NaN and emit a ``MetricWarning``.
     """
     columns = table_columns()
     if len(predictions) == 0:
@@ -90,7 +91,7 @@ def method_table(
             pooled["patient_key"].to_numpy(),
             threshold=threshold,
             n_boot=n_boot,
-            rng=rng,
+            rng=np.random.default_rng(seed),
         )
         row: dict[str, object] = {"method": str(method), "n_videos": len(pooled)}
         for name, stats in summary.items():
