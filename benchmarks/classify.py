@@ -6,7 +6,10 @@
 2. packing: frames/s (real frames) of LSTM training steps (forward, backward, Adam) on
    packed variable-frame batches (``VariableFrameLSTM`` as it is) vs the same batches run
    zero-padded to the longest video through the same weights, then the same masked mean
-   (target on the CPU: at least 1.0; on a GPU, when there is one, printed without a target);
+   (target on the CPU: at least 1.0; on a GPU, when there is one, printed without a target).
+   On the CPU with 1 torch thread (a Train worker's default, ``classify.cpus_per_worker``
+   1) and with ``--threads``: from 2 threads on, the zero-padded input runs oneDNN's fused,
+   multi-threaded LSTM, which PyTorch has for unpacked input only, so the ratio falls;
 3. Ray Train: CNN training images/s of ``fit_cnns`` with 1 worker (its ``images_per_s``: the
    steady epochs, Ray's start-up left out) vs a bare PyTorch loop on the same frames held
    in memory, same model, batch size, normalise/augment and thread count; the bare loop's
@@ -434,14 +437,19 @@ def main() -> int:
     ratio = recompute_s / cached_s
     report("LSTM epoch, recomputing CNN features / on cached features", ratio, ">= 10", ratio >= 10)
 
-    # --- 2. packed vs padded, on the CPU, and on the GPU when there is one
+    # --- 2. packed vs padded, on the CPU (1 thread and --threads), and on the GPU
     cpu = torch.device("cpu")
-    packed, padded, ratio = packing_rates(cpu, n_batches=4, rounds=15)
-    print(
-        f"LSTM training frames/s on the CPU: packed {packed:.0f}, zero-padded {padded:.0f}",
-        flush=True,
-    )
-    report("LSTM training frames/s, packed / zero-padded, CPU", ratio, ">= 1.0", ratio >= 1.0)
+    for threads in sorted({1, args.threads}):
+        torch.set_num_threads(threads)
+        packed, padded, ratio = packing_rates(cpu, n_batches=4, rounds=15)
+        print(
+            f"LSTM training frames/s on the CPU, {threads} thread(s): packed {packed:.0f}, "
+            f"zero-padded {padded:.0f}",
+            flush=True,
+        )
+        name = f"LSTM training frames/s, packed / zero-padded, CPU, {threads} thread(s)"
+        report(name, ratio, ">= 1.0", ratio >= 1.0)
+    torch.set_num_threads(args.threads)
     if gpu:
         packed, padded, ratio = packing_rates(device, n_batches=16, rounds=15)
         print(
