@@ -1,8 +1,11 @@
 import time
+import warnings
 
+import numpy as np
+import pytest
 import torch
 
-from usv_ray.train import EpochReporter, seed_epoch
+from usv_ray.train import EpochReporter, numpy_collate, seed_epoch
 
 
 def test_a_checkpoint_is_due_at_a_models_end_and_every_so_many_seconds():
@@ -32,3 +35,18 @@ def test_an_epochs_draws_depend_on_seed_epoch_and_rank_alone():
     # augmentation and the global generator (dropout) are separate streams, not one twice
     generator = seed_epoch(0, 3, 0)
     assert not torch.equal(torch.rand(4, generator=generator), torch.rand(4))
+
+
+@pytest.mark.ray
+def test_numpy_collate_feeds_iter_torch_batches_without_the_deprecation(ray_session):
+    import ray.data
+    from ray.util.annotations import RayDeprecationWarning
+
+    def collate(batch):  # the shape of collate_frames: a dict of numpy arrays in
+        return torch.from_numpy(np.asarray(batch["id"]) * 2)
+
+    dataset = ray.data.range(10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RayDeprecationWarning)  # a plain function warns
+        batches = list(dataset.iter_torch_batches(batch_size=4, collate_fn=numpy_collate(collate)))
+    assert sorted(torch.cat(batches).tolist()) == [2 * i for i in range(10)]

@@ -177,6 +177,22 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
+def numpy_collate(fn: Callable[[dict], Any]) -> Any:
+    """``fn`` (a numpy batch -> tensors) as the ``collate_fn`` of ``iter_torch_batches``.
+
+    Ray asks for an object of a ``*BatchCollateFn`` class since 2.47 (a plain function is
+    deprecated and warns on every iteration); this wraps ``fn`` in a
+    ``NumpyBatchCollateFn``, which receives the same dict of numpy arrays.
+    """
+    from ray.data.collate_fn import NumpyBatchCollateFn
+
+    class Collate(NumpyBatchCollateFn):
+        def __call__(self, batch: dict) -> Any:
+            return fn(batch)
+
+    return Collate()
+
+
 def in_order(dataset: Any) -> Any:
     """``dataset`` (a Ray Dataset) set to keep the order it reads its blocks in: itself and
     every dataset made from it, materialized ones included (they share its context)."""

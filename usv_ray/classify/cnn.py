@@ -28,6 +28,7 @@ from usv_ray.train import (
     in_order,
     last_state,
     model_path,
+    numpy_collate,
     resume_state,
     save_model,
     seed_epoch,
@@ -116,7 +117,7 @@ def _train_loop(config: dict) -> dict:
             generator = seed_epoch(cfg.seed, epoch, rank)
             batches = train_shard.iter_torch_batches(
                 batch_size=cfg.cnn_batch_size,
-                collate_fn=collate_frames,
+                collate_fn=numpy_collate(collate_frames),
                 local_shuffle_buffer_size=4 * cfg.cnn_batch_size,
                 local_shuffle_seed=cfg.seed + epoch,
             )  # (B, 1, H, W) uint8, (B,)
@@ -189,7 +190,8 @@ def _validate(model, data, device, loss_fn) -> tuple[float, float]:
     """Frame-level loss and accuracy over the whole validation set."""
     model.eval()
     total, correct, count = 0.0, 0, 0
-    for images, labels in data.iter_torch_batches(batch_size=64, collate_fn=collate_frames):
+    batches = data.iter_torch_batches(batch_size=64, collate_fn=numpy_collate(collate_frames))
+    for images, labels in batches:
         logits = model(normalise(images.to(device)))  # (B, 2)
         labels = labels.to(device)
         total += loss_fn(logits, labels).item() * len(labels)

@@ -38,6 +38,7 @@ from usv_ray.train import (
     in_order,
     last_state,
     model_path,
+    numpy_collate,
     resume_state,
     save_model,
     seed_epoch,
@@ -358,7 +359,7 @@ def _train_loop(config: dict) -> dict:
                 generator = seed_epoch(cfg.seed, epoch, rank)
                 batches = shard.iter_torch_batches(
                     batch_size=cfg.video_batch_size,
-                    collate_fn=collate_clips,
+                    collate_fn=numpy_collate(collate_clips),
                     local_shuffle_buffer_size=4 * cfg.video_batch_size,
                     local_shuffle_seed=cfg.seed + epoch,
                 )  # (B, 1, T, S, S) uint8, (B,)
