@@ -160,6 +160,37 @@ def test_closure_follows_a_long_shuffled_chain():
     assert algorithm1(on_circle(degrees), tau, np.random.default_rng(0)).max() > 0
 
 
+@pytest.mark.parametrize(("dim", "dtype"), [(3, np.float64), (512, np.float32)])
+def test_both_equal_dense_references_past_the_pivots(dim, dtype):
+    """More cluster seeds than pivots, and (in 3-d) many pairs near the cut: the pivot
+    bounds never drop a link that computing every distance finds."""
+    from scipy.sparse.csgraph import connected_components
+
+    rng = np.random.default_rng(12)
+    most = 0
+    for trial in range(12):
+        x, _ = nodule_embeddings(rng, 120, 60, float(rng.uniform(0.01, 0.3)), dim)
+        x = x.astype(dtype)
+        tau = float(rng.uniform(0.001, 0.2))
+        unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+        _, expected = connected_components(1.0 - unit @ unit.T <= tau, directed=False)
+        labels = closure(x, tau)
+        assert same_partition(labels, expected), trial
+        priority = np.random.default_rng(trial).random(len(x))
+        np.testing.assert_array_equal(
+            algorithm1(x, tau, np.random.default_rng(trial)), paper_algorithm1(x, tau, priority)
+        )
+        most = max(most, labels.max() + 1)
+    assert most > threshold.PIVOTS
+
+
+def test_the_angle_is_within_its_stated_error():
+    cosines = np.concatenate([np.linspace(-1.0, 1.0, 200_001), [-1.5, 1.5]])  # clipped
+    angles = np.array([threshold._angle(c) for c in cosines])
+    exact = np.arccos(np.clip(cosines, -1.0, 1.0))
+    assert np.abs(angles - exact).max() <= threshold.ANGLE_ERROR
+
+
 @pytest.mark.parametrize("tau", [0.1, 0.3, 0.5, 0.8])
 def test_closure_equals_dbscan_with_min_samples_1(tau):
     from sklearn.cluster import DBSCAN
@@ -182,7 +213,7 @@ def test_scale_and_dtype_do_not_matter():
 
 @pytest.mark.parametrize("method", ["closure", "algorithm1"])
 def test_cluster_patients_equals_per_patient_calls(method, monkeypatch):
-    monkeypatch.setattr(threshold, "ROWS_PER_BATCH", 12)  # several batches per size
+    monkeypatch.setattr(threshold, "ROWS_PER_BATCH", 12)  # several batches, one patient alone
     rng = np.random.default_rng(8)
     sizes = [1, 1, 2, 3, 3, 3, 3, 5, 5, 7, 7, 7, 20]
     keys = np.array([f"patient-{i:02d}" for i in rng.permutation(len(sizes))])
