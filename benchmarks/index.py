@@ -18,6 +18,10 @@
 Embeddings are realistic in shape: each patient has 1-3 nodules (2 for 5 tracklets, 6 for
 200 tracklets in section 1), each tracklet a unit nodule centre plus Gaussian noise, so
 same-nodule cosine distances are about 0.15 and different-nodule ones about 1 (tau 0.35).
+Section 1 also times the clustering's worst case, printed without a target: 200 tracklets
+drawn from 200 nodules (about 136 clusters), random directions whose pivot bounds rule
+out almost no pair, so the compiled loops compute nearly every pair (see
+``usv_ray.cluster.threshold``).
 
 Section 1 runs every method on one thread (threadpoolctl), the set-up of a one-CPU Ray
 worker: on a patient's few tracklets BLAS/OpenMP threads only add start-up and barrier
@@ -112,7 +116,9 @@ def section_per_patient(args: argparse.Namespace) -> list[Figure]:
 
     figures = []
     rng = np.random.default_rng(0)
-    for n, n_nodules, calls in ((5, 2, 400), (200, 6, 20)):
+    # the target's two sizes, then the worst case: 200 tracklets of 200 nodules, random
+    # directions that the pivot bounds hardly rule out (printed, no target)
+    for n, n_nodules, calls in ((5, 2, 400), (200, 6, 20), (200, 200, 20)):
         x = patient_embeddings(n, n_nodules, rng)
         dbscan = DBSCAN(eps=TAU, min_samples=1, metric="cosine")
         generator = np.random.default_rng(1)
@@ -136,13 +142,12 @@ def section_per_patient(args: argparse.Namespace) -> list[Figure]:
             f"{'agree' if agree else 'DIFFER'}; {load()})",
             flush=True,
         )
+        worst = n_nodules == n
         for method in ("closure", "algorithm1"):
             ratio = seconds["DBSCAN"] / seconds[method]
-            figures.append(
-                Figure(
-                    f"{n} tracklets: DBSCAN / {method} time", f"{ratio:.1f}", ">= 20", ratio >= 20
-                )
-            )
+            name = f"{n} tracklets{', no structure' if worst else ''}: DBSCAN / {method} time"
+            target = "none" if worst else ">= 20"
+            figures.append(Figure(name, f"{ratio:.1f}", target, None if worst else ratio >= 20))
     return figures
 
 

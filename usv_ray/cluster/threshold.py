@@ -227,8 +227,12 @@ def _closure(x, inv, link, cut):
             low[group[i], p] = min(low[group[i], p], theta[i, p])
             high[group[i], p] = max(high[group[i], p], theta[i, p])
 
+    # Merge two groups where a pair across them links. A group's first member is its leader,
+    # whose row already tested (and did not link) every row of the later groups.
     parent = np.arange(k)
-    for g in range(k):  # merge two groups where a pair across them links
+    for g in range(k):
+        if starts[g + 1] - starts[g] == 1:
+            continue
         for h in range(g + 1, k):
             if _root(parent, g) == _root(parent, h):
                 continue
@@ -241,7 +245,7 @@ def _closure(x, inv, link, cut):
             if apart:
                 continue
             linked = False
-            for a in range(starts[g], starts[g + 1]):
+            for a in range(starts[g] + 1, starts[g + 1]):
                 for b in range(starts[h], starts[h + 1]):
                     i, j = members[a], members[b]
                     if not _far(theta, i, j, shared, cut) and _cos(x, inv, i, j) >= link:
