@@ -153,7 +153,7 @@ def test_closure_is_permutation_invariant():
 
 
 def test_closure_follows_a_long_shuffled_chain():
-    """A great-circle path in 1° steps, in random order: one component (pointer jumping)."""
+    """A great-circle path in 1° steps, in random order: one component (many groups merged)."""
     degrees = np.random.default_rng(5).permutation(np.arange(0, 150, 1.0))
     tau = 1 - np.cos(np.deg2rad(1.5))  # links 1° neighbours, not 2°
     np.testing.assert_array_equal(closure(on_circle(degrees), tau), np.zeros(150))
