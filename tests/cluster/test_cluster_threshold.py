@@ -1,6 +1,7 @@
 """Algorithm 1 and the closure: hand-made point sets, a literal transcription of the paper's
 loop, scikit-learn's DBSCAN, permutation invariance, and the all-patients batching."""
 
+import numba
 import numpy as np
 import pytest
 
@@ -182,6 +183,21 @@ def test_both_equal_dense_references_past_the_pivots(dim, dtype):
         )
         most = max(most, labels.max() + 1)
     assert most > threshold.PIVOTS
+
+
+def test_without_a_writable_cache_the_loops_compile_per_process(monkeypatch):
+    """A read-only install run without a home: numba finds no cache location and refuses
+    cache=True at import; the loops must still compile (and not break the import)."""
+    from numba.core.caching import CacheImpl
+
+    monkeypatch.setattr(CacheImpl, "_locator_classes", [])
+
+    def twice(x):
+        return 2 * x
+
+    with pytest.raises(RuntimeError, match="no locator"):  # what numba does on its own
+        numba.njit(cache=True)(twice)
+    assert threshold._compiled()(twice)(21) == 42
 
 
 def test_the_angle_is_within_its_stated_error():

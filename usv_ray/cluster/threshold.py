@@ -65,7 +65,7 @@ worst (no pair ruled out) each pair is computed once or twice. Memory is ``O(n)`
 patient beyond the embeddings (the ``n x PIVOTS`` angles), so a patient with tens of
 thousands of tracklets fits, if slowly. The loops run on one core (a Ray task's CPU); the
 first call of a process loads them from numba's disk cache (``__pycache__``) or compiles
-them (a few seconds).
+them (a few seconds); where no cache location is writable, each process compiles them.
 
 The seed choice: each round's seed is the unassigned embedding with the highest of the
 priorities ``rng.random(n)`` drawn once up front, which is a uniformly random choice among
@@ -136,6 +136,21 @@ def _cuts(x: np.ndarray, tau: float) -> tuple[np.floating, float]:
     return x.dtype.type(1.0 - tau), math.acos(max(-1.0, 1.0 - tau)) + margin
 
 
+def _compiled(**options):
+    """``numba.njit(**options)`` with numba's disk cache where it finds a writable place
+    (``__pycache__``, ``NUMBA_CACHE_DIR`` or the user's cache directory); without one, as in
+    a read-only install run by an account with no home, numba refuses ``cache=True`` at
+    import, so compile once per process instead."""
+
+    def decorate(function):
+        try:
+            return njit(cache=True, **options)(function)
+        except RuntimeError:  # "cannot cache function ...: no locator available"
+            return njit(**options)(function)
+
+    return decorate
+
+
 @njit(inline="always", fastmath=_FAST)
 def _dot(x, i, j):
     """Dot product of rows ``i`` and ``j``: the same value whichever comes first."""
@@ -150,7 +165,7 @@ def _cos(x, inv, i, j):
     return _dot(x, i, j) * (inv[i] * inv[j])
 
 
-@njit(cache=True, fastmath=_FAST)
+@_compiled(fastmath=_FAST)
 def _squared_norms(x):
     squared = np.empty(x.shape[0], x.dtype)
     for i in range(x.shape[0]):
@@ -184,7 +199,7 @@ def _root(parent, a):
     return a
 
 
-@njit(cache=True, fastmath=_FAST)
+@_compiled(fastmath=_FAST)
 def _closure(x, inv, link, cut):
     """``(n,)`` closure labels of one patient's rows ``x`` ``(n, D)`` (1 / norms ``inv``):
     cosine ``>= link``; angle bounds beyond ``cut`` rule pairs out."""
@@ -269,7 +284,7 @@ def _closure(x, inv, link, cut):
     return labels
 
 
-@njit(cache=True, fastmath=_FAST)
+@_compiled(fastmath=_FAST)
 def _algorithm1(x, inv, link, cut, priority):
     """``(n,)`` Algorithm 1 labels of one patient's rows (cosine ``> link``), seeds in
     decreasing ``priority`` ``(n,)``, clusters numbered in the order they start."""
@@ -326,7 +341,7 @@ def _algorithm1(x, inv, link, cut, priority):
     return labels
 
 
-@njit(cache=True)
+@_compiled()
 def _patients(x, inv, bounds, link, cut, paper, priority):
     """``(N,)`` labels of the patients whose rows are ``x[bounds[p]:bounds[p + 1]]``:
     ``_algorithm1`` (``paper``) or ``_closure`` on each."""
