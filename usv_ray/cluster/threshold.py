@@ -183,10 +183,12 @@ def _angle(cos):
 
 
 @njit(inline="always")
-def _far(theta, i, j, pivots, cut):
-    """Whether a pivot's angles rule the pair ``i``, ``j`` out (see the module docstring)."""
+def _apart(low_a, high_a, low_b, high_b, pivots, cut):
+    """Whether, for one of the first ``pivots`` pivots, the angle ranges ``[low_a, high_a]``
+    and ``[low_b, high_b]`` (rows of angles to the pivots) lie more than ``cut`` apart: no
+    pair across them links (see the module docstring). A row's own range is its angles."""
     for p in range(pivots):  # noqa: SIM110 (numba compiles no any() over a generator)
-        if abs(theta[i, p] - theta[j, p]) > cut:
+        if low_a[p] - high_b[p] > cut or low_b[p] - high_a[p] > cut:
             return True
     return False
 
@@ -252,18 +254,16 @@ def _closure(x, inv, link, cut):
             if _root(parent, g) == _root(parent, h):
                 continue
             shared = min(g + 1, pivots)  # rows of h know leader g's angles, rows of g not h's
-            apart = False
-            for p in range(shared):
-                if low[g, p] - high[h, p] > cut or low[h, p] - high[g, p] > cut:
-                    apart = True
-                    break
-            if apart:
+            if _apart(low[g], high[g], low[h], high[h], shared, cut):
                 continue
             linked = False
             for a in range(starts[g] + 1, starts[g + 1]):
                 for b in range(starts[h], starts[h + 1]):
                     i, j = members[a], members[b]
-                    if not _far(theta, i, j, shared, cut) and _cos(x, inv, i, j) >= link:
+                    angles_i, angles_j = theta[i], theta[j]
+                    if not _apart(angles_i, angles_i, angles_j, angles_j, shared, cut) and (
+                        _cos(x, inv, i, j) >= link
+                    ):
                         linked = True
                         break
                 if linked:
@@ -318,18 +318,16 @@ def _algorithm1(x, inv, link, cut, priority):
             if labels[j] >= 0:
                 continue
             joins = seed_cos[j] > link
-            if not joins:
-                apart = False
-                for p in range(pivots):
-                    if theta[j, p] - high[p] > cut or low[p] - theta[j, p] > cut:
-                        apart = True
+            angles_j = theta[j]
+            if not joins and not _apart(angles_j, angles_j, low, high, pivots, cut):
+                for a in range(1, size):
+                    m = members[a]
+                    angles_m = theta[m]
+                    if not _apart(angles_m, angles_m, angles_j, angles_j, pivots, cut) and (
+                        _cos(x, inv, m, j) > link
+                    ):
+                        joins = True
                         break
-                if not apart:
-                    for a in range(1, size):
-                        m = members[a]
-                        if not _far(theta, m, j, pivots, cut) and _cos(x, inv, m, j) > link:
-                            joins = True
-                            break
             if joins:
                 labels[j] = cluster
                 members[size] = j
