@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from usv_ray.train import EpochReporter, numpy_collate, seed_epoch
+from usv_ray.train import EpochReporter, cpu_weights, numpy_collate, seed_epoch
 
 
 def test_a_checkpoint_is_due_at_a_models_end_and_every_so_many_seconds():
@@ -23,6 +23,21 @@ def _draws(seed, epoch, rank):
     augmentation = torch.rand(4, generator=generator)
     dropout = torch.nn.functional.dropout(torch.ones(64), p=0.5, training=True)
     return augmentation, dropout
+
+
+def test_kept_weights_do_not_follow_the_training_on():
+    # the best epoch's weights, kept on a CPU, must stay that epoch's: a view of the live
+    # parameters would end as the last epoch's (every "best" model was the last one)
+    model = torch.nn.Linear(3, 2)
+    kept = cpu_weights(model.state_dict())
+    before = {k: v.clone() for k, v in kept.items()}
+    with torch.no_grad():
+        model.weight.add_(1.0)
+        model.bias.zero_()
+    for key, value in kept.items():
+        assert not value.requires_grad
+        assert torch.equal(value, before[key]), key
+    assert not torch.equal(kept["weight"], model.weight.detach())
 
 
 def test_an_epochs_draws_depend_on_seed_epoch_and_rank_alone():

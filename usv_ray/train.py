@@ -148,8 +148,12 @@ def last_state(storage: Path, name: str) -> dict | None:
 
 
 def cpu_weights(state_dict: dict) -> dict:
-    """A model's weights as detached CPU tensors: what a checkpoint or a weights file keeps."""
-    return {k: v.detach().cpu() for k, v in state_dict.items()}
+    """A model's weights as detached CPU copies: what a checkpoint or a weights file keeps.
+
+    Always a copy: ``.cpu()`` of a tensor already on the CPU is the tensor itself, so a
+    "best so far" kept that way would follow the training on and end as the last weights.
+    """
+    return {k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()}
 
 
 def model_path(folder: Path, key: str) -> Path:
