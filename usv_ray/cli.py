@@ -143,7 +143,9 @@ def _print_index(summary) -> None:
     agreement = (
         f"\n  vs annotated nodules ({scores['tracklets']} tracklets, {scores['true_nodules']} "
         f"nodules): pairwise precision {100 * scores['precision']:.1f}, recall "
-        f"{100 * scores['recall']:.1f}, F {100 * scores['f_score']:.1f}"
+        f"{100 * scores['recall']:.1f}, F {100 * scores['f_score']:.1f}; nodule count right "
+        f"for {scores['patients_right_count']} of {scores['patients']} patients (mean error "
+        f"{scores['count_error']:.2f})"
         if scores
         else ""
     )

@@ -8,7 +8,13 @@ import warnings
 import numpy as np
 import pytest
 
-from usv_ray.cluster.metrics import PairScores, pair_counts, pairwise_scores
+from usv_ray.cluster.metrics import (
+    CountAgreement,
+    PairScores,
+    count_agreement,
+    pair_counts,
+    pairwise_scores,
+)
 from usv_ray.evaluate.metrics import MetricWarning
 
 
@@ -114,3 +120,31 @@ def test_bad_input_is_a_clear_error(truth, pred, patients, match):
         pairwise_scores(
             np.array(truth, dtype=object), np.array(pred, dtype=object), np.array(patients)
         )
+
+
+def test_count_agreement_by_hand():
+    # patient a: 2 nodules, 3 clusters; b: 1 nodule (label reused from a), 1 cluster;
+    # c: 2 nodules merged into 1 cluster
+    truth = ["n0", "n0", "n1", "n0", "n0", "x", "y"]
+    pred = [0, 1, 2, 0, 0, 5, 5]
+    patients = ["a", "a", "a", "b", "b", "c", "c"]
+    assert count_agreement(truth, pred, patients) == CountAgreement(3, 1, 2 / 3, 5, 5)
+
+
+def test_count_agreement_matches_brute_force():
+    rng = np.random.default_rng(4)
+    patients = rng.integers(0, 30, 400)
+    truth, pred = rng.integers(0, 4, 400), rng.integers(0, 6, 400)
+    errors = [
+        abs(len(set(pred[patients == p])) - len(set(truth[patients == p])))
+        for p in np.unique(patients)
+    ]
+    got = count_agreement(truth, pred, patients)
+    assert got.patients == len(errors) and got.exact == errors.count(0)
+    assert math.isclose(got.mean_error, sum(errors) / len(errors))
+    assert got.clusters == sum(len(set(pred[patients == p])) for p in np.unique(patients))
+
+
+def test_count_agreement_of_nothing():
+    got = count_agreement([], [], [])
+    assert (got.patients, got.exact, got.clusters) == (0, 0, 0) and math.isnan(got.mean_error)

@@ -75,6 +75,8 @@ def test_first_build_finds_each_patients_nodules(archive):
     s = run_index(archive["cfg"], archive["data"], archive["model"], archive["out"])
     assert (s.patients, s.tracklets, s.nodules, s.embedded_now, s.reused) == (3, 12, 6, 12, 0)
     assert s.scores["precision"] == s.scores["recall"] == 1.0  # the toy truth, exactly
+    assert s.scores["patients_right_count"] == s.scores["patients"] == 3
+    assert s.scores["count_error"] == 0.0 and s.scores["true_nodules"] == 6
     index = _nodules(archive["out"])
     assert pq.read_schema(archive["out"] / "nodules.parquet").equals(NODULES)
     assert {r["n_tracklets"] for r in index.values()} == {2}

@@ -26,7 +26,7 @@ import numpy as np
 
 from usv_ray.evaluate.metrics import MetricWarning
 
-__all__ = ["PairScores", "pair_counts", "pairwise_scores"]
+__all__ = ["CountAgreement", "PairScores", "count_agreement", "pair_counts", "pairwise_scores"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,17 @@ class PairScores:
     tp: int  # within-patient pairs in one cluster and of one nodule
     fp: int  # in one cluster, of two nodules
     fn: int  # of one nodule, in two clusters
+
+
+@dataclass(frozen=True)
+class CountAgreement:
+    """How well the number of clusters per patient matches the number of true nodules."""
+
+    patients: int
+    exact: int  # patients with as many clusters as true nodules
+    mean_error: float  # mean over patients of |clusters - nodules| (NaN without patients)
+    clusters: int  # over all patients
+    nodules: int
 
 
 def _codes(values: np.ndarray, name: str) -> np.ndarray:
@@ -113,3 +124,28 @@ def pairwise_scores(truth: np.ndarray, pred: np.ndarray, patients: np.ndarray) -
     recall = _ratio(tp, tp + fn, "pairwise recall is undefined: no true pairs")
     f_score = _ratio(2 * tp, 2 * tp + fp + fn, "pairwise F-score is undefined: no pairs")
     return PairScores(precision, recall, f_score, tp, fp, fn)
+
+
+def count_agreement(truth: np.ndarray, pred: np.ndarray, patients: np.ndarray) -> CountAgreement:
+    """Clusters vs true nodules, counted per patient (arguments as :func:`pair_counts`).
+
+    Pairwise scores say how tracklets were grouped; this says what a reader of the index
+    sees first: how many nodules it lists for each patient, against how many there are.
+    """
+    truth, pred, patients = (np.asarray(a) for a in (truth, pred, patients))
+    pair_counts(truth, pred, patients)  # the same validation of shapes and labels
+    if truth.size == 0:
+        return CountAgreement(0, 0, float("nan"), 0, 0)
+    patient = _codes(patients, "patients")
+    n = int(patient.max()) + 1
+
+    def per_patient(labels: np.ndarray) -> np.ndarray:  # (P,) distinct labels per patient
+        cell = np.unique(patient * (int(labels.max()) + 1) + labels)
+        return np.bincount(cell // (int(labels.max()) + 1), minlength=n)
+
+    clusters = per_patient(_codes(pred, "pred"))
+    nodules = per_patient(_codes(truth, "truth"))
+    error = np.abs(clusters - nodules)
+    return CountAgreement(
+        n, int((error == 0).sum()), float(error.mean()), int(clusters.sum()), int(nodules.sum())
+    )

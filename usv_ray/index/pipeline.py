@@ -234,8 +234,9 @@ def _error_rows(bad: pd.DataFrame, failed: dict[str, str]) -> list[dict]:
 
 
 def _scores(table: pa.Table, tracklets: pd.DataFrame) -> dict | None:
-    """Pairwise precision / recall / F of the index vs the annotated nodule ids."""
-    from usv_ray.cluster.metrics import pairwise_scores
+    """Pairwise precision / recall / F of the index vs the annotated nodule ids, and how
+    often it lists the right number of nodules for a patient."""
+    from usv_ray.cluster.metrics import count_agreement, pairwise_scores
 
     members = table.select(["patient_key", "nodule_uid", "tracklet_ids"]).to_pandas()
     members = members.explode("tracklet_ids").rename(columns={"tracklet_ids": "tracklet_id"})
@@ -243,15 +244,18 @@ def _scores(table: pa.Table, tracklets: pd.DataFrame) -> dict | None:
     both = members.merge(truth, on="tracklet_id")
     if both.empty:
         return None
-    s = pairwise_scores(
-        both["nodule_id"].to_numpy(), both["nodule_uid"].to_numpy(), both["patient_key"].to_numpy()
-    )
+    truth, pred, patients = (both[c].to_numpy() for c in ("nodule_id", "nodule_uid", "patient_key"))
+    s = pairwise_scores(truth, pred, patients)
+    counts = count_agreement(truth, pred, patients)
     return {
         "precision": s.precision,
         "recall": s.recall,
         "f_score": s.f_score,
         "tracklets": len(both),
-        "true_nodules": int(both.groupby(["patient_key", "nodule_id"]).ngroups),
+        "true_nodules": counts.nodules,
+        "patients": counts.patients,
+        "patients_right_count": counts.exact,  # as many nodules listed as annotated
+        "count_error": counts.mean_error,  # mean |listed - annotated| per patient
     }
 
 
