@@ -80,10 +80,13 @@ class TrackletEmbedder:
     """Tracklet rows (``EMBED_COLUMNS``) -> :data:`EMBEDDINGS` rows, one model per actor.
 
     Clips are shaped as the model was trained (its file says how), whatever ``cfg`` says.
+    ``device`` None: the GPU when the process sees one (a Ray actor with ``num_gpus=1``).
     """
 
-    def __init__(self, model_file: str, cfg: ReidConfig, batch_size: int = 16) -> None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    def __init__(
+        self, model_file: str, cfg: ReidConfig, batch_size: int = 16, device: str | None = None
+    ) -> None:
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         loaded = load_reid_model(model_file, device)
         self.model, self.model_id = loaded.model, loaded.model_id
         self.device = torch.device(device)
