@@ -140,8 +140,8 @@ def count_agreement(truth: np.ndarray, pred: np.ndarray, patients: np.ndarray) -
     n = int(patient.max()) + 1
 
     def per_patient(labels: np.ndarray) -> np.ndarray:  # (P,) distinct labels per patient
-        cell = np.unique(patient * (int(labels.max()) + 1) + labels)
-        return np.bincount(cell // (int(labels.max()) + 1), minlength=n)
+        width = int(labels.max()) + 1
+        return np.bincount(np.unique(patient * width + labels) // width, minlength=n)
 
     clusters = per_patient(_codes(pred, "pred"))
     nodules = per_patient(_codes(truth, "truth"))
