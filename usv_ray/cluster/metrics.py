@@ -72,6 +72,21 @@ def _pairs_within(*keys: np.ndarray) -> int:
     return int((counts * (counts - 1) // 2).sum())
 
 
+def _arrays(
+    truth: np.ndarray, pred: np.ndarray, patients: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The three label columns as arrays; ValueError unless 1-D of one length."""
+    truth, pred, patients = (np.asarray(a) for a in (truth, pred, patients))
+    if not truth.ndim == pred.ndim == patients.ndim == 1 or not (
+        truth.shape == pred.shape == patients.shape
+    ):
+        raise ValueError(
+            "truth, pred and patients must be 1-D of one length, got shapes "
+            f"{truth.shape}, {pred.shape}, {patients.shape}"
+        )
+    return truth, pred, patients
+
+
 def pair_counts(truth: np.ndarray, pred: np.ndarray, patients: np.ndarray) -> tuple[int, int, int]:
     """``(tp, fp, fn)`` over the within-patient pairs (see the module docstring).
 
@@ -85,14 +100,7 @@ def pair_counts(truth: np.ndarray, pred: np.ndarray, patients: np.ndarray) -> tu
     Raises:
         ValueError: inputs not 1-D of one length, or a missing label.
     """
-    truth, pred, patients = (np.asarray(a) for a in (truth, pred, patients))
-    if not truth.ndim == pred.ndim == patients.ndim == 1 or not (
-        truth.shape == pred.shape == patients.shape
-    ):
-        raise ValueError(
-            "truth, pred and patients must be 1-D of one length, got shapes "
-            f"{truth.shape}, {pred.shape}, {patients.shape}"
-        )
+    truth, pred, patients = _arrays(truth, pred, patients)
     if truth.size == 0:
         return 0, 0, 0
     patient = _codes(patients, "patients")
@@ -132,8 +140,7 @@ def count_agreement(truth: np.ndarray, pred: np.ndarray, patients: np.ndarray) -
     Pairwise scores say how tracklets were grouped; this says what a reader of the index
     sees first: how many nodules it lists for each patient, against how many there are.
     """
-    truth, pred, patients = (np.asarray(a) for a in (truth, pred, patients))
-    pair_counts(truth, pred, patients)  # the same validation of shapes and labels
+    truth, pred, patients = _arrays(truth, pred, patients)
     if truth.size == 0:
         return CountAgreement(0, 0, float("nan"), 0, 0)
     patient = _codes(patients, "patients")

@@ -244,9 +244,10 @@ def _scores(table: pa.Table, tracklets: pd.DataFrame) -> dict | None:
     both = members.merge(truth, on="tracklet_id")
     if both.empty:
         return None
-    columns = ("nodule_id", "nodule_uid", "patient_key")  # truth, prediction, patient
-    s = pairwise_scores(*(both[c].to_numpy() for c in columns))
-    counts = count_agreement(*(both[c].to_numpy() for c in columns))
+    # truth, prediction, patient
+    columns = [both[c].to_numpy() for c in ("nodule_id", "nodule_uid", "patient_key")]
+    s = pairwise_scores(*columns)
+    counts = count_agreement(*columns)
     return {
         "precision": s.precision,
         "recall": s.recall,
