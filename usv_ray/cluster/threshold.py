@@ -394,10 +394,7 @@ def algorithm1(embeddings: np.ndarray, tau: float, rng: np.random.Generator) -> 
     """
     x = _check_embeddings(embeddings)
     tau = _check_tau(tau)
-    inverse = _inverse_norms(x)
-    if x.shape[0] == 0:
-        return np.zeros(0, dtype=np.int64)
-    return _algorithm1(x, inverse, *_cuts(x, tau), rng.random(x.shape[0]))
+    return _algorithm1(x, _inverse_norms(x), *_cuts(x, tau), rng.random(x.shape[0]))
 
 
 def cluster_patients(
@@ -451,11 +448,8 @@ def cluster_patients(
     order = np.argsort(codes, kind="stable")  # (N,) rows by patient, input order within
     # Algorithm 1: one draw in patient order = one rng.random(n_p) per patient in turn (PCG64
     # doubles come one per 64-bit output), so each patient sees what algorithm1 would draw.
-    priority = (
-        np.random.default_rng(seed).random(x.shape[0])  # (N,) by position in order
-        if method == "algorithm1"
-        else np.zeros(x.shape[0])
-    )
+    # The closure reads no priority: an empty one, whose slices are empty too.
+    priority = np.random.default_rng(seed).random(x.shape[0] if method == "algorithm1" else 0)
 
     bounds = np.concatenate([[0], np.cumsum(np.bincount(codes))])  # (P + 1,) in `order`
     link, cut = _cuts(x, tau)
