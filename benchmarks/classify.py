@@ -10,7 +10,7 @@
    On the CPU with 1 torch thread (a Train worker's default, ``classify.cpus_per_worker``
    1) and with ``--threads``: from 2 threads on, the zero-padded input runs oneDNN's fused,
    multi-threaded LSTM, which PyTorch has for unpacked input only, so the ratio falls;
-3. Ray Train: CNN training images/s of ``fit_cnns`` with 1 worker (its ``images_per_s``: the
+3. Ray Train: CNN training images/s of ``fit_cnns`` with 1 worker (its ``samples_per_s``: the
    steady epochs, Ray's start-up left out) vs a bare PyTorch loop on the same frames held
    in memory, same model, batch size, normalise/augment and thread count; the bare loop's
    epochs run before and after the fit, so its median brackets it (target: at least 0.85);
@@ -336,7 +336,7 @@ def ray_vs_bare(
     # from other work on a shared machine drifts over the minutes this takes
     bare_rates += [bare.epoch() for _ in range(2)]
     bare_rate = statistics.median(bare_rates)
-    return run.images_per_s, bare_rate, worker_threads, torch.get_num_threads()
+    return run.samples_per_s, bare_rate, worker_threads, torch.get_num_threads()
 
 
 # -----------------------------------------------------------------------------

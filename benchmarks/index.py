@@ -54,10 +54,10 @@ import numpy as np
 from usv_ray.cluster.metrics import pairwise_scores
 from usv_ray.cluster.threshold import algorithm1, closure, cluster_patients
 from usv_ray.config import RayConfig, ReidConfig
+from usv_ray.schemas import EMBEDDING_DIM
 
 TAU = 0.35  # between the ~0.15 same-nodule and ~1 different-nodule cosine distances
 NOISE = 0.4  # norm of the noise added to a unit nodule centre
-DIM = 512
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,9 @@ def noisy_unit(centres: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def patient_embeddings(n: int, n_nodules: int, rng: np.random.Generator) -> np.ndarray:
-    """``(n, DIM)`` float32 tracklet embeddings of one patient with ``n_nodules`` nodules."""
-    centres = rng.standard_normal((n_nodules, DIM)).astype(np.float32)
+    """``(n, EMBEDDING_DIM)`` float32 tracklet embeddings of one patient with ``n_nodules``
+    nodules."""
+    centres = rng.standard_normal((n_nodules, EMBEDDING_DIM)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     x = noisy_unit(centres[rng.integers(n_nodules, size=n)], rng)
     return x / np.linalg.norm(x, axis=1, keepdims=True)  # the re-ID model's output is unit
@@ -159,7 +160,7 @@ def section_per_patient(args: argparse.Namespace) -> list[Figure]:
 def archive_embeddings(
     n_rows: int, n_patients: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(embeddings (N, DIM) float32, patients (N,) int64, nodule (N,) int64)`` of a
+    """``(embeddings (N, EMBEDDING_DIM) float32, patients (N,) int64, nodule (N,) int64)`` of a
     synthetic archive: every patient has at least one tracklet (about N / P on average),
     1-3 nodules, rows in random order. Nodule centres come from a pool of 4096 random unit
     vectors (only within-patient distinctness matters; a patient's nodules rarely share
@@ -170,10 +171,10 @@ def archive_embeddings(
     patients = rng.permutation(np.repeat(np.arange(n_patients), sizes))  # (N,)
     n_nodules = rng.integers(1, 4, size=n_patients)  # (P,)
     nodule = (rng.random(n_rows) * n_nodules[patients]).astype(np.int64)  # (N,)
-    pool = rng.standard_normal((4096, DIM)).astype(np.float32)
+    pool = rng.standard_normal((4096, EMBEDDING_DIM)).astype(np.float32)
     pool /= np.linalg.norm(pool, axis=1, keepdims=True)
     centre = (patients * 7919 + nodule * 104_729) % len(pool)  # (N,) a pool row per nodule
-    embeddings = np.empty((n_rows, DIM), dtype=np.float32)
+    embeddings = np.empty((n_rows, EMBEDDING_DIM), dtype=np.float32)
     for first in range(0, n_rows, 65_536):
         rows = slice(first, min(n_rows, first + 65_536))
         embeddings[rows] = noisy_unit(pool[centre[rows]], rng)
@@ -186,7 +187,8 @@ def section_all_patients(args: argparse.Namespace) -> list[Figure]:
     started = time.perf_counter()
     embeddings, patients, nodule = archive_embeddings(n_rows, n_patients, np.random.default_rng(2))
     print(
-        f"{n_rows:,} x {DIM} float32 embeddings ({embeddings.nbytes / 2**30:.1f} GiB) over "
+        f"{n_rows:,} x {EMBEDDING_DIM} float32 embeddings "
+        f"({embeddings.nbytes / 2**30:.1f} GiB) over "
         f"{n_patients:,} patients (at most {np.bincount(patients).max()} tracklets each) "
         f"generated in {time.perf_counter() - started:.1f} s",
         flush=True,

@@ -227,11 +227,11 @@ def ray_vs_bare(tmp: Path, epochs: int, n_nodules: int) -> tuple[float, float, i
         object_store_memory=256 * 2**20,
     )
     try:
-        _, summary = fit_reid(cfg, "CM", tmp, ids, val, tmp / "runs", "bench")
+        _, trained = fit_reid(cfg, "CM", tmp, ids, val, tmp / "runs", "bench")
     finally:
         ray.shutdown()
     bare += bare_cm_rates(cfg, tmp, ids, 3)[1:]
-    return statistics.median(summary["clips_per_s"][1:]), statistics.median(bare), threads
+    return statistics.median(trained.rates[1:]), statistics.median(bare), threads
 
 
 # -----------------------------------------------------------------------------

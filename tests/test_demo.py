@@ -14,6 +14,7 @@ from usv_ray.classify.pipeline import EQUAL, TABLE3, TABLE4, VARIABLE, run_class
 from usv_ray.config import ConfigError, load_config
 from usv_ray.imaging import normalise
 from usv_ray.schemas import EMBEDDINGS, NODULES, PREDICTIONS
+from usv_ray.train import load_model
 
 
 def _predictions(root) -> pd.DataFrame:
@@ -58,7 +59,7 @@ def test_demo_features_of_fold_k_come_from_the_fold_k_cnn(demo_run):
     for k in range(cfg.classify.folds):
         model = FrameCNN()
         model.load_state_dict(
-            torch.load(root / "classify" / "runs" / "cnn" / "models" / f"fold={k}.pt")
+            load_model(root / "classify" / "runs" / "cnn" / "models" / f"fold={k}.pt")[0]
         )
         with torch.no_grad():
             expected = model.eval().features(normalise(images)).numpy()  # (T, 512)

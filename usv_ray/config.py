@@ -77,6 +77,10 @@ class IngestConfig:
 
 
 VideoModel = Literal["C3D_BN", "R3D", "R(2+1)D"]
+# the training runner's settings (usv_ray.train): numeric precision of the training steps,
+# and the validation metric whose best epoch a model keeps (loss: lowest; acc, auc: highest)
+Precision = Literal["fp32", "bf16", "fp16"]
+BestMetric = Literal["val_loss", "val_acc", "val_auc"]
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,14 @@ class ClassifyConfig:
     cnn_epochs: int = 2  # paper: 300
     cnn_batch_size: int = 32  # per worker; paper: 256
     cnn_lr: float = 1e-4  # Adam; paper: 1e-5
-    val_every: int = 1  # validate every N epochs and keep the best model; paper: 20
+    cnn_best: BestMetric = "val_loss"  # what picks the frame CNN's best epoch
+    # every model (frame CNN, LSTMs, 3D CNNs) validates every N epochs and at its last, on
+    # its fold's validation patients, and keeps its best epoch by its *_best metric; paper: 20
+    val_every: int = 1
+    # fp32 | bf16 | fp16 (with a gradient scaler): autocast of the training steps; fp32 on a
+    # CPU (bf16 there is slower than fp32 on most CPUs), bf16 on GPUs that have it
+    precision: Precision = "fp32"
+    channels_last: bool = False  # the frame CNN in NHWC memory layout (faster on GPUs)
     # checkpoint a model's last epoch, and between at most every this many seconds (0: every
     # epoch): a checkpoint of a few hundred MB after each few-second epoch slows training
     checkpoint_every_s: float = 60.0
@@ -99,6 +110,7 @@ class ClassifyConfig:
     lstm_batch_size: int = 32  # videos per batch, per worker
     lstm_lr: float = 1e-3  # Adam; paper: 1e-5
     lstm_hidden: int = 256
+    lstm_best: BestMetric = "val_loss"
     # Ray Train workers of the LSTM runs; 0 trains in the calling process without Ray Train
     # (on its CPU): no worker start-up, which on a laptop is most of a small LSTM run
     lstm_workers: int = 1
@@ -111,6 +123,7 @@ class ClassifyConfig:
     video_epochs: int = 2
     video_batch_size: int = 8  # clips per batch, per worker
     video_lr: float = 1e-4  # Adam
+    video_best: BestMetric = "val_loss"
     threshold: float = 0.5  # P(malignant) at or above it reads malignant
     n_boot: int = 1000  # bootstrap resamples over patients for the 95% CIs
 
@@ -131,6 +144,9 @@ class ReidConfig:
     clip_height: int = 256  # clips are resized from the ingest patch size to this
     clip_width: int = 128
     epochs: int = 10  # not given in the paper
+    val_every: int = 1  # validate every N epochs (and at the last) on the validation patients
+    best: BestMetric = "val_acc"  # the best epoch: validation pair accuracy (the paper's)
+    precision: Precision = "fp32"  # as classify.precision
     checkpoint_every_s: float = 60.0  # as classify.checkpoint_every_s
     p: int = 8  # CM batches: P nodules x K tracklets each, per worker
     k: int = 4

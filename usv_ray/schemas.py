@@ -68,6 +68,7 @@ TRACKLETS = pa.schema(
     ]
 )
 
+NUM_CLASSES = 2  # labels: 0 benign, 1 malignant
 FEATURE_DIM = 512  # the frame CNN's pooled output
 
 FEATURES = pa.schema(

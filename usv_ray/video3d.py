@@ -1,28 +1,10 @@
-"""Gray video clips for 3D CNNs, shared by the classify baselines and the re-ID extractor.
-
-Uniform frame positions along a sequence, and torchvision's video networks with a
-one-channel (gray B-mode) stem in place of the RGB one.
+"""Torchvision's video networks on gray clips, shared by the classify baselines and the
+re-ID extractor: a one-channel (gray B-mode) stem in place of the RGB one.
 """
 
 from __future__ import annotations
 
-import numpy as np
 from torch import nn
-
-
-def clip_positions(length: int, count: int) -> np.ndarray:
-    """``count`` frame positions spread uniformly over ``length`` frames, both ends included.
-
-    With fewer frames than ``count`` the positions repeat (each is the nearest frame), so
-    every sequence of at least one frame gets a clip. Returns int64 ``(count,)``,
-    non-decreasing.
-
-    Raises:
-        ValueError: if ``length`` or ``count`` is below 1.
-    """
-    if length < 1 or count < 1:
-        raise ValueError(f"need length >= 1 and count >= 1, got length={length}, count={count}")
-    return np.rint(np.linspace(0, length - 1, count)).astype(np.int64)
 
 
 def gray_stem_conv(conv: nn.Conv3d) -> nn.Conv3d:

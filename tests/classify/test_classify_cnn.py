@@ -13,6 +13,7 @@ from toy_frames import write_toy_frames
 from usv_ray.classify.cnn import CnnFold, collate_frames, fit_cnns
 from usv_ray.config import ClassifyConfig
 from usv_ray.imaging import augment, normalise
+from usv_ray.train import load_model
 
 
 def test_collate_and_augment_shapes():
@@ -112,36 +113,36 @@ def test_fit_cnns_learns_every_fold_and_a_rerun_trains_only_what_is_missing(kill
     cfg, folds, root, runs = (killed_run[k] for k in ("cfg", "folds", "root", "runs"))
     assert sorted(runs) == [0, 1]
     for run in runs.values():
-        assert run.best.exists()
-        assert run.best_val_loss < 0.69  # below chance (ln 2): it learnt the toy labels
-        assert run.images_per_s > 0 and math.isfinite(run.images_per_s)
+        assert run.path.exists()
+        assert run.best_value < 0.69  # below chance (ln 2): it learnt the toy labels
+        assert run.samples_per_s > 0 and math.isfinite(run.samples_per_s)
         model = FrameCNN()
-        model.load_state_dict(torch.load(run.best))  # the best weights load into a fresh model
-    assert runs[0].best != runs[1].best
+        model.load_state_dict(load_model(run.path)[0])  # the best weights load into a fresh model
+    assert runs[0].path != runs[1].path
 
     # every fold finished: a rerun starts no Ray Train run and reports the same figures
     checkpoints = _registered_checkpoints(root / "runs" / "cnn")
-    written = [run.best.stat().st_mtime_ns for run in runs.values()]
+    written = [run.path.stat().st_mtime_ns for run in runs.values()]
     again = fit_cnns(cfg, root / "data", folds, root / "runs", "cnn")
     assert again == runs
     assert _registered_checkpoints(root / "runs" / "cnn") == checkpoints
-    assert [run.best.stat().st_mtime_ns for run in again.values()] == written
+    assert [run.path.stat().st_mtime_ns for run in again.values()] == written
 
     # a lost weights file: a rerun (a new Ray Train run, restored from the checkpoint that
     # lists the fold as done) trains that fold again, from scratch, and leaves the other
-    resumed = torch.load(runs[1].best)  # fold 1 was killed mid-run and resumed
-    runs[1].best.unlink()
+    resumed = load_model(runs[1].path)[0]  # fold 1 was killed mid-run and resumed
+    runs[1].path.unlink()
     redone = fit_cnns(cfg, root / "data", folds, root / "runs", "cnn")
-    assert redone[1].best.exists() and redone[1].start_epoch == 0
-    assert redone[1].best_val_loss < 0.69
-    assert redone[0] == runs[0] and runs[0].best.stat().st_mtime_ns == written[0]
+    assert redone[1].path.exists() and redone[1].start_epoch == 0
+    assert redone[1].best_value < 0.69
+    assert redone[0] == runs[0] and runs[0].path.stat().st_mtime_ns == written[0]
     # reproducible: trained from scratch without a kill, it ends with the very weights that
     # the killed and resumed training ended with (same batches in the same order, the same
     # augmentation and dropout draws in every epoch, the optimizer state restored)
-    uninterrupted = torch.load(redone[1].best)
+    uninterrupted = load_model(redone[1].path)[0]
     assert uninterrupted.keys() == resumed.keys()
     assert all(torch.equal(uninterrupted[k], resumed[k]) for k in resumed)
-    assert redone[1].best_val_loss == runs[1].best_val_loss
+    assert redone[1].best_value == runs[1].best_value
 
 
 @pytest.mark.ray
@@ -152,5 +153,5 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(killed_run):
     cfg, runs = killed_run["cfg"], killed_run["runs"]
     assert killed_run["killed_at"][-1] == f"epoch_{cfg.cnn_epochs:04d}"
     assert runs[0].start_epoch == 0  # trained before the kill, whole
-    assert (runs[0].best.stat().st_mtime_ns) == killed_run["fold_0_written"]  # not again
+    assert (runs[0].path.stat().st_mtime_ns) == killed_run["fold_0_written"]  # not again
     assert 1 <= runs[1].start_epoch < cfg.cnn_epochs  # continued, not from scratch

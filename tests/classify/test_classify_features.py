@@ -9,12 +9,12 @@ from usv_ray.classify.models import FrameCNN
 from usv_ray.config import ClassifyConfig
 from usv_ray.imaging import normalise
 from usv_ray.schemas import FEATURES
+from usv_ray.train import load_model, save_model
 
 
 def _weights(path):
     torch.manual_seed(3)
-    torch.save(FrameCNN().state_dict(), path)
-    return path
+    return save_model(path.parent, path.stem, FrameCNN().state_dict(), {"model": "FrameCNN"})
 
 
 def test_embedder_matches_the_model_without_ray(tmp_path):
@@ -33,7 +33,7 @@ def test_embedder_matches_the_model_without_ray(tmp_path):
     assert table.schema.equals(FEATURES) and table.num_rows == 3
     assert table["frame_index"].to_pylist() == [3, 7, 0]
     model = FrameCNN()
-    model.load_state_dict(torch.load(weights))
+    model.load_state_dict(load_model(weights)[0])
     model.eval()
     with torch.no_grad():
         x = normalise(torch.from_numpy(images[:, None]))

@@ -3,6 +3,7 @@ import dataclasses
 import numpy as np
 import pyarrow as pa
 import pytest
+from runner_checks import assert_resume_is_exact
 
 from usv_ray.classify.lstm import (
     LstmJob,
@@ -13,11 +14,11 @@ from usv_ray.classify.lstm import (
     load_sequences,
     predict,
     rank_batches,
-    uniform_positions,
 )
 from usv_ray.config import ClassifyConfig
 from usv_ray.io import write_table
 from usv_ray.schemas import FEATURE_DIM, FEATURES
+from usv_ray.train import training_log
 
 
 def _videos(n: int, seed: int = 0) -> list[VideoFeatures]:
@@ -52,13 +53,6 @@ def test_load_sequences_orders_frames_and_keeps_labelled_videos(tmp_path):
     assert loaded[1].features[:, 0].tolist() == [0.0, 1.0, 2.0]  # frame order restored
     write_table(FEATURES.empty_table(), tmp_path / "fold=1" / "part.parquet")
     assert load_sequences(tmp_path / "fold=1", {"a": 1}) == []
-
-
-@pytest.mark.parametrize(
-    ("length", "count", "expected"), [(30, 3, [0, 14, 29]), (12, 12, list(range(12)))]
-)
-def test_uniform_positions(length, count, expected):
-    assert uniform_positions(length, count).tolist() == expected
 
 
 def test_equal_frame_set_drops_short_videos():
@@ -147,3 +141,25 @@ def test_fit_lstms_learns_and_reruns_only_what_is_missing(ray_session, tmp_path)
     equal = job_sequences(tmp_path / "features", table, LstmJob(1, 12), train=False)
     equal_labels = np.array([v.label for v in equal])
     assert ((predict(cfg, missing, equal) >= 0.5) == equal_labels).mean() > 0.75  # it learnt
+
+
+def test_fit_lstms_validates_and_a_killed_run_resumes_exactly(monkeypatch, tmp_path):
+    # in this process (lstm_workers: 0): the runner's loop as on a Ray Train worker
+    videos = _videos(24, seed=2)
+    folds = {v.video_id: i % 2 for i, v in enumerate(videos)}
+    _write_cache(tmp_path / "features", videos, folds=range(2))
+    table = {v.video_id: (v.label, folds[v.video_id]) for v in videos}
+    val_ids = {0: ["v001", "v003"], 1: ["v000", "v002"]}  # held out of training, validate
+    cfg = ClassifyConfig(
+        lstm_epochs=3, lstm_batch_size=4, lstm_hidden=8, lstm_workers=0, checkpoint_every_s=0
+    )
+    jobs = [LstmJob(0), LstmJob(1, 4)]
+
+    def fit(storage):
+        paths = fit_lstms(cfg, tmp_path / "features", table, jobs, storage, "lstm", val_ids)
+        return {job.key: path for job, path in paths.items()}
+
+    assert_resume_is_exact(monkeypatch, fit, tmp_path, "lstm", kill_after=4)
+    log = training_log(tmp_path / "uninterrupted", "lstm")
+    assert all(row["val_samples"] == 2 for row in log)  # every epoch validates the held-out two
+    assert {row["train_samples"] for row in log if row["model"] == "fold=0_variable"} == {10}

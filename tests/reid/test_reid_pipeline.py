@@ -132,13 +132,15 @@ def test_no_annotated_nodules_is_a_clear_error(tmp_path):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_training_resumes_from_its_checkpoint(reid_run, tmp_path):
+def test_a_finished_model_is_final(reid_run, tmp_path):
     cfg, data, out, splits = reid_run
     train = splits.loc[splits["split"] == "train", "tracklet_id"]
     val = splits.loc[splits["split"] == "val", "tracklet_id"]
     shutil.copytree(out / "runs" / "reid_CM", tmp_path / "reid_CM")  # the demo's run stays
     longer = dataclasses.replace(cfg.reid, epochs=cfg.reid.epochs + 1)
-    # The stage's own CM run stopped after its epochs; asking for one more continues it.
-    weights, summary = fit_reid(longer, "CM", data, train, val, tmp_path, "reid_CM")
-    assert summary["start_epoch"] == cfg.reid.epochs and len(summary["clips_per_s"]) == 1
+    # the stage's CM run finished its epochs: asking the same run for more is an error
+    with pytest.raises(ValueError, match=f"trained for {cfg.reid.epochs} epochs"):
+        fit_reid(longer, "CM", data, train, val, tmp_path, "reid_CM")
+    weights, trained = fit_reid(cfg.reid, "CM", data, train, val, tmp_path, "reid_CM")
+    assert trained.epochs == cfg.reid.epochs and trained.metric == "val_acc"
     assert weights and all(v.device.type == "cpu" for v in weights.values())

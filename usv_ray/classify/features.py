@@ -21,6 +21,7 @@ from usv_ray.imaging import normalise
 from usv_ray.io import write_dataset
 from usv_ray.runtime import actor_cpus
 from usv_ray.schemas import FEATURE_DIM, FEATURES
+from usv_ray.train import load_model
 
 
 class FrameEmbedder:
@@ -31,7 +32,7 @@ class FrameEmbedder:
 
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.model = FrameCNN()
-        self.model.load_state_dict(torch.load(weights, map_location="cpu"))
+        self.model.load_state_dict(load_model(weights)[0])
         self.model.to(self.device).eval()
         self.fold = fold
 

@@ -7,18 +7,19 @@ out, as in the paper (the variable-frame set keeps more videos).
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 import torch
 
 from usv_ray.config import ClassifyConfig
+from usv_ray.frames import uniform_positions
 from usv_ray.schemas import FEATURE_DIM
-from usv_ray.train import fit, model_path, save_model, unwrap
+from usv_ray.train import RunSettings, Worker, classifier_scores, load_model, train_models
 
 
 @dataclass(frozen=True)
@@ -46,11 +47,6 @@ def load_sequences(folder: Path, labels: dict[str, int]) -> list[VideoFeatures]:
         for a, b in zip(starts, ends, strict=True)
         if video_ids[a] in labels
     ]
-
-
-def uniform_positions(length: int, count: int) -> np.ndarray:
-    """``count`` positions spread uniformly over ``length`` frames (count <= length)."""
-    return np.rint(np.linspace(0, length - 1, count)).astype(int)
 
 
 def equal_frame_set(sequences: Sequence[VideoFeatures], n: int) -> list[VideoFeatures]:
@@ -105,71 +101,96 @@ def rank_batches(
     return [mine[i : i + batch_size] for i in range(0, per_rank, batch_size)]
 
 
-def _train_jobs(
-    config: dict,
-    rank: int = 0,
-    world: int = 1,
-    device: torch.device | None = None,
-    prepare: Callable[[torch.nn.Module], torch.nn.Module] = lambda model: model,
-    report: Callable[[dict], None] = lambda metrics: None,
-) -> list[str]:
-    """Train each job of ``config`` not finished yet, one after another, as rank ``rank`` of
-    ``world`` (``prepare`` wraps a model for DDP, ``report`` reports a finished one); rank
-    0 saves every model. Returns the keys of the jobs it trained."""
-    from usv_ray.classify.models import VariableFrameLSTM, pad_features, video_nll
+@dataclass(frozen=True)
+class LstmTask:
+    """One LSTM to train (a :class:`usv_ray.train.Task`): ``job``, on the videos outside its
+    fold but ``val_ids``, validated on ``val_ids`` (its fold's validation videos, those
+    that validated its frame CNN, whose features that CNN computed without training on them).
+    """
 
-    cfg: ClassifyConfig = config["cfg"]
-    models: Path = config["models"]
-    device = device or torch.device("cpu")
-    trained = []
-    for job in config["jobs"]:
-        if model_path(models, job.key).exists():
-            continue  # finished before a restart or a rerun
-        sequences = job_sequences(config["features"], config["videos"], job, train=True)
-        if not sequences:
-            raise ValueError(f"LSTM {job.key}: no training videos (with >= {job.frames} frames)")
-        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-        model = prepare(VariableFrameLSTM(hidden_size=cfg.lstm_hidden))
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lstm_lr)
-        rng = np.random.default_rng([cfg.seed, job.fold, job.frames or 0])
-        losses = []
-        for _ in range(cfg.lstm_epochs):
-            model.train()
-            total = 0.0
-            batches = rank_batches(len(sequences), cfg.lstm_batch_size, rank, world, rng)
-            for index in batches:
-                padded, lengths = pad_features(
-                    [torch.from_numpy(sequences[i].features) for i in index]
-                )  # (B, T_max, 512), (B,)
-                labels = torch.tensor([sequences[i].label for i in index])  # (B,)
-                loss = video_nll(model(padded.to(device), lengths), labels.to(device))
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                total += loss.item() * len(index)
-            losses.append(total / sum(len(index) for index in batches))
-        if rank == 0:
-            save_model(models, job.key, unwrap(model).state_dict())
-        report({"job": job.key, "first_loss": losses[0], "train_loss": losses[-1]})
-        trained.append(job.key)
-    return trained
+    cfg: ClassifyConfig
+    job: LstmJob
+    features: Path  # the cache folder holding fold=k
+    videos: Mapping[str, tuple[int, int]]  # video_id -> (label, fold)
+    val_ids: frozenset[str]
+
+    @property
+    def key(self) -> str:
+        return self.job.key
+
+    def build(self) -> torch.nn.Module:
+        from usv_ray.classify.models import VariableFrameLSTM
+
+        return VariableFrameLSTM(hidden_size=self.cfg.lstm_hidden)
+
+    def open(self, worker: Worker) -> tuple[list[VideoFeatures], list[VideoFeatures]]:
+        sequences = job_sequences(self.features, self.videos, self.job, train=True)
+        train = [s for s in sequences if s.video_id not in self.val_ids]
+        if not train:
+            raise ValueError(
+                f"LSTM {self.key}: no training videos (with >= {self.job.frames} frames)"
+            )
+        val = [s for s in sequences if s.video_id in self.val_ids] if worker.rank == 0 else []
+        return train, val
+
+    def batches(self, data: tuple[list, list], epoch: int, worker: Worker) -> Iterable[Any]:
+        train = data[0]
+        rng = np.random.default_rng([self.cfg.seed, self.job.fold, self.job.frames or 0, epoch])
+        for index in rank_batches(
+            len(train), self.cfg.lstm_batch_size, worker.rank, worker.world, rng
+        ):
+            yield [train[i] for i in index]
+
+    def loss(
+        self, model: torch.nn.Module, batch: list[VideoFeatures], worker: Worker, generator: Any
+    ) -> tuple[torch.Tensor, int]:
+        from usv_ray.classify.models import video_nll
+
+        padded, lengths, labels = _batch(batch)  # (B, T_max, 512), (B,), (B,)
+        return video_nll(model(padded.to(worker.device), lengths), labels.to(worker.device)), len(
+            batch
+        )
+
+    def validate(self, model: torch.nn.Module, data: tuple[list, list], worker: Worker) -> dict:
+        model.eval()
+        val = data[1]
+        chunks = (_batch(val[i : i + 256]) for i in range(0, len(val), 256))
+        return classifier_scores(
+            (model(padded.to(worker.device), lengths), labels) for padded, lengths, labels in chunks
+        )
+
+    def meta(self) -> dict:
+        frames = self.job.frames
+        return {
+            "model": "VariableFrameLSTM",
+            "fold": self.job.fold,
+            "frames": frames,
+            "hidden": self.cfg.lstm_hidden,
+        }
 
 
-def _train_loop(config: dict) -> dict:
-    """Runs on every Ray Train worker: trains each job not yet finished (DDP)."""
-    import ray.train
-    import ray.train.torch
+def _batch(sequences: Sequence[VideoFeatures]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Videos -> (features (B, T_max, 512) zero-padded, lengths (B,), labels (B,))."""
+    from usv_ray.classify.models import pad_features
 
-    context = ray.train.get_context()
-    trained = _train_jobs(
-        config,
-        context.get_world_rank(),
-        context.get_world_size(),
-        ray.train.torch.get_device(),
-        ray.train.torch.prepare_model,
-        ray.train.report,
+    padded, lengths = pad_features([torch.from_numpy(s.features) for s in sequences])
+    return padded, lengths, torch.tensor([s.label for s in sequences], dtype=torch.int64)
+
+
+def lstm_settings(cfg: ClassifyConfig) -> RunSettings:
+    """The training runner's settings for the LSTMs of ``cfg`` (``lstm_workers`` of them)."""
+    return RunSettings(
+        epochs=cfg.lstm_epochs,
+        lr=cfg.lstm_lr,
+        seed=cfg.seed,
+        val_every=cfg.val_every,
+        best_metric=cfg.lstm_best,
+        precision=cfg.precision,
+        checkpoint_every_s=cfg.checkpoint_every_s,
+        workers=cfg.lstm_workers,
+        cpus_per_worker=cfg.cpus_per_worker,
+        use_gpu=cfg.use_gpu,
     )
-    return {"trained": trained}
 
 
 def fit_lstms(
@@ -179,32 +200,25 @@ def fit_lstms(
     jobs: Sequence[LstmJob],
     storage: Path,
     name: str,
+    val_ids: Mapping[int, Sequence[str]] | None = None,
 ) -> dict[LstmJob, Path]:
-    """Train every LSTM of ``jobs`` in one Ray Train run of ``cfg.lstm_workers`` workers (0:
-    in this process, on its CPU, without Ray Train); returns each one's weights file.
+    """Train every LSTM of ``jobs`` in one run of ``cfg.lstm_workers`` Ray Train workers (0:
+    in this process, on its CPU, without Ray Train); returns each one's model file.
 
     ``videos`` maps video_id -> (label, fold); ``features`` is the cache folder holding
-    ``fold=k``. Workers read the cache from it (a folder every node sees), each taking its
-    share of every batch. Finished models are kept in ``storage / name / models``: a
-    restarted or rerun run trains only the ones not finished yet, and a run whose models
-    all exist starts no workers at all.
+    ``fold=k``, which workers read (a folder every node sees), each taking its share of
+    every batch. Fold k's LSTMs leave out ``val_ids[k]`` and pick their best epoch on them
+    (none given: every video outside the fold trains, and the last epoch is kept).
+    Finished models are kept in ``storage / name / models``: a restarted or rerun run
+    trains only the ones not finished yet, and a run whose models all exist starts nothing.
     """
-    models = Path(storage) / name / "models"
-    paths = {job: model_path(models, job.key) for job in jobs}
-    if any(not path.exists() for path in paths.values()):
-        loop_config = {
-            "cfg": cfg,
-            "features": Path(features).resolve(),
-            "videos": dict(videos),
-            "jobs": list(jobs),
-            "models": models.resolve(),
-        }
-        if cfg.lstm_workers == 0:  # here, without Ray Train: what a small sweep's trial wants
-            _train_jobs(loop_config)
-        else:
-            scaling = dataclasses.replace(cfg, workers=cfg.lstm_workers)
-            fit(_train_loop, loop_config, scaling, {}, storage, name, split=())
-    return paths
+    features = Path(features).resolve()
+    tasks = [
+        LstmTask(cfg, job, features, dict(videos), frozenset((val_ids or {}).get(job.fold, ())))
+        for job in jobs
+    ]
+    trained = train_models(tasks, lstm_settings(cfg), storage, name)
+    return {job: trained[job.key].path for job in jobs}
 
 
 @torch.no_grad()
@@ -213,7 +227,7 @@ def predict(cfg: ClassifyConfig, weights: Path, sequences: Sequence[VideoFeature
     from usv_ray.classify.models import VariableFrameLSTM, pad_features
 
     model = VariableFrameLSTM(hidden_size=cfg.lstm_hidden)
-    model.load_state_dict(torch.load(weights, map_location="cpu"))
+    model.load_state_dict(load_model(weights)[0])
     model.eval()
     probs = []
     for start in range(0, len(sequences), 256):

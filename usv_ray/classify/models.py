@@ -25,9 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, pad_sequence
 
-FEATURE_DIM = 512  # ResNet-18's pooled output, the LSTM's input
-NUM_CLASSES = 2  # benign, malignant
-
+from usv_ray.schemas import FEATURE_DIM, NUM_CLASSES
 
 # -----------------------------------------------------------------------------
 # Spatial stage: one frame -> 512-d feature -> 2 logits

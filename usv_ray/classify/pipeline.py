@@ -34,6 +34,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -43,6 +44,9 @@ import pyarrow.parquet as pq
 from usv_ray.config import Config, to_dict
 from usv_ray.io import claim_folder, remove_stale_tmp, write_json, write_table
 from usv_ray.schemas import PREDICTIONS
+
+if TYPE_CHECKING:
+    from usv_ray.classify.cnn import CnnFold
 
 log = logging.getLogger(__name__)
 
@@ -101,17 +105,13 @@ def _fingerprint(cfg: Config, videos: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
-def _train_cnns(cfg: Config, data: Path, out: Path, folds: pd.DataFrame) -> None:
-    """Every fold's CNN (one Ray Train run), then each fold's feature cache not written yet."""
-    from usv_ray.classify.cnn import CnnFold, fit_cnns
-    from usv_ray.classify.features import cache_features
+def _fold_jobs(cfg: Config, folds: pd.DataFrame) -> list[CnnFold]:
+    """Each fold's training and validation videos: the videos outside the fold, less the
+    share of their patients that validates every model of the fold (CNN, LSTMs, 3D CNNs)."""
+    from usv_ray.classify.cnn import CnnFold
     from usv_ray.classify.folds import validation_videos
 
     c = cfg.classify
-    missing = [k for k in range(c.folds) if not (out / "features" / f"fold={k}").exists()]
-    if not missing:
-        return  # every cache written: the CNNs are not needed again
-    everything = folds["video_id"].tolist()
     jobs = []
     for k in range(c.folds):
         train = folds[folds["fold"] != k]
@@ -120,6 +120,20 @@ def _train_cnns(cfg: Config, data: Path, out: Path, folds: pd.DataFrame) -> None
         )
         train_ids = tuple(v for v in train["video_id"] if v not in held)
         jobs.append(CnnFold(k, train_ids, tuple(sorted(held))))
+    return jobs
+
+
+def _train_cnns(cfg: Config, data: Path, out: Path, folds: pd.DataFrame) -> None:
+    """Every fold's CNN (one Ray Train run), then each fold's feature cache not written yet."""
+    from usv_ray.classify.cnn import fit_cnns
+    from usv_ray.classify.features import cache_features
+
+    c = cfg.classify
+    missing = [k for k in range(c.folds) if not (out / "features" / f"fold={k}").exists()]
+    if not missing:
+        return  # every cache written: the CNNs are not needed again
+    everything = folds["video_id"].tolist()
+    jobs = _fold_jobs(cfg, folds)
     started = time.perf_counter()
     log.info(
         "training the frame CNNs of %d folds (%s videos, %s validate) for %d epochs",
@@ -132,11 +146,11 @@ def _train_cnns(cfg: Config, data: Path, out: Path, folds: pd.DataFrame) -> None
     log.info(
         "CNNs done in %.0f s (best validation loss %s)",
         time.perf_counter() - started,
-        " / ".join(f"{run.best_val_loss:.3f}" for run in runs.values()),
+        " / ".join(f"{run.best_value:.3f} (epoch {run.best_epoch + 1})" for run in runs.values()),
     )
     for k in missing:
         log.info("fold %d/%d: caching the features of %d videos", k + 1, c.folds, len(everything))
-        cache_features(c, data, everything, runs[k].best, k, out / "features")
+        cache_features(c, data, everything, runs[k].path, k, out / "features")
 
 
 def _frame_rows(out: Path, k: int) -> pd.DataFrame:
@@ -216,7 +230,8 @@ def _lstms(cfg: Config, out: Path, folds: pd.DataFrame) -> pd.DataFrame:
         len(frame_counts),
     )
     started = time.perf_counter()
-    weights = fit_lstms(c, out / "features", videos, jobs, out / "runs", "lstm")
+    val_ids = {job.fold: job.val_ids for job in _fold_jobs(cfg, folds)}
+    weights = fit_lstms(c, out / "features", videos, jobs, out / "runs", "lstm", val_ids)
     log.info("LSTMs done in %.0f s", time.perf_counter() - started)
     parts = []
     for job in jobs:
@@ -249,7 +264,8 @@ def _video_models(cfg: Config, data: Path, out: Path, folds: pd.DataFrame) -> pd
         c.video_epochs,
     )
     started = time.perf_counter()
-    states = fit_video_models(c, data, fold_of, out / "runs", "video")
+    val_ids = {job.fold: job.val_ids for job in _fold_jobs(cfg, folds)}
+    states = fit_video_models(c, data, fold_of, out / "runs", "video", val_ids)
     log.info("3D-CNN baselines done in %.0f s", time.perf_counter() - started)
     return predict_video_models(c, states, data, fold_of)[["video_id", "method", "prob"]]
 

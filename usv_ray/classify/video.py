@@ -1,16 +1,12 @@
-"""The 3D-CNN baselines of the variable-frame paper (METHODS.md section 1): C3D_BN, R3D, R(2+1)D.
+"""The 3D-CNN baselines of the variable-frame paper (METHODS.md section 1), trained and
+applied: the models live in :mod:`usv_ray.classify.video_models`.
 
 Each video becomes one clip of ``clip_frames`` frames spread uniformly over its kept frames
 (videos with fewer frames repeat their nearest frames, so every video gets a clip), resized
 to ``clip_size`` x ``clip_size``. For every model and every cross-validation fold k, the
-model is trained on the clips of the videos outside fold k and predicts the videos of fold k.
-
-All of it is one Ray Train run: the workers train the models one after the other, (model,
-fold) by (model, fold), and report after every epoch. A finished model's weights go to
-``<run>/models/`` (rank 0, before the report); the checkpoint lists what is finished and
-holds the current model's weights, optimizer and epoch, so it stays the size of one model
-and a rerun with the same run name continues from the (model, fold, epoch) where the last
-one stopped.
+model is trained on the clips of the videos outside fold k (less fold k's validation
+videos, on which it picks its best epoch) and predicts the videos of fold k. All of it is
+one run of the training runner (:mod:`usv_ray.train`), (model, fold) by (model, fold).
 
 Shapes: B clips, T frames per clip, S = clip_size; clips are gray, ``(B, 1, T, S, S)``.
 """
@@ -18,9 +14,10 @@ Shapes: B clips, T frames per clip, S = clip_size; clips are gray, ``(B, 1, T, S
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -29,29 +26,23 @@ import torch
 from torch import Tensor, nn
 
 from usv_ray.classify.cnn import frame_shards
+from usv_ray.classify.video_models import build_video_model
 from usv_ray.config import ClassifyConfig
+from usv_ray.frames import resize_gray, uniform_positions
 from usv_ray.imaging import augment, normalise
 from usv_ray.train import (
-    EpochReporter,
-    cpu_weights,
-    fit,
+    RunSettings,
+    Worker,
+    classifier_scores,
     in_order,
-    last_state,
-    model_path,
+    load_model,
     numpy_collate,
-    resume_state,
-    save_model,
-    seed_epoch,
-    train_epoch,
-    unwrap,
+    train_models,
 )
-from usv_ray.video3d import clip_positions, gray_r2plus1d_18, gray_stem_conv
 
 if TYPE_CHECKING:
     import pandas as pd
     import ray.data
-
-NUM_CLASSES = 2  # benign, malignant
 
 # One row per video, in memory only (a Ray Dataset between reading and training; never
 # written to Parquet, so it is not one of the stage tables of usv_ray.schemas).
@@ -69,147 +60,13 @@ VIDEOS_PER_TASK = 16  # videos one Ray Data task reads: many tiny tasks are slow
 
 
 # -----------------------------------------------------------------------------
-# Models: a gray clip (B, 1, T, H, W) -> class logits (B, 2)
-
-
-def _conv_bn(in_channels: int, out_channels: int) -> list[nn.Module]:
-    """C3D's 3x3x3 convolution (stride 1, padding 1), then batch norm and ReLU."""
-    return [
-        nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
-        nn.BatchNorm3d(out_channels),
-        nn.ReLU(inplace=True),
-    ]
-
-
-class C3DBN(nn.Module):
-    """C3D (Tran et al. 2015) with batch norm after every convolution, for short clips.
-
-    C3D's layout: eight 3x3x3 convolutions of 64, 128, 256, 256, 512, 512, 512, 512 channels,
-    and five max pools, the first spatial only (1x2x2) so early layers keep the temporal
-    detail, the others 2x2x2. Adapted to 12 frames and any clip size: the pools round up
-    (``ceil_mode``), so a clip of any T >= 1 and H, W >= 1 keeps at least one cell, and an
-    adaptive average pool to 1 x 4 x 4 (C3D's pool5 grid for 16 x 112 x 112 input) feeds
-    the fc layers. The fc layers are narrower than C3D's 4096 (``hidden`` = 1024 by
-    default): 4096-wide fc6/fc7 would add 50 M parameters to a model trained on a few
-    hundred videos.
-    """
-
-    def __init__(
-        self,
-        hidden: int = 1024,
-        num_classes: int = NUM_CLASSES,
-        dropout: float = 0.5,
-        in_channels: int = 1,
-    ) -> None:
-        """Build the network.
-
-        Args:
-            hidden: width of fc6 and fc7 (C3D: 4096).
-            num_classes: output logits.
-            dropout: dropout after fc6 and fc7 (C3D: 0.5).
-            in_channels: input channels (1: gray ultrasound).
-        """
-        super().__init__()
-
-        def pool(kernel: tuple[int, int, int]) -> nn.Module:
-            return nn.MaxPool3d(kernel, stride=kernel, ceil_mode=True)
-
-        self.features = nn.Sequential(
-            *_conv_bn(in_channels, 64),  # conv1a
-            pool((1, 2, 2)),
-            *_conv_bn(64, 128),  # conv2a
-            pool((2, 2, 2)),
-            *_conv_bn(128, 256),  # conv3a, conv3b
-            *_conv_bn(256, 256),
-            pool((2, 2, 2)),
-            *_conv_bn(256, 512),  # conv4a, conv4b
-            *_conv_bn(512, 512),
-            pool((2, 2, 2)),
-            *_conv_bn(512, 512),  # conv5a, conv5b
-            *_conv_bn(512, 512),
-            pool((2, 2, 2)),
-            nn.AdaptiveAvgPool3d((1, 4, 4)),
-        )
-        self.head = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(512 * 4 * 4, hidden),  # fc6
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
-            nn.Linear(hidden, hidden),  # fc7
-            nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
-            nn.Linear(hidden, num_classes),  # fc8
-        )
-
-    def forward(self, clips: Tensor) -> Tensor:
-        """Class logits of each clip: ``(B, 1, T, H, W) -> (B, num_classes)``."""
-        grid = self.features(clips)  # (B, 512, 1, 4, 4)
-        return self.head(grid)  # (B, 8192) -> (B, C)
-
-
-def c3d_bn() -> nn.Module:
-    """C3D with batch norm (:class:`C3DBN`), one gray input channel, 2 classes."""
-    return C3DBN()
-
-
-def r3d() -> nn.Module:
-    """torchvision's R3D-18 (random init) with a gray stem and a 2-class fc.
-
-    Its global adaptive pool takes any T >= 1 and H, W >= 16 (at 16 the last stage is 1x1).
-    """
-    from torchvision.models.video import r3d_18
-
-    model = r3d_18(weights=None)
-    model.stem[0] = gray_stem_conv(model.stem[0])  # (3, 7, 7) kernel, stride (1, 2, 2)
-    model.fc = nn.Linear(model.fc.in_features, NUM_CLASSES)
-    return model
-
-
-def r2plus1d() -> nn.Module:
-    """torchvision's R(2+1)D-18 (random init) with a gray stem and a 2-class fc."""
-    model = gray_r2plus1d_18()
-    model.fc = nn.Linear(model.fc.in_features, NUM_CLASSES)
-    return model
-
-
-# The one explicit choice point: ClassifyConfig.video_models names -> builders.
-VIDEO_MODELS: dict[str, Callable[[], nn.Module]] = {
-    "C3D_BN": c3d_bn,
-    "R3D": r3d,
-    "R(2+1)D": r2plus1d,
-}
-
-
-def build_video_model(name: str) -> nn.Module:
-    """A freshly initialised 3D CNN: gray clips ``(B, 1, T, H, W)`` -> logits ``(B, 2)``.
-
-    Never downloads weights. Seed torch first for reproducible initial weights.
-
-    Raises:
-        ValueError: for a name not in :data:`VIDEO_MODELS`.
-    """
-    if name not in VIDEO_MODELS:
-        raise ValueError(f"unknown video model {name!r} (known: {', '.join(VIDEO_MODELS)})")
-    return VIDEO_MODELS[name]()
-
-
-# -----------------------------------------------------------------------------
 # Clips: a video's kept frames -> count frames of size x size
-
-
-def _resize(frame: np.ndarray, size: int) -> np.ndarray:
-    """One gray frame (H, W) uint8 -> (size, size) uint8, area-averaged."""
-    import cv2
-
-    if frame.shape == (size, size):
-        return frame
-    return cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA)
 
 
 def make_clip(frames: np.ndarray, count: int, size: int) -> np.ndarray:
     """A video's frames ``(T, H, W)`` uint8 -> its clip ``(count, size, size)`` uint8.
 
-    Frames are taken at :func:`clip_positions` and resized with OpenCV's INTER_AREA.
+    Frames are taken at :func:`uniform_positions` and resized by :func:`resize_gray`.
 
     Raises:
         ValueError: for an input that is not a non-empty uint8 stack of 2-D frames.
@@ -218,7 +75,9 @@ def make_clip(frames: np.ndarray, count: int, size: int) -> np.ndarray:
         raise ValueError(
             f"expected uint8 frames (T >= 1, H, W), got {frames.dtype} {tuple(frames.shape)}"
         )
-    return np.stack([_resize(frames[p], size) for p in clip_positions(len(frames), count)])
+    return np.stack(
+        [resize_gray(frames[p], size, size) for p in uniform_positions(len(frames), count)]
+    )
 
 
 def read_clips(batch: dict[str, np.ndarray], count: int, size: int) -> pa.Table:
@@ -243,8 +102,10 @@ def read_clips(batch: dict[str, np.ndarray], count: int, size: int) -> pa.Table:
         heights, widths = table["height"].to_pylist(), table["width"].to_pylist()
         clip = np.stack(
             [
-                _resize(np.frombuffer(images[p], np.uint8).reshape(heights[p], widths[p]), size)
-                for p in clip_positions(len(images), count)
+                resize_gray(
+                    np.frombuffer(images[p], np.uint8).reshape(heights[p], widths[p]), size, size
+                )
+                for p in uniform_positions(len(images), count)
             ]
         )  # (count, size, size)
         rows["video_id"].append(video_ids[0])
@@ -297,7 +158,7 @@ def augmented_clips(clips: Tensor, generator: torch.Generator) -> Tensor:
 
 
 # -----------------------------------------------------------------------------
-# Training: every (model, fold) in one Ray Train run
+# Training: every (model, fold) in one run of the training runner
 
 
 def _model_key(method: str, fold: int) -> str:
@@ -306,102 +167,77 @@ def _model_key(method: str, fold: int) -> str:
     return f"{slug}_fold={fold}"
 
 
-def model_file(models: Path, method: str, fold: int) -> Path:
-    """Where a run keeps the finished ``method`` model of ``fold``."""
-    return model_path(models, _model_key(method, fold))
+@dataclass(frozen=True)
+class VideoTask:
+    """One 3D CNN to train (a :class:`usv_ray.train.Task`): ``method`` for fold ``fold``,
+    on the clips of ``train_<fold>``, validated on ``val_<fold>`` when it has one."""
+
+    cfg: ClassifyConfig
+    method: str
+    fold: int
+    validates: bool  # False: no validation videos, the last epoch is kept
+
+    @property
+    def key(self) -> str:
+        return _model_key(self.method, self.fold)
+
+    def build(self) -> nn.Module:
+        return build_video_model(self.method)
+
+    def open(self, worker: Worker) -> tuple[Any, Any]:
+        val = self.validates and worker.rank == 0
+        return (
+            worker.dataset(f"train_{self.fold}"),
+            worker.dataset(f"val_{self.fold}") if val else None,
+        )
+
+    def batches(self, data: tuple[Any, Any], epoch: int, worker: Worker) -> Iterable[Any]:
+        size = self.cfg.video_batch_size
+        return data[0].iter_torch_batches(
+            batch_size=size,
+            collate_fn=numpy_collate(collate_clips),
+            local_shuffle_buffer_size=4 * size,
+            local_shuffle_seed=self.cfg.seed + epoch,
+        )  # (B, 1, T, S, S) uint8, (B,)
+
+    def loss(
+        self, model: nn.Module, batch: Any, worker: Worker, generator: torch.Generator
+    ) -> tuple[Tensor, int]:
+        clips, labels = batch
+        logits = model(worker.model_input(augmented_clips(clips.to(worker.device), generator)))
+        return nn.functional.cross_entropy(logits, labels.to(worker.device)), len(labels)
+
+    def validate(self, model: nn.Module, data: tuple[Any, Any], worker: Worker) -> dict:
+        if data[1] is None:
+            return {}
+        model.eval()
+        batches = data[1].iter_torch_batches(
+            batch_size=2 * self.cfg.video_batch_size, collate_fn=numpy_collate(collate_clips)
+        )
+        return classifier_scores(
+            (model(normalise(clips.to(worker.device))).softmax(1), labels)
+            for clips, labels in batches
+        )
+
+    def meta(self) -> dict:
+        c = self.cfg
+        return {"method": self.method, "fold": self.fold, "clip": (c.clip_frames, c.clip_size)}
 
 
-def _fresh_state() -> dict:
-    return {
-        "done": {},  # method -> fold -> epochs trained (the weights: model_file, not here)
-        "current": None,  # the unfinished (model, fold): method, fold, model, optimizer, epoch
-        "step": -1,  # reports so far - 1, across (model, fold, epoch) and reruns
-        "attempt": 0,  # times the loop has started on this run name (reruns, restarts)
-        "log": [],  # the metrics of every report
-    }
-
-
-def _train_loop(config: dict) -> dict:
-    """Runs on every Ray Train worker."""
-    import ray.train
-    import ray.train.torch
-
-    cfg: ClassifyConfig = config["cfg"]
-    models: Path = config["models"]
-    rank = ray.train.get_context().get_world_rank()
-    device = ray.train.torch.get_device()
-    state = resume_state() or _fresh_state()
-    report = EpochReporter(cfg.checkpoint_every_s)
-    state["attempt"] += 1
-    loss_fn = nn.CrossEntropyLoss()
-    for method in cfg.video_models:
-        for fold in range(cfg.folds):
-            torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-            model = build_video_model(method)
-            current, done = state["current"], state["done"].get(method, {})
-            optimizer_state, start_epoch = None, 0
-            if current is not None and (current["method"], current["fold"]) == (method, fold):
-                model.load_state_dict(current["model"])
-                optimizer_state, start_epoch = current["optimizer"], current["epoch"] + 1
-            elif fold in done:
-                # finished by an earlier run with fewer epochs: continue from its weights
-                # (Adam's moments are not kept for finished models, only for the current one)
-                model.load_state_dict(torch.load(model_file(models, method, fold)))
-                start_epoch = done[fold]
-            if start_epoch >= cfg.video_epochs:
-                continue
-            model = ray.train.torch.prepare_model(model)
-            optimizer = torch.optim.Adam(model.parameters(), lr=cfg.video_lr)
-            if optimizer_state is not None:
-                optimizer.load_state_dict(optimizer_state)
-            shard = ray.train.get_dataset_shard(f"train_{fold}")
-            for epoch in range(start_epoch, cfg.video_epochs):
-                generator = seed_epoch(cfg.seed, epoch, rank)
-                batches = shard.iter_torch_batches(
-                    batch_size=cfg.video_batch_size,
-                    collate_fn=numpy_collate(collate_clips),
-                    local_shuffle_buffer_size=4 * cfg.video_batch_size,
-                    local_shuffle_seed=cfg.seed + epoch,
-                )  # (B, 1, T, S, S) uint8, (B,)
-                train_loss, count, seconds = train_epoch(
-                    model,
-                    batches,
-                    optimizer,
-                    loss_fn,
-                    augmented_clips,
-                    generator,
-                    device,
-                )
-                state["step"] += 1
-                metrics = {
-                    "method": method,
-                    "fold": fold,
-                    "epoch": epoch,
-                    "step": state["step"],
-                    "attempt": state["attempt"],
-                    "train_loss": train_loss,
-                    "train_clips": count,  # this rank's
-                    "clips_per_s": count / seconds if seconds > 0 else math.nan,  # this rank's
-                }
-                state["log"].append(metrics)
-                weights = cpu_weights(unwrap(model).state_dict())
-                finished = epoch + 1 == cfg.video_epochs
-                if finished:
-                    if rank == 0:  # before the report, so a checkpoint never lists a missing file
-                        save_model(models, _model_key(method, fold), weights)
-                    state["done"].setdefault(method, {})[fold] = epoch + 1
-                    state["current"] = None
-                else:
-                    state["current"] = {
-                        "method": method,
-                        "fold": fold,
-                        "model": weights,
-                        "optimizer": optimizer.state_dict(),
-                        "epoch": epoch,
-                    }
-                report(metrics, state, state["step"], finished=finished)
-            del model, optimizer
-    return {"attempt": state["attempt"], "steps": state["step"] + 1}
+def video_settings(cfg: ClassifyConfig) -> RunSettings:
+    """The training runner's settings for the 3D CNNs of ``cfg``."""
+    return RunSettings(
+        epochs=cfg.video_epochs,
+        lr=cfg.video_lr,
+        seed=cfg.seed,
+        val_every=cfg.val_every,
+        best_metric=cfg.video_best,
+        precision=cfg.precision,
+        checkpoint_every_s=cfg.checkpoint_every_s,
+        workers=cfg.workers,
+        cpus_per_worker=cfg.cpus_per_worker,
+        use_gpu=cfg.use_gpu,
+    )
 
 
 def _keep_videos(table: pa.Table, video_ids: list[str]) -> pa.Table:
@@ -410,16 +246,21 @@ def _keep_videos(table: pa.Table, video_ids: list[str]) -> pa.Table:
 
 
 def fit_video_models(
-    cfg: ClassifyConfig, data: Path, folds: dict[str, int], storage: Path, name: str
+    cfg: ClassifyConfig,
+    data: Path,
+    folds: dict[str, int],
+    storage: Path,
+    name: str,
+    val_ids: Mapping[int, Sequence[str]] | None = None,
 ) -> dict[str, dict[int, dict]]:
-    """Train every model of ``cfg.video_models`` for every fold k, on the videos outside k.
+    """Train every model of ``cfg.video_models`` for every fold k, on the videos outside k
+    but ``val_ids[k]`` (fold k's validation videos, which pick the best epoch).
 
     ``folds`` maps video_id -> fold (labelled videos only; labels come from the frames).
-    One Ray Train run, ``storage / name``: calling again with the same name resumes from its
-    last checkpoint, at the (model, fold, epoch) where it stopped; a rerun with more
-    ``video_epochs`` continues every finished (model, fold) from its weights.
+    One run of the training runner, ``storage / name``: calling again with the same name
+    resumes from its last checkpoint, at the (model, fold, epoch) where it stopped.
 
-    Returns method -> fold -> the model's state dict (CPU tensors).
+    Returns method -> fold -> the model's best weights (CPU tensors).
 
     Raises:
         ValueError: for a fold outside ``range(cfg.folds)``, or a fold without training
@@ -428,59 +269,50 @@ def fit_video_models(
     outside = sorted({f for f in folds.values() if f not in range(cfg.folds)})
     if outside:
         raise ValueError(f"fold(s) {outside} outside 0..{cfg.folds - 1} (cfg.folds={cfg.folds})")
-    train_ids = {k: sorted(v for v, f in folds.items() if f != k) for k in range(cfg.folds)}
+    val_ids = {k: sorted(val_ids.get(k, ())) if val_ids else [] for k in range(cfg.folds)}
+    train_ids = {
+        k: sorted(v for v, f in folds.items() if f != k and v not in set(val_ids[k]))
+        for k in range(cfg.folds)
+    }
     empty = [k for k, ids in train_ids.items() if not ids]
     if empty:
         raise ValueError(f"no training videos for fold(s) {empty}")
-    models = (Path(storage) / name / "models").resolve()
-    state = last_state(storage, name)
-    finished = state is not None and all(
-        state["done"].get(method, {}).get(k, 0) >= cfg.video_epochs
-        and model_file(models, method, k).exists()
+    tasks = [
+        VideoTask(cfg, method, k, bool(val_ids[k]))
         for method in cfg.video_models
         for k in range(cfg.folds)
+    ]
+
+    def datasets(todo: Sequence[VideoTask]) -> dict[str, ray.data.Dataset]:
+        # read every clip once and keep it in the object store; each fold's sets are
+        # filtered copies, materialized so epochs do not re-run the filter
+        clips = load_clips(data, sorted(folds), cfg.clip_frames, cfg.clip_size).materialize()
+
+        def subset(ids: list[str]) -> ray.data.Dataset:
+            kept = clips.map_batches(
+                _keep_videos, fn_kwargs={"video_ids": ids}, batch_format="pyarrow"
+            )
+            return kept.select_columns(TRAIN_COLUMNS).materialize()
+
+        sets = {}
+        for k in sorted({task.fold for task in todo}):
+            sets[f"train_{k}"] = subset(train_ids[k])
+            if val_ids[k]:
+                sets[f"val_{k}"] = subset(val_ids[k])
+        return sets
+
+    trained = train_models(
+        tasks,
+        video_settings(cfg),
+        storage,
+        name,
+        datasets,
+        split=lambda task: [f"train_{task.fold}"],
     )
-    if not finished:  # a rerun of a finished run starts no Ray Train run: minutes on a laptop
-        _fit(cfg, data, folds, train_ids, storage, name, models)
     return {
-        method: {k: torch.load(model_file(models, method, k)) for k in range(cfg.folds)}
+        method: {k: load_model(trained[_model_key(method, k)].path)[0] for k in range(cfg.folds)}
         for method in cfg.video_models
     }
-
-
-def _fit(
-    cfg: ClassifyConfig,
-    data: Path,
-    folds: dict[str, int],
-    train_ids: dict[int, list[str]],
-    storage: Path,
-    name: str,
-    models: Path,
-) -> None:
-    """The Ray Train run of :func:`fit_video_models`."""
-    # read every clip once and keep it in the object store; each fold's training set is a
-    # filtered copy, materialized so epochs do not re-run the filter
-    clips = load_clips(data, sorted(folds), cfg.clip_frames, cfg.clip_size).materialize()
-    datasets = {
-        f"train_{k}": clips.map_batches(
-            _keep_videos, fn_kwargs={"video_ids": ids}, batch_format="pyarrow"
-        )
-        .select_columns(TRAIN_COLUMNS)
-        .materialize()
-        for k, ids in train_ids.items()
-    }
-    loop_config = {"cfg": cfg, "models": models}
-    fit(_train_loop, loop_config, cfg, datasets, storage, name, split=list(datasets))
-
-
-def training_log(storage: Path, name: str) -> list[dict]:
-    """The metrics of every report of run ``storage / name`` so far (from its last checkpoint).
-
-    Each has method, fold, epoch, step, attempt (1 for the first start of the run, then one
-    more for each rerun or restart) and train_loss. Empty when the run has no checkpoint.
-    """
-    state = last_state(storage, name)
-    return [] if state is None else state["log"]
 
 
 # -----------------------------------------------------------------------------

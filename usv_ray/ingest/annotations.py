@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+from usv_ray.frames import uniform_positions
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in source pixels
 
@@ -47,7 +47,7 @@ class Tracklet:
 
     def sample_frames(self, count: int) -> list[int]:
         """``count`` frame indices uniformly along the tracklet (repeats when it is shorter)."""
-        return np.rint(np.linspace(self.first, self.last, count)).astype(int).tolist()
+        return uniform_positions(self.last - self.first + 1, count, self.first).tolist()
 
 
 def _parse_tracklet(item: object, position: int) -> Tracklet:

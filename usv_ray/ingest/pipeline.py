@@ -28,9 +28,10 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from usv_ray.config import Config, ConfigError, IngestConfig
+from usv_ray.frames import resize_gray, uniform_positions
 from usv_ray.ingest.annotations import AnnotationError, Tracklet, load_tracklets
 from usv_ray.ingest.decode import VideoError, VideoInfo, VideoReader
-from usv_ray.ingest.deid import crop_region, cut, fov_region, patch, resize
+from usv_ray.ingest.deid import crop_region, cut, fov_region, patch
 from usv_ray.ingest.manifest import (
     VideoTask,
     error_row,
@@ -56,9 +57,7 @@ def sample_indices(n_frames: int, cfg: IngestConfig) -> list[int]:
         raise VideoError(
             "too_short", f"{n_frames} frames, fewer than the {cfg.n_frames} of sampling=equal"
         )
-    count = min(n_frames, cfg.n_frames)
-    # spacing >= 1 frame, so rounding keeps the indices distinct
-    return np.rint(np.linspace(0, n_frames - 1, count)).astype(int).tolist()
+    return uniform_positions(n_frames, min(n_frames, cfg.n_frames)).tolist()
 
 
 @dataclass
@@ -155,7 +154,9 @@ def _decode_into_shards(
         def emit(index: int, cropped: np.ndarray) -> None:
             nonlocal seq
             region = cut(cropped, fov) if fov is not None else cropped
-            shard.add(_frame_row(task, pkey, resize(region, size, size), index, seq, len(wanted)))
+            shard.add(
+                _frame_row(task, pkey, resize_gray(region, size, size), index, seq, len(wanted))
+            )
             seq += 1
 
         def flush_pending() -> None:

@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 
 from usv_ray.config import ReidConfig
+from usv_ray.frames import resize_gray, uniform_positions
 from usv_ray.imaging import augment, normalise
-from usv_ray.video3d import clip_positions
 
 META_COLUMNS = ["tracklet_id", "video_id", "patient_key", "study_key", "nodule_id"]
 
@@ -58,19 +58,15 @@ def clip_array(clip: bytes, frames: int, height: int, width: int, cfg: ReidConfi
     Raises:
         ValueError: for a clip :func:`clip_problem` rejects.
     """
-    import cv2
-
     if problem := clip_problem(clip, frames, height, width):
         raise ValueError(problem)
     patches = np.frombuffer(clip, np.uint8).reshape(frames, height, width)  # (T0, h, w)
-    size = (cfg.clip_width, cfg.clip_height)
     return np.stack(
         [
-            patches[p] if patches[p].shape == size[::-1]
-            else cv2.resize(patches[p], size, interpolation=cv2.INTER_AREA)
-            for p in clip_positions(frames, cfg.clip_frames)
+            resize_gray(patches[p], cfg.clip_height, cfg.clip_width)
+            for p in uniform_positions(frames, cfg.clip_frames)
         ]
-    )  # fmt: skip
+    )
 
 
 def batch_clips(batch: dict[str, np.ndarray], cfg: ReidConfig) -> np.ndarray:

@@ -117,15 +117,17 @@ def _train(cfg: Config, data: Path, out: Path, splits: pd.DataFrame) -> dict[str
             r.epochs,
         )
         started = time.perf_counter()
-        weights, summary = fit_reid(
+        weights, trained = fit_reid(
             r, kind, data, train["tracklet_id"], val["tracklet_id"], out / "runs", f"reid_{kind}"
         )
         save_reid_model(files[kind], kind, n_identities, weights, r)
         log.info(
-            "re-ID: %s trained in %.0f s (best validation accuracy %.3f)",
+            "re-ID: %s trained in %.0f s (best validation %s %.3f, epoch %d)",
             kind,
             time.perf_counter() - started,
-            summary["best_val_acc"],
+            trained.metric,
+            trained.best_value,
+            trained.best_epoch + 1,
         )
     return files
 

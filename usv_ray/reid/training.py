@@ -1,4 +1,4 @@
-"""Train a re-ID model (CM or VM) on Ray Train (DDP), resumable from its checkpoints.
+"""Train a re-ID model (CM or VM) with the training runner (Ray Train, DDP).
 
 Every worker reads the training tracklets' clips from the shared data folder into memory
 (the re-ID sets are small: 3,409 tracklets in the paper). Per epoch:
@@ -9,25 +9,27 @@ Every worker reads the training tracklets' clips from the shared data folder int
   (:func:`usv_ray.reid.pairs.partner_pairs`), dealt to the ranks in equal shares,
   loss = cross-entropy of the head + contrastive loss on the embeddings' distance.
 
-Rank 0 validates every epoch on all within-patient pairs of the validation patients
-(accuracy at the best threshold) and keeps the best weights in the checkpoint.
+Rank 0 validates every ``val_every`` epochs on all within-patient pairs of the validation
+patients (accuracy at the best threshold, and AUC); the training runner
+(:mod:`usv_ray.train`) keeps the best epoch by ``reid.best`` and resumes after a kill.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from usv_ray.config import ReidConfig, ReidModel
 from usv_ray.reid.clips import TrackletSet, augmented_input, load_tracklets
 from usv_ray.reid.losses import batch_hard_triplet, contrastive
 from usv_ray.reid.models import ClassificationModel, VerificationModel
-from usv_ray.train import EpochReporter, cpu_weights, fit, resume_state, seed_epoch, unwrap
+from usv_ray.train import RunSettings, TrainedModel, Worker, load_model, train_models
 
 EVAL_BATCH = 16  # clips per forward pass when embedding for validation
 
@@ -83,31 +85,35 @@ def vm_steps(
     return [step for step in steps if len(step[0]) >= 2]
 
 
-def _loss(
+def cm_loss(
     model: torch.nn.Module,
-    kind: ReidModel,
     clips: torch.Tensor,
-    labels: np.ndarray,
-    step: tuple[np.ndarray, ...],
+    labels: torch.Tensor,
     cfg: ReidConfig,
     generator: torch.Generator,
-    device: torch.device,
-) -> tuple[torch.Tensor, int]:
-    """One step's loss and clip count (CM: CE + batch-hard triplet; VM: CE + contrastive)."""
-    if kind == "CM":
-        (index,) = step
-        x = augmented_input(clips[index].to(device), generator)  # (P*K, 1, T, H, W)
-        y = torch.from_numpy(labels[index]).to(device)
-        embeddings, logits = model(x)
-        triplet = batch_hard_triplet(embeddings, y, margin=cfg.triplet_margin)
-        return torch.nn.functional.cross_entropy(logits, y) + triplet, len(index)
-    anchor, partner, same = step
-    xa = augmented_input(clips[anchor].to(device), generator)  # (M, 1, T, H, W)
-    xb = augmented_input(clips[partner].to(device), generator)
-    target = torch.from_numpy(same.astype(np.int64)).to(device)
+) -> torch.Tensor:
+    """CM's loss on P x K uint8 clips ``(P*K, T, H, W)`` of nodules ``labels (P*K,)``:
+    cross-entropy over the training nodules + batch-hard triplet loss."""
+    embeddings, logits = model(augmented_input(clips, generator))  # (P*K, 1, T, H, W) in
+    triplet = batch_hard_triplet(embeddings, labels, margin=cfg.triplet_margin)
+    return torch.nn.functional.cross_entropy(logits, labels) + triplet
+
+
+def vm_loss(
+    model: torch.nn.Module,
+    anchor: torch.Tensor,
+    partner: torch.Tensor,
+    same: torch.Tensor,
+    cfg: ReidConfig,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """VM's loss on M pairs of uint8 clips ``(M, T, H, W)``, ``same (M,)`` 1 for one nodule:
+    cross-entropy of the head + contrastive loss on the embeddings' distance."""
+    xa = augmented_input(anchor, generator)  # (M, 1, T, H, W)
+    xb = augmented_input(partner, generator)
     emb_a, emb_b, logits = model(xa, xb)
-    pair_loss = contrastive(emb_a, emb_b, target.float(), margin=cfg.contrastive_margin)
-    return torch.nn.functional.cross_entropy(logits, target) + pair_loss, 2 * len(anchor)
+    pair_loss = contrastive(emb_a, emb_b, same.float(), margin=cfg.contrastive_margin)
+    return torch.nn.functional.cross_entropy(logits, same) + pair_loss
 
 
 def _validate(model: torch.nn.Module, val: TrackletSet) -> dict[str, float]:
@@ -125,73 +131,77 @@ def _validate(model: torch.nn.Module, val: TrackletSet) -> dict[str, float]:
     return {"val_acc": acc, "val_auc": auc, "val_threshold": threshold}
 
 
-def _train_loop(config: dict) -> dict:
-    """Runs on every Ray Train worker."""
-    import ray.train
-    import ray.train.torch
+@dataclass(frozen=True)
+class ReidTask:
+    """A re-ID model to train (a :class:`usv_ray.train.Task`): ``kind`` on the tracklets
+    of ``train_ids``, validated on all within-patient pairs of ``val_ids``."""
 
-    cfg: ReidConfig = config["cfg"]
-    kind: ReidModel = config["model"]
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
-    train = load_tracklets(Path(config["data"]), config["train_ids"], cfg)
-    val = load_tracklets(Path(config["data"]), config["val_ids"], cfg) if rank == 0 else None
-    labels = identity_labels(train)
-    clips = torch.from_numpy(train.clips)  # (N, T, H, W) uint8
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    model = build_model(kind, int(labels.max()) + 1)
-    start_epoch, best_acc, best_model, optimizer_state = 0, -math.inf, None, None
-    if (state := resume_state()) is not None:
-        model.load_state_dict(state["model"])
-        optimizer_state = state["optimizer"]
-        start_epoch, best_acc, best_model = state["epoch"] + 1, state["best_acc"], state["best"]
-    model = ray.train.torch.prepare_model(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
-    clips_per_s: list[float] = []
-    report = EpochReporter(cfg.checkpoint_every_s)
+    cfg: ReidConfig
+    kind: ReidModel
+    data: str  # the ingest folder (every node sees it)
+    train_ids: tuple[str, ...]
+    val_ids: tuple[str, ...]
+    n_identities: int  # the training nodules (CM's classes)
 
-    for epoch in range(start_epoch, cfg.epochs):
-        generator = seed_epoch(cfg.seed, epoch, rank)
-        if kind == "CM":
-            steps = cm_steps(labels, cfg, rank, world, epoch)
+    @property
+    def key(self) -> str:
+        return self.kind
+
+    def build(self) -> torch.nn.Module:
+        return build_model(self.kind, self.n_identities)
+
+    def _tracklets(self, ids: Sequence[str]) -> TrackletSet:
+        return load_tracklets(Path(self.data), ids, self.cfg)
+
+    def open(self, worker: Worker) -> dict:
+        train = self._tracklets(self.train_ids)
+        return {
+            "train": train,
+            "labels": torch.from_numpy(identity_labels(train)),  # (N,) int64
+            "clips": torch.from_numpy(train.clips),  # (N, T, H, W) uint8
+            "val": self._tracklets(self.val_ids) if worker.rank == 0 else None,
+        }
+
+    def batches(self, data: dict, epoch: int, worker: Worker) -> Iterable[tuple]:
+        clips, labels = data["clips"], data["labels"]
+        rank, world = worker.rank, worker.world
+        if self.kind == "CM":
+            for (index,) in cm_steps(labels.numpy(), self.cfg, rank, world, epoch):
+                yield clips[index], labels[index]
         else:
-            steps = vm_steps(train, cfg, rank, world, epoch)
-        model.train()
-        total, seen, started = 0.0, 0, time.perf_counter()
-        for step in steps:
-            loss, n_clips = _loss(model, kind, clips, labels, step, cfg, generator, device)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * n_clips
-            seen += n_clips
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - started
-        clips_per_s.append(seen / seconds if seconds > 0 else math.nan)
-        metrics = {
-            "epoch": epoch,
-            "train_loss": total / max(seen, 1),
-            "clips_per_s": clips_per_s[-1],
-        }
-        if rank == 0:
-            metrics.update(_validate(unwrap(model), val))
-            if metrics["val_acc"] > best_acc or best_model is None:
-                best_acc = metrics["val_acc"]
-                best_model = cpu_weights(unwrap(model).state_dict())
-        metrics["best_val_acc"] = best_acc
-        state = {
-            "model": unwrap(model).state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "epoch": epoch,
-            "best_acc": best_acc,
-            "best": best_model,
-        }
-        report(metrics, state, epoch, finished=epoch + 1 == cfg.epochs)
-    return {"start_epoch": start_epoch, "best_val_acc": best_acc, "clips_per_s": clips_per_s}
+            for anchor, partner, same in vm_steps(data["train"], self.cfg, rank, world, epoch):
+                yield clips[anchor], clips[partner], torch.from_numpy(same.astype(np.int64))
+
+    def loss(
+        self, model: torch.nn.Module, batch: tuple, worker: Worker, generator: torch.Generator
+    ) -> tuple[torch.Tensor, int]:
+        batch = tuple(t.to(worker.device) for t in batch)
+        if self.kind == "CM":
+            return cm_loss(model, *batch, self.cfg, generator), len(batch[0])
+        return vm_loss(model, *batch, self.cfg, generator), 2 * len(batch[0])
+
+    def validate(self, model: torch.nn.Module, data: dict, worker: Worker) -> dict[str, float]:
+        return _validate(model, data["val"])
+
+    def meta(self) -> dict:
+        return {"kind": self.kind, "n_identities": self.n_identities}
+
+
+def reid_settings(cfg: ReidConfig) -> RunSettings:
+    """The training runner's settings for the re-ID models of ``cfg``."""
+    return RunSettings(
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        seed=cfg.seed,
+        val_every=cfg.val_every,
+        best_metric=cfg.best,
+        weight_decay=cfg.weight_decay,
+        precision=cfg.precision,
+        checkpoint_every_s=cfg.checkpoint_every_s,
+        workers=cfg.workers,
+        cpus_per_worker=cfg.cpus_per_worker,
+        use_gpu=cfg.use_gpu,
+    )
 
 
 def fit_reid(
@@ -202,20 +212,22 @@ def fit_reid(
     val_ids: Sequence[str],
     storage: Path,
     name: str,
-) -> tuple[dict, dict]:
-    """Train ``kind`` on Ray Train (resuming the run ``name`` under ``storage``).
+) -> tuple[dict, TrainedModel]:
+    """Train ``kind`` with the training runner (resuming the run ``name`` under ``storage``).
 
-    Returns (the best weights by validation pairwise accuracy, the loop's summary:
-    start_epoch, best_val_acc, clips_per_s per epoch trained in this call).
+    Returns (the best weights by ``cfg.best``, how it was trained).
     """
-    config = {
-        "cfg": cfg,
-        "model": kind,
-        "data": str(Path(data).resolve()),
-        "train_ids": list(train_ids),
-        "val_ids": list(val_ids),
-    }
-    state, summary = fit(_train_loop, config, cfg, {}, storage, name, split=())
-    if state is None or state.get("best") is None:
-        raise RuntimeError(f"re-ID run {name} reported no model")
-    return state["best"], summary
+    import pyarrow.compute as pc
+
+    from usv_ray.reid.clips import read_tracklet_table
+
+    table = read_tracklet_table(Path(data), ["tracklet_id", "patient_key", "nodule_id"])
+    table = table.filter(pc.is_in(table["tracklet_id"], value_set=pa.array(list(train_ids))))
+    n_identities = len(
+        set(zip(*table.select(["patient_key", "nodule_id"]).to_pydict().values(), strict=True))
+    )
+    task = ReidTask(
+        cfg, kind, str(Path(data).resolve()), tuple(train_ids), tuple(val_ids), n_identities
+    )
+    trained = train_models([task], reid_settings(cfg), storage, name)[task.key]
+    return load_model(trained.path)[0], trained
