@@ -105,21 +105,14 @@ def _train_cnns(cfg: Config, data: Path, out: Path, folds: pd.DataFrame) -> None
     """Every fold's CNN (one Ray Train run), then each fold's feature cache not written yet."""
     from usv_ray.classify.cnn import CnnFold, fit_cnns
     from usv_ray.classify.features import cache_features
-    from usv_ray.classify.folds import validation_videos
+    from usv_ray.classify.folds import fold_split
 
     c = cfg.classify
     missing = [k for k in range(c.folds) if not (out / "features" / f"fold={k}").exists()]
     if not missing:
         return  # every cache written: the CNNs are not needed again
     everything = folds["video_id"].tolist()
-    jobs = []
-    for k in range(c.folds):
-        train = folds[folds["fold"] != k]
-        held = validation_videos(
-            train["video_id"], train["patient_key"], train["label"], c.val_fraction, c.seed
-        )
-        train_ids = tuple(v for v in train["video_id"] if v not in held)
-        jobs.append(CnnFold(k, train_ids, tuple(sorted(held))))
+    jobs = [CnnFold(k, *fold_split(folds, k, c)) for k in range(c.folds)]
     started = time.perf_counter()
     log.info(
         "training the frame CNNs of %d folds (%s videos, %s validate) for %d epochs",
@@ -315,7 +308,7 @@ def _plots(cfg: Config, predictions: pd.DataFrame, out: Path, subtitle: str) -> 
 
 def run_classify(cfg: Config, data: str | Path, out: str | Path) -> ClassifySummary:
     """Cross-validate every method on the ingested videos of ``data`` into ``out``."""
-    from usv_ray.classify.folds import assign_folds
+    from usv_ray.classify.folds import fold_table
     from usv_ray.runtime import ensure_ray
 
     started = time.perf_counter()
@@ -328,12 +321,9 @@ def run_classify(cfg: Config, data: str | Path, out: str | Path) -> ClassifySumm
         log.info("resuming the classify run in %s", out)
     remove_stale_tmp(out / "features")
     try:
-        fold_of = assign_folds(
-            videos["video_id"], videos["patient_key"], videos["label"], c.folds, c.seed
-        )
+        folds = fold_table(videos, c)
     except ValueError as exc:
         raise ClassifyError(str(exc)) from exc
-    folds = videos.assign(fold=videos["video_id"].map(fold_of).astype(np.int8))
     write_table(pa.Table.from_pandas(folds, preserve_index=False), out / "folds.parquet")
     log.info(
         "classify: %d videos of %d patients (%d malignant) in %d patient-level folds",
