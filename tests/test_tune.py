@@ -1,7 +1,9 @@
 """Ray Tune sweeps: tau on toy embeddings, a re-ID training sweep with ASHA that is
-interrupted after its first trial and resumed, and the classify targets (cnn on toy
-frames; lstm, equal_frames and variable_max on a toy feature cache)."""
+interrupted after its first trial and resumed, the classify targets (cnn on toy frames;
+lstm, equal_frames and variable_max on a toy feature cache), and the targets' splits
+against the stages' own."""
 
+import ast
 import os
 import signal
 from pathlib import Path
@@ -14,13 +16,14 @@ import pytest
 from ray import tune
 from toy_tracklets import write_toy_tracklets
 
-from usv_ray.cli import main
+import usv_ray.tune.sweep
+from usv_ray.cli import build_config, build_parser, main
 from usv_ray.config import load_config
 from usv_ray.io import write_table
 from usv_ray.schemas import EMBEDDINGS
-from usv_ray.tune import TuneError, run_tau_sweep, run_tune
-from usv_ray.tune.sweep import apply_params
-from usv_ray.tune.targets import TARGETS, _lengths, _lstm_inputs
+from usv_ray.tune import TuneError, run_tune
+from usv_ray.tune.sweep import apply_params, grid_points
+from usv_ray.tune.targets import TARGETS, _lengths, _lstm_inputs, reid_trial
 
 pytestmark = [pytest.mark.ray]
 
@@ -77,35 +80,56 @@ def test_apply_params_keeps_field_types():
     assert cfg.classify.cnn_lr == 0.01
 
 
-@pytest.mark.slow
-def test_tau_sweep_finds_the_separating_tau(ray_session, tmp_path, capsys):
+def test_the_engine_knows_no_target():
+    """sweep.py imports no target module and no stage: the registry imports the engine."""
+    tree = ast.parse(Path(usv_ray.tune.sweep.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    ours = {name for name in imported if name and name.startswith("usv_ray")}
+    assert ours == {"usv_ray.config", "usv_ray.io", "usv_ray.runtime", "usv_ray.evaluate.tables"}
+    assert grid_points({"a": {"grid_search": [1, 2]}, "b": 3}) == [
+        {"a": 1, "b": 3},
+        {"a": 2, "b": 3},
+    ]
+    with pytest.raises(TuneError, match="grids"):
+        grid_points({"a": tune.uniform(0, 1)})
+
+
+def test_tau_sweep_finds_the_separating_tau(tmp_path, capsys):
+    """A plain loop (no Ray) through the same entry point as every target."""
     write_toy_reid_folder(tmp_path / "reid")
     cfg = load_config(None, ["tune.tau=[0.95, 0.2, 0.5]"])
-    summary = run_tau_sweep(cfg, tmp_path / "reid", tmp_path / "tune")
+    summary = run_tune(cfg, "tau", tmp_path / "reid", tmp_path / "tune")
     table = summary.table.set_index("tau")
     assert list(table.index) == [0.2, 0.5, 0.95]
     assert summary.best == {"index.tau": 0.5}
-    print(f"tau sweep of 3 values: {summary.seconds:.1f} s")
+    print(f"tau sweep of 3 values: {summary.seconds:.2f} s")
     assert table.loc[0.5, "f_score"] == 1.0 and table.loc[0.5, "clusters"] == 12
     assert table.loc[0.2, "recall"] == 0 and table.loc[0.2, "clusters"] == 36  # singletons
     assert table.loc[0.95, "precision"] < 1 and table.loc[0.95, "recall"] == 1
+    assert (table["status"] == "done").all()
+    # best.yaml is the whole config the sweep ran with, the best tau applied ...
     best = load_config(summary.best_config)
+    assert best == apply_params(cfg, {"index.tau": 0.5})
     assert best.index.tau == 0.5 and best.tune.tau == (0.95, 0.2, 0.5)
+    # ... so the nightly `usv-ray index --config <out>/best.yaml` indexes with the tuned tau
+    argv = ["index", "--config", str(summary.best_config), "--data", "d", "--model", "m"]
+    assert build_config(build_parser().parse_args([*argv, "--out", "o"])).index.tau == 0.5
     for name in ("results.csv", "results.md", "tune.json"):
         assert (tmp_path / "tune" / name).exists()
-    # the command line on the same folder resumes the finished sweep: nothing to evaluate
+    # the command line on the same folder sweeps again, to the same result
     argv = ["tune", "--target", "tau", "--data", str(tmp_path / "reid")]
     argv += ["--out", str(tmp_path / "tune"), "--set", "tune.tau=[0.95, 0.2, 0.5]"]
     assert main(argv) == 0
     assert "best index.tau=0.5 (f_score 1)" in capsys.readouterr().out
     # the same folder with other settings is refused rather than mixed
     with pytest.raises(Exception, match="other settings"):
-        run_tau_sweep(load_config(None, ["tune.tau=[0.3]"]), tmp_path / "reid", tmp_path / "tune")
+        run_tune(load_config(None, ["tune.tau=[0.3]"]), "tau", tmp_path / "reid", tmp_path / "tune")
 
 
 def test_tau_sweep_needs_a_reid_folder(tmp_path):
     with pytest.raises(TuneError, match="re-ID folder"):
-        run_tau_sweep(load_config(), tmp_path, tmp_path / "tune")
+        run_tune(load_config(), "tau", tmp_path, tmp_path / "tune")
 
 
 def _files(folder: Path) -> dict[str, int]:
@@ -342,3 +366,88 @@ def test_lstm_sweeps_on_cached_features(ray_session, classify_inputs, tmp_path):
         f"lstm {lstm.seconds:.1f} s, equal_frames {equal.seconds:.1f} s, "
         f"variable_max {capped.seconds:.1f} s (2 trials x 1 epoch each)"
     )
+
+
+# -- a sweep tunes on the data the stage trains on ---------------------------------------
+
+
+class _Stop(Exception):
+    """Raised by a stand-in training function once it has seen what the stage passes it."""
+
+
+def _capture(monkeypatch, module: str, name: str) -> list:
+    """Replace ``module.name`` (a stage's training function) by one that records its
+    arguments and stops the stage there; and keep the stage from starting Ray."""
+    import importlib
+
+    calls: list = []
+
+    def record(*args, **kwargs):
+        calls.append(args)
+        raise _Stop
+
+    monkeypatch.setattr(importlib.import_module(module), name, record)
+    monkeypatch.setattr("usv_ray.runtime.ensure_ray", lambda cfg: None)
+    return calls
+
+
+def test_classify_targets_split_as_classify_does(classify_inputs, tmp_path, monkeypatch):
+    """The cnn and lstm targets' training and validation videos are those `usv-ray
+    classify` gives fold tune.fold's CNN, and move with classify.seed / val_fraction."""
+    from usv_ray.classify.pipeline import run_classify
+
+    data, _ = classify_inputs
+    calls = _capture(monkeypatch, "usv_ray.classify.cnn", "fit_cnns")
+    splits = []
+    for extra in ([], ["classify.seed=1", "classify.val_fraction=0.5"]):
+        cfg = load_config(None, [*CLASSIFY, *extra])
+        out = tmp_path / f"classify{len(splits)}"
+        with pytest.raises(_Stop):
+            run_classify(cfg, data, out)
+        job = calls[-1][2][cfg.tune.fold]  # fit_cnns(c, data, jobs, ...): fold 0's CnnFold
+        stage = (list(job.train_ids), list(job.val_ids))
+        settings = TARGETS["cnn"](cfg, data, tmp_path / "unused").settings
+        assert (settings["train_ids"], settings["val_ids"]) == stage
+        # the LSTM targets read the folds classify wrote, and split them the same way
+        (out / "features" / f"fold={cfg.tune.fold}").mkdir(parents=True)
+        videos = _lstm_inputs(cfg, out).videos
+        held = sorted(v for v, (_, fold) in videos.items() if fold == cfg.tune.fold)
+        assert ([v for v in videos if v not in held], held) == stage
+        splits.append(stage)
+    assert splits[0] != splits[1] and len(splits[0][1]) == 2 and len(splits[1][1]) == 3
+
+
+def test_reid_target_splits_and_clamps_p_as_reid_does(tmp_path, monkeypatch):
+    """The re-ID target's tracklets and its trials' P are those `usv-ray reid` trains
+    with (P clamped to the 12 training nodules), and move with reid.seed."""
+    from toy_tracklets import write_toy_tracklets
+
+    from usv_ray.reid.pipeline import run_reid
+
+    data = tmp_path / "data"
+    write_toy_tracklets(data, patients=8, unknown=1)  # 2 nodules a patient, some unannotated
+    calls = _capture(monkeypatch, "usv_ray.reid.training", "fit_reid")
+    monkeypatch.setattr("usv_ray.tune.targets.run_name", lambda target: target)
+    splits = []
+    for seed in (0, 1):
+        cfg = load_config(None, ["reid.p=50", "tune.reid_p=[50]", f"reid.seed={seed}"])
+        with pytest.raises(_Stop):
+            run_reid(cfg, data, tmp_path / f"reid{seed}")
+        r, _, _, train_ids, val_ids, *_ = calls[-1]  # fit_reid(r, kind, data, train, val, ...)
+        stage = (list(train_ids), list(val_ids))
+        target = TARGETS["reid"](cfg, data, tmp_path / "unused")
+        assert (target.settings["train_ids"], target.settings["val_ids"]) == stage
+        assert r.p == target.param_space["reid.p"] == 12  # 6 training patients x 2 nodules
+        with pytest.raises(_Stop):  # a trial asking for P = 50 trains with the stage's P
+            reid_trial(
+                {"reid.lr": 1e-4, "reid.p": 50},
+                cfg=cfg,
+                data=str(data),
+                train_ids=stage[0],
+                val_ids=stage[1],
+                n_identities=12,
+                storage=str(tmp_path / "runs"),
+            )
+        assert calls[-1][0].p == r.p
+        splits.append(stage)
+    assert splits[0] != splits[1]

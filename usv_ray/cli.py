@@ -214,7 +214,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from usv_ray.ingest.pipeline import run_ingest
     from usv_ray.reid.pipeline import run_reid
     from usv_ray.synth import write_archive
-    from usv_ray.tune import run_tau_sweep
+    from usv_ray.tune import run_tune
     from usv_ray.tune.sweep import apply_params
 
     cfg = build_config(args)
@@ -235,7 +235,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     step(4, "re-ID", f"re-identifying nodules: {' and '.join(cfg.reid.models)}")
     _print_reid(run_reid(cfg, out / "data", out / "reid"))
     step(5, "tau sweep", "sweeping the clustering threshold tau on the validation patients")
-    sweep = run_tau_sweep(cfg, out / "reid", out / "tune" / "tau")
+    sweep = run_tune(cfg, "tau", out / "reid", out / "tune" / "tau")
     _print_tune(sweep)
     cfg = apply_params(cfg, sweep.best)
     step(6, "index", f"indexing every patient's nodules ({cfg.index.model}, tau {cfg.index.tau:g})")

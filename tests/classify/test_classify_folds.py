@@ -1,7 +1,9 @@
 import numpy as np
+import pandas as pd
 import pytest
 
-from usv_ray.classify.folds import assign_folds, validation_videos
+from usv_ray.classify.folds import assign_folds, fold_split, fold_table, validation_videos
+from usv_ray.config import load_config
 
 
 def _archive(n_patients: int, seed: int):
@@ -77,3 +79,28 @@ def test_validation_videos_hold_out_whole_patients(patients, fraction):
     assert 1 <= len(held_patients) < patients
     assert held == {v for v, k in zip(videos, keys, strict=True) if k in held_patients}
     assert held == validation_videos(videos, keys, labels, fraction, seed=0)  # seeded
+
+
+def test_fold_split_is_the_training_folds_less_a_validation_share():
+    """fold_table and fold_split: what every fold's CNN trains and validates on."""
+    videos, patients, labels = _archive(20, 4)
+    table = pd.DataFrame({"video_id": videos, "patient_key": patients, "label": labels})
+    table = table[table["label"] >= 0]
+    c = load_config(None, ["classify.folds=4", "classify.val_fraction=0.25"]).classify
+    folds = fold_table(table, c)
+    assert folds["fold"].dtype == np.int8
+    assert dict(zip(folds["video_id"], folds["fold"], strict=True)) == assign_folds(
+        table["video_id"], table["patient_key"], table["label"], 4, c.seed
+    )
+    for k in range(4):
+        train, val = fold_split(folds, k, c)
+        outside = folds.loc[folds["fold"] != k]
+        assert set(train) | set(val) == set(outside["video_id"]) and not set(train) & set(val)
+        assert set(val) == validation_videos(
+            outside["video_id"], outside["patient_key"], outside["label"], 0.25, c.seed
+        )
+        assert list(val) == sorted(val) and list(train) == [
+            v for v in outside["video_id"] if v in set(train)
+        ]
+    with pytest.raises(ValueError, match="not one of the 4 classify folds"):
+        fold_split(folds, 4, c)

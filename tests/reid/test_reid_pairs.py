@@ -3,7 +3,15 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from usv_ray.reid.pairs import partner_pairs, split_patients, within_patient_pairs
+from usv_ray.config import load_config
+from usv_ray.reid.pairs import (
+    clamp_p,
+    partner_pairs,
+    split_patients,
+    split_tracklets,
+    training_nodules,
+    within_patient_pairs,
+)
 
 
 def _archive(n_patients: int, seed: int) -> tuple[list[str], list[str]]:
@@ -142,3 +150,39 @@ def test_pairs_reject_misaligned_inputs():
         within_patient_pairs(["a", "b"], ["x"])
     with pytest.raises(ValueError, match="alike"):
         partner_pairs(["a"], ["x", "y"], np.random.default_rng(0))
+
+
+def test_split_tracklets_splits_the_annotated_by_patient():
+    import pandas as pd
+
+    patients, nodules = _archive(10, seed=5)
+    tracklets = pd.DataFrame(
+        {
+            "tracklet_id": [f"t{i}" for i in range(len(patients))],
+            "patient_key": patients,
+            "nodule_id": [None if i % 7 == 0 else n for i, n in enumerate(nodules)],
+        }
+    )
+    r = load_config(None, ["reid.seed=2"]).reid
+    splits = split_tracklets(tracklets, r)
+    known = tracklets[tracklets["nodule_id"].notna()]
+    assert splits["tracklet_id"].tolist() == known["tracklet_id"].tolist()  # no unannotated
+    by_patient = split_patients(known["patient_key"].tolist(), r.split, seed=2)
+    assert splits["split"].tolist() == known["patient_key"].map(by_patient).tolist()
+    train = known[splits["split"].to_numpy() == "train"]
+    pairs = zip(train["patient_key"], train["nodule_id"], strict=True)
+    assert training_nodules(splits) == len(set(pairs))
+
+
+@pytest.mark.parametrize(
+    ("p", "workers", "nodules", "expected"),
+    [(8, 1, 20, 8), (8, 1, 5, 5), (8, 2, 9, 4), (3, 2, 4, 2), (8, 2, 3, None), (2, 1, 1, None)],
+)
+def test_clamp_p(p, workers, nodules, expected):
+    r = load_config(None, [f"reid.p={p}", f"reid.workers={workers}"]).reid
+    if expected is None:
+        with pytest.raises(ValueError, match="at least 2 nodules per worker"):
+            clamp_p(r, nodules)
+    else:
+        assert clamp_p(r, nodules).p == expected
+        assert clamp_p(r, nodules).k == r.k  # only P changes

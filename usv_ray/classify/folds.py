@@ -3,13 +3,25 @@
 Features for fold k must come from a CNN trained without fold k's patients, so the fold of
 a video is a function of its patient alone. Folds are stratified by label as far as whole
 patients allow (scikit-learn's StratifiedGroupKFold), and seeded.
+
+:func:`fold_table` and :func:`fold_split` are the splits ``usv-ray classify`` trains on;
+``usv-ray tune`` calls the same two, so a sweep validates on the videos the stage does.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from usv_ray.config import ClassifyConfig
+
+# the classify settings that fix which videos a fold's CNN trains and validates on
+SPLIT_SETTINGS = ("folds", "seed", "val_fraction")
 
 
 def assign_folds(
@@ -75,3 +87,36 @@ def validation_videos(
     splitter = StratifiedGroupKFold(n_splits=splits, shuffle=True, random_state=seed)
     _, held_out = next(splitter.split(np.zeros(len(video_ids)), np.asarray(labels), patients))
     return set(video_ids[held_out].tolist())
+
+
+def fold_table(videos: pd.DataFrame, c: ClassifyConfig) -> pd.DataFrame:
+    """``videos`` (video_id, patient_key, label) with the ``fold`` (int8) of each: the
+    ``folds.parquet`` of ``usv-ray classify`` (``classify.folds`` folds, ``classify.seed``).
+
+    Raises ValueError when the labelled patients cannot fill the folds.
+    """
+    fold_of = assign_folds(
+        videos["video_id"], videos["patient_key"], videos["label"], c.folds, c.seed
+    )
+    return videos.assign(fold=videos["video_id"].map(fold_of).astype(np.int8))
+
+
+def fold_split(
+    folds: pd.DataFrame, k: int, c: ClassifyConfig
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(training, validation) videos of fold ``k``'s frame CNN, as ``usv-ray classify``
+    trains it: the videos outside fold ``k`` less a patient-level ``classify.val_fraction``
+    share of them (:func:`validation_videos`, ``classify.seed``), and that share.
+
+    ``folds`` is a :func:`fold_table`: video_id, patient_key, label, fold. Training videos
+    keep the table's order, validation videos are sorted.
+
+    Raises ValueError when ``k`` is not a fold or the share cannot be taken.
+    """
+    if not 0 <= k < c.folds:
+        raise ValueError(f"fold {k} is not one of the {c.folds} classify folds")
+    train = folds[folds["fold"] != k]
+    held = validation_videos(
+        train["video_id"], train["patient_key"], train["label"], c.val_fraction, c.seed
+    )
+    return tuple(v for v in train["video_id"] if v not in held), tuple(sorted(held))

@@ -106,21 +106,13 @@ def _fingerprint(cfg: Config, videos: pd.DataFrame) -> str:
 
 
 def _fold_jobs(cfg: Config, folds: pd.DataFrame) -> list[CnnFold]:
-    """Each fold's training and validation videos: the videos outside the fold, less the
-    share of their patients that validates every model of the fold (CNN, LSTMs, 3D CNNs)."""
+    """Each fold's training and validation videos (:func:`usv_ray.classify.folds.fold_split`):
+    the validation share picks the best epoch of every model of the fold (CNN, LSTMs,
+    3D CNNs), none of which trains on it."""
     from usv_ray.classify.cnn import CnnFold
-    from usv_ray.classify.folds import validation_videos
+    from usv_ray.classify.folds import fold_split
 
-    c = cfg.classify
-    jobs = []
-    for k in range(c.folds):
-        train = folds[folds["fold"] != k]
-        held = validation_videos(
-            train["video_id"], train["patient_key"], train["label"], c.val_fraction, c.seed
-        )
-        train_ids = tuple(v for v in train["video_id"] if v not in held)
-        jobs.append(CnnFold(k, train_ids, tuple(sorted(held))))
-    return jobs
+    return [CnnFold(k, *fold_split(folds, k, cfg.classify)) for k in range(cfg.classify.folds)]
 
 
 def _train_cnns(cfg: Config, data: Path, out: Path, folds: pd.DataFrame) -> None:
@@ -331,7 +323,7 @@ def _plots(cfg: Config, predictions: pd.DataFrame, out: Path, subtitle: str) -> 
 
 def run_classify(cfg: Config, data: str | Path, out: str | Path) -> ClassifySummary:
     """Cross-validate every method on the ingested videos of ``data`` into ``out``."""
-    from usv_ray.classify.folds import assign_folds
+    from usv_ray.classify.folds import fold_table
     from usv_ray.runtime import ensure_ray
 
     started = time.perf_counter()
@@ -344,12 +336,9 @@ def run_classify(cfg: Config, data: str | Path, out: str | Path) -> ClassifySumm
         log.info("resuming the classify run in %s", out)
     remove_stale_tmp(out / "features")
     try:
-        fold_of = assign_folds(
-            videos["video_id"], videos["patient_key"], videos["label"], c.folds, c.seed
-        )
+        folds = fold_table(videos, c)
     except ValueError as exc:
         raise ClassifyError(str(exc)) from exc
-    folds = videos.assign(fold=videos["video_id"].map(fold_of).astype(np.int8))
     write_table(pa.Table.from_pandas(folds, preserve_index=False), out / "folds.parquet")
     log.info(
         "classify: %d videos of %d patients (%d malignant) in %d patient-level folds",

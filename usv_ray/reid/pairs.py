@@ -4,13 +4,24 @@ Pairs never cross patients: the task is to tell which of one patient's tracklets
 same nodule, so a pair from two patients would be a trivially easy negative. Identities
 (nodules) therefore need only be unique within a patient, and tracklets pair up within
 their patient, grouped with an argsort rather than an O(N²) scan of the whole archive.
+
+:func:`split_tracklets` and :func:`clamp_p` are the split and the P x K batch that
+``usv-ray reid`` trains with; ``usv-ray tune`` calls the same two, so a sweep trains and
+validates on the tracklets the stage does.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from usv_ray.config import ReidConfig
 
 SPLITS = ("train", "val", "test")
 
@@ -52,6 +63,43 @@ def split_patients(
     shuffled = np.random.default_rng(seed).permutation(patients)
     labels = np.repeat(SPLITS, sizes)  # (n,)
     return dict(zip(shuffled.tolist(), labels.tolist(), strict=True))
+
+
+def split_tracklets(tracklets: pd.DataFrame, r: ReidConfig) -> pd.DataFrame:
+    """The re-ID split of the tracklets with a known nodule (the others cannot be paired):
+    tracklet_id, patient_key, nodule_id and split (``splits.parquet`` of ``usv-ray reid``),
+    by :func:`split_patients` with ``reid.split`` and ``reid.seed``, in the input order.
+
+    Raises:
+        ValueError: as :func:`split_patients` (fewer than 3 annotated patients, ...).
+    """
+    known = tracklets.loc[
+        tracklets["nodule_id"].notna(), ["tracklet_id", "patient_key", "nodule_id"]
+    ]
+    split_of = split_patients(known["patient_key"].tolist(), r.split, seed=r.seed)
+    return known.assign(split=known["patient_key"].map(split_of)).reset_index(drop=True)
+
+
+def training_nodules(splits: pd.DataFrame) -> int:
+    """Distinct nodules (patient, nodule_id) among the training tracklets of ``splits``."""
+    train = splits[splits["split"] == "train"]
+    return int(train.groupby(["patient_key", "nodule_id"]).ngroups)
+
+
+def clamp_p(r: ReidConfig, n_identities: int) -> ReidConfig:
+    """``r`` with ``reid.p`` lowered to what ``n_identities`` training nodules fill: each
+    of ``reid.workers`` workers draws P distinct nodules per batch.
+
+    Raises:
+        ValueError: fewer than 2 nodules per worker (the triplet loss needs a negative).
+    """
+    per_worker = n_identities // r.workers
+    if per_worker < 2:
+        raise ValueError(
+            f"{n_identities} training nodules for {r.workers} workers: the triplet loss needs "
+            "at least 2 nodules per worker; add patients or use fewer reid.workers"
+        )
+    return r if r.p <= per_worker else dataclasses.replace(r, p=per_worker)
 
 
 def within_patient_pairs(

@@ -21,7 +21,6 @@ made with other settings or data is refused rather than mixed.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -81,27 +80,25 @@ def _fingerprint(cfg: Config, tracklets: pd.DataFrame) -> str:
 def _train(cfg: Config, data: Path, out: Path, splits: pd.DataFrame) -> dict[str, Path]:
     """Train every model of ``reid.models`` not trained yet; their files by kind."""
     from usv_ray.reid.embed import save_reid_model
+    from usv_ray.reid.pairs import clamp_p, training_nodules
     from usv_ray.reid.training import fit_reid
 
-    r = cfg.reid
     train = splits[splits["split"] == "train"]
     val = splits[splits["split"] == "val"]
-    n_identities = int(train.groupby(["patient_key", "nodule_id"]).ngroups)
-    if n_identities // r.workers < 2:
-        raise ReidError(
-            f"{n_identities} training nodules for {r.workers} workers: the triplet loss needs "
-            "at least 2 nodules per worker; add patients or use fewer reid.workers"
-        )
-    if r.p * r.workers > n_identities:
+    n_identities = training_nodules(splits)
+    try:
+        r = clamp_p(cfg.reid, n_identities)
+    except ValueError as exc:
+        raise ReidError(str(exc)) from exc
+    if r.p < cfg.reid.p:
         log.warning(
             "re-ID: reid.p=%d nodules per batch on %d workers, but only %d training nodules: "
             "using p=%d",
-            r.p,
+            cfg.reid.p,
             r.workers,
             n_identities,
-            n_identities // r.workers,
+            r.p,
         )
-        r = dataclasses.replace(r, p=n_identities // r.workers)
     files = {}
     for kind in r.models:
         files[kind] = out / "models" / f"{kind}.pt"
@@ -225,7 +222,7 @@ def _clustering(out: Path, embeddings: Path, splits: pd.DataFrame, seed: int) ->
 
 def run_reid(cfg: Config, data: str | Path, out: str | Path) -> ReidSummary:
     """Train and evaluate the re-ID models on the tracklets of ``data`` into ``out``."""
-    from usv_ray.reid.pairs import split_patients
+    from usv_ray.reid.pairs import split_tracklets
     from usv_ray.runtime import ensure_ray
 
     started = time.perf_counter()
@@ -237,12 +234,9 @@ def run_reid(cfg: Config, data: str | Path, out: str | Path) -> ReidSummary:
         log.info("resuming the re-ID run in %s", out)
     remove_stale_tmp(out)
     try:
-        split_of = split_patients(tracklets["patient_key"].tolist(), r.split, seed=r.seed)
+        splits = split_tracklets(tracklets, r)
     except ValueError as exc:
         raise ReidError(str(exc)) from exc
-    splits = tracklets[["tracklet_id", "patient_key", "nodule_id"]].assign(
-        split=tracklets["patient_key"].map(split_of)
-    )
     write_table(pa.Table.from_pandas(splits, preserve_index=False), out / "splits.parquet")
     for split in ("train", "val", "test"):
         part = splits[splits["split"] == split]

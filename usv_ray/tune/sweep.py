@@ -1,4 +1,9 @@
-"""Run a sweep: the Tuner (new or restored), its resources and scheduler, and its outputs.
+"""The sweep engine: a :class:`Target` in, its results table and ``best.yaml`` out.
+
+It knows no target: :mod:`usv_ray.tune.targets` builds them (and imports this module,
+never the reverse). A target's points are either Ray Tune trials that train
+(:class:`TuneTrials`: the Tuner, new or restored, its resources and ASHA) or a plain loop
+in the driver (:class:`GridLoop`: no training, milliseconds a point, as tau is).
 
 Output layout under ``out``::
 
@@ -8,8 +13,9 @@ Output layout under ``out``::
     results.csv, results.md one row per trial: its values, metrics and how it ended
     best.yaml               the full config with the best trial's values
 
-A rerun on the same ``out`` restores the experiment: finished trials are kept, unfinished
-ones go on (their Train runs resume from their last checkpoints), and a folder made for
+(``sweep/`` and ``runs/`` only for Tune trials.) A rerun on the same ``out`` restores the
+experiment: finished trials are kept, unfinished ones go on (their Train runs resume from
+their last checkpoints); a plain loop evaluates its points again. A folder made for
 another target or other settings is refused rather than mixed.
 """
 
@@ -17,19 +23,20 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 import yaml
 
-from usv_ray.config import Config, ConfigError, load_config, to_dict
+from usv_ray.config import Config, load_config, to_dict
 from usv_ray.io import atomic_path, claim_folder
 
 log = logging.getLogger(__name__)
@@ -180,27 +187,46 @@ def _orphan_callback() -> Any:
 
 
 @dataclass(frozen=True)
-class TrainingTarget:
-    """One training sweep: its trial function and search space, and how to rank trials."""
+class TuneTrials:
+    """A target's points as Ray Tune trials, each launching a stage's Ray Train run."""
 
-    name: str
     trainable: Callable[[dict], None]  # a Tune function (``tune.with_parameters`` applied)
-    param_space: dict[str, Any]  # dotted config key -> Tune domain or grid
-    metric: str  # a metric every trial reports last
-    mode: str  # "min" or "max"
     # ASHA's time attribute, counted from 0 as the stage reports it; None: a trial reports
     # once (LSTMs train in one go), so there is nothing to stop early
     time_attr: str | None
     epochs: int  # the stage's epochs per trial
     cpus: float  # CPUs of one trial's Train workers together
     gpus: float
+    # the trial's own actor trains (without Ray Train): it reserves ``cpus`` itself
+    in_trial: bool = False
+
+
+@dataclass(frozen=True)
+class GridLoop:
+    """A target's points evaluated one after another in the driver, without Ray: for a
+    parameter that needs no training (RAY.md: a loop took 0.08 s where Tune took 25 s)."""
+
+    evaluate: Callable[[dict[str, Any]], dict[str, Any]]  # one point -> its metrics
+    # the best row's position from the metric column (a tie rule); None: the first best
+    pick: Callable[[pd.Series], int] | None = None
+    names: dict[str, str] = field(default_factory=dict)  # table column of a dotted key
+
+
+@dataclass(frozen=True)
+class Target:
+    """One sweep: the config keys it varies, how its points run, how they rank."""
+
+    name: str
+    # dotted config key -> Tune domain or ``tune.grid_search`` (a GridLoop: grids only)
+    param_space: dict[str, Any]
+    metric: str  # a metric every point reports (last)
+    mode: Literal["min", "max"]
     columns: tuple[str, ...]  # metrics shown in the results table
     settings: dict[str, Any]  # what the sweep's results depend on (for claim)
+    trials: TuneTrials | GridLoop
     # writes what the trials read into ``out`` (variable_max: the capped caches); called
     # once the folder is claimed, so a folder of another sweep is never written to
     prepare: Callable[[], None] | None = None
-    # the trial's own actor trains (without Ray Train): it reserves ``cpus`` itself
-    in_trial: bool = False
 
 
 def max_concurrent(cfg: Config, cpus: float, gpus: float) -> int:
@@ -239,15 +265,15 @@ def driver_resources(cfg: Config) -> dict[str, float]:
     return resources
 
 
-def _status(result: Any, epoch: float, target: TrainingTarget) -> str:
+def _status(result: Any, epoch: float, trials: TuneTrials) -> str:
     if result.error is not None:
         return f"error: {type(result.error).__name__}"
-    if target.time_attr is not None and not math.isnan(epoch) and epoch + 1 < target.epochs:
+    if trials.time_attr is not None and not math.isnan(epoch) and epoch + 1 < trials.epochs:
         return f"stopped by ASHA after {int(epoch) + 1} epochs"
     return "done"
 
 
-def _table(results: Any, target: TrainingTarget) -> pd.DataFrame:
+def _table(results: Any, target: Target, trials: TuneTrials) -> pd.DataFrame:
     rows = []
     for result in results:
         metrics = result.metrics or {}
@@ -255,7 +281,7 @@ def _table(results: Any, target: TrainingTarget) -> pd.DataFrame:
         row = {"trial": metrics.get("trial_id", "")}  # Tune adds it to every result
         row.update({key: (result.config or {}).get(key) for key in target.param_space})
         row.update({column: metrics.get(column, math.nan) for column in target.columns})
-        row["status"] = _status(result, epoch, target)
+        row["status"] = _status(result, epoch, trials)
         rows.append(row)
     table = pd.DataFrame(rows)
     # best first; ties (common on small validation sets) in trial order, on every rerun
@@ -268,28 +294,29 @@ def _table(results: Any, target: TrainingTarget) -> pd.DataFrame:
 
 
 def fit_sweep(
-    cfg: Config, target: TrainingTarget, out: Path, callbacks: Sequence[Any] = ()
+    cfg: Config, target: Target, trials: TuneTrials, out: Path, callbacks: Sequence[Any] = ()
 ) -> pd.DataFrame:
-    """Run (or resume) the Tune experiment of ``target`` in ``out``; the results table."""
+    """Run (or resume) the Tune experiment of ``target`` in ``out``; the results table,
+    best first."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator
 
     path = (out / EXPERIMENT).resolve()
-    resources = driver_resources(cfg) | ({"CPU": target.cpus} if target.in_trial else {})
-    trainable = tune.with_resources(target.trainable, resources)
-    concurrent = max_concurrent(cfg, target.cpus, target.gpus)
+    resources = driver_resources(cfg) | ({"CPU": trials.cpus} if trials.in_trial else {})
+    trainable = tune.with_resources(trials.trainable, resources)
+    concurrent = max_concurrent(cfg, trials.cpus, trials.gpus)
     if tune.Tuner.can_restore(path):
         log.info("tune: resuming the sweep in %s", path)
         # errored trials go on from their Train runs' last checkpoints
         tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
     else:
         scheduler = None
-        if target.time_attr is not None:
+        if trials.time_attr is not None:
             t = cfg.tune
             scheduler = ASHAScheduler(
-                time_attr=target.time_attr,
-                max_t=max(target.epochs - 1, t.grace_period),  # the last epoch's index
+                time_attr=trials.time_attr,
+                max_t=max(trials.epochs - 1, t.grace_period),  # the last epoch's index
                 grace_period=t.grace_period,
                 reduction_factor=t.reduction_factor,
             )
@@ -320,12 +347,12 @@ def fit_sweep(
         target.name,
         ", ".join(target.param_space),
         concurrent,
-        " with ASHA" if target.time_attr else "",
+        " with ASHA" if trials.time_attr else "",
     )
     results = tuner.fit()
     release_orphaned_placement_groups()  # the last stopped trial's, if any
     check_finished(results, expected_trials(target.param_space, cfg.tune.num_samples), out)
-    return _table(results, target)
+    return _table(results, target, trials)
 
 
 def expected_trials(param_space: Mapping[str, Any], num_samples: int) -> int:
@@ -352,49 +379,70 @@ def check_finished(results: Any, expected: int, out: Path) -> None:
         )
 
 
-def run_tune(
-    cfg: Config,
-    target: str,
-    data: str | Path,
-    out: str | Path,
-    callbacks: Sequence[Any] = (),
+def grid_points(param_space: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every combination of the grids of ``param_space`` (``tune.grid_search`` values, or
+    a constant), the last key varying fastest."""
+    values = []
+    for key, value in param_space.items():
+        if isinstance(value, dict) and "grid_search" in value:
+            values.append(list(value["grid_search"]))
+        elif isinstance(value, dict) or callable(getattr(value, "sample", None)):
+            raise TuneError(f"{key}: a plain loop sweeps grids, not {value!r}")
+        else:
+            values.append([value])
+    return [dict(zip(param_space, point, strict=True)) for point in itertools.product(*values)]
+
+
+def loop_sweep(target: Target, loop: GridLoop) -> pd.DataFrame:
+    """Evaluate every point of ``target``'s grid in order; the results table, one row a
+    point in grid order."""
+    points = grid_points(target.param_space)
+    log.info("tune %s: %d point(s) of %s", target.name, len(points), ", ".join(target.param_space))
+    rows = []
+    for point in points:
+        metrics = loop.evaluate(point)
+        row = {loop.names.get(key, key): value for key, value in point.items()}
+        row.update({column: metrics.get(column, math.nan) for column in target.columns})
+        rows.append({**row, "status": "done"})
+    return pd.DataFrame(rows)
+
+
+def run_target(
+    cfg: Config, target: Target, out: str | Path, callbacks: Sequence[Any] = ()
 ) -> TuneSummary:
-    """Sweep ``target`` on ``data`` into ``out``; ``callbacks`` are extra Tune callbacks.
-
-    ``data`` is the ingest folder for ``cnn`` and ``reid``, a classify folder for
-    ``lstm``, ``equal_frames`` and ``variable_max``, a re-ID folder for ``tau``.
-    """
+    """Sweep ``target`` into ``out``: claim the folder, run (or resume) its points, write
+    ``results.{csv,md}`` and ``best.yaml``; ``callbacks`` are extra Tune callbacks."""
     from usv_ray.runtime import ensure_ray
-    from usv_ray.tune.targets import TARGETS
 
-    if target == "tau":
-        from usv_ray.tune.tau import run_tau_sweep
-
-        return run_tau_sweep(cfg, data, out)
-    if target not in TARGETS:
-        raise ConfigError(f"unknown tune target {target!r} (known: {', '.join(TARGETS)}, tau)")
     started = time.perf_counter()
-    data, out = Path(data), Path(out)
-    ensure_ray(cfg.ray)
-    spec = TARGETS[target](cfg, data, out)
-    if claim(out, target, spec.settings):
+    out = Path(out)
+    if claim(out, target.name, target.settings):
         log.info("tune: resuming in %s", out)
-    if spec.prepare is not None:
-        spec.prepare()
-    table = fit_sweep(cfg, spec, out, callbacks)
+    if target.prepare is not None:
+        target.prepare()
+    trials, names = target.trials, {}
+    if isinstance(trials, GridLoop):
+        table = loop_sweep(target, trials)
+        names = trials.names
+    else:
+        ensure_ray(cfg.ray)
+        table = fit_sweep(cfg, target, trials, out, callbacks)
     write_results(table, out)
-    row = best_row(table, spec.metric, spec.mode)
-    best = {key: row[key] for key in spec.param_space}
+    row = best_row(table, target.metric, target.mode)  # raises when no value is finite
+    if isinstance(trials, GridLoop) and trials.pick is not None:
+        scores = pd.to_numeric(table[target.metric], errors="coerce")
+        row = table.iloc[trials.pick(scores)]
+    best = {key: row[names.get(key, key)] for key in target.param_space}
     best_config = write_best_config(cfg, best, out / "best.yaml")
-    best = to_dict(apply_params(cfg, best))  # plain values, as in the YAML
-    best = {key: best[key.split(".")[0]][key.split(".")[1]] for key in spec.param_space}
+    plain = to_dict(apply_params(cfg, best))  # plain values, as in the YAML
+    best = {key: plain[key.split(".")[0]][key.split(".")[1]] for key in target.param_space}
     return TuneSummary(
         out,
-        target,
-        spec.metric,
-        spec.mode,
+        target.name,
+        target.metric,
+        target.mode,
         best,
-        float(row[spec.metric]),
+        float(row[target.metric]),
         table.reset_index(drop=True),
         best_config,
         time.perf_counter() - started,

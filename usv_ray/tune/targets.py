@@ -1,16 +1,23 @@
-"""The training sweeps: for each target, the data its trials read and its trial function.
+"""The targets of ``usv-ray tune`` (:data:`TARGETS`) and its entry point :func:`run_tune`.
 
-A trial function runs in a Tune trial's actor and launches the stage's own Ray Train run
-(``fit_cnns``, ``fit_lstms``, ``fit_reid``, all on :func:`usv_ray.train.fit`, which adds
+A target is a :class:`~usv_ray.tune.sweep.Target` built from the config and the data
+folder; :func:`usv_ray.tune.sweep.run_target` runs it. This module imports the engine and
+the targets' modules, never the reverse.
+
+The training targets' points are Tune trials that launch the stage's own Ray Train run
+(``fit_cnns``, ``fit_lstms``, ``fit_reid``, all on :func:`usv_ray.train.train_models`, which adds
 ``TuneReportCallback`` inside a Tune trial). The CNN and re-ID runs report every epoch,
 so ASHA can stop poor trials; an LSTM run reports once per model, so its trial reports
-its validation metrics itself when the model is trained.
+its validation metrics itself when the model is trained. The tau target
+(:mod:`usv_ray.tune.tau`) trains nothing and runs as a plain loop.
 
-Validation never touches a test set: the classify targets use fold ``tune.fold``'s
-training patients and, for validation, the share of them that validates that fold's CNN
-in ``usv-ray classify`` (the LSTM targets read that CNN's features, which it computed
-for those videos without training on them); the re-ID target uses the re-ID split's
-validation patients.
+The data a trial trains and validates on comes from the stages' own split functions, so
+a sweep cannot tune on other data than the stage trains on, and never touches a test set:
+the classify targets use fold ``tune.fold``'s training videos and validation share as
+:func:`usv_ray.classify.folds.fold_split` gives them to that fold's CNN in ``usv-ray
+classify`` (the LSTM targets read that CNN's features, which it computed for those videos
+without training on them); the re-ID target uses :func:`usv_ray.reid.pairs.split_tracklets`
+and the stage's P clamp :func:`usv_ray.reid.pairs.clamp_p`.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import dataclasses
 import logging
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +34,18 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from usv_ray.config import Config, to_dict
+from usv_ray.config import Config, ConfigError, to_dict
 from usv_ray.io import write_table
-from usv_ray.tune.sweep import TrainingTarget, TuneError, apply_params, run_name
+from usv_ray.tune.sweep import (
+    Target,
+    TuneError,
+    TuneSummary,
+    TuneTrials,
+    apply_params,
+    run_name,
+    run_target,
+)
+from usv_ray.tune.tau import tau_target
 
 log = logging.getLogger(__name__)
 
@@ -56,35 +72,25 @@ def _labelled_videos(data: Path) -> pd.DataFrame:
 
 
 def _with_folds(cfg: Config, videos: pd.DataFrame) -> pd.DataFrame:
-    """``videos`` with the classify fold of each (the same patient-level folds)."""
-    from usv_ray.classify.folds import assign_folds
+    """``videos`` with the classify fold of each (classify's own fold table)."""
+    from usv_ray.classify.folds import fold_table
 
-    c = cfg.classify
     try:
-        fold_of = assign_folds(
-            videos["video_id"], videos["patient_key"], videos["label"], c.folds, c.seed
-        )
+        return fold_table(videos, cfg.classify)
     except ValueError as exc:
         raise TuneError(str(exc)) from exc
-    return videos.assign(fold=videos["video_id"].map(fold_of))
 
 
 def _fold_split(cfg: Config, folds: pd.DataFrame) -> tuple[list[str], list[str]]:
     """(training, validation) videos of fold ``tune.fold``'s CNN, as classify splits them;
     ``folds`` has video_id, patient_key, label and fold."""
-    from usv_ray.classify.folds import validation_videos
+    from usv_ray.classify.folds import fold_split
 
-    c, k = cfg.classify, cfg.tune.fold
-    if not 0 <= k < c.folds:
-        raise TuneError(f"tune.fold={k} is not one of the {c.folds} classify folds")
-    train = folds[folds["fold"] != k]
     try:
-        held = validation_videos(
-            train["video_id"], train["patient_key"], train["label"], c.val_fraction, c.seed
-        )
+        train_ids, val_ids = fold_split(folds, cfg.tune.fold, cfg.classify)
     except ValueError as exc:
-        raise TuneError(str(exc)) from exc
-    return [v for v in train["video_id"] if v not in held], sorted(held)
+        raise TuneError(f"tune.fold={cfg.tune.fold}: {exc}") from exc
+    return list(train_ids), list(val_ids)
 
 
 def cnn_trial(
@@ -115,7 +121,7 @@ def _choice(values: tuple, name: str) -> Any:
     return tune.choice(list(values)) if len(values) > 1 else values[0]
 
 
-def cnn_target(cfg: Config, data: Path, out: Path) -> TrainingTarget:
+def cnn_target(cfg: Config, data: Path, out: Path) -> Target:
     """Learning rate and batch size of the frame CNN."""
     from ray import tune
 
@@ -129,21 +135,23 @@ def cnn_target(cfg: Config, data: Path, out: Path) -> TrainingTarget:
         val_ids=val_ids,
         storage=str((out / "runs").resolve()),
     )
-    return TrainingTarget(
+    return Target(
         "cnn",
-        trainable,
         {
             "classify.cnn_lr": _log_uniform(cfg.tune.cnn_lr, "cnn_lr"),
             "classify.cnn_batch_size": _choice(cfg.tune.cnn_batch_size, "cnn_batch_size"),
         },
         "best_val_loss",
         "min",
-        "epoch",
-        c.cnn_epochs,
-        c.workers * c.cpus_per_worker,
-        c.workers if c.use_gpu else 0,
         CLASSIFY_COLUMNS,
         _settings(cfg, data, "classify", train_ids=train_ids, val_ids=val_ids),
+        TuneTrials(
+            trainable,
+            "epoch",
+            c.cnn_epochs,
+            c.workers * c.cpus_per_worker,
+            c.workers if c.use_gpu else 0,
+        ),
     )
 
 
@@ -169,9 +177,6 @@ class LstmInputs:
     videos: dict[str, tuple[int, int]]  # video_id -> (label, fold): fold k = validation
 
 
-SPLIT_KEYS = ("folds", "seed", "val_fraction")  # what fixes a fold CNN's training videos
-
-
 def _check_split_settings(cfg: Config, data: Path) -> None:
     """Refuse a classify folder made with other split settings than ``cfg``.
 
@@ -181,11 +186,13 @@ def _check_split_settings(cfg: Config, data: Path) -> None:
     """
     import json
 
+    from usv_ray.classify.folds import SPLIT_SETTINGS
+
     record = data / "classify.json"
     if not record.exists():
         raise TuneError(f"{record} not found: --data must be a classify folder")
     made = json.loads(record.read_text()).get("classify", {})
-    wrong = [k for k in SPLIT_KEYS if k in made and made[k] != getattr(cfg.classify, k)]
+    wrong = [k for k in SPLIT_SETTINGS if k in made and made[k] != getattr(cfg.classify, k)]
     if wrong:
         fix = " ".join(f"--set classify.{k}={made[k]}" for k in wrong)
         raise TuneError(f"{data} was classified with other split settings: tune with {fix}")
@@ -215,7 +222,8 @@ def _lstm_inputs(cfg: Config, data: Path) -> LstmInputs:
 def lstm_trial(
     params: dict, *, cfg: Config, inputs: LstmInputs, features: dict, storage: str
 ) -> None:
-    """One LSTM trial: train on the training videos, then report validation metrics.
+    """One LSTM trial: train on the training videos, keeping the best epoch on the
+    validation videos as the stage does, then report its validation metrics.
 
     ``features`` maps a value of ``ingest.n_frames`` (variable_max) to its capped cache;
     the equal-frame N comes from ``classify.equal_frames`` when the sweep sets it.
@@ -230,9 +238,16 @@ def lstm_trial(
     frames = c.equal_frames if "classify.equal_frames" in params else None
     folder = Path(features.get(trial_cfg.ingest.n_frames, inputs.features))
     job = LstmJob(inputs.fold, frames)
-    weights = fit_lstms(c, folder, inputs.videos, [job], Path(storage), run_name("lstm"))[job]
-    trained = job_sequences(folder, inputs.videos, job, train=True)
-    held = job_sequences(folder, inputs.videos, job, train=False)
+    # as in the stage: the validation videos sit outside the tested fold, and the runner
+    # leaves them out of training and keeps the epoch with the best loss on them
+    held_ids = {v for v, (_, fold) in inputs.videos.items() if fold == inputs.fold}
+    videos = {v: (label, inputs.fold + 1) for v, (label, _) in inputs.videos.items()}
+    val_ids = {inputs.fold: sorted(held_ids)}
+    name = run_name("lstm")
+    weights = fit_lstms(c, folder, videos, [job], Path(storage), name, val_ids)[job]
+    sequences = job_sequences(folder, videos, job, train=True)
+    trained = [s for s in sequences if s.video_id not in held_ids]
+    held = [s for s in sequences if s.video_id in held_ids]
     prob = predict(c, weights, held)  # (V,) P(malignant)
     label = np.asarray([s.label for s in held], dtype=np.int64)  # (V,)
     if len(held) == 0:
@@ -273,7 +288,7 @@ def _capped_cache(inputs: LstmInputs, cap: int, out: Path) -> None:
     frames per video, spread uniformly over the cached ones as ingest samples them: the
     variable-frame set of ``ingest.n_frames=cap``, without ingesting again. Written once,
     reused by reruns."""
-    from usv_ray.classify.lstm import uniform_positions
+    from usv_ray.frames import uniform_positions
 
     target = Path(_capped_folder(out, cap)) / f"fold={inputs.fold}" / "features.parquet"
     if not target.exists():
@@ -289,7 +304,7 @@ def _capped_cache(inputs: LstmInputs, cap: int, out: Path) -> None:
         write_table(pa.Table.from_pandas(kept, preserve_index=False), target)
 
 
-def _lstm_target(cfg: Config, data: Path, out: Path, kind: str) -> TrainingTarget:
+def _lstm_target(cfg: Config, data: Path, out: Path, kind: str) -> Target:
     from ray import tune
 
     inputs = _lstm_inputs(cfg, data)
@@ -339,20 +354,22 @@ def _lstm_target(cfg: Config, data: Path, out: Path, kind: str) -> TrainingTarge
         features=features,
         storage=str((out / "runs").resolve()),
     )
-    return TrainingTarget(
+    return Target(
         kind,
-        trainable,
         space,
         "best_val_loss",
         "min",
-        None,  # one report per trial: nothing for ASHA to stop
-        c.lstm_epochs,
-        max(c.lstm_workers, 1) * c.cpus_per_worker,
-        c.lstm_workers if c.use_gpu else 0,
         LSTM_COLUMNS,
         _settings(cfg, data, "classify", videos=sorted(inputs.videos), ingest_cap=kind),
+        TuneTrials(
+            trainable,
+            None,  # one report per trial: nothing for ASHA to stop
+            c.lstm_epochs,
+            max(c.lstm_workers, 1) * c.cpus_per_worker,
+            c.lstm_workers if c.use_gpu else 0,
+            in_trial=c.lstm_workers == 0,
+        ),
         prepare=prepare,
-        in_trial=c.lstm_workers == 0,
     )
 
 
@@ -370,67 +387,85 @@ def reid_trial(
     storage: str,
 ) -> None:
     """One re-ID trial: ``reid.embed_model`` with ``params``, validated every epoch."""
+    from usv_ray.reid.pairs import clamp_p
     from usv_ray.reid.training import fit_reid
 
-    r = apply_params(cfg, params).reid
-    r = dataclasses.replace(r, p=min(r.p, n_identities // r.workers))  # as run_reid clamps it
+    r = clamp_p(apply_params(cfg, params).reid, n_identities)  # as run_reid clamps it
     fit_reid(r, r.embed_model, Path(data), train_ids, val_ids, Path(storage), run_name("reid"))
 
 
-def reid_target(cfg: Config, data: Path, out: Path) -> TrainingTarget:
+def reid_target(cfg: Config, data: Path, out: Path) -> Target:
     """Learning rate and P (nodules per P x K batch) of the re-ID model."""
     from ray import tune
 
     from usv_ray.reid.clips import read_tracklet_table
-    from usv_ray.reid.pairs import split_patients
+    from usv_ray.reid.pairs import clamp_p, split_tracklets, training_nodules
 
     r = cfg.reid
     try:
         table = read_tracklet_table(data).to_pandas()
     except FileNotFoundError as exc:
         raise TuneError(str(exc)) from exc
-    known = table[table["nodule_id"].notna()]
     try:
-        split_of = split_patients(known["patient_key"].tolist(), r.split, seed=r.seed)
+        splits = split_tracklets(table, r)
+        n_identities = training_nodules(splits)
+        p_values = sorted(
+            {clamp_p(dataclasses.replace(r, p=p), n_identities).p for p in cfg.tune.reid_p}
+        )
     except ValueError as exc:
         raise TuneError(f"re-ID split: {exc}") from exc
-    split = known["patient_key"].map(split_of)
-    train, val = known[split == "train"], known[split == "val"]
-    n_identities = int(train.groupby(["patient_key", "nodule_id"]).ngroups)
-    if n_identities // r.workers < 2:
-        raise TuneError(
-            f"{n_identities} training nodules for {r.workers} workers: the triplet loss "
-            "needs at least 2 nodules per worker"
-        )
-    p_values = sorted({min(p, n_identities // r.workers) for p in cfg.tune.reid_p})
+    train_ids = splits.loc[splits["split"] == "train", "tracklet_id"].tolist()
+    val_ids = splits.loc[splits["split"] == "val", "tracklet_id"].tolist()
     trainable = tune.with_parameters(
         reid_trial,
         cfg=cfg,
         data=str(data.resolve()),
-        train_ids=train["tracklet_id"].tolist(),
-        val_ids=val["tracklet_id"].tolist(),
+        train_ids=train_ids,
+        val_ids=val_ids,
         n_identities=n_identities,
         storage=str((out / "runs").resolve()),
     )
-    return TrainingTarget(
+    return Target(
         "reid",
-        trainable,
         {"reid.lr": _log_uniform(cfg.tune.reid_lr, "reid_lr"), "reid.p": _choice(p_values, "p")},
         "best_val_acc",
         "max",
-        "epoch",
-        r.epochs,
-        r.workers * r.cpus_per_worker,
-        r.workers if r.use_gpu else 0,
         REID_COLUMNS,
-        _settings(cfg, data, "reid", tracklets=known["tracklet_id"].tolist()),
+        _settings(cfg, data, "reid", train_ids=train_ids, val_ids=val_ids),
+        TuneTrials(
+            trainable,
+            "epoch",
+            r.epochs,
+            r.workers * r.cpus_per_worker,
+            r.workers if r.use_gpu else 0,
+        ),
     )
 
 
-TARGETS: dict[str, Callable[[Config, Path, Path], TrainingTarget]] = {
+# -- the registry and the entry point ------------------------------------------------------
+
+TARGETS: dict[str, Callable[[Config, Path, Path], Target]] = {
     "cnn": cnn_target,
     "lstm": lambda cfg, data, out: _lstm_target(cfg, data, out, "lstm"),
     "equal_frames": lambda cfg, data, out: _lstm_target(cfg, data, out, "equal_frames"),
     "variable_max": lambda cfg, data, out: _lstm_target(cfg, data, out, "variable_max"),
     "reid": reid_target,
+    "tau": tau_target,
 }
+
+
+def run_tune(
+    cfg: Config,
+    target: str,
+    data: str | Path,
+    out: str | Path,
+    callbacks: Sequence[Any] = (),
+) -> TuneSummary:
+    """Sweep ``target`` on ``data`` into ``out``; ``callbacks`` are extra Tune callbacks.
+
+    ``data`` is the ingest folder for ``cnn`` and ``reid``, a classify folder for
+    ``lstm``, ``equal_frames`` and ``variable_max``, a re-ID folder for ``tau``.
+    """
+    if target not in TARGETS:
+        raise ConfigError(f"unknown tune target {target!r} (known: {', '.join(TARGETS)})")
+    return run_target(cfg, TARGETS[target](cfg, Path(data), Path(out)), out, callbacks)

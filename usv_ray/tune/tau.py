@@ -1,42 +1,34 @@
-"""The clustering threshold tau, swept on the re-ID stage's cached validation embeddings.
+"""The tau target: the clustering threshold of the nodule index (``index.tau``), swept on
+the re-ID stage's cached validation embeddings.
 
-No training: every trial clusters the validation patients' embeddings at one tau
-(:func:`usv_ray.cluster.threshold.cluster_patients`, ``index.method``) and scores the
-clusters against the annotated nodules with the pairwise F-score
-(:func:`usv_ray.cluster.metrics.pairwise_scores`). The trials are a Tune grid over
-``tune.tau`` on reused actors (the embeddings travel once, through the object store), so
-a sweep of ten values takes seconds; the best tau goes to ``index.tau`` in best.yaml.
+No training, so no Tune trials (RAY.md: tau is not a training hyperparameter): a
+:class:`~usv_ray.tune.sweep.GridLoop` clusters the validation patients' embeddings at each
+tau of ``tune.tau`` (:func:`usv_ray.cluster.threshold.cluster_patients`, ``index.method``)
+and scores the clusters against the annotated nodules with the pairwise F-score
+(:func:`usv_ray.cluster.metrics.pairwise_scores`). The best tau goes to ``index.tau`` in
+best.yaml; on a tie, the middle of the tied values
+(:func:`usv_ray.cluster.compare.best_on_grid`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from usv_ray.cluster.compare import best_on_grid
 from usv_ray.config import Config
-from usv_ray.tune.sweep import (
-    EXPERIMENT,
-    TuneError,
-    TuneSummary,
-    best_row,
-    check_finished,
-    claim,
-    write_best_config,
-    write_results,
-)
+from usv_ray.tune.sweep import GridLoop, Target, TuneError
 
 log = logging.getLogger(__name__)
 
 KEY = "index.tau"
+COLUMNS = ("precision", "recall", "f_score", "clusters")
 
 
 def validation_embeddings(reid: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -63,78 +55,44 @@ def validation_embeddings(reid: Path) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return embeddings, patients, nodules
 
 
-def tau_trial(
-    params: dict,
-    *,
+def score_tau(
+    tau: float,
     embeddings: np.ndarray,
     patients: np.ndarray,
     nodules: np.ndarray,
+    *,
     method: str,
     seed: int,
-) -> None:
-    """One tau: cluster every validation patient, report the pairwise scores."""
-    from ray import tune
-
+) -> dict[str, float]:
+    """Cluster every validation patient at ``tau``: pairwise precision, recall, F-score
+    against the annotated nodules, and the clusters found."""
     from usv_ray.cluster.metrics import pairwise_scores
     from usv_ray.cluster.threshold import cluster_patients
     from usv_ray.evaluate.metrics import MetricWarning
 
-    labels = cluster_patients(embeddings, patients, params[KEY], method=method, seed=seed)
+    labels = cluster_patients(embeddings, patients, tau, method=method, seed=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MetricWarning)  # no pairs at all: NaN, not a crash
         scores = pairwise_scores(nodules, labels, patients)
     clusters = len(set(zip(patients.tolist(), labels.tolist(), strict=True)))
-    tune.report(
-        {
-            "f_score": scores.f_score,
-            "precision": scores.precision,
-            "recall": scores.recall,
-            "clusters": clusters,
-        }
-    )
+    return {
+        "precision": scores.precision,
+        "recall": scores.recall,
+        "f_score": scores.f_score,
+        "clusters": clusters,
+    }
 
 
-def run_tau_sweep(cfg: Config, reid: str | Path, out: str | Path) -> TuneSummary:
-    """Sweep ``tune.tau`` on the validation embeddings of the re-ID folder ``reid``.
+def tau_target(cfg: Config, data: Path, out: Path) -> Target:
+    """``index.tau`` over the grid ``tune.tau``, on the re-ID folder ``data``'s
+    validation embeddings; the results table has one row per tau, in increasing order."""
+    from usv_ray.cluster.compare import best_on_grid
 
-    Writes ``out/results.{csv,md}`` (one row per tau) and ``out/best.yaml`` (``index.tau``
-    set to the tau of the best pairwise F-score; on a tie, the middle of the tied values:
-    :func:`usv_ray.cluster.compare.best_on_grid`). A rerun on the same ``out`` restores the
-    Tune experiment and evaluates only what is missing.
-    """
-    from ray import tune
-
-    from usv_ray.runtime import ensure_ray
-
-    started = time.perf_counter()
-    reid, out = Path(reid), Path(out)
     grid = sorted(set(cfg.tune.tau))
     if not grid or min(grid) < 0 or not all(map(math.isfinite, grid)):
         raise TuneError(f"tune.tau must hold finite values >= 0, got {cfg.tune.tau}")
-    embeddings, patients, nodules = validation_embeddings(reid)
+    embeddings, patients, nodules = validation_embeddings(data)
     index = cfg.index
-    settings = {
-        "data": str(reid.resolve()),
-        "tau": grid,
-        "method": index.method,
-        "seed": index.seed,
-        "tracklets": len(patients),
-    }
-    if claim(out, "tau", settings):
-        log.info("tune tau: resuming in %s", out)
-    ensure_ray(cfg.ray)
-    trainable = tune.with_resources(
-        tune.with_parameters(
-            tau_trial,
-            embeddings=embeddings,
-            patients=patients,
-            nodules=nodules,
-            method=index.method,
-            seed=index.seed,
-        ),
-        {"CPU": 1},
-    )
-    path = (out / EXPERIMENT).resolve()
     log.info(
         "tune tau: %d values on %d validation tracklets of %d patients (%s)",
         len(grid),
@@ -142,43 +100,24 @@ def run_tau_sweep(cfg: Config, reid: str | Path, out: str | Path) -> TuneSummary
         len(set(patients.tolist())),
         index.method,
     )
-    if tune.Tuner.can_restore(path):
-        tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space={KEY: tune.grid_search(grid)},
-            # one actor evaluates tau after tau: starting a process per value costs seconds
-            tune_config=tune.TuneConfig(reuse_actors=True),
-            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(path.parent), verbose=0),
+
+    def evaluate(point: dict[str, Any]) -> dict[str, float]:
+        return score_tau(
+            point[KEY], embeddings, patients, nodules, method=index.method, seed=index.seed
         )
-    results = tuner.fit()
-    check_finished(results, len(grid), out)
-    rows = []
-    for result in results:
-        metrics = result.metrics or {}
-        rows.append(
-            {
-                "tau": result.config[KEY],
-                **{k: metrics.get(k, math.nan) for k in ("precision", "recall", "f_score")},
-                "clusters": metrics.get("clusters", math.nan),
-                "status": "done" if result.error is None else f"error: {result.error!r}",
-            }
-        )
-    table = pd.DataFrame(rows).sort_values("tau", kind="stable").reset_index(drop=True)
-    write_results(table, out)
-    best_row(table, "f_score", "max")  # raises when no tau has a finite F-score
-    row = table.loc[best_on_grid(table["f_score"])]
-    best = {KEY: float(row["tau"])}
-    path = write_best_config(cfg, best, out / "best.yaml")
-    return TuneSummary(
-        out,
+
+    return Target(
         "tau",
+        {KEY: {"grid_search": grid}},  # what tune.grid_search(grid) returns
         "f_score",
         "max",
-        best,
-        float(row["f_score"]),
-        table,
-        path,
-        time.perf_counter() - started,
+        COLUMNS,
+        {
+            "data": str(data.resolve()),
+            "tau": grid,
+            "method": index.method,
+            "seed": index.seed,
+            "tracklets": len(patients),
+        },
+        GridLoop(evaluate, pick=best_on_grid, names={KEY: "tau"}),
     )
