@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from usv_ray.config import PrivacyConfig
+from usv_ray.errors import UsvRayError
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ DEV_KEY = b"usv-ray development key: synthetic data only"
 KEY_HEX_CHARS = 32  # 128 bits of the HMAC: collisions are out of reach for any archive
 
 
-class MissingKeyError(RuntimeError):
+class MissingKeyError(UsvRayError, RuntimeError):
     """No pseudonymisation key is configured."""
 
 

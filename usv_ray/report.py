@@ -29,6 +29,7 @@ from typing import Any
 
 import pandas as pd
 
+from usv_ray.errors import UsvRayError
 from usv_ray.io import atomic_path
 
 __all__ = ["ReportError", "write_report"]
@@ -67,7 +68,7 @@ PREFIX_TITLES = {"confusion_": "Confusion matrix: ", "probabilities_": "Predicte
 FIGURE_ORDER = ("roc", "pr", "roc_val", "roc_test", "confusion_", "probabilities_")
 
 
-class ReportError(ValueError):
+class ReportError(UsvRayError, ValueError):
     """The report cannot be written: no output folder, or a stage record that is not JSON."""
 
 

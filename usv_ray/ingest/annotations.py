@@ -13,10 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from usv_ray.errors import UsvRayError
+
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in source pixels
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UsvRayError, ValueError):
     """An annotations file, or one tracklet in it, that does not fit the contract."""
 
 
