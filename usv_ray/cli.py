@@ -182,10 +182,13 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def _print_report(out: Path) -> None:
-    from usv_ray.report import write_report
+    from usv_ray.report import RESULTS_NAME, write_report
 
     html_path, md_path = write_report(out)
-    print(f"report: {html_path} (self-contained; Markdown: {md_path})")
+    print(
+        f"report: {html_path} (self-contained; Markdown: {md_path}; the tables alone: "
+        f"{html_path.parent / RESULTS_NAME})"
+    )
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -310,9 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
     index.set_defaults(func=cmd_index)
 
     report = stages.add_parser(
-        "report", help="write report.html and report.md from a demo output folder"
+        "report",
+        help="write report.html, report.md and results.md (the tables alone) from an output "
+        "folder: a demo's, or one holding a real archive's data/, classify/, reid/, ...",
     )
-    report.add_argument("--out", required=True, help="the demo's output folder")
+    report.add_argument("--out", required=True, help="the output folder (as demo lays it out)")
     report.set_defaults(func=cmd_report)
 
     tune = stages.add_parser("tune", help="Ray Tune sweep of one target's hyperparameters")
