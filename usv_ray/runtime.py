@@ -200,6 +200,19 @@ def _worker_env() -> dict[str, str]:
     return {VERBOSE_ENV: "1" if is_verbose() else "0"}
 
 
+def _cluster_runtime_env() -> dict[str, object]:
+    """The hook, and ``-v`` for the workers, unless this driver runs in a submitted job:
+    there the job's own ``env_vars`` reach every worker already, and Ray refuses a
+    driver's env var that the job also sets (``--runtime-env-json '{"env_vars":
+    {"USV_RAY_VERBOSE": "1"}}'`` is how a job asks for Ray's logs)."""
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
+    runtime_env: dict[str, object] = {"worker_process_setup_hook": CLUSTER_HOOK}
+    if RAY_JOB_CONFIG_JSON_ENV_VAR not in os.environ:
+        runtime_env["env_vars"] = _worker_env()
+    return runtime_env
+
+
 def _init(cfg: RayConfig, address: str | None) -> None:
     import ray
 
@@ -209,7 +222,7 @@ def _init(cfg: RayConfig, address: str | None) -> None:
         ray.init(
             address=address,
             logging_config=logging_config,
-            runtime_env={"worker_process_setup_hook": CLUSTER_HOOK, "env_vars": _worker_env()},
+            runtime_env=_cluster_runtime_env(),
         )
         return
     recorded = _recorded_address()
