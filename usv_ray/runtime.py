@@ -86,6 +86,15 @@ def quiet_ray_logs() -> None:
     logging.getLogger(train_report_logger_name()).setLevel(logging.WARNING)
 
 
+def train_logging_config() -> object:
+    """Ray Train's own log level for a ``RunConfig(logging_config=...)``: WARNING, or INFO
+    with ``-v``. Ray Train logs each fit's worker-group start, process group, device and
+    checkpoint at INFO (7 lines a fit); only the RunConfig sets that level."""
+    import ray.train
+
+    return ray.train.LoggingConfig(log_level="INFO" if is_verbose() else "WARNING")
+
+
 # ---------------------------------------------------------------------------- addresses
 
 
@@ -241,6 +250,9 @@ def _init(cfg: RayConfig, address: str | None) -> None:
     # few shards on a laptop, several times per stage. The V1 reader takes well under a
     # second. Set here so the local workers (Ray Train's datasets) inherit it too.
     os.environ.setdefault("RAY_DATA_USE_DATASOURCE_V2", "0")
+    # Token authentication, as Ray 2.60 turns it on for a local Ray by default; said
+    # explicitly, so Ray does not print a notice about its default on every command.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     if not is_verbose():
         # A laptop is never preempted: Ray Train's preemption watcher only adds an actor
         # per run, whose creation logs an error-level object-store warning (ray #53727).
