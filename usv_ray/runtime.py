@@ -81,6 +81,7 @@ def quiet_ray_logs() -> None:
     if is_verbose():
         return
     os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
+
     if "ray.data" in logging.Logger.manager.loggerDict:  # already configured by an import
         logging.getLogger("ray.data").setLevel(os.environ["RAY_DATA_LOG_LEVEL"])
     logging.getLogger(train_report_logger_name()).setLevel(logging.WARNING)
@@ -250,10 +251,14 @@ def _init(cfg: RayConfig, address: str | None) -> None:
     # few shards on a laptop, several times per stage. The V1 reader takes well under a
     # second. Set here so the local workers (Ray Train's datasets) inherit it too.
     os.environ.setdefault("RAY_DATA_USE_DATASOURCE_V2", "0")
-    # Token authentication, as Ray 2.60 turns it on for a local Ray by default; said
-    # explicitly, so Ray does not print a notice about its default on every command.
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
     if not is_verbose():
+        # "Token authentication is enabled for this Ray cluster ...", on every local start:
+        # Ray's default, not news. (Setting RAY_AUTH_MODE here instead comes too late: Ray
+        # has read it at import, and a driver and a GCS that disagree cannot connect.)
+        # Joining a cluster keeps the notice: there it warns of a cluster without a token.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+            logging.ERROR
+        )
         # A laptop is never preempted: Ray Train's preemption watcher only adds an actor
         # per run, whose creation logs an error-level object-store warning (ray #53727).
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
