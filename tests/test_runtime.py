@@ -15,6 +15,18 @@ def test_an_inference_actor_leaves_a_cpu_to_the_reads_that_feed_it(ray_session):
     assert actor_cpus(1) == 1 and actor_cpus(0.5) == 0.5
 
 
+@pytest.mark.ray
+def test_local_workers_name_their_own_ray_for_the_state_api(ray_session, monkeypatch):
+    """With two Rays on a machine the State API cannot guess which is its own: the local
+    workers' hook tells it, through RAY_ADDRESS."""
+    import os
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("USV_RAY_VERBOSE", "1")  # leave the loggers of this process alone
+    quiet_local_workers()
+    assert os.environ["RAY_ADDRESS"] == ray_session.get_runtime_context().gcs_address
+
+
 def test_quiet_local_workers_silences_the_placement_group_cleaner_warning():
     # The logger Ray Train's cleaner really logs with: a Ray upgrade that moves it fails here.
     from ray.train.v2._internal.execution.controller import placement_group_cleaner

@@ -312,8 +312,17 @@ def quiet_local_workers() -> None:
     placement groups end with the driver, and Tune releases those its stopped trials leave
     (:func:`usv_ray.tune.sweep.release_orphaned_placement_groups`). Clusters run the
     dashboard: there the cleaner works and its warnings stay.
+
+    The State API finds its Ray from ``RAY_ADDRESS``, else by looking for GCS processes on
+    the machine: with two Rays there (another user's, a test's) it raises instead, and the
+    cleaner's thread dies with a traceback in the driver's log. This worker's own GCS is
+    the answer, so it is set here.
     """
+    import ray
+
     quiet_ray_logs()
+    if ray.is_initialized():
+        os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
     logging.getLogger(
         "ray.train.v2._internal.execution.controller.placement_group_cleaner"
     ).setLevel(logging.ERROR)
