@@ -760,7 +760,10 @@ def write_report(out: str | Path) -> tuple[Path, Path]:
     """
     out = Path(out)
     if not out.is_dir():
-        raise ReportError(f"{out} is not a folder: run `usv-ray demo --out {out}` first")
+        raise ReportError(
+            f"{out} is not a folder: give the folder that `usv-ray demo --out` or the "
+            "stages (data/, classify/, reid/, ...) wrote"
+        )
     sections = [
         _data_section(out),
         _stage_section(out, "classify", CLASSIFY_TITLE, ("table3", "table4")),
