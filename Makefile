@@ -19,6 +19,7 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 
 demo: install
 	$(VENV)/bin/usv-ray demo --out runs/demo
+	cp runs/demo/results.md docs/demo-results.md  # the committed page of the demo's tables
 
 test: install
 	tools/ensure_chromium.sh

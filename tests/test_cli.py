@@ -89,3 +89,62 @@ def test_job_entry_point_takes_the_ingest_arguments():
     job = Path(__file__).resolve().parents[1] / "jobs" / "ingest.py"
     done = subprocess.run([sys.executable, str(job), "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "--manifest" in done.stdout
+
+
+HEAVY = ("torch", "numba", "matplotlib", "pandas", "ray", "sklearn", "cv2", "yaml")
+
+
+def test_help_starts_without_heavy_imports():
+    """`usv-ray --help` and the parser import no stage: no PyTorch, numba, pandas, Ray."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from usv_ray.cli import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "usage: usv-ray" in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_every_user_error_is_one_line_and_exit_code_2(monkeypatch, capsys):
+    """main catches the one base class: a stage's error needs no import in the CLI."""
+    from usv_ray.errors import UsvRayError
+    from usv_ray.ingest.decode import VideoError
+    from usv_ray.io import FolderClaimed
+    from usv_ray.report import ReportError
+    from usv_ray.runtime import RayUnreachableError
+
+    for error in (ReportError("r"), FolderClaimed("f"), VideoError("k", "m")):
+        assert isinstance(error, UsvRayError)
+
+    def fail(args):
+        raise RayUnreachableError("cannot reach the Ray cluster at 10.0.0.1:6379")
+
+    monkeypatch.setattr("usv_ray.cli.cmd_report", fail)
+    assert main(["report", "--out", "x"]) == 2
+    assert capsys.readouterr().err == (
+        "usv-ray: error: cannot reach the Ray cluster at 10.0.0.1:6379\n"
+    )
+
+
+def test_report_without_a_folder_is_a_clear_error(tmp_path, capsys):
+    assert main(["report", "--out", str(tmp_path / "none")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+
+def test_verbose_flag_keeps_ray_logs(monkeypatch, tmp_path):
+    from usv_ray import runtime
+
+    monkeypatch.setenv(runtime.VERBOSE_ENV, "0")  # restored after the test
+    main(["report", "--out", str(tmp_path / "none")])
+    assert not runtime.is_verbose()
+    main(["-v", "report", "--out", str(tmp_path / "none")])
+    assert runtime.is_verbose()

@@ -99,3 +99,34 @@ def test_the_lock_has_what_ray_job_submit_needs_on_the_head(lock):
         "pyproject.toml: ray[data,train,tune] lacks the 'default' extra; without it the "
         "head has no job server and `ray job submit` fails"
     )
+
+
+def test_token_authentication_is_on_for_every_node(cluster):
+    """Ray 2.60 turns token auth on by default only for a local ray.init: a launched
+    cluster gets it from RAY_AUTH_MODE=token on every node, with the token file that
+    `ray up` copies from the operator's machine (never from the repository)."""
+    mounts = {remote: local for remote, local in cluster["file_mounts"].items()}
+    for start in ("head_start_ray_commands", "worker_start_ray_commands"):
+        command = next(c for c in cluster[start] if "ray start" in c)
+        assert "export RAY_AUTH_MODE=token" in command
+        # exported before `ray start` in the same shell: the node's processes inherit it
+        assert command.index("RAY_AUTH_MODE=token") < command.index("ray start")
+        token_path = re.search(r"RAY_AUTH_TOKEN_PATH=(\S+?);", command).group(1)
+        assert mounts[token_path] == "~/.ray/auth_token"  # where `ray get-auth-token` writes
+    assert not Path(mounts[token_path]).expanduser().is_relative_to(REPO)
+
+
+def test_operations_doc_says_how_a_submitter_gets_the_token():
+    doc = (REPO / "docs" / "operations.md").read_text()
+    for needed in (
+        "ray get-auth-token --generate",
+        "RAY_AUTH_MODE=token",
+        "RAY_AUTH_TOKEN_PATH",
+        "ray dashboard cluster.yaml",
+        "best.yaml",
+    ):
+        assert needed in doc, needed
+    cron = [line for line in doc.splitlines() if re.match(r"^[\d*]+ [\d*]+ [\d*]+ [\d*]+ ", line)]
+    assert cron and all("RAY_AUTH_MODE=token" in line for line in cron)
+    nightly_index = next(line for line in cron if "jobs/index_archive.py" in line)
+    assert "--config /data/usv/tune/tau/best.yaml" in nightly_index  # tau from the sweep

@@ -145,9 +145,10 @@ def test_demo_sweeps_tau_indexes_with_the_best_and_writes_the_report(demo_run):
     nodules = pq.read_table(root / "index" / "nodules.parquet")
     assert f"tau {best.index.tau:g} " in nodules["index_version"][0].as_py()
     html = (root / "report.html").read_text()
-    for title in ("Table 3", "Table 4", "Nodule index", "Tuning sweep: tau"):
+    for title in ("Diagnosis per video: methods compared", "Nodule index", "Tuning sweep: tau"):
         assert title in html, title
     assert (root / "report.md").stat().st_size > 0
+    assert "| Method | Videos |" in (root / "results.md").read_text()  # make demo commits it
     printed = (root / "printed.txt").read_text()
     assert "report:" in printed and "(synth " in printed  # the time of every step
 

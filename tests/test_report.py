@@ -4,6 +4,7 @@ and the HTML page rendered in headless Chromium (tables shown, every image decod
 from __future__ import annotations
 
 import base64
+import html
 import json
 import os
 import re
@@ -16,8 +17,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from usv_ray.config import PrivacyConfig
 from usv_ray.evaluate.tables import write_table
-from usv_ray.report import ReportError, write_report
+from usv_ray.privacy import DEV_KEY, SECRET_ENV, record_keying
+from usv_ray.report import ReportError, clinical_table, with_interval, write_report
 
 PATIENT_KEYS = [f"{i:032x}" for i in (0xA1, 0xB2, 0xC3, 0xD4)]  # what the tables would hold
 RED, BLUE = (255, 0, 0), (0, 0, 255)
@@ -42,7 +45,8 @@ def _parquet(path: Path, frame: pd.DataFrame) -> None:
     frame.to_parquet(path, index=False)
 
 
-def _data(out: Path) -> None:
+def _data(out: Path, key: bytes = DEV_KEY) -> None:
+    record_keying(out / "data", PrivacyConfig(dev_key=key == DEV_KEY), key)
     videos = pd.DataFrame(
         {
             "patient_key": [PATIENT_KEYS[i // 3] for i in range(12)],
@@ -118,10 +122,17 @@ def _tune(out: Path) -> None:
     _json(folder / "tune.json", {"fingerprint": "feedbeef" * 8, "tune": {"target": "tau"}})
 
 
+def _archive(out: Path) -> None:
+    """What synth leaves in a demo's folder (the report reads only that it is there)."""
+    (out / "archive").mkdir(parents=True, exist_ok=True)
+    (out / "archive" / "manifest.csv").write_text("video,patient_id\n")
+
+
 @pytest.fixture
 def full_run(tmp_path: Path) -> Path:
     """A fake demo output folder with every stage, as the stages lay it out."""
     out = tmp_path / "demo"
+    _archive(out)
     _data(out)
     _classify(out)
     _reid(out)
@@ -143,10 +154,14 @@ def test_both_files_hold_every_stage_labelled(full_run: Path) -> None:
     for text in (page, md):
         assert "not run" not in text
         assert "usv_ray version" in text and "keyed hash (HMAC-SHA256)" in text
-        assert "public development key" in text
-        # tables, from their CSVs (HTML) or the stage's Markdown (report.md)
-        for value in ("73.87", "64.41-83.33", "38.64", "Algorithm 1", "0.81"):
+        assert "usv-ray demo report" in text and "a `usv-ray demo` run" in text
+        assert "keyed them with the public development key" in text
+        # tables from their CSVs, as a clinician reads them: value and interval in a cell
+        for value in ("73.9 (64.4\u201383.3)", "Accuracy, % (95% CI)", "38.64", "Algorithm 1"):
             assert value in text
+        assert "0.81" in text and "Pairwise F, %" in text
+        assert "Diagnosis per video: methods compared" in text
+        assert "Table 3" not in text and "Table 4" not in text  # named by content
         # labels: data folder with its counts, config fingerprint, settings
         assert f"data: {(full_run / 'data').resolve()}" in text
         assert "8 videos of 4 patients, 3 folds" in text
@@ -162,7 +177,7 @@ def test_both_files_hold_every_stage_labelled(full_run: Path) -> None:
     assert md.count("*source: ") == 10 and page.count('<p class="label">source: ') == 10
     roc_label = re.search(r"\*source: classify/plots/roc\.png · (.*)\*", md).group(1)
     assert "8 videos of 4 patients" in roc_label and "125bd5994e52" in roc_label
-    assert "2.3e-04" in page or "0.00023" in page  # a small p-value is not rounded to 0.00
+    assert "&lt; 0.001" in page and "&lt; 0.001" in md  # not rounded to 0.00; "<" escaped
 
     # HTML: self-contained (images embedded, no file reference), the PNG bytes intact
     sources = re.findall(r'src="([^"]*)"', page)
@@ -224,6 +239,87 @@ def test_missing_record_and_tables_without_csv(tmp_path: Path) -> None:
     assert "<pre>| method | n_videos" in page  # the Markdown shown as text, not lost
 
 
+def test_a_real_archives_run_says_what_it_is_and_how_it_was_keyed(tmp_path, monkeypatch):
+    """Ingest and classify run by hand on a real archive, with a private key: no "demo"
+    title, no claim of the development key; the key itself is nowhere."""
+    secret = "a private key of the hospital, 32+ bytes long"
+    monkeypatch.setenv(SECRET_ENV, secret)
+    _data(tmp_path, key=secret.encode())
+    _classify(tmp_path)
+    html_path, md_path = write_report(tmp_path)
+    page, md = html.unescape(html_path.read_text()), md_path.read_text()
+    assert "<title>usv-ray report</title>" in page and md.startswith("# usv-ray report\n")
+    for text in (page, md):
+        assert "demo report" not in text and "a run on an archive's data" in text
+        assert "keyed them with a private key (from USV_RAY_SECRET)" in text
+        assert "development key" not in text and secret not in text
+    record = json.loads((tmp_path / "data" / "keying.json").read_text())
+    assert record == {"keys": ["private"], "sources": [SECRET_ENV]}
+
+
+@pytest.mark.parametrize(
+    ("keys", "says"),
+    [
+        ((), "is not recorded here"),
+        ((DEV_KEY, b"another key, private and long enough"), "Warning: ingest runs"),
+        ((DEV_KEY,), "This folder is not a demo"),
+    ],
+)
+def test_the_privacy_line_follows_what_ingest_recorded(tmp_path, monkeypatch, keys, says):
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    for key in keys:  # one ingest run each, into the same data folder
+        cfg = PrivacyConfig(dev_key=key == DEV_KEY, key_file=None if key == DEV_KEY else "k")
+        record_keying(tmp_path / "data", cfg, key)
+    _classify(tmp_path)
+    _, md_path = write_report(tmp_path)
+    assert says in md_path.read_text()
+
+
+def test_results_page_holds_the_tables_and_no_path_or_time(full_run):
+    write_report(full_run)
+    results = (full_run / "results.md").read_text()
+    assert results.startswith("# usv-ray demo: results\n")
+    assert "### Diagnosis per video: methods compared" in results
+    assert "73.9 (64.4\u201383.3)" in results and "| Method | Videos |" in results
+    assert str(full_run.parent) not in results  # no absolute path: a committed page
+    assert not re.search(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}", results)  # no time stamp
+    assert "![" not in results  # tables only: no figure to link from docs/
+    first = results
+    write_report(full_run)
+    assert (full_run / "results.md").read_text() == first  # same results, same page
+
+
+@pytest.mark.parametrize(
+    ("args", "cell"),
+    [
+        ((74.28, "61.70-85.71"), "74.3 (61.7\u201385.7)"),
+        ((66.67, None), "66.7"),
+        ((float("nan"), "1.00-2.00"), "n/a"),
+        ((75.0, 26.0, 100.0), "75.0 (26.0\u2013100.0)"),
+        ((50.0, float("nan"), float("nan")), "50.0"),
+        ((3.0, "odd"), "3.0 (odd)"),
+    ],
+)
+def test_a_value_and_its_interval_in_one_cell(args, cell):
+    assert with_interval(*args) == cell
+
+
+def test_clinical_table_merges_intervals_and_names_columns():
+    frame = pd.DataFrame(
+        {
+            "split": ["val"],
+            "models": ["CM vs VM"],
+            "difference": [0.75],
+            "low": [0.26],
+            "high": [1.0],
+            "p_value": [0.0027],
+        }
+    )
+    shown = clinical_table(frame, "reid", "delong")
+    assert list(shown.columns) == ["Patients", "Models", "AUC difference, points (95% CI)", "p"]
+    assert shown.iloc[0].tolist() == ["validation", "CM vs VM", "75.0 (26.0\u2013100.0)", "0.0027"]
+
+
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 
 
@@ -262,6 +358,7 @@ def test_rerun_rewrites_both_files(full_run: Path) -> None:
     assert sorted(p.name for p in full_run.iterdir() if p.is_file()) == [
         "report.html",
         "report.md",
+        "results.md",
     ]  # no temporary file left beside them
 
 

@@ -1,4 +1,10 @@
-"""The ``usv-ray`` command: ``usv-ray STAGE --config FILE [--set key=value ...] ...``."""
+"""The ``usv-ray`` command: ``usv-ray [-v] STAGE --config FILE [--set key=value ...] ...``.
+
+This module imports only the standard library and :mod:`usv_ray.errors` at the top: each
+command imports its stage when it runs, so ``usv-ray --help`` and the light commands do not
+pay for PyTorch, numba, pandas or Ray (seconds on a laptop). A user's error from any stage
+is a :class:`~usv_ray.errors.UsvRayError`, caught once in :func:`main`.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from usv_ray.config import Config, ConfigError, load_config
+from usv_ray.errors import UsvRayError
+
+if TYPE_CHECKING:
+    from usv_ray.config import Config
 
 log = logging.getLogger("usv_ray")
 
@@ -26,6 +36,8 @@ def resolve_config_path(name: str | None) -> Path | None:
 
 def build_config(args: argparse.Namespace, extra: Sequence[str] = ()) -> Config:
     """The config of a command: file, then command-line flags, then ``--set`` overrides."""
+    from usv_ray.config import load_config
+
     overrides = list(extra)
     if getattr(args, "address", None):
         overrides.append(f"ray.address={args.address}")
@@ -170,20 +182,17 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def _print_report(out: Path) -> None:
-    from usv_ray.report import write_report
+    from usv_ray.report import RESULTS_NAME, write_report
 
     html_path, md_path = write_report(out)
-    print(f"report: {html_path} (self-contained; Markdown: {md_path})")
+    print(
+        f"report: {html_path} (self-contained; Markdown: {md_path}; the tables alone: "
+        f"{html_path.parent / RESULTS_NAME})"
+    )
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from usv_ray.report import ReportError
-
-    try:
-        _print_report(Path(args.out))
-    except ReportError as exc:  # no output folder, an unreadable stage record
-        print(f"usv-ray: error: {exc}", file=sys.stderr)
-        return 2
+    _print_report(Path(args.out))
     return 0
 
 
@@ -256,7 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="usv-ray",
         description="Breast ultrasound video AI at archive scale on Ray.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="debug logging, and Ray's own logs (execution plans, training reports, hints) "
+        "that are silenced by default",
+    )
     stages = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
 
     synth = stages.add_parser("synth", help="write a synthetic B-mode archive")
@@ -298,9 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
     index.set_defaults(func=cmd_index)
 
     report = stages.add_parser(
-        "report", help="write report.html and report.md from a demo output folder"
+        "report",
+        help="write report.html, report.md and results.md (the tables alone) from an output "
+        "folder: a demo's, or one holding a real archive's data/, classify/, reid/, ...",
     )
-    report.add_argument("--out", required=True, help="the demo's output folder")
+    report.add_argument("--out", required=True, help="the output folder (as demo lays it out)")
     report.set_defaults(func=cmd_report)
 
     tune = stages.add_parser("tune", help="Ray Tune sweep of one target's hyperparameters")
@@ -330,31 +347,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``usv-ray`` console command and of ``jobs/*.py``."""
-    from usv_ray.classify.pipeline import ClassifyError
-    from usv_ray.index.pipeline import IndexBuildError
-    from usv_ray.ingest.manifest import ManifestError
-    from usv_ray.privacy import MissingKeyError
-    from usv_ray.reid.pipeline import ReidError
-    from usv_ray.tune import TuneError
+    """Entry point of the ``usv-ray`` console command and of ``jobs/*.py``.
 
+    A user's error (:class:`~usv_ray.errors.UsvRayError`: a bad setting, a missing input, an
+    unreachable cluster) is one line on stderr and exit code 2; a bug keeps its traceback.
+    """
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s usv-ray %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
     )
+    if args.verbose:
+        from usv_ray.runtime import set_verbose
+
+        set_verbose(True)  # Ray's own logs, plans and hints come back (see usv_ray.runtime)
     try:
         return args.func(args)
-    except (
-        ConfigError,
-        ManifestError,
-        MissingKeyError,
-        ClassifyError,
-        ReidError,
-        IndexBuildError,
-        TuneError,
-    ) as exc:
+    except UsvRayError as exc:
         print(f"usv-ray: error: {exc}", file=sys.stderr)
         return 2
 

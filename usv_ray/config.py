@@ -16,8 +16,10 @@ from typing import Any, Literal
 
 import yaml
 
+from usv_ray.errors import UsvRayError
 
-class ConfigError(ValueError):
+
+class ConfigError(UsvRayError, ValueError):
     """A configuration file or override that does not fit the schema."""
 
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import os
 from pathlib import Path
 
 from usv_ray.config import PrivacyConfig
+from usv_ray.errors import UsvRayError
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +25,7 @@ DEV_KEY = b"usv-ray development key: synthetic data only"
 KEY_HEX_CHARS = 32  # 128 bits of the HMAC: collisions are out of reach for any archive
 
 
-class MissingKeyError(RuntimeError):
+class MissingKeyError(UsvRayError, RuntimeError):
     """No pseudonymisation key is configured."""
 
 
@@ -52,6 +54,37 @@ def load_key(cfg: PrivacyConfig) -> bytes:
         "(e.g. `python -c 'import secrets; print(secrets.token_hex(32))' > key`), "
         "or privacy.dev_key=true for synthetic data"
     )
+
+
+KEYING_NAME = "keying.json"  # in ingest's output folder: which kind of key, never the key
+
+
+def record_keying(out: str | Path, cfg: PrivacyConfig, key: bytes) -> dict[str, list[str]]:
+    """Record in ``out/keying.json`` which kind of key keyed the patients: the public
+    development key or a private one, and where it came from; never the key or anything
+    computed from it. Reruns into the same folder add their kind, so a folder keyed with
+    both says so (its patient keys do not match across the two)."""
+    from usv_ray.io import write_json
+
+    if key == DEV_KEY:
+        kind, source = "development", "privacy.dev_key"
+    else:
+        kind = "private"
+        source = SECRET_ENV if os.environ.get(SECRET_ENV) else "privacy.key_file"
+    path = Path(out) / KEYING_NAME
+    record: dict[str, list[str]] = {"keys": [], "sources": []}
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text())
+            record = {name: list(previous.get(name, [])) for name in record}
+        except (OSError, json.JSONDecodeError):
+            pass  # rewritten below from this run alone
+    record = {
+        "keys": sorted({*record["keys"], kind}),
+        "sources": sorted({*record["sources"], source}),
+    }
+    write_json(record, path)
+    return record
 
 
 def keyed_hash(key: bytes, kind: str, *parts: str) -> str:

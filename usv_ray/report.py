@@ -1,10 +1,19 @@
-"""The demo's report: one HTML page and one Markdown file from what the stages wrote.
+"""The report of a run: one HTML page and two Markdown files from what the stages wrote.
 
-``write_report(out)`` reads a ``usv-ray demo`` output folder (``data/``, ``classify/``,
-``reid/``, ``index/``, ``tune/``) and writes ``out/report.html``, a single self-contained
-page (images embedded as base64 data URIs, so the file can be mailed), and
-``out/report.md`` (images linked relative to ``out``). It only reads files: a stage that
-did not run gets a "not run" section instead of an error, and a rerun rewrites both files.
+``write_report(out)`` reads an output folder laid out as ``usv-ray demo`` lays it out
+(``data/``, ``classify/``, ``reid/``, ``index/``, ``tune/``: a demo's, or a real
+archive's stages run by hand into one folder) and writes ``out/report.html``, a single
+self-contained page (images embedded as base64 data URIs, so the file can be mailed),
+``out/report.md`` (images linked relative to ``out``) and ``out/results.md``, the tables
+alone with no path or time in them (``make demo`` copies it to ``docs/demo-results.md``).
+It only reads files: a stage that did not run gets a "not run" section instead of an
+error, and a rerun rewrites all three.
+
+The header says what the folder is (a demo on a synthetic archive, or a run on an
+archive's data) and how its patients were keyed, as ingest recorded it in
+``data/keying.json`` (the public development key or a private key; never the key).
+Tables read as a clinician reads them: each value with its 95% interval in one cell,
+"74.3 (61.7–85.7)", columns and titles named by what they hold.
 
 Every table and figure is labelled with the data and the configuration it came from: the
 data folder with its counts, and the stage's JSON record (``<stage>.json``, written through
@@ -29,45 +38,108 @@ from typing import Any
 
 import pandas as pd
 
+from usv_ray.errors import UsvRayError
 from usv_ray.io import atomic_path
 
 __all__ = ["ReportError", "write_report"]
 
 HTML_NAME = "report.html"
 MD_NAME = "report.md"
+RESULTS_NAME = "results.md"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg")
-PRIVACY_NOTE = (
+KEYED = (
     "Patients appear only as patient_key, a keyed hash (HMAC-SHA256) of the patient ID; no "
-    "table, figure or file name here holds a raw identifier. The demo keys its synthetic "
-    "patients with a public development key, fine for synthetic data only: a real archive "
-    "needs a private key (USV_RAY_SECRET or privacy.key_file)."
+    "table, figure or file name here holds a raw identifier. "
+)
+KEY_NOTES = {
+    ("development",): "Ingest keyed them with the public development key (privacy.dev_key), "
+    "fine for synthetic data only: a real archive needs a private key (USV_RAY_SECRET or "
+    "privacy.key_file).",
+    ("private",): "Ingest keyed them with a private key (from {sources}); the same patient "
+    "gets the same patient_key only under that key, so keep it with the data.",
+    ("development", "private"): "Warning: ingest runs into this data folder used both the "
+    "public development key and a private key (from {sources}), so one patient can have two "
+    "patient_keys; re-ingest into a new folder with the private key alone.",
+}
+UNRECORDED_KEY = (
+    "Which key ingest used is not recorded here (no data/keying.json: no data/ folder, or "
+    "ingested by an older usv-ray); check it before sharing these results."
 )
 
 CLASSIFY_TITLE = "Classification (benign / malignant per video)"
 REID_TITLE = "Nodule re-identification (same nodule or not, within a patient)"
 INDEX_TITLE = "Nodule index (tracklets clustered into nodules per patient)"
-# Titles of the tables and figures the stages are known to write; anything else found in
+# Titles of the tables and figures the stages are known to write, named by what they
+# show (the stages' file names follow the papers' table numbers); anything else found in
 # their folders is still shown, under its file name.
 TITLES = {
-    ("classify", "table3"): "Table 3: frame-level baselines vs the variable-frame CNN-LSTM",
-    ("classify", "table4"): "Table 4: every method (3D CNNs, key frame, CNN-LSTMs)",
-    ("classify", "frame_counts"): "Equal-frame CNN-LSTM by frame count N",
+    ("classify", "table3"): "Diagnosis per video: frame-level baselines vs the "
+    "variable-frame CNN-LSTM",
+    ("classify", "table4"): "Diagnosis per video: methods compared",
+    ("classify", "frame_counts"): "Diagnosis per video: the equal-frame CNN-LSTM by number "
+    "of frames N",
     ("classify", "roc"): "ROC curves",
     ("classify", "pr"): "Precision-recall curves",
-    ("reid", "table3"): "Re-ID Table 3: same-nodule pairs within a patient (CM vs VM)",
-    ("reid", "delong"): "DeLong test of the AUC difference, CM vs VM",
+    ("reid", "table3"): "Same nodule or not, for pairs of tracklets of one patient: the two "
+    "re-ID models compared",
+    ("reid", "delong"): "Do the two re-ID models differ? DeLong test of their AUC difference",
     ("reid", "roc_val"): "ROC curves, validation pairs",
     ("reid", "roc_test"): "ROC curves, test pairs",
-    ("reid", "table4_clustering"): "Re-ID Table 4: clustering methods (pairwise precision / "
-    "recall / F on the test patients, each tuned on validation)",
+    ("reid", "table4_clustering"): "Grouping a patient's tracklets into nodules: clustering "
+    "methods compared (test patients, each method tuned on the validation patients)",
     ("tune", "results"): "Sweep results, one row per trial",
+}
+# Column headings in words; a column with a ``<name>_ci`` partner gets " (95% CI)" and the
+# interval in its cells. Per table where one name means two things.
+HEADINGS = {
+    "method": "Method",
+    "n_videos": "Videos",
+    "accuracy": "Accuracy, %",
+    "precision": "PPV (precision), %",
+    "sensitivity": "Sensitivity, %",
+    "specificity": "Specificity, %",
+    "f1": "F1, %",
+    "roc_auc": "ROC AUC, %",
+    "average_precision": "Average precision, %",
+    "model": "Model",
+    "split": "Patients",
+    "pairs": "Pairs",
+    "same": "Same-nodule pairs",
+    "threshold": "Decision threshold",
+    "ACC": "Accuracy, %",
+    "SE": "Sensitivity, %",
+    "SP": "Specificity, %",
+    "AUC": "ROC AUC, %",
+    "models": "Models",
+    "p_value": "p",
+}
+SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}
+TABLE_HEADINGS = {
+    ("reid", "table4_clustering"): {
+        "parameter": "Tuned parameter",
+        "value": "Value",
+        "val_f_score": "Pairwise F on validation, %",
+        "precision": "Pairwise precision, %",
+        "recall": "Pairwise recall, %",
+        "f_score": "Pairwise F, %",
+        "time_ms": "Time, ms",
+        "not_converged": "Patients not converged",
+    },
+    # a sweep's columns depend on its target: its own names, but for tau's pairwise scores
+    ("tune", "results"): {
+        "precision": "Pairwise precision",
+        "recall": "Pairwise recall",
+        "f_score": "Pairwise F",
+        "clusters": "Clusters",
+        "status": "Status",
+    },
 }
 PREFIX_TITLES = {"confusion_": "Confusion matrix: ", "probabilities_": "Predicted probabilities: "}
 # Figure order within a stage: summary curves first, then per-method plots.
 FIGURE_ORDER = ("roc", "pr", "roc_val", "roc_test", "confusion_", "probabilities_")
 
 
-class ReportError(ValueError):
+class ReportError(UsvRayError, ValueError):
     """The report cannot be written: no output folder, or a stage record that is not JSON."""
 
 
@@ -147,11 +219,76 @@ def _tables(folder: Path, stage: str, out: Path, first: tuple[str, ...] = ()) ->
     tables = []
     for stem in stems:
         csv, md = folder / f"{stem}.csv", folder / f"{stem}.md"
-        frame = pd.read_csv(csv) if csv.is_file() else None
+        frame = clinical_table(pd.read_csv(csv), stage, stem) if csv.is_file() else None
         markdown = md.read_text(encoding="utf-8").strip() if md.is_file() else None
         source = _rel(csv if csv.is_file() else md, out)
         tables.append(Table(_title(stage, stem), source, frame, markdown))
     return tables
+
+
+_INTERVAL = re.compile(r"^\s*(-?\d+(?:\.\d*)?)\s*-\s*(-?\d+(?:\.\d*)?)\s*$")
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def with_interval(value: Any, low: Any = None, high: Any = None) -> str:
+    """``74.3 (61.7–85.7)``: a value and its 95% interval, one decimal; ``n/a`` for none.
+
+    ``low`` may be the stages' ``"61.70-85.71"`` string, with ``high`` left out.
+    """
+    if _is_missing(value):
+        return "n/a"
+    if isinstance(low, str) and high is None:
+        match = _INTERVAL.match(low)
+        if match is None:
+            return f"{float(value):.1f} ({low})"
+        low, high = (float(bound) for bound in match.groups())
+    if _is_missing(low) or _is_missing(high):
+        return f"{float(value):.1f}"
+    return f"{float(value):.1f} ({float(low):.1f}\u2013{float(high):.1f})"
+
+
+def clinical_table(frame: pd.DataFrame, stage: str, stem: str) -> pd.DataFrame:
+    """A stage's CSV as a clinician reads it: each value with its 95% interval in one cell
+    and columns named in words; a table the mapping does not know keeps its names."""
+    general = {} if stage == "tune" else HEADINGS
+    headings = {**general, **TABLE_HEADINGS.get((stage, stem), {})}
+    bounds = {"difference", "low", "high"} <= set(frame.columns)
+    shown: dict[str, Any] = {}
+    for column in frame.columns:
+        partner = str(column)[:-3] if str(column).endswith("_ci") else None
+        if (partner in frame.columns) or (bounds and column in ("low", "high")):
+            continue  # shown in its value's cell
+        name = headings.get(column, column)
+        if f"{column}_ci" in frame.columns:
+            intervals = frame[f"{column}_ci"].where(frame[f"{column}_ci"].notna(), None)
+            cells = [with_interval(v, ci) for v, ci in zip(frame[column], intervals, strict=True)]
+            shown[f"{name} (95% CI)"] = cells
+        elif bounds and column == "difference":  # DeLong: an AUC difference in [-1, 1]
+            cells = [
+                with_interval(100 * d, 100 * lo, 100 * hi)
+                for d, lo, hi in zip(frame["difference"], frame["low"], frame["high"], strict=True)
+            ]
+            shown["AUC difference, points (95% CI)"] = cells
+        elif column == "p_value":
+            shown[name] = [p_value(v) for v in frame[column]]
+        elif column == "split":
+            shown[name] = [SPLIT_NAMES.get(v, v) for v in frame[column]]
+        else:
+            shown[name] = frame[column]
+    return pd.DataFrame(shown)
+
+
+def p_value(value: Any) -> str:
+    """A p-value as papers print it: two significant digits, ``< 0.001`` below that."""
+    if _is_missing(value):
+        return "n/a"
+    value = float(value)
+    if value < 0.001:
+        return "< 0.001"
+    return f"{value:.2g}" if value < 0.01 else f"{value:.2f}"
 
 
 def _figures(folder: Path, stage: str, out: Path) -> list[Figure]:
@@ -426,9 +563,16 @@ def _label(section: Section, source: str) -> str:
     return " · ".join([f"source: {source}", *section.tags])
 
 
-def render_markdown(sections: list[Section], header: list[tuple[str, str]], out: Path) -> str:
+def _md_item_table(item: Table) -> str:
+    """A table's Markdown: from its CSV (as a clinician reads it), else the stage's own."""
+    return _md_table(item.frame) if item.frame is not None else _md_text(item.markdown or "")
+
+
+def render_markdown(
+    sections: list[Section], header: list[tuple[str, str]], out: Path, title: str
+) -> str:
     """The Markdown report; images are linked relative to ``out``."""
-    lines = ["# usv-ray demo report", ""]
+    lines = [f"# {_md_text(title)}", ""]
     lines += [f"- **{name}**: {_md_text(value)}" for name, value in header]
     for section in sections:
         lines += ["", f"## {_md_text(section.title)}", ""]
@@ -446,14 +590,34 @@ def render_markdown(sections: list[Section], header: list[tuple[str, str]], out:
             lines += ["", f"### {_md_text(item.title)}", ""]
             lines += [f"*{_md_text(_label(section, item.source))}*", ""]
             if isinstance(item, Table):
-                # the stage's own Markdown where it wrote one (same figures as its CSV)
-                lines += [_md_text(item.markdown) if item.markdown else _md_table(item.frame)]
+                lines += [_md_item_table(item)]
             elif isinstance(item, Figure):
                 link = urllib.parse.quote(_rel(item.path, out))
                 alt = _md_text(item.title).replace("]", "\\]").replace("[", "\\[")
                 lines += [f"![{alt}]({link})"]
             else:
                 lines += [_md_fence(item.text)]
+    return "\n".join(lines) + "\n"
+
+
+def render_results(sections: list[Section], header: list[tuple[str, str]], title: str) -> str:
+    """The tables alone, as Markdown with no absolute path and no time in it: a page that
+    a rerun with the same results leaves unchanged (``make demo`` commits it)."""
+    lines = [f"# {_md_text(title)}", ""]
+    lines += [f"- **{name}**: {_md_text(value)}" for name, value in header]
+    for section in sections:
+        tables = [item for item in section.items if isinstance(item, Table)]
+        if not tables and not section.status:
+            continue
+        lines += ["", f"## {_md_text(section.title)}"]
+        if section.status:
+            lines += ["", f"*{_md_text(section.status)}*"]
+            continue
+        tags = [tag for tag in section.tags if not tag.startswith("data: ")]  # a local path
+        for item in tables:
+            label = " · ".join([f"source: {item.source}", *tags])
+            lines += ["", f"### {_md_text(item.title)}", "", f"*{_md_text(label)}*", ""]
+            lines += [_md_item_table(item)]
     return "\n".join(lines) + "\n"
 
 
@@ -489,15 +653,15 @@ def _data_uri(path: Path) -> str:
     return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
 
 
-def render_html(sections: list[Section], header: list[tuple[str, str]]) -> str:
+def render_html(sections: list[Section], header: list[tuple[str, str]], title: str) -> str:
     """The HTML report: one self-contained page, images embedded as data URIs."""
     e = html.escape
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        "<title>usv-ray demo report</title>",
+        f"<title>{e(title)}</title>",
         f"<style>{STYLE}</style></head><body>",
-        "<h1>usv-ray demo report</h1>",
+        f"<h1>{e(title)}</h1>",
         '<table class="header">',
         *(f"<tr><td><b>{e(name)}</b></td><td>{e(value)}</td></tr>" for name, value in header),
         "</table>",
@@ -548,15 +712,58 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+def _keying(out: Path) -> dict[str, list[str]] | None:
+    """What ingest recorded about the key of this folder's patients (never the key)."""
+    from usv_ray.privacy import KEYING_NAME
+
+    record = _read_json(out / "data" / KEYING_NAME)
+    if record is None or not isinstance(record.get("keys"), list):
+        return None
+    return {
+        "keys": sorted(str(k) for k in record["keys"]),
+        "sources": sorted(str(s) for s in record.get("sources", [])),
+    }
+
+
+def describe_folder(out: Path) -> tuple[str, str, str]:
+    """``(title, what the folder is, how its patients were keyed)``.
+
+    A demo is what ``usv-ray demo`` writes: the synthetic archive it made (``archive/``,
+    from synth) beside the stages' folders. Anything else is a run on an archive's data.
+    """
+    keying = _keying(out)
+    demo = (out / "archive" / "manifest.csv").is_file()
+    if demo:
+        title = "usv-ray demo report"
+        what = "a `usv-ray demo` run: every stage on a synthetic archive that synth wrote"
+    else:
+        title = "usv-ray report"
+        what = "a run on an archive's data: the stages' folders found in this output folder"
+    if keying is None:
+        return title, what, KEYED + UNRECORDED_KEY
+    note = KEY_NOTES.get(tuple(keying["keys"]))
+    if note is None:  # a record written by a newer usv-ray, with a kind not known here
+        note = f"Ingest recorded these kinds of key: {', '.join(keying['keys'])}."
+    note = note.format(sources=" and ".join(keying["sources"]) or "not recorded")
+    if keying["keys"] == ["development"] and not demo:
+        note += " This folder is not a demo: if it holds real patients, re-ingest it."
+    return title, what, KEYED + note
+
+
 def write_report(out: str | Path) -> tuple[Path, Path]:
-    """Write ``out/report.html`` and ``out/report.md`` from the stages' outputs in ``out``.
+    """Write ``out/report.html``, ``out/report.md`` and ``out/results.md`` from the stages'
+    outputs in ``out``.
 
     Sections: data, classify, reid, index, tune (one per sweep); a stage without a folder
-    is "not run". Returns ``(html_path, md_path)``; both are written atomically.
+    is "not run". Returns ``(html_path, md_path)``; results.md (the tables alone, with no
+    path or time in them) lies beside them. All three are written atomically.
     """
     out = Path(out)
     if not out.is_dir():
-        raise ReportError(f"{out} is not a folder: run `usv-ray demo --out {out}` first")
+        raise ReportError(
+            f"{out} is not a folder: give the folder that `usv-ray demo --out` or the "
+            "stages (data/, classify/, reid/, ...) wrote"
+        )
     sections = [
         _data_section(out),
         _stage_section(out, "classify", CLASSIFY_TITLE, ("table3", "table4")),
@@ -569,16 +776,22 @@ def write_report(out: str | Path) -> tuple[Path, Path]:
     written = [found[0] for found in records if found is not None]
     written += [p for p in [out / "index" / "summary.json"] if p.is_file()]
     stamps = [path.stat().st_mtime for path in written]
+    title, what, privacy = describe_folder(out)
+    portable = [("folder", what), ("usv_ray version", _version()), ("privacy", privacy)]
     header = [
+        ("folder", what),
         ("run", _stamp(max(stamps)) if stamps else "no stage record found"),
         ("report written", _stamp(dt.datetime.now().timestamp())),
         ("usv_ray version", _version()),
         ("output folder", str(out.resolve())),
-        ("privacy", PRIVACY_NOTE),
+        ("privacy", privacy),
     ]
     html_path, md_path = out / HTML_NAME, out / MD_NAME
     with atomic_path(html_path) as tmp:
-        tmp.write_text(render_html(sections, header), encoding="utf-8")
+        tmp.write_text(render_html(sections, header, title), encoding="utf-8")
     with atomic_path(md_path) as tmp:
-        tmp.write_text(render_markdown(sections, header, out), encoding="utf-8")
+        tmp.write_text(render_markdown(sections, header, out, title), encoding="utf-8")
+    results_title = title.replace(" report", ": results")
+    with atomic_path(out / RESULTS_NAME) as tmp:
+        tmp.write_text(render_results(sections, portable, results_title), encoding="utf-8")
     return html_path, md_path

@@ -574,6 +574,8 @@ def _fit(
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from usv_ray.runtime import train_logging_config
+
     # Train's default ingest options (the driver's), keeping the order: the same batches in
     # every run (see the module doc). Copied, as DataConfig.default_ingest_options() would,
     # without its deprecated exclude_resources argument and the warning that brings.
@@ -593,6 +595,7 @@ def _fit(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             failure_config=ray.train.FailureConfig(max_failures=2),
             callbacks=_tune_callbacks(),
+            logging_config=train_logging_config(),
         ),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=split, execution_options=ingest),

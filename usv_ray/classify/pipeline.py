@@ -42,6 +42,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from usv_ray.config import Config, to_dict
+from usv_ray.errors import UsvRayError
 from usv_ray.io import claim_folder, remove_stale_tmp, write_json, write_table
 from usv_ray.schemas import PREDICTIONS
 
@@ -56,7 +57,7 @@ TABLE3 = ("CNN_Vote", "CNN_Aver", VARIABLE)
 TABLE4 = ("R(2+1)D", "C3D_BN", "R3D", "Key_Frame", EQUAL, VARIABLE)
 
 
-class ClassifyError(ValueError):
+class ClassifyError(UsvRayError, ValueError):
     """The data cannot be classified as asked (no labelled videos, too few patients, ...)."""
 
 

@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from usv_ray.config import Config, IndexConfig
+from usv_ray.errors import UsvRayError
 from usv_ray.index.nodules import Nodule, centroid, update_patient
 from usv_ray.io import remove_stale_tmp, write_json, write_table
 from usv_ray.schemas import EMBEDDINGS, ERRORS, NODULES
@@ -40,7 +41,7 @@ from usv_ray.schemas import EMBEDDINGS, ERRORS, NODULES
 log = logging.getLogger(__name__)
 
 
-class IndexBuildError(RuntimeError):
+class IndexBuildError(UsvRayError, RuntimeError):
     """The index cannot be built from these inputs (no model, no tracklets)."""
 
 

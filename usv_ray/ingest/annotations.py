@@ -11,12 +11,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from usv_ray.errors import UsvRayError
 from usv_ray.frames import uniform_positions
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in source pixels
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UsvRayError, ValueError):
     """An annotations file, or one tracklet in it, that does not fit the contract."""
 
 

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from usv_ray.errors import UsvRayError
+
 if TYPE_CHECKING:
     import av
     import av.container
@@ -117,7 +119,7 @@ _AVI_TIMESTAMPED_CODECS = frozenset({"mpeg4", "mjpeg", "rawvideo", "ffv1", "huff
 _PACKABLE_CODECS = frozenset({"mpeg4", "msmpeg4v3", "msmpeg4v2", "msmpeg4", "h263"})
 
 
-class VideoError(Exception):
+class VideoError(UsvRayError):
     """A video that cannot be read; ``kind`` is a short machine-readable reason.
 
     Kinds: missing_file, empty_file, not_video, no_video_stream, truncated, decode_error,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from usv_ray.config import IngestConfig, to_dict
+from usv_ray.errors import UsvRayError
 from usv_ray.privacy import keyed_hash, patient_key
 from usv_ray.schemas import LABELS, UNKNOWN_LABEL
 
@@ -22,7 +23,7 @@ KNOWN_COLUMNS = ("video", "patient_id", "study_id", "label", "annotations")
 REDACTED = "<patient>"
 
 
-class ManifestError(ValueError):
+class ManifestError(UsvRayError, ValueError):
     """The manifest as a whole cannot be read (missing file or required column)."""
 
 

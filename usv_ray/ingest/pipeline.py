@@ -41,7 +41,7 @@ from usv_ray.ingest.manifest import (
     study_key,
 )
 from usv_ray.io import ShardWriter, remove_stale_tmp, rows_to_table, write_json, write_table
-from usv_ray.privacy import keyed_hash, load_key, patient_key
+from usv_ray.privacy import keyed_hash, load_key, patient_key, record_keying
 from usv_ray.schemas import ERRORS, FRAMES, TRACKLETS, VIDEOS
 
 log = logging.getLogger(__name__)
@@ -384,6 +384,7 @@ def run_ingest(cfg: Config, manifest: str | Path, out: str | Path) -> IngestSumm
         (out / folder).mkdir(parents=True, exist_ok=True)
         remove_stale_tmp(out / folder)
     remove_stale_tmp(out)
+    record_keying(out, cfg.privacy, key)  # for the report: dev or private key, never the key
     journal = _load_journal(out / "journal")
 
     for task, kind, message in rejected:

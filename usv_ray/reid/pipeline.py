@@ -34,12 +34,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from usv_ray.config import Config, to_dict
+from usv_ray.errors import UsvRayError
 from usv_ray.io import claim_folder, remove_stale_tmp, write_table
 
 log = logging.getLogger(__name__)
 
 
-class ReidError(ValueError):
+class ReidError(UsvRayError, ValueError):
     """The data cannot be used for re-ID as asked (no annotated nodules, too few patients)."""
 
 

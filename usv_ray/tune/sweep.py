@@ -37,6 +37,7 @@ import pandas as pd
 import yaml
 
 from usv_ray.config import Config, load_config, to_dict
+from usv_ray.errors import UsvRayError
 from usv_ray.io import atomic_path, claim_folder
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 EXPERIMENT = "sweep"  # the Tune experiment's folder under out
 
 
-class TuneError(ValueError):
+class TuneError(UsvRayError, ValueError):
     """A sweep that cannot run as asked (no data for the target, an impossible space)."""
 
 
