@@ -277,7 +277,9 @@ def _r2plus1d():
     return build_video_model("R(2+1)D"), torch.rand(4, 1, 12, 112, 112) * 2 - 1
 
 
-@pytest.mark.parametrize(("name", "build"), [("frame CNN", _frame_cnn), ("R(2+1)D", _r2plus1d)])
+@pytest.mark.parametrize(
+    ("name", "build"), [("frame CNN", _frame_cnn), ("R(2+1)D", _r2plus1d)], ids=["cnn", "r2plus1d"]
+)
 def test_bf16_autocast_forward_matches_fp32(name, build):
     torch.manual_seed(0)
     model, inputs = build()

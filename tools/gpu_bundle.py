@@ -223,7 +223,10 @@ def slim_ray(source: Path, target: Path) -> dict[str, int]:
     dropped: dict[str, int] = {}
     rows = []
     with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as out:
-        record_name = next(n for n in src.namelist() if n.endswith(".dist-info/RECORD"))
+        # the wheel's own RECORD (the vendored packages under ray/ have theirs too)
+        (record_name,) = [
+            n for n in src.namelist() if n.count("/") == 1 and n.endswith(".dist-info/RECORD")
+        ]
         for info in src.infolist():
             name = info.filename
             prefix = next((p for p in RAY_DROP if name.startswith(p)), None)
@@ -294,11 +297,9 @@ def build(out: Path, python_version: str) -> dict:
     ray_requirement = f"ray[{','.join(RAY_EXTRAS)}]=={_version(needed, 'ray')}"
     # what pip is asked for there: Ray with its extras, and the project's own dependencies the
     # bundle carries, each pinned (torch and the rest come from the machine)
-    carried = {w["name"] for w in wheels}
+    direct = {canonicalize_name(d["name"]) for d in roots}
     requirements = [ray_requirement] + [
-        f"{p.name}=={p.version}"
-        for p in needed
-        if p.name in carried and p.name != "ray" and _direct(project, roots, p.name)
+        f"{p.name}=={p.version}" for p in needed if p.name in direct and p.name != "ray"
     ]
     manifest = {
         "python_version": python_version,
@@ -337,10 +338,6 @@ def _commit() -> str:
 
 def _version(needed: list[Package], name: str) -> str:
     return next(p.version for p in needed if p.name == name)
-
-
-def _direct(project: Package, roots: list[dict], name: str) -> bool:
-    return any(canonicalize_name(d["name"]) == name for d in roots)
 
 
 def main(argv: list[str] | None = None) -> int:
