@@ -239,7 +239,7 @@ def test_gpu_inference_actors_match_the_cpu(gpu_ray, tmp_path):
     cpu_features = np.stack(expected["feature"].to_numpy(zero_copy_only=False))
     gap = float(np.abs(gpu_features - cpu_features).max() / np.abs(cpu_features).max())
     figure(f"frame features, GPU actor vs CPU: max relative difference {gap:.2e}")
-    assert gap < 1e-2  # TF32 convolutions on the GPU
+    assert gap < 2e-2  # TF32 convolutions on the GPU (10-bit mantissas)
 
     # tracklet embeddings through the index's embed_dataset (1 actor of 1 GPU)
     pytest.importorskip("cv2", reason="the clips are read with OpenCV (not in the GPU bundle)")
