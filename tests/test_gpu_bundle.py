@@ -2,7 +2,8 @@
 device call and installs there, and ``tools/gpu_check.sh --dry-run`` runs end to end.
 
 Both fetch wheels from PyPI the first time (uv.lock's URLs; a cache keeps them after) and
-are slow: about a minute and a half together with a warm cache.
+are slow: about 2.3 minutes together on 2 busy cores with a warm cache (the dry run 2, half of
+it the Ray smoke test's Train start-up).
 """
 
 import importlib.metadata
