@@ -7,7 +7,7 @@ UV := .tools/bin/uv
 VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: demo test test-learning lint bench install
+.PHONY: demo test test-learning lint bench install gpu-bundle
 install: $(VENV)/.synced
 
 $(UV): tools/bootstrap_uv.py
@@ -33,3 +33,9 @@ lint: install
 
 bench: install
 	for b in benchmarks/*.py; do $(VENV)/bin/python $$b || exit 1; done
+
+# The GPU check (tools/gpu_check.sh): the wheels a GPU machine without network lacks, for its
+# Python 3.12, under the 64 MiB a device call carries. There, in one call carrying
+# dist/gpu-bundle: tools/gpu_check.sh (writes $$OUT/gpu_check.md; about 8 minutes).
+gpu-bundle: install
+	$(VENV)/bin/python tools/gpu_bundle.py --out dist/gpu-bundle

@@ -19,7 +19,8 @@
 
 The machine may be shared: the paired measurements alternate in rounds and take medians.
 
-Run: ``.venv/bin/python benchmarks/classify.py`` (about 4 minutes on 2 cores). Prints one
+Run: ``.venv/bin/python benchmarks/classify.py`` (about 4 minutes on 2 cores; ``--gpu-only``:
+the GPU figures alone, for tools/gpu_check.sh). Prints one
 line per figure, a summary table at the end, and exits non-zero when a target is missed.
 """
 
@@ -407,10 +408,18 @@ def main() -> int:
     )
     parser.add_argument("--cnn-size", type=int, default=112, help="frame size for Ray vs bare")
     parser.add_argument("--cnn-epochs", type=int, default=4, help="epochs; the first is left out")
+    parser.add_argument(
+        "--gpu-only",
+        action="store_true",
+        help="only the GPU figures (2 on the GPU, 3 on the GPU, 4): tools/gpu_check.sh",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device.type == "cuda"
+    if args.gpu_only and not gpu:
+        print("no CUDA: the GPU sections (2 on the GPU, 3 on the GPU, 4) are skipped")
+        return 0
     print(
         f"device: {torch.cuda.get_device_name(device) if gpu else 'CPU'}, "
         f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} "
@@ -428,18 +437,20 @@ def main() -> int:
             failures.append(name)
 
     # --- 1. feature cache
-    recompute_s, cached_s = cache_ratio(device, args.lstm_videos, cached_epochs=15)
-    print(
-        f"LSTM epoch over {args.lstm_videos} videos of 1-30 frames: {recompute_s:.2f} s "
-        f"recomputing CNN features at 224x224, {cached_s * 1000:.1f} ms on cached features",
-        flush=True,
-    )
-    ratio = recompute_s / cached_s
-    report("LSTM epoch, recomputing CNN features / on cached features", ratio, ">= 10", ratio >= 10)
+    if not args.gpu_only:
+        recompute_s, cached_s = cache_ratio(device, args.lstm_videos, cached_epochs=15)
+        print(
+            f"LSTM epoch over {args.lstm_videos} videos of 1-30 frames: {recompute_s:.2f} s "
+            f"recomputing CNN features at 224x224, {cached_s * 1000:.1f} ms on cached features",
+            flush=True,
+        )
+        ratio = recompute_s / cached_s
+        name = "LSTM epoch, recomputing CNN features / on cached features"
+        report(name, ratio, ">= 10", ratio >= 10)
 
     # --- 2. packed vs padded, on the CPU (1 thread and --threads), and on the GPU
     cpu = torch.device("cpu")
-    for threads in sorted({1, args.threads}):
+    for threads in [] if args.gpu_only else sorted({1, args.threads}):
         torch.set_num_threads(threads)
         packed, padded, ratio = packing_rates(cpu, n_batches=4, rounds=15)
         print(

@@ -32,7 +32,8 @@ best round (the least disturbed by other work on a shared machine).
 
 Sections are functions in ``SECTIONS``, each returning its ``Figure`` rows; ``main`` runs
 them in order (or those named with ``--sections``), prints a summary table and exits
-non-zero when a target is missed.
+non-zero when a target is missed. ``--sections embedding-gpu`` runs the GPU half of section 3
+alone (tools/gpu_check.sh); it is not among the default sections.
 
 Run: ``.venv/bin/python benchmarks/index.py`` (about 4 minutes on 2 cores: a minute for
 sections 1-2, most of it generating the 2 GB of embeddings, 3 for section 3; ``--quick``:
@@ -306,7 +307,7 @@ def section_embedding(args: argparse.Namespace) -> list[Figure]:
 
     n_tracklets = 64 if args.quick else 512
     # a GPU embeds a CPU's whole run in well under a second: more clips, bigger batches
-    runs = [("1 CPU", False, n_tracklets, 16)]
+    runs = [] if getattr(args, "gpu_only", False) else [("1 CPU", False, n_tracklets, 16)]
     if torch.cuda.is_available():
         runs.append(("1 GPU", True, 16 * n_tracklets, 128))
     figures = []
@@ -330,11 +331,23 @@ def section_embedding(args: argparse.Namespace) -> list[Figure]:
     return figures
 
 
+def section_embedding_gpu(args: argparse.Namespace) -> list[Figure]:
+    """The GPU half of ``embedding`` alone (tools/gpu_check.sh), or "no CUDA"."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return [Figure("embedding on 1 GPU, Ray Data / bare loop", "no CUDA", "none", None)]
+    return section_embedding(argparse.Namespace(**{**vars(args), "gpu_only": True}))
+
+
 SECTIONS: dict[str, Callable[[argparse.Namespace], list[Figure]]] = {
     "per-patient": section_per_patient,
     "all-patients": section_all_patients,
     "embedding": section_embedding,
+    "embedding-gpu": section_embedding_gpu,
 }
+# what runs without --sections: "embedding" already has the GPU run where there is a GPU
+DEFAULT_SECTIONS = ["per-patient", "all-patients", "embedding"]
 
 
 def main() -> int:
@@ -343,7 +356,7 @@ def main() -> int:
         "--quick", action="store_true", help="100,000 embeddings, 64 clips, fewer repeats"
     )
     parser.add_argument(
-        "--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS), help="run these"
+        "--sections", nargs="+", choices=list(SECTIONS), default=DEFAULT_SECTIONS, help="run these"
     )
     args = parser.parse_args()
     print(f"{load()} (other work on the machine skews every figure)", flush=True)

@@ -14,7 +14,8 @@
    mixed precision (bf16 autocast).
 
 Run: ``.venv/bin/python benchmarks/reid.py`` (about half a minute on 2 cores; ``--quick``:
-10,000 pairs and 100 resamples, seconds). Prints one line per figure, a summary table at the
+10,000 pairs and 100 resamples, seconds; ``--gpu-only``: section 3 alone, for
+tools/gpu_check.sh). Prints one line per figure, a summary table at the
 end, and exits non-zero when a target is missed.
 """
 
@@ -266,13 +267,32 @@ def amp_clip_rates(steps: int = 10, batch: int = 8) -> tuple[float, float]:
     return rates[0], rates[1]
 
 
+def gpu_only() -> int:
+    """Section 3 alone, or "no CUDA" where there is none."""
+    import torch
+
+    if not torch.cuda.is_available():
+        print("no CUDA: the GPU section (3, mixed precision) is skipped", flush=True)
+        return 0
+    print(f"device: {torch.cuda.get_device_name()}", flush=True)
+    fp32, amp = amp_clip_rates()
+    print(f"R(2+1)D training, 16 x 256 x 128 clips: fp32 {fp32:.1f}, bf16 {amp:.1f} clips/s")
+    print(f"R(2+1)D clips/s, bf16 / fp32: {amp / fp32:.2f} (target none) -")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--quick", action="store_true", help="10,000 pairs and 100 resamples (seconds)"
     )
+    parser.add_argument(
+        "--gpu-only", action="store_true", help="only section 3 (the GPU): tools/gpu_check.sh"
+    )
     args = parser.parse_args()
     n_pairs, n_boot = (10_000, 100) if args.quick else (100_000, 1000)
+    if args.gpu_only:
+        return gpu_only()
     print(
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
         "(other work on the machine skews every figure)",

@@ -1,0 +1,297 @@
+"""The GPU paths, on one CUDA device: Ray Train fits with ``use_gpu``, GPU inference actors,
+and bf16 against fp32. Skipped without CUDA; tools/gpu_check.sh runs them on a GPU machine.
+
+That machine has no PyAV and only the wheels of ``make gpu-bundle``: the inputs are the toy
+archives of the CPU tests (no ingest), and nothing here needs more than the bundle. Each test
+prints its figures as ``gpu figure: ...`` lines, which the check's report collects.
+"""
+
+import contextlib
+import dataclasses
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from classify.toy_frames import SIZE, write_toy_frames
+from toy_tracklets import write_toy_tracklets
+
+from usv_ray.config import ClassifyConfig, ReidConfig
+from usv_ray.io import write_table
+from usv_ray.schemas import FEATURE_DIM, FEATURES
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+# one worker of one GPU, and half a CPU as in the CPU tests: the session has 2, and Ray Data
+# needs the rest to feed the worker
+ON_GPU = {"use_gpu": True, "workers": 1, "cpus_per_worker": 0.5}
+
+
+def figure(text: str) -> None:
+    print(f"gpu figure: {text}", flush=True)
+
+
+@pytest.fixture(scope="module")
+def gpu_ray(ray_session):
+    """The session's Ray, once it is known to hold a GPU: a Train run asking for one on a Ray
+    that has none would wait for it until the check's time limit."""
+    gpus = ray_session.cluster_resources().get("GPU", 0)
+    assert gpus >= 1, f"Ray sees {gpus} GPUs on a machine where torch sees CUDA"
+    return ray_session
+
+
+@contextlib.contextmanager
+def exact_fp32():
+    """fp32 without TF32 (cuDNN convolutions use TF32 by default): the reference for bf16."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _frames_batch(data, columns):
+    """Every frame of the toy archive as one numpy batch, as Ray Data hands it over."""
+    table = pq.read_table(data / "frames", columns=columns).to_pandas()
+    table = table.sort_values(["video_id", "seq_index"]).reset_index(drop=True)
+    return {name: table[name].to_numpy() for name in columns}
+
+
+def _frame_probs(weights, batch) -> np.ndarray:
+    """P(label 1) of each frame of ``batch`` by the FrameCNN at ``weights``, on the CPU."""
+    from usv_ray.classify.features import FrameEmbedder
+
+    return FrameEmbedder(str(weights), fold=0)(batch)["frame_prob"].to_numpy()
+
+
+# -----------------------------------------------------------------------------
+# Ray Train, one GPU: every model
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_frame_cnn_fits_on_one_gpu_in_fp32_and_bf16(gpu_ray, tmp_path):
+    from usv_ray.classify.cnn import CnnFold, fit_cnns
+
+    data, runs = tmp_path / "data", tmp_path / "runs"
+    ids = write_toy_frames(data)  # 8 videos x 4 frames of 32 x 32; the label shows
+    cfg = ClassifyConfig(**ON_GPU, cnn_epochs=4, cnn_batch_size=8, cnn_lr=1e-3)
+    folds = [CnnFold(0, tuple(ids[:6]), tuple(ids[6:]))]
+    fp32 = fit_cnns(cfg, data, folds, runs, "cnn_fp32")[0]
+    bf16 = fit_cnns(dataclasses.replace(cfg, precision="bf16"), data, folds, runs, "cnn_bf16")[0]
+    figure(
+        f"frame CNN on 1 GPU, 32 x 32 toy frames: {fp32.images_per_s:.0f} images/s fp32, "
+        f"{bf16.images_per_s:.0f} bf16; best validation loss {fp32.best_val_loss:.3f} fp32, "
+        f"{bf16.best_val_loss:.3f} bf16"
+    )
+    batch = _frames_batch(data, ["video_id", "seq_index", "frame_index", "image", "height",
+                                 "width", "label"])  # fmt: skip
+    val = np.isin(batch["video_id"], ids[6:])
+    labels = batch["label"][val]
+    probs = {}
+    for name, run in (("fp32", fp32), ("bf16", bf16)):
+        assert run.best.exists() and math.isfinite(run.images_per_s) and run.images_per_s > 0
+        assert run.best_val_loss < 0.69, name  # below chance (ln 2): it learnt the toy labels
+        probs[name] = _frame_probs(run.best, batch)[val]
+        assert ((probs[name] >= 0.5) == labels).mean() >= 0.75, name
+    # trained apart, in two precisions: the same calls on the validation frames
+    gap = float(np.abs(probs["fp32"] - probs["bf16"]).mean())
+    figure(f"frame CNN fits, mean |P(fp32) - P(bf16)| on the validation frames: {gap:.3f}")
+    assert gap < 0.25
+
+
+def _videos(n: int, seed: int = 0):
+    """Videos of 1..30 frames whose features carry their label (as the LSTM tests)."""
+    from usv_ray.classify.lstm import VideoFeatures
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        label = i % 2
+        length = int(rng.integers(1, 31))
+        features = rng.normal(0.6 * label, 1.0, (length, FEATURE_DIM)).astype(np.float32)
+        out.append(VideoFeatures(f"v{i:03d}", label, features))
+    return out
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_lstms_fit_on_one_gpu(gpu_ray, tmp_path):
+    from usv_ray.classify.lstm import LstmJob, fit_lstms, job_sequences, predict
+
+    videos = _videos(96, seed=1)  # as the CPU test: 48 test videos per fold
+    folds = {v.video_id: (i // 2) % 2 for i, v in enumerate(videos)}  # both labels per fold
+    features = tmp_path / "features"
+    for fold in range(2):  # a cache fold=k holding every video, as the real one does
+        rows = [
+            {"video_id": v.video_id, "fold": fold, "seq_index": t, "frame_index": t,
+             "feature": v.features[t].tolist(), "frame_prob": 0.5}
+            for v in videos
+            for t in range(len(v.features))
+        ]  # fmt: skip
+        write_table(
+            pa.Table.from_pylist(rows, schema=FEATURES), features / f"fold={fold}" / "part.parquet"
+        )
+    table = {v.video_id: (v.label, folds[v.video_id]) for v in videos}
+    cfg = ClassifyConfig(
+        **ON_GPU, lstm_workers=1, lstm_epochs=4, lstm_batch_size=8, lstm_hidden=32, lstm_lr=5e-3
+    )
+    jobs = [LstmJob(0), LstmJob(1, 12)]
+    paths = fit_lstms(cfg, features, table, jobs, tmp_path, "lstm")
+    for job in jobs:
+        test = job_sequences(features, table, job, train=False)
+        accuracy = ((predict(cfg, paths[job], test) >= 0.5) == [v.label for v in test]).mean()
+        figure(f"LSTM {job.key} on 1 GPU: test accuracy {accuracy:.2f} on {len(test)} videos")
+        assert accuracy > 0.7  # it learnt (chance: 0.5)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_every_3d_cnn_fits_on_one_gpu(gpu_ray, tmp_path):
+    pytest.importorskip("cv2", reason="the clips are made with OpenCV (not in the GPU bundle)")
+    from usv_ray.classify.video import fit_video_models
+
+    data = tmp_path / "data"
+    ids = write_toy_frames(data, n_videos=4, frames=4)
+    folds = {video: (i // 2) % 2 for i, video in enumerate(ids)}  # both labels in each fold
+    cfg = ClassifyConfig(
+        **ON_GPU, folds=2, clip_frames=4, clip_size=SIZE, video_epochs=1, video_batch_size=2
+    )
+    models = fit_video_models(cfg, data, folds, tmp_path / "runs", "video")
+    assert set(models) == set(cfg.video_models) == {"C3D_BN", "R3D", "R(2+1)D"}
+    for method, by_fold in models.items():
+        assert set(by_fold) == {0, 1}, method
+        for weights in by_fold.values():
+            assert all(v.device.type == "cpu" for v in weights.values())
+            assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["CM", "VM"])
+def test_reid_models_fit_on_one_gpu(gpu_ray, tmp_path, kind):
+    pytest.importorskip("cv2", reason="the clips are read with OpenCV (not in the GPU bundle)")
+    from usv_ray.reid.training import fit_reid
+
+    ids = write_toy_tracklets(tmp_path, patients=6, nodules=2, per_nodule=3, frames=4)
+    train = [t for t in ids if int(t[1:3]) < 4]  # patients 0-3; 4 and 5 validate
+    val = [t for t in ids if int(t[1:3]) >= 4]
+    cfg = ReidConfig(
+        **ON_GPU, clip_frames=4, clip_height=32, clip_width=16, epochs=2, p=2, k=2,
+        pair_batch_size=8, lr=1e-3,
+    )  # fmt: skip
+    weights, summary = fit_reid(cfg, kind, tmp_path, train, val, tmp_path / "runs", kind)
+    rates = ", ".join(f"{rate:.0f}" for rate in summary["clips_per_s"])
+    figure(f"re-ID {kind} on 1 GPU: {rates} clips/s; best val accuracy {summary['best_val_acc']}")
+    assert summary["start_epoch"] == 0 and len(summary["clips_per_s"]) == 2
+    assert math.isfinite(summary["best_val_acc"])
+    assert weights and all(v.device.type == "cpu" for v in weights.values())
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
+# -----------------------------------------------------------------------------
+# inference actors of one GPU
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_gpu_inference_actors_match_the_cpu(gpu_ray, tmp_path):
+    import pyarrow.fs
+
+    from usv_ray.classify.features import FrameEmbedder, cache_features
+    from usv_ray.classify.models import FrameCNN
+    from usv_ray.reid.embed import EMBED_COLUMNS, TrackletEmbedder, embed_dataset, save_reid_model
+    from usv_ray.reid.training import build_model
+
+    # an actor of 1 GPU sees one, and both embedders put their model on it
+    data = tmp_path / "data"
+    ids = write_toy_frames(data, n_videos=4, frames=3)
+    torch.manual_seed(3)
+    weights = tmp_path / "cnn.pt"
+    torch.save(FrameCNN().state_dict(), weights)
+    reid_cfg = ReidConfig(clip_frames=4, clip_height=32, clip_width=16)
+    torch.manual_seed(4)
+    model = save_reid_model(tmp_path / "CM.pt", "CM", 4, build_model("CM", 4).state_dict(),
+                            reid_cfg)  # fmt: skip
+
+    @gpu_ray.remote(num_gpus=1, num_cpus=1)
+    def devices() -> tuple[str, str]:
+        frame = FrameEmbedder(str(weights), fold=0, use_gpu=True)
+        tracklet = TrackletEmbedder(str(model), reid_cfg)
+        return frame.device.type, tracklet.device.type
+
+    assert gpu_ray.get(devices.remote()) == ("cuda", "cuda")
+
+    # the feature cache through Ray Data (map_batches, num_gpus=1) against the CPU embedder
+    cfg = ClassifyConfig(**ON_GPU)
+    folder = cache_features(cfg, data, ids, weights, 0, tmp_path / "features")
+    cached = pq.read_table(folder).to_pandas().sort_values(["video_id", "seq_index"])
+    columns = ["video_id", "seq_index", "frame_index", "image", "height", "width", "label"]
+    expected = FrameEmbedder(str(weights), fold=0)(_frames_batch(data, columns))
+    assert cached["video_id"].tolist() == expected["video_id"].to_pylist()
+    gpu_features = np.stack(cached["feature"].to_numpy())
+    cpu_features = np.stack(expected["feature"].to_numpy(zero_copy_only=False))
+    gap = float(np.abs(gpu_features - cpu_features).max() / np.abs(cpu_features).max())
+    figure(f"frame features, GPU actor vs CPU: max relative difference {gap:.2e}")
+    assert gap < 2e-2  # TF32 convolutions on the GPU (10-bit mantissas)
+
+    # tracklet embeddings through the index's embed_dataset (1 actor of 1 GPU)
+    pytest.importorskip("cv2", reason="the clips are read with OpenCV (not in the GPU bundle)")
+    write_toy_tracklets(data, patients=2, nodules=2, per_nodule=2, frames=4)
+    tracklets = gpu_ray.data.read_parquet(
+        str(data / "tracklets"), filesystem=pyarrow.fs.LocalFileSystem()
+    ).select_columns(EMBED_COLUMNS)
+    embedded = embed_dataset(tracklets, model, reid_cfg, 1, 1.0, True, 4).to_pandas()
+    rows = pq.read_table(data / "tracklets", columns=EMBED_COLUMNS).to_pandas()
+    reference = TrackletEmbedder(str(model), reid_cfg, device="cpu")(
+        {name: rows[name].to_numpy() for name in EMBED_COLUMNS}
+    ).to_pandas()
+    on_gpu = embedded.set_index("tracklet_id").loc[reference["tracklet_id"]]
+    gpu_vectors, cpu_vectors = np.stack(on_gpu["embedding"]), np.stack(reference["embedding"])
+    cosine = float((gpu_vectors * cpu_vectors).sum(1).min())  # unit vectors
+    figure(f"tracklet embeddings, GPU actor vs CPU: least cosine similarity {cosine:.6f}")
+    assert len(embedded) == len(reference) == 8 and cosine > 0.999
+
+
+# -----------------------------------------------------------------------------
+# bf16 against fp32, forward
+
+
+def _frame_cnn():
+    from usv_ray.classify.models import FrameCNN
+    from usv_ray.imaging import normalise
+
+    frames = torch.randint(0, 256, (16, 1, 224, 224), dtype=torch.uint8)
+    return FrameCNN(), normalise(frames)
+
+
+def _r2plus1d():
+    from usv_ray.classify.video import build_video_model
+
+    return build_video_model("R(2+1)D"), torch.rand(4, 1, 12, 112, 112) * 2 - 1
+
+
+@pytest.mark.parametrize(
+    ("name", "build"), [("frame CNN", _frame_cnn), ("R(2+1)D", _r2plus1d)], ids=["cnn", "r2plus1d"]
+)
+def test_bf16_autocast_forward_matches_fp32(name, build):
+    torch.manual_seed(0)
+    model, inputs = build()
+    model, inputs = model.cuda().eval(), inputs.cuda()
+    with torch.no_grad(), exact_fp32():
+        reference = model(inputs).float()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            low = model(inputs)
+    assert low.dtype == torch.bfloat16  # autocast did run the model in bf16
+    low = low.float()
+    logits = float((low - reference).abs().max() / reference.abs().max())
+    probs = float((low.softmax(1) - reference.softmax(1)).abs().max())
+    figure(f"{name} forward, bf16 autocast vs fp32: max relative logit difference {logits:.2e}, "
+           f"max probability difference {probs:.2e}")  # fmt: skip
+    assert logits < 0.05 and probs < 0.02
