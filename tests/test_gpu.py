@@ -86,9 +86,9 @@ def test_frame_cnn_fits_on_one_gpu_in_fp32_and_bf16(gpu_ray, tmp_path):
     fp32 = fit_cnns(cfg, data, folds, runs, "cnn_fp32")[0]
     bf16 = fit_cnns(dataclasses.replace(cfg, precision="bf16"), data, folds, runs, "cnn_bf16")[0]
     figure(
-        f"frame CNN on 1 GPU, 32 x 32 toy frames: {fp32.images_per_s:.0f} images/s fp32, "
-        f"{bf16.images_per_s:.0f} bf16; best validation loss {fp32.best_val_loss:.3f} fp32, "
-        f"{bf16.best_val_loss:.3f} bf16"
+        f"frame CNN on 1 GPU, 32 x 32 toy frames: {fp32.samples_per_s:.0f} images/s fp32, "
+        f"{bf16.samples_per_s:.0f} bf16; best validation loss {fp32.best_value:.3f} fp32, "
+        f"{bf16.best_value:.3f} bf16"
     )
     batch = _frames_batch(data, ["video_id", "seq_index", "frame_index", "image", "height",
                                  "width", "label"])  # fmt: skip
@@ -96,9 +96,9 @@ def test_frame_cnn_fits_on_one_gpu_in_fp32_and_bf16(gpu_ray, tmp_path):
     labels = batch["label"][val]
     probs = {}
     for name, run in (("fp32", fp32), ("bf16", bf16)):
-        assert run.best.exists() and math.isfinite(run.images_per_s) and run.images_per_s > 0
-        assert run.best_val_loss < 0.69, name  # below chance (ln 2): it learnt the toy labels
-        probs[name] = _frame_probs(run.best, batch)[val]
+        assert run.path.exists() and math.isfinite(run.samples_per_s) and run.samples_per_s > 0
+        assert run.best_value < 0.69, name  # below chance (ln 2): it learnt the toy labels
+        probs[name] = _frame_probs(run.path, batch)[val]
         assert ((probs[name] >= 0.5) == labels).mean() >= 0.75, name
     # trained apart, in two precisions: the same calls on the validation frames
     gap = float(np.abs(probs["fp32"] - probs["bf16"]).mean())
@@ -186,11 +186,11 @@ def test_reid_models_fit_on_one_gpu(gpu_ray, tmp_path, kind):
         **ON_GPU, clip_frames=4, clip_height=32, clip_width=16, epochs=2, p=2, k=2,
         pair_batch_size=8, lr=1e-3,
     )  # fmt: skip
-    weights, summary = fit_reid(cfg, kind, tmp_path, train, val, tmp_path / "runs", kind)
-    rates = ", ".join(f"{rate:.0f}" for rate in summary["clips_per_s"])
-    figure(f"re-ID {kind} on 1 GPU: {rates} clips/s; best val accuracy {summary['best_val_acc']}")
-    assert summary["start_epoch"] == 0 and len(summary["clips_per_s"]) == 2
-    assert math.isfinite(summary["best_val_acc"])
+    weights, trained = fit_reid(cfg, kind, tmp_path, train, val, tmp_path / "runs", kind)
+    rates = ", ".join(f"{rate:.0f}" for rate in trained.rates)
+    figure(f"re-ID {kind} on 1 GPU: {rates} clips/s; best val accuracy {trained.best_value}")
+    assert trained.start_epoch == 0 and len(trained.rates) == 2
+    assert math.isfinite(trained.best_value)
     assert weights and all(v.device.type == "cpu" for v in weights.values())
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
 
@@ -208,13 +208,14 @@ def test_gpu_inference_actors_match_the_cpu(gpu_ray, tmp_path):
     from usv_ray.classify.models import FrameCNN
     from usv_ray.reid.embed import EMBED_COLUMNS, TrackletEmbedder, embed_dataset, save_reid_model
     from usv_ray.reid.training import build_model
+    from usv_ray.train import save_model
 
     # an actor of 1 GPU sees one, and both embedders put their model on it
     data = tmp_path / "data"
     ids = write_toy_frames(data, n_videos=4, frames=3)
     torch.manual_seed(3)
     weights = tmp_path / "cnn.pt"
-    torch.save(FrameCNN().state_dict(), weights)
+    save_model(weights.parent, weights.stem, FrameCNN().state_dict(), {"model": "FrameCNN"})
     reid_cfg = ReidConfig(clip_frames=4, clip_height=32, clip_width=16)
     torch.manual_seed(4)
     model = save_reid_model(tmp_path / "CM.pt", "CM", 4, build_model("CM", 4).state_dict(),
@@ -272,7 +273,7 @@ def _frame_cnn():
 
 
 def _r2plus1d():
-    from usv_ray.classify.video import build_video_model
+    from usv_ray.classify.video_models import build_video_model
 
     return build_video_model("R(2+1)D"), torch.rand(4, 1, 12, 112, 112) * 2 - 1
 
