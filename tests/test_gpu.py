@@ -11,16 +11,14 @@ import dataclasses
 import math
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from classify.toy_features import toy_videos, write_feature_cache
 from classify.toy_frames import SIZE, write_toy_frames
 from toy_tracklets import write_toy_tracklets
 
 from usv_ray.config import ClassifyConfig, ReidConfig
-from usv_ray.io import write_table
-from usv_ray.schemas import FEATURE_DIM, FEATURES
 
 pytestmark = [
     pytest.mark.gpu,
@@ -106,38 +104,15 @@ def test_frame_cnn_fits_on_one_gpu_in_fp32_and_bf16(gpu_ray, tmp_path):
     assert gap < 0.25
 
 
-def _videos(n: int, seed: int = 0):
-    """Videos of 1..30 frames whose features carry their label (as the LSTM tests)."""
-    from usv_ray.classify.lstm import VideoFeatures
-
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        label = i % 2
-        length = int(rng.integers(1, 31))
-        features = rng.normal(0.6 * label, 1.0, (length, FEATURE_DIM)).astype(np.float32)
-        out.append(VideoFeatures(f"v{i:03d}", label, features))
-    return out
-
-
 @pytest.mark.ray
 @pytest.mark.slow
 def test_lstms_fit_on_one_gpu(gpu_ray, tmp_path):
     from usv_ray.classify.lstm import LstmJob, fit_lstms, job_sequences, predict
 
-    videos = _videos(96, seed=1)  # as the CPU test: 48 test videos per fold
+    videos = toy_videos(96, seed=1)  # as the CPU test: 48 test videos per fold
     folds = {v.video_id: (i // 2) % 2 for i, v in enumerate(videos)}  # both labels per fold
     features = tmp_path / "features"
-    for fold in range(2):  # a cache fold=k holding every video, as the real one does
-        rows = [
-            {"video_id": v.video_id, "fold": fold, "seq_index": t, "frame_index": t,
-             "feature": v.features[t].tolist(), "frame_prob": 0.5}
-            for v in videos
-            for t in range(len(v.features))
-        ]  # fmt: skip
-        write_table(
-            pa.Table.from_pylist(rows, schema=FEATURES), features / f"fold={fold}" / "part.parquet"
-        )
+    write_feature_cache(features, videos, folds=range(2))
     table = {v.video_id: (v.label, folds[v.video_id]) for v in videos}
     cfg = ClassifyConfig(
         **ON_GPU, lstm_workers=1, lstm_epochs=4, lstm_batch_size=8, lstm_hidden=32, lstm_lr=5e-3

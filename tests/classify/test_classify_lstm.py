@@ -4,10 +4,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from runner_checks import assert_resume_is_exact
+from toy_features import toy_videos, write_feature_cache
 
 from usv_ray.classify.lstm import (
     LstmJob,
-    VideoFeatures,
     equal_frame_set,
     fit_lstms,
     job_sequences,
@@ -21,19 +21,7 @@ from usv_ray.schemas import FEATURE_DIM, FEATURES
 from usv_ray.train import training_log
 
 
-def _videos(n: int, seed: int = 0) -> list[VideoFeatures]:
-    """Videos of 1..30 frames whose features carry their label: a learnable toy set."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        label = i % 2
-        length = int(rng.integers(1, 31))
-        features = rng.normal(0.6 * label, 1.0, (length, FEATURE_DIM)).astype(np.float32)
-        out.append(VideoFeatures(f"v{i:03d}", label, features))
-    return out
-
-
-def test_load_sequences_orders_frames_and_keeps_labelled_videos(tmp_path):
+def test_load_sequences_orders_frames_and_keeps_labelledtoy_videos(tmp_path):
     rows = []
     for video, frames in (("b", [2, 0, 1]), ("a", [1, 0]), ("unlabelled", [0])):
         for seq in frames:
@@ -55,30 +43,11 @@ def test_load_sequences_orders_frames_and_keeps_labelled_videos(tmp_path):
     assert load_sequences(tmp_path / "fold=1", {"a": 1}) == []
 
 
-def test_equal_frame_set_drops_short_videos():
-    videos = _videos(20)
+def test_equal_frame_set_drops_shorttoy_videos():
+    videos = toy_videos(20)
     equal = equal_frame_set(videos, 12)
     assert all(len(v.features) == 12 for v in equal)
     assert {v.video_id for v in equal} == {v.video_id for v in videos if len(v.features) >= 12}
-
-
-def _write_cache(features, videos, folds):
-    """A feature cache fold=k for every fold k, holding every video (as the real one does)."""
-    for fold in folds:
-        rows = [
-            {
-                "video_id": v.video_id,
-                "fold": fold,
-                "seq_index": t,
-                "frame_index": t,
-                "feature": v.features[t].tolist(),
-                "frame_prob": 0.5,
-            }
-            for v in videos
-            for t in range(len(v.features))
-        ]
-        table = pa.Table.from_pylist(rows, schema=FEATURES)
-        write_table(table, features / f"fold={fold}" / "part.parquet")
 
 
 def test_job_keys_are_distinct_file_names():
@@ -96,9 +65,9 @@ def test_rank_batches_cover_every_video_with_equal_batch_counts(n, world):
 
 
 def test_job_sequences_split_by_fold_and_frames(tmp_path):
-    videos = _videos(12)
+    videos = toy_videos(12)
     folds = {v.video_id: i % 3 for i, v in enumerate(videos)}
-    _write_cache(tmp_path, videos, folds=range(3))
+    write_feature_cache(tmp_path, videos, folds=range(3))
     table = {v.video_id: (v.label, folds[v.video_id]) for v in videos}
     train = job_sequences(tmp_path, table, LstmJob(1), train=True)
     test = job_sequences(tmp_path, table, LstmJob(1), train=False)
@@ -113,9 +82,9 @@ def test_job_sequences_split_by_fold_and_frames(tmp_path):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_fit_lstms_learns_and_reruns_only_what_is_missing(ray_session, tmp_path):
-    videos = _videos(96, seed=1)
+    videos = toy_videos(96, seed=1)
     folds = {v.video_id: (i // 2) % 2 for i, v in enumerate(videos)}  # both labels per fold
-    _write_cache(tmp_path / "features", videos, folds=range(2))
+    write_feature_cache(tmp_path / "features", videos, folds=range(2))
     table = {v.video_id: (v.label, folds[v.video_id]) for v in videos}
     cfg = ClassifyConfig(
         lstm_epochs=4, lstm_batch_size=8, lstm_hidden=32, lstm_lr=5e-3, cpus_per_worker=0.5
@@ -145,9 +114,9 @@ def test_fit_lstms_learns_and_reruns_only_what_is_missing(ray_session, tmp_path)
 
 def test_fit_lstms_validates_and_a_killed_run_resumes_exactly(monkeypatch, tmp_path):
     # in this process (lstm_workers: 0): the runner's loop as on a Ray Train worker
-    videos = _videos(24, seed=2)
+    videos = toy_videos(24, seed=2)
     folds = {v.video_id: i % 2 for i, v in enumerate(videos)}
-    _write_cache(tmp_path / "features", videos, folds=range(2))
+    write_feature_cache(tmp_path / "features", videos, folds=range(2))
     table = {v.video_id: (v.label, folds[v.video_id]) for v in videos}
     val_ids = {0: ["v001", "v003"], 1: ["v000", "v002"]}  # held out of training, validate
     cfg = ClassifyConfig(
