@@ -454,6 +454,43 @@ def _train_pass(
     return total / max(count, 1), count, time.perf_counter() - started
 
 
+class _Progress:
+    """Progress lines on rank 0 (Ray forwards a worker's stdout to the driver): the model,
+    its epoch, its losses and an estimate of the run's time left; at each model's end and
+    at most every ``every_s`` seconds between (the demo trains ~60 small LSTMs)."""
+
+    def __init__(self, epochs: int, every_s: float = 20.0) -> None:
+        self.left, self.done = epochs, 0
+        self.started = self.printed = time.monotonic()
+        self.every_s = every_s
+
+    def skip(self, epochs: int) -> None:
+        self.left -= epochs
+
+    def epoch_done(self, key: str, epoch: int, epochs: int, metrics: dict, metric: str) -> None:
+        self.left -= 1
+        self.done += 1
+        now = time.monotonic()
+        if epoch + 1 < epochs and now - self.printed < self.every_s:
+            return
+        self.printed = now
+        scores = f"train loss {metrics['train_loss']:.3f}"
+        if metric in metrics:
+            scores += f", {metric} {metrics[metric]:.3f}"
+        per_epoch = (now - self.started) / self.done
+        left = f"~{_duration(per_epoch * self.left)} left" if self.left > 0 else "run done"
+        print(f"[train] {key} epoch {epoch + 1}/{epochs}: {scores} ({left})", flush=True)
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` as ``42 s``, ``7 min`` or ``2.5 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def run_tasks(
     tasks: Sequence[Task], settings: RunSettings, worker: Worker, models: Path
 ) -> dict[str, dict]:
@@ -463,6 +500,10 @@ def run_tasks(
     state = worker.resume() or _fresh_state()
     state["attempt"] += 1
     metric = settings.best_metric
+    todo = [
+        t for t in tasks if t.key not in state["done"] or not model_path(models, t.key).exists()
+    ]
+    progress = _Progress(len(todo) * settings.epochs)
     for task in tasks:
         path = model_path(models, task.key)
         if task.key in state["done"] and path.exists():
@@ -487,6 +528,7 @@ def run_tasks(
             optimizer.load_state_dict(current["optimizer"])
             scaler.load_state_dict(current["scaler"])
         data = task.open(worker)
+        progress.skip(start_epoch)  # resumed: those epochs are done
         for epoch in range(start_epoch, settings.epochs):
             loss, count, seconds = _train_pass(
                 task, model, data, epoch, optimizer, scaler, settings, worker
@@ -540,6 +582,8 @@ def run_tasks(
                     epoch=epoch,
                 )
                 state["current"] = current
+            if worker.rank == 0:
+                progress.epoch_done(task.key, epoch, settings.epochs, metrics, metric)
             worker.report(metrics, state, state["step"], finished=finished)
         del model, optimizer
     return state["done"]
