@@ -86,7 +86,13 @@ def test_the_engine_knows_no_target():
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     ours = {name for name in imported if name and name.startswith("usv_ray")}
-    assert ours == {"usv_ray.config", "usv_ray.io", "usv_ray.runtime", "usv_ray.evaluate.tables"}
+    assert ours == {
+        "usv_ray.config",
+        "usv_ray.errors",
+        "usv_ray.io",
+        "usv_ray.runtime",
+        "usv_ray.evaluate.tables",
+    }
     assert grid_points({"a": {"grid_search": [1, 2]}, "b": 3}) == [
         {"a": 1, "b": 3},
         {"a": 2, "b": 3},

@@ -67,7 +67,7 @@ def test_fit_and_predict_every_fold_and_a_rerun_trains_nothing(ray_session, tmp_
         video_models=("C3D_BN",),
         clip_frames=2,
         clip_size=16,
-        video_epochs=2,
+        video_epochs=1,
         video_batch_size=4,
         cpus_per_worker=0.5,
     )
@@ -75,10 +75,9 @@ def test_fit_and_predict_every_fold_and_a_rerun_trains_nothing(ray_session, tmp_
     assert set(first) == {"C3D_BN"} and set(first["C3D_BN"]) == {0, 1}
     rows = training_log(runs, "video")
     log = [(r["model"], r["epoch"], r["attempt"]) for r in rows]
-    folds_epochs = [(f"C3D_BN_fold={k}", epoch, 1) for k in (0, 1) for epoch in (0, 1)]
-    assert log == folds_epochs
-    assert [r["train_samples"] for r in rows] == [2] * 4  # outside the fold, less validation
-    assert [r["val_samples"] for r in rows] == [1] * 4
+    assert log == [("C3D_BN_fold=0", 0, 1), ("C3D_BN_fold=1", 0, 1)]
+    assert [r["train_samples"] for r in rows] == [2, 2]  # outside the fold, less validation
+    assert [r["val_samples"] for r in rows] == [1, 1]
 
     # a rerun of the finished run starts no training, and returns the same models
     checkpoints = sorted(p.name for p in (runs / "video").glob("epoch_*"))
@@ -99,7 +98,7 @@ def test_fit_and_predict_every_fold_and_a_rerun_trains_nothing(ray_session, tmp_
 @pytest.mark.slow
 def test_a_killed_video_run_resumes_exactly(ray_session, monkeypatch, tmp_path):
     data = tmp_path / "data"
-    ids = write_toy_frames(data, n_videos=4, frames=2)
+    ids = write_toy_frames(data, n_videos=6, frames=2)  # 2 train per fold: batch norm needs 2
     folds = {video: i % 2 for i, video in enumerate(ids)}
     cfg = ClassifyConfig(
         folds=2,

@@ -15,7 +15,7 @@ def test_a_killed_reid_run_resumes_exactly(monkeypatch, tmp_path, kind):
     train, val = [t for t in ids if t < "t04"], [t for t in ids if t >= "t04"]
     cfg = ReidConfig(
         workers=0,
-        epochs=3,
+        epochs=2,
         clip_frames=2,
         clip_height=16,
         clip_width=8,
@@ -30,7 +30,7 @@ def test_a_killed_reid_run_resumes_exactly(monkeypatch, tmp_path, kind):
         _, trained = fit_reid(cfg, kind, tmp_path / "data", train, val, storage, kind)
         return {kind: trained.path}
 
-    assert_resume_is_exact(monkeypatch, fit, tmp_path, kind, kill_after=2)
+    assert_resume_is_exact(monkeypatch, fit, tmp_path, kind, kill_after=1)
     log = training_log(tmp_path / "uninterrupted", kind)
     assert all(0 <= row["val_acc"] <= 1 for row in log)  # every epoch validates
     _, meta = load_model(tmp_path / "uninterrupted" / kind / "models" / f"{kind}.pt")
