@@ -176,9 +176,8 @@ def bare_cm_rates(cfg: ReidConfig, data: Path, ids: list[str], epochs: int) -> l
     augmentation, losses, optimizer) on the clips in memory."""
     import torch
 
-    from usv_ray.reid.clips import augmented_input, load_tracklets
-    from usv_ray.reid.losses import batch_hard_triplet
-    from usv_ray.reid.training import build_model, cm_steps, identity_labels
+    from usv_ray.reid.clips import load_tracklets
+    from usv_ray.reid.training import build_model, cm_loss, cm_steps, identity_labels
 
     train = load_tracklets(data, ids, cfg)
     labels, clips = identity_labels(train), torch.from_numpy(train.clips)
@@ -190,11 +189,7 @@ def bare_cm_rates(cfg: ReidConfig, data: Path, ids: list[str], epochs: int) -> l
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 101)
         seen, started = 0, time.perf_counter()
         for (index,) in cm_steps(labels, cfg, 0, 1, epoch):
-            y = torch.from_numpy(labels[index])
-            embeddings, logits = model(augmented_input(clips[index], generator))
-            loss = torch.nn.functional.cross_entropy(logits, y) + batch_hard_triplet(
-                embeddings, y, margin=cfg.triplet_margin
-            )
+            loss = cm_loss(model, clips[index], torch.from_numpy(labels[index]), cfg, generator)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
