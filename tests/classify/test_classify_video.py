@@ -55,9 +55,10 @@ def test_augment_clips_is_one_transform_per_clip():
 @pytest.mark.ray
 @pytest.mark.slow
 def test_fit_and_predict_every_fold_and_a_rerun_trains_nothing(ray_session, tmp_path):
-    # one Ray Train run of the smallest set that has every part: one model (every model's
-    # forward and backward: test_models_take_any_clip_length_and_learn), two folds, three
-    # videos per fold, one of them validating the other fold's model, two-frame 16 x 16 clips
+    # the smallest set that has every part: one model (every model's forward and backward:
+    # test_models_take_any_clip_length_and_learn), two folds, three videos per fold, one
+    # of them validating the other fold's model, two-frame 16 x 16 clips; the runner in
+    # this process (its Ray Train path, the same for every model: test_classify_cnn.py)
     data, runs = tmp_path / "data", tmp_path / "runs"
     ids = write_toy_frames(data, n_videos=6, frames=2)
     folds = {video: i % 2 for i, video in enumerate(ids)}
@@ -69,7 +70,7 @@ def test_fit_and_predict_every_fold_and_a_rerun_trains_nothing(ray_session, tmp_
         clip_size=16,
         video_epochs=1,
         video_batch_size=4,
-        cpus_per_worker=0.5,
+        workers=0,
     )
     first = fit_video_models(cfg, data, folds, runs, "video", val_ids)
     assert set(first) == {"C3D_BN"} and set(first["C3D_BN"]) == {0, 1}
