@@ -13,9 +13,10 @@ and its validation) and hands a list of them to :func:`train_models` with the ru
   the best epoch**: the epoch with the best ``best_metric`` (lowest ``val_loss``, highest
   ``val_acc`` / ``val_auc``) so far; ties keep the earlier epoch. A task whose validation
   set is empty (or whose metric is NaN every time) keeps its last epoch, and its file says so.
-* **Checkpoint and resume.** Every rank reports every epoch (``ray.train.report`` is a
-  barrier); rank 0 attaches a checkpoint of the run's state when a model is finished and
-  at most every ``checkpoint_every_s`` seconds between. The state lists finished models
+* **Checkpoint and resume.** Rank 0 checkpoints the run's state when a model is finished
+  and at most every ``checkpoint_every_s`` seconds between; every rank reports then
+  (``ray.train.report`` is a barrier, ~0.2 s each on a laptop: reporting each of 630 small
+  LSTM epochs cost minutes) and, inside a Tune trial, every epoch. The state lists finished models
   and holds the current one's weights, optimizer, scaler, best weights and epoch, so it
   stays the size of one model. A rerun (or a Ray Train restart after a crash) with the same
   run name resumes at the (model, epoch) where the last checkpoint stopped; when every
@@ -24,8 +25,9 @@ and its validation) and hands a list of them to :func:`train_models` with the ru
 * **The finished-model file** (:func:`save_model`): the weights of the best epoch with
   their metadata (the task's own, the best epoch and value, the settings), read back with
   :func:`load_model`.
-* **The report to Ray Train / Tune**: inside a Tune trial every report of rank 0 becomes a
-  Tune result (``TuneReportCallback``), so ASHA can stop poor trials.
+* **The report to Ray Train / Tune**: inside a Tune trial every epoch's report of rank 0
+  becomes a Tune result (``TuneReportCallback``), so ASHA can stop poor trials. Every
+  epoch's metrics are also kept in the checkpointed log (:func:`training_log`).
 
 Runs are reproducible from the seed: the datasets a run trains on keep the order they were
 read in (:func:`in_order`), every epoch's random draws (augmentation, dropout) come from
@@ -43,6 +45,7 @@ same layout, so it resumes as a Ray Train run does.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import shutil
 import tempfile
@@ -60,6 +63,8 @@ MODEL_FORMAT = 1  # the layout of a finished-model file (save_model / load_model
 # what the best epoch maximises or minimises, by metric name
 BEST_MODES = {"val_loss": "min", "val_acc": "max", "val_auc": "max"}
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -135,9 +140,16 @@ class Worker:
         now = time.monotonic() if now is None else now
         return finished or now - self._last >= self.every_s
 
-    def report(self, metrics: dict, state: dict, step: int, *, finished: bool) -> None:
-        """Checkpoint ``state`` as ``epoch_<step>`` when it is due, keeping only the latest."""
-        if not self.due(finished):
+    every_epoch = False  # report epochs that do not checkpoint too (a Tune trial's ASHA)
+
+    def checkpoint_due(self, finished: bool) -> bool:
+        """:meth:`due`, the same on every rank (rank 0's decision)."""
+        return self.due(finished)
+
+    def report(self, metrics: dict, state: dict, step: int, *, checkpoint: bool) -> None:
+        """Checkpoint ``state`` as ``epoch_<step>``, keeping only the latest (this worker
+        reports to no one else)."""
+        if not checkpoint:
             return
         target = self.run / f"epoch_{step:04d}"
         with tempfile.TemporaryDirectory(dir=_mkdir(self.run)) as folder:
@@ -153,7 +165,7 @@ class Worker:
 class RayTrainWorker(Worker):
     """A Ray Train worker: its rank, device and dataset shards, reports through Ray Train."""
 
-    def __init__(self, settings: RunSettings) -> None:
+    def __init__(self, settings: RunSettings, every_epoch: bool) -> None:
         import ray.train
         import ray.train.torch
 
@@ -162,7 +174,18 @@ class RayTrainWorker(Worker):
         self.device = ray.train.torch.get_device()
         self.channels_last = settings.channels_last
         self.every_s = settings.checkpoint_every_s
+        self.every_epoch = every_epoch
         self._last = time.monotonic()
+
+    def checkpoint_due(self, finished: bool) -> bool:
+        import torch.distributed as dist
+
+        due = self.due(finished)
+        if self.world > 1 and dist.is_available() and dist.is_initialized():
+            flag = torch.tensor([float(due)], device=self.device)
+            dist.broadcast(flag, src=0)  # every rank reports when rank 0 checkpoints
+            due = bool(flag.item())
+        return due
 
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
         import ray.train.torch
@@ -183,10 +206,12 @@ class RayTrainWorker(Worker):
         with checkpoint.as_directory() as folder:
             return torch.load(Path(folder) / STATE_FILE, map_location="cpu")
 
-    def report(self, metrics: dict, state: dict, step: int, *, finished: bool) -> None:
+    def report(self, metrics: dict, state: dict, step: int, *, checkpoint: bool) -> None:
+        """Report ``metrics`` from this rank (a barrier: every rank reports); rank 0 attaches
+        the checkpoint of ``state``."""
         import ray.train
 
-        if self.rank != 0 or not self.due(finished):
+        if self.rank != 0 or not checkpoint:
             ray.train.report(metrics)
             return
         with tempfile.TemporaryDirectory() as folder:
@@ -455,7 +480,7 @@ def _train_pass(
 
 
 class _Progress:
-    """Progress lines on rank 0 (Ray forwards a worker's stdout to the driver): the model,
+    """Progress lines on rank 0 (a worker's log records reach the driver): the model,
     its epoch, its losses and an estimate of the run's time left; at each model's end and
     at most every ``every_s`` seconds between (the demo trains ~60 small LSTMs)."""
 
@@ -479,7 +504,7 @@ class _Progress:
             scores += f", {metric} {metrics[metric]:.3f}"
         per_epoch = (now - self.started) / self.done
         left = f"~{_duration(per_epoch * self.left)} left" if self.left > 0 else "run done"
-        print(f"[train] {key} epoch {epoch + 1}/{epochs}: {scores} ({left})", flush=True)
+        log.info("%s epoch %d/%d: %s (%s)", key, epoch + 1, epochs, scores, left)
 
 
 def _duration(seconds: float) -> str:
@@ -584,15 +609,24 @@ def run_tasks(
                 state["current"] = current
             if worker.rank == 0:
                 progress.epoch_done(task.key, epoch, settings.epochs, metrics, metric)
-            worker.report(metrics, state, state["step"], finished=finished)
+            # each report is a barrier costing ~0.2 s on a laptop: only those that checkpoint,
+            # but every epoch in a Tune trial (ASHA compares trials by epoch)
+            checkpoint = worker.checkpoint_due(finished)
+            if checkpoint or worker.every_epoch:
+                worker.report(metrics, state, state["step"], checkpoint=checkpoint)
         del model, optimizer
     return state["done"]
 
 
 def _ray_train_loop(config: dict) -> dict:
     """Runs on every Ray Train worker."""
+    # a worker's log records reach the driver once (its prints twice); the product's
+    # progress is INFO, which a fresh worker process would drop
+    if logging.getLogger("usv_ray").level == logging.NOTSET:
+        logging.getLogger("usv_ray").setLevel(logging.INFO)
     settings: RunSettings = config["settings"]
-    return run_tasks(config["tasks"], settings, RayTrainWorker(settings), config["models"])
+    worker = RayTrainWorker(settings, config["every_epoch"])
+    return run_tasks(config["tasks"], settings, worker, config["models"])
 
 
 def _tune_callbacks() -> list:
@@ -625,6 +659,8 @@ def _fit(
     # without its deprecated exclude_resources argument and the warning that brings.
     ingest = copy.deepcopy(ray.data.DataContext.get_current().execution_options)
     ingest.preserve_order = True
+    callbacks = _tune_callbacks()
+    config = {**config, "every_epoch": bool(callbacks)}
     trainer = TorchTrainer(
         _ray_train_loop,
         train_loop_config=config,
@@ -638,7 +674,7 @@ def _fit(
             storage_path=str(Path(storage).resolve()),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             failure_config=ray.train.FailureConfig(max_failures=2),
-            callbacks=_tune_callbacks(),
+            callbacks=callbacks,
             logging_config=train_logging_config(),
         ),
         datasets=datasets,
