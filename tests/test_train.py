@@ -183,12 +183,12 @@ def test_a_killed_run_resumes_with_the_weights_of_an_uninterrupted_one(monkeypat
 
 
 def test_checkpoints_are_due_at_a_models_end_and_every_so_many_seconds(tmp_path):
-    worker = Worker(tmp_path, settings=_settings(checkpoint_every_s=60.0))
+    worker = Worker(_settings(checkpoint_every_s=60.0), tmp_path)
     start = time.monotonic()
     assert not worker.due(finished=False, now=start + 59.0)  # mid-model, within the interval
     assert worker.due(finished=True, now=start + 1.0)  # a finished model always
     assert worker.due(finished=False, now=start + 60.0)  # the interval has passed
-    assert Worker(tmp_path, settings=_settings()).due(finished=False)  # 0: every epoch
+    assert Worker(_settings(), tmp_path).due(finished=False)  # 0: every epoch
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
@@ -205,7 +205,7 @@ def test_mixed_precision_autocasts_the_training_steps(tmp_path, precision):
 
 
 def test_channels_last_lays_out_the_model_and_its_inputs(tmp_path):
-    worker = Worker(tmp_path, settings=_settings(channels_last=True))
+    worker = Worker(_settings(channels_last=True), tmp_path)
     x = worker.model_input(torch.zeros(2, 1, 4, 4))
     assert x.is_contiguous(memory_format=torch.channels_last)
     assert worker.model_input(torch.zeros(2, 6)).is_contiguous()  # not an image: as it was

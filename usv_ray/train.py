@@ -102,18 +102,15 @@ class Worker:
     """
 
     def __init__(
-        self,
-        run: Path,
-        datasets: Mapping[str, Any] | None = None,
-        settings: RunSettings | None = None,
+        self, settings: RunSettings, run: Path | None = None, datasets: Mapping | None = None
     ) -> None:
         self.rank, self.world = 0, 1
         self.device = torch.device("cpu")
-        self.run = Path(run)
+        self.run = None if run is None else Path(run)
         self._datasets = dict(datasets or {})
-        self.channels_last = settings is not None and settings.channels_last
+        self.channels_last = settings.channels_last
+        self.every_s = settings.checkpoint_every_s
         self._last = time.monotonic()
-        self.every_s = settings.checkpoint_every_s if settings is not None else 0.0
 
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
         """The model moved to this worker's device (Ray Train: and wrapped for DDP)."""
@@ -169,13 +166,11 @@ class RayTrainWorker(Worker):
         import ray.train
         import ray.train.torch
 
+        super().__init__(settings)
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
         self.device = ray.train.torch.get_device()
-        self.channels_last = settings.channels_last
-        self.every_s = settings.checkpoint_every_s
         self.every_epoch = every_epoch
-        self._last = time.monotonic()
 
     def checkpoint_due(self, finished: bool) -> bool:
         import torch.distributed as dist
@@ -594,8 +589,7 @@ def run_tasks(
                     "rates": tuple(current["rates"]),
                 }
                 if worker.rank == 0:  # before the report: a checkpoint never lists a missing file
-                    meta = {**task.meta(), **done}
-                    meta["precision"] = settings.precision
+                    meta = {**task.meta(), **done, "precision": settings.precision}
                     save_model(models, task.key, current["best"], meta)
                 state["done"][task.key] = done
                 state["current"] = None
@@ -719,7 +713,7 @@ def train_models(
         data = datasets(todo) if datasets is not None else {}
         config = {"tasks": todo, "settings": settings, "models": models}
         if settings.workers == 0:
-            worker = Worker(Path(storage) / name, data, settings)
+            worker = Worker(settings, Path(storage) / name, data)
             done = run_tasks(todo, settings, worker, models)
         else:
             names = sorted({d for task in todo for d in split(task)})
