@@ -11,6 +11,7 @@ from usv_ray.evaluate.plots import (
     normalised_confusion,
     pr_plot,
     probability_plot,
+    reliability_plot,
     roc_plot,
 )
 
@@ -128,6 +129,22 @@ def test_normalised_confusion_rows_sum_to_one(y_true, y_prob, rates, counts):
     np.testing.assert_array_equal(got_counts, counts)
     defined = ~np.isnan(got_rates).any(axis=1)
     np.testing.assert_allclose(got_rates[defined].sum(axis=1), 1.0)
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("case", CASES)
+def test_reliability_plot_is_png(tmp_path, case):
+    """Before / after calibration on one axes; one-class and empty curves do not raise."""
+    y_true, y_prob = CASES[case]
+    curves = {
+        "before calibration": (y_true, y_prob),
+        "after calibration": (y_true, np.sqrt(y_prob)),
+        "nothing": EMPTY,
+    }
+    path = tmp_path / "nested" / "reliability.png"
+    assert reliability_plot(curves, path, SUBTITLE, n_bins=8) == path
+    assert_png(path)
+    assert_png(reliability_plot({}, tmp_path / "none.png", SUBTITLE))
 
 
 def test_import_does_not_load_pyplot():

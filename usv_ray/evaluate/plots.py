@@ -1,4 +1,4 @@
-"""Figures of per-video benign (0) / malignant (1) predictions: ROC, PR, confusion, probabilities.
+"""Figures of per-video benign/malignant predictions: ROC, PR, confusion, probability, reliability.
 
 Every function is pure apart from writing one PNG: it takes arrays (``y_true (N,)`` labels
 in {0, 1}, ``y_prob (N,)`` probabilities of malignant), a path and a ``subtitle`` naming the
@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from usv_ray.evaluate.calibration import brier_score, expected_calibration_error, reliability
 from usv_ray.evaluate.metrics import (
     MetricWarning,
     average_precision,
@@ -45,6 +46,7 @@ __all__ = [
     "normalised_confusion",
     "pr_plot",
     "probability_plot",
+    "reliability_plot",
     "roc_plot",
 ]
 
@@ -304,4 +306,46 @@ def probability_plot(
     ax.grid(axis="y", alpha=0.3)
     # Outside the axes, so it never hides a bar.
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=9)
+    return _save(fig, path)
+
+
+def reliability_plot(
+    curves: Curves, path: str | os.PathLike[str], subtitle: str, n_bins: int = 10
+) -> Path:
+    """Reliability diagram of several curves on one axes, ECE and Brier in the legend.
+
+    ``curves``: name -> ``(y_true (N,), y_prob (N,))``, e.g. "before calibration" and
+    "after calibration", drawn in the mapping's order. Per curve, a line with a marker at
+    (mean predicted probability, observed fraction of malignant videos) of each non-empty
+    one of ``n_bins`` equal-width bins; the legend gives its ECE (on the same bins) and
+    Brier score. The diagonal is perfect calibration.
+    """
+    fig, ax = _new_figure("Reliability diagram", subtitle)
+    validated = {name: _validated(*pair) for name, pair in curves.items()}
+    if not any(labels.size for labels, _ in validated.values()):
+        _no_predictions(ax)
+        return _save(fig, path)
+    ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="perfectly calibrated")
+    for name, (labels, probs) in validated.items():
+        if labels.size == 0:
+            ax.plot([], [], label=f"{name}: no predictions")
+            continue
+        prob_true, prob_pred, _ = reliability(labels, probs, n_bins, "uniform")
+        ece = expected_calibration_error(labels, probs, n_bins, "uniform")
+        brier = brier_score(labels, probs)
+        ax.plot(
+            prob_pred,
+            prob_true,
+            marker="o",
+            markersize=5,
+            linewidth=1.8,
+            label=f"{name} (ECE {ece:.3f}, Brier {brier:.3f}, n={labels.size})",
+        )
+    _unit_square(
+        ax,
+        f"mean predicted probability of malignancy ({n_bins} equal-width bins)",
+        "observed fraction of malignant videos",
+    )
+    # Below the axes: a badly calibrated curve can reach any corner of the square.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8)
     return _save(fig, path)
