@@ -53,6 +53,13 @@ class SynthConfig:
     dicom_fraction: float = 0.15  # share of videos written as DICOM multi-frame cine
     keyframe_interval: int = 15  # H.264 GOP length in frames
     workers: int = 2  # processes that render patients in parallel
+    # share of the archive's videos whose manifest row gives an annotations file (a seeded
+    # draw); the others keep their label, and their nodules only in out/truth.json
+    annotated_fraction: float = 1.0
+    # share of the archive's patients who come back tonight (out/night/): a follow-up exam
+    # 3 to 14 months after their last one, 1..max_videos_per_study videos, no label or boxes
+    night_followups: float = 0.0
+    night_new_patients: int = 0  # new patients tonight, one exam each (out/night/)
 
 
 SamplingMode = Literal["all", "equal", "variable"]

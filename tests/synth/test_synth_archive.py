@@ -58,7 +58,9 @@ def test_returns_the_manifest_with_the_contract_columns(archive):
         assert row["label"] in {"benign", "malignant", "0", "1"}
         assert row["study_id"]
     assert {r["label"] for r in rows} & {"0", "1"}
-    assert not list(archive.parent.glob("*.json"))  # no extra truth files
+    # The hidden truth file is the only JSON beside the manifest (the pipeline never reads it).
+    assert [p.name for p in archive.parent.glob("*.json")] == ["truth.json"]
+    assert not (archive.parent / "night").exists()  # no night batch by default
 
 
 def test_every_video_decodes_to_the_planned_frames(archive, plan):

@@ -4,7 +4,12 @@ The layout follows DESIGN.md's input contract::
 
     out/manifest.csv                     video, patient_id, study_id, label, annotations
     out/videos/<stem>.mp4 | <stem>.dcm   stems are anonymous hashes, never identities
-    out/annotations/<stem>.json          {"tracklets": [...]} in source-frame pixels
+    out/annotations/<stem>.json          {"tracklets": [...]} in source-frame pixels, for
+                                         the rows that give one (annotated_fraction)
+    out/night/manifest.csv               tonight's exams: label and annotations empty
+    out/night/videos/<stem>.mp4          (only when the night batch is not empty)
+    out/truth.json                       the hidden truth of both, for evaluation only
+                                         (see :mod:`usv_ray.synth.truth`)
 
 Patients are rendered in parallel, one per task; every random draw comes from the plan
 or from per-patient seeds, so the result does not depend on ``cfg.workers``.
@@ -22,9 +27,21 @@ from pathlib import Path
 import numpy as np
 
 from usv_ray.config import SynthConfig
-from usv_ray.synth.plan import Patient, Study, Video, plan_archive, video_annotations, video_label
+from usv_ray.synth.plan import (
+    NightExam,
+    Patient,
+    Study,
+    Video,
+    plan_archive,
+    plan_night,
+    video_annotations,
+    video_label,
+    video_truth,
+)
+from usv_ray.synth.truth import TRUTH_FILE, TRUTH_FORMAT
 
 MANIFEST_COLUMNS = ("video", "patient_id", "study_id", "label", "annotations")
+NIGHT_DIR = "night"  # tonight's batch: its own manifest.csv and videos/ under out/night
 CRF = 21  # H.264 quality: visually clean speckle at a small size
 
 
@@ -119,13 +136,17 @@ def write_dicom(
     ds.save_as(path, enforce_file_format=True)
 
 
-def render_patient(cfg: SynthConfig, patient: Patient, out: Path) -> int:
-    """Render and write every video of one patient; returns the number of frames written."""
+def render_patient(cfg: SynthConfig, patient: Patient, out: Path, from_study: int = 0) -> int:
+    """Render and write the videos of one patient into ``out/videos``; returns the frames.
+
+    Only the exams from ``from_study`` on are rendered: the night batch renders tonight's
+    exam of a patient whose earlier exams are in the archive, from the same scene.
+    """
     from usv_ray.synth.bmode import PatientScene
 
     scene = PatientScene.build(patient, cfg)
     total = 0
-    for study in patient.studies:
+    for study in patient.studies[from_study:]:
         for video in study.videos:
             frames = scene.render(study, video)  # (T, H, W)
             path = out / "videos" / f"{video.stem}.{video.fmt}"
@@ -137,15 +158,30 @@ def render_patient(cfg: SynthConfig, patient: Patient, out: Path) -> int:
     return total
 
 
+def _write_csv(rows: list[dict], path: Path) -> Path:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
 def write_manifest(cfg: SynthConfig, patients: list[Patient], out: Path) -> Path:
-    """Write every annotation JSON and ``manifest.csv`` from the plan; returns its path."""
+    """Write the annotation JSONs and ``manifest.csv`` from the plan; returns its path.
+
+    A row that gives no annotations (``video.annotated`` false) has an empty cell and no
+    file; a stale file of that name from an earlier run is removed.
+    """
     rows = []
     for patient in patients:
         for study in patient.studies:
             for video in study.videos:
                 ann_rel = f"annotations/{video.stem}.json"
-                annotations = video_annotations(patient, study, video, cfg)
-                (out / ann_rel).write_text(json.dumps(annotations, indent=1) + "\n")
+                if video.annotated:
+                    annotations = video_annotations(patient, study, video, cfg)
+                    (out / ann_rel).write_text(json.dumps(annotations, indent=1) + "\n")
+                else:
+                    (out / ann_rel).unlink(missing_ok=True)
                 label = video_label(patient, study, video, cfg)
                 if video.numeric_label:
                     label = "1" if label == "malignant" else "0"
@@ -155,39 +191,107 @@ def write_manifest(cfg: SynthConfig, patients: list[Patient], out: Path) -> Path
                         "patient_id": "" if video.omit_patient_id else patient.patient_id,
                         "study_id": study.study_id,
                         "label": label,
-                        "annotations": ann_rel,
+                        "annotations": ann_rel if video.annotated else "",
                     }
                 )
-    manifest = out / "manifest.csv"
-    with manifest.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    return manifest
+    return _write_csv(rows, out / "manifest.csv")
+
+
+def write_night_manifest(night: list[NightExam], out: Path) -> Path:
+    """Write ``out/night/manifest.csv``: tonight's videos, without label or annotations.
+
+    The pipeline must not see the truth of tonight's exams: it lives in ``truth.json``.
+    """
+    rows = [
+        {
+            "video": f"videos/{video.stem}.{video.fmt}",
+            "patient_id": exam.patient.patient_id,
+            "study_id": exam.study.study_id,
+            "label": "",
+            "annotations": "",
+        }
+        for exam in night
+        for video in exam.study.videos
+    ]
+    return _write_csv(rows, out / NIGHT_DIR / "manifest.csv")
+
+
+def _truth_row(cfg: SynthConfig, patient: Patient, study: Study, video: Video, batch: str) -> dict:
+    """One video of ``truth.json`` (the schema is in :mod:`usv_ray.synth.truth`)."""
+    return {
+        "video": f"videos/{video.stem}.{video.fmt}",
+        "manifest": "manifest.csv" if batch == "archive" else f"{NIGHT_DIR}/manifest.csv",
+        "batch": batch,
+        "patient_id": patient.patient_id,
+        "study_id": study.study_id,
+        "exam_date": study.exam_date.isoformat(),
+        "label": video_label(patient, study, video, cfg),
+        "annotated": video.annotated,
+        "n_frames": video.n_frames,
+        "width": cfg.width,
+        "height": cfg.height,
+        "nodules": video_truth(patient, study, video, cfg),
+    }
+
+
+def write_truth(
+    cfg: SynthConfig, patients: list[Patient], night: list[NightExam], out: Path
+) -> Path:
+    """Write ``out/truth.json`` for the archive's and tonight's videos; returns its path.
+
+    Compact (no indentation), in manifest order: a pure function of ``cfg``. Only
+    evaluation code reads it (:func:`usv_ray.synth.truth.load_truth`), never the pipeline.
+    """
+    videos = [
+        _truth_row(cfg, patient, study, video, "archive")
+        for patient in patients
+        for study in patient.studies
+        for video in study.videos
+    ]
+    videos += [
+        _truth_row(cfg, exam.patient, exam.study, video, "night")
+        for exam in night
+        for video in exam.study.videos
+    ]
+    truth = {"format": TRUTH_FORMAT, "seed": cfg.seed, "videos": videos}
+    path = out / TRUTH_FILE
+    path.write_text(json.dumps(truth, separators=(",", ":")) + "\n")
+    return path
 
 
 def write_archive(cfg: SynthConfig, out: Path) -> Path:
     """Write a synthetic breast ultrasound video archive under ``out``.
 
     Returns the path of ``out/manifest.csv``. The result is a pure function of ``cfg``
-    (same ``cfg.seed``: byte-identical manifest and annotations, identical decoded
-    pixels), whatever ``cfg.workers`` is.
+    (same ``cfg.seed``: byte-identical manifest, annotations and truth, identical decoded
+    pixels), whatever ``cfg.workers`` is. The night batch (``out/night/``) is written
+    when it is not empty; it never changes the archive (see :func:`plan_night`).
     """
     out = Path(out)
     patients = plan_archive(cfg)
+    night = plan_night(cfg, patients)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     (out / "annotations").mkdir(parents=True, exist_ok=True)
-    if cfg.workers <= 1 or len(patients) <= 1:
-        for patient in patients:
-            render_patient(cfg, patient, out)
+    # One task per patient and batch: (patient, folder, first study to render).
+    tasks = [(p, out, 0) for p in patients]
+    if night:
+        (out / NIGHT_DIR / "videos").mkdir(parents=True, exist_ok=True)
+        tasks += [(e.patient, out / NIGHT_DIR, len(e.patient.studies) - 1) for e in night]
+    if cfg.workers <= 1 or len(tasks) <= 1:
+        for patient, folder, from_study in tasks:
+            render_patient(cfg, patient, folder, from_study)
     else:
         # "spawn": never fork a parent that may run Ray or torch threads.
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(cfg.workers, mp_context=context) as pool:
-            # Longest patients first so the last task is a short one.
+            # Longest tasks first so the last task is a short one.
             order = sorted(
-                patients, key=lambda p: -sum(v.n_frames for s in p.studies for v in s.videos)
+                tasks,
+                key=lambda t: -sum(v.n_frames for s in t[0].studies[t[2] :] for v in s.videos),
             )
-            for done in [pool.submit(render_patient, cfg, p, out) for p in order]:
+            for done in [pool.submit(render_patient, cfg, *task) for task in order]:
                 done.result()
+    if night:
+        write_night_manifest(night, out)
+    write_truth(cfg, patients, night, out)
     return write_manifest(cfg, patients, out)

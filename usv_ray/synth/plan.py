@@ -32,6 +32,14 @@ TEXT_BAND = 0.10  # the burned-in text stays in rows [0, TEXT_BAND * H)
 FOV_BELOW = 0.12  # the field of view starts below this fraction of the height
 FOV_TOP = 0.15  # where the field of view actually starts: a margin for codec ringing
 
+# The night batch draws from streams of its own, SeedSequence([seed, tag]) with a nonzero
+# tag, never from SeedSequence(seed) or its children. NumPy assembles a child's entropy as
+# the seed's words, zero padding to the pool size, then the spawn key ([seed, 0, 0, 0, i]),
+# so a nonzero word right after the seed keeps these streams apart from every archive
+# stream: the archive's draws are exactly what they were without a night batch.
+FOLLOWUP_STREAM = 0x666F6C6C  # "foll": who comes back tonight, and each follow-up exam
+NEW_PATIENT_STREAM = 0x6E657770  # "newp": tonight's new patients
+
 _CONSONANTS = "ghklmnprstvyz"  # no hex letters: a hex file name can never spell a name
 _VOWELS = "aeiou"
 
@@ -116,6 +124,7 @@ class Video:
     field_offset: int  # column of the patient's tissue field under the probe at q = 0
     numeric_label: bool  # write the label as "0"/"1" instead of a word
     omit_patient_id: bool  # DICOM only: leave the manifest's patient_id empty
+    annotated: bool = True  # the manifest row gives its annotations file
 
 
 @dataclass(frozen=True)
@@ -139,6 +148,19 @@ class Patient:
     nodules: tuple[Nodule, ...]
     studies: tuple[Study, ...]
     render_seed: tuple[int, ...]  # entropy for the pixels (speckle, tissue), per patient
+
+
+@dataclass(frozen=True)
+class NightExam:
+    """One exam of tonight's batch: the last study of ``patient``."""
+
+    patient: Patient  # the whole patient: its archive exams, if any, then tonight's
+    follow_up: bool  # an archive patient's follow-up, or a new patient's first exam
+
+    @property
+    def study(self) -> Study:
+        """Tonight's exam."""
+        return self.patient.studies[-1]
 
 
 @dataclass(frozen=True)
@@ -417,6 +439,29 @@ def video_label(patient: Patient, study: Study, video: Video, cfg: SynthConfig) 
     return "malignant" if any(n.malignant for n in shown) else "benign"
 
 
+def video_truth(patient: Patient, study: Study, video: Video, cfg: SynthConfig) -> list[dict]:
+    """Every nodule the video shows: its malignancy, its visible frames and their boxes.
+
+    ``visible`` is the annotator's own definition (see :func:`nodule_track`), so the key
+    frames of :func:`video_annotations` are a subset of these frames, with the same boxes.
+    """
+    tracks = video_tracks(patient, study, video, cfg.height, cfg.width)
+    out: list[dict] = []
+    for nodule in patient.nodules:
+        track = tracks[nodule.nodule_id]
+        frames = np.flatnonzero(track.visible)  # (V,)
+        if frames.size:
+            out.append(
+                {
+                    "nodule_id": nodule.nodule_id,
+                    "malignant": bool(nodule.malignant),
+                    "frames": frames.tolist(),
+                    "boxes": track.boxes[frames].tolist(),  # (V, 4) ints
+                }
+            )
+    return out
+
+
 def _sweep(
     rng: np.random.Generator, targets: list[Nodule], fov: Fov, years: float
 ) -> tuple[float, float, float, float, float]:
@@ -544,21 +589,34 @@ def _plan_video(
                  _field_offset(target, theta), False, False)  # fmt: skip
 
 
-def plan_archive(cfg: SynthConfig) -> list[Patient]:
-    """The whole archive's plan, a pure function of ``cfg`` (cheap: no pixels).
-
-    Per-patient seeds come from ``SeedSequence(cfg.seed).spawn``, so a patient's plan and
-    pixels do not depend on the number of patients after it or on the worker count.
-    Archive-wide choices (which videos are DICOM, which labels are written as digits,
-    which DICOM rows leave patient_id to the file's tag) are drawn last, from one more
-    child, so that every path of the input contract occurs.
-    """
+def _check(cfg: SynthConfig) -> None:
+    """Reject settings no archive can be planned from."""
     if cfg.height % 2 or cfg.width % 2:
         raise ValueError(f"frame size must be even for H.264 4:2:0, got {cfg.width}x{cfg.height}")
     if not 1 <= cfg.min_frames <= cfg.max_frames:
         raise ValueError(
             f"need 1 <= min_frames <= max_frames, got {cfg.min_frames}, {cfg.max_frames}"
         )
+    for name in ("annotated_fraction", "night_followups"):
+        if not 0.0 <= getattr(cfg, name) <= 1.0:
+            raise ValueError(f"{name} must be a share in [0, 1], got {getattr(cfg, name)}")
+    if cfg.night_new_patients < 0:
+        raise ValueError(f"night_new_patients must be >= 0, got {cfg.night_new_patients}")
+
+
+def plan_archive(cfg: SynthConfig) -> list[Patient]:
+    """The whole archive's plan, a pure function of ``cfg`` (cheap: no pixels).
+
+    Per-patient seeds come from ``SeedSequence(cfg.seed).spawn``, so a patient's plan and
+    pixels do not depend on the number of patients after it or on the worker count.
+    Archive-wide choices (which videos are DICOM, which labels are written as digits,
+    which DICOM rows leave patient_id to the file's tag, and last which rows give their
+    annotations file) are drawn after the patients, from one more child, so that every
+    path of the input contract occurs. The annotated share is that generator's last
+    draw, so at ``annotated_fraction=1.0`` every other choice is what it was before the
+    setting existed.
+    """
+    _check(cfg)
     seqs = np.random.SeedSequence(cfg.seed).spawn(cfg.patients + 1)
     patients = [_patient(cfg, i, seqs[i]) for i in range(cfg.patients)]
 
@@ -578,6 +636,8 @@ def plan_archive(cfg: SynthConfig) -> list[Patient]:
     dicom = set(order[:n_dicom].tolist())
     omit = set(order[: (n_dicom + 1) // 2].tolist())  # about half of the DICOM rows
     numeric = set(rng.permutation(n)[: max(1, round(0.2 * n))].tolist())
+    # Keep this draw last: any draw added before it would change the rows above.
+    annotated = set(rng.permutation(n)[: round(cfg.annotated_fraction * n)].tolist())
     out = []
     for p, pat in enumerate(patients):
         studies = []
@@ -591,8 +651,68 @@ def plan_archive(cfg: SynthConfig) -> list[Patient]:
                         fmt="dcm" if k in dicom else "mp4",
                         numeric_label=k in numeric,
                         omit_patient_id=k in omit,
+                        annotated=k in annotated,
                     )
                 )
             studies.append(replace(st, videos=tuple(videos)))
         out.append(replace(pat, studies=tuple(studies)))
     return out
+
+
+def _follow_up(cfg: SynthConfig, patient: Patient, seq: np.random.SeedSequence) -> Patient:
+    """``patient`` with one more exam, 3 to 14 months after the last: tonight's follow-up.
+
+    The same breast (field of view, nodules, render seed) seen again: the nodules have
+    grown by their ``growth_per_year`` since the first exam. The exam takes the patient's
+    next study index, so its stems follow the archive's and never repeat one.
+    """
+    rng = np.random.default_rng(seq)
+    first, last = patient.studies[0].exam_date, patient.studies[-1].exam_date
+    exam_date = last + timedelta(days=int(rng.integers(90, 430)))
+    years = (exam_date - first).days / 365.25
+    study_index = len(patient.studies)
+    videos = []
+    for j in range(int(rng.integers(1, cfg.max_videos_per_study + 1))):
+        video = _plan_video(
+            cfg, rng, patient.index, study_index, j, list(patient.nodules), patient.fov, years
+        )
+        videos.append(replace(video, annotated=False))
+    study = Study(exam_date.isoformat(), exam_date, years, tuple(videos))
+    return replace(patient, studies=(*patient.studies, study))
+
+
+def plan_night(cfg: SynthConfig, archive: list[Patient] | None = None) -> list[NightExam]:
+    """Tonight's batch of unlabelled exams, a pure function of ``cfg`` (cheap: no pixels).
+
+    ``round(night_followups * patients)`` archive patients, drawn at random, come back for
+    a follow-up, in archive order; then ``night_new_patients`` new patients are planned as
+    the archive's are, with one exam each, and IDs no archive patient has. Every video is
+    MP4 without annotations. ``archive`` is ``plan_archive(cfg)``, passed to save planning
+    it again.
+
+    The draws come from ``SeedSequence([seed, FOLLOWUP_STREAM])`` (a child per archive
+    patient, then one that picks who comes back) and ``SeedSequence([seed,
+    NEW_PATIENT_STREAM])`` (a child per new patient, then one for replacement IDs): none of
+    them is an archive stream, so the archive is the same with or without a night batch.
+    """
+    _check(cfg)
+    archive = plan_archive(cfg) if archive is None else archive
+    seqs = np.random.SeedSequence([cfg.seed, FOLLOWUP_STREAM]).spawn(len(archive) + 1)
+    n_back = round(cfg.night_followups * len(archive))
+    back = sorted(np.random.default_rng(seqs[-1]).permutation(len(archive))[:n_back].tolist())
+    exams = [NightExam(_follow_up(cfg, archive[p], seqs[p]), True) for p in back]
+
+    new = np.random.SeedSequence([cfg.seed, NEW_PATIENT_STREAM]).spawn(cfg.night_new_patients + 1)
+    id_rng = np.random.default_rng(new[-1])
+    one_exam = replace(cfg, max_studies=1)
+    taken = {p.patient_id for p in archive}
+    for k in range(cfg.night_new_patients):
+        # Indices after the archive's: the stems hash the position, so none repeats.
+        patient = _patient(one_exam, len(archive) + k, new[k])
+        while patient.patient_id in taken:  # a new patient is never an archive patient
+            patient = replace(patient, patient_id=f"MRN{int(id_rng.integers(0, 10**7)):07d}")
+        taken.add(patient.patient_id)
+        (study,) = patient.studies
+        videos = tuple(replace(v, annotated=False) for v in study.videos)
+        exams.append(NightExam(replace(patient, studies=(replace(study, videos=videos),)), False))
+    return exams
