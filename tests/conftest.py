@@ -28,6 +28,7 @@ def ray_session():
 
 DEMO_OVERRIDES = (
     "synth.patients=9",
+    "synth.night_new_patients=1",  # the night: 4 or 5 follow-ups and one new patient
     "classify.folds=2",  # each fold trains and caches a CNN: the fixture's largest cost
     "classify.cnn_epochs=1",
     "classify.lstm_epochs=2",

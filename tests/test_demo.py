@@ -91,7 +91,10 @@ def test_demo_ingests_every_video_and_keeps_patient_ids_out(demo_run):
     _, root = demo_run
     videos = pq.read_table(root / "data" / "videos.parquet").to_pylist()
     assert videos and all(v["status"] == "ok" for v in videos)
-    assert {v["label"] for v in videos} <= {0, 1}
+    # the archive's videos have labels, tonight's none: the truth stays in archive/truth.json
+    night = (root / "archive" / "night" / "manifest.csv").read_text().count("\n") - 1
+    labels = sorted(v["label"] for v in videos)
+    assert night > 0 and labels[:night] == [-1] * night and set(labels[night:]) <= {0, 1}
     assert list((root / "data" / "tracklets").glob("*.parquet"))
     predictions = str(_predictions(root).to_dict())
     manifest = (root / "archive" / "manifest.csv").read_text()
@@ -179,3 +182,53 @@ def test_demo_outputs_logs_and_file_names_hold_no_patient_identifier(demo_run):
         else:
             text = path.read_bytes().decode("latin-1")
         assert not any(s in text for s in secrets), name
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_demo_writes_both_bundles_and_indexes_with_the_swept_tau(demo_run):
+    _, root = demo_run
+    record = json.loads((root / "classify" / "bundle" / "bundle.json").read_text())
+    assert record["kind"] == "diagnosis" and record["format"] == 1
+    assert [m["name"] for m in record["members"]] == ["fold=0", "fold=1"]
+    assert record["ingest"]["frame_size"] == 64 and record["calibrator"]["method"] == "platt"
+    assert 0 <= record["operating_point"]["threshold"] <= 1
+    assert record["operating_point"]["sensitivity"]["value"] >= 0.95  # on the OOF predictions
+    for table in ("calibration", "operating_point"):
+        assert (root / "classify" / "tables" / f"{table}.md").exists()
+    assert (root / "classify" / "plots" / "reliability_Variable-frame_CNNLSTM.png").exists()
+    reid = json.loads((root / "reid" / "bundle" / "bundle.json").read_text())
+    ((model_id, swept),) = reid["tau"].items()
+    best = load_config(root / "tune" / "tau" / "best.yaml")
+    assert swept["tau"] == best.index.tau and model_id.startswith("CM ")
+    nodules = pq.read_table(root / "index" / "nodules.parquet")
+    assert f"{model_id} clip" in nodules["index_version"][0].as_py()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_demo_diagnoses_the_archive_and_the_night(demo_run):
+    _, root = demo_run
+    videos = pq.read_table(root / "data" / "videos.parquet").to_pandas()
+    diagnoses = pq.read_table(root / "predict" / "diagnoses.parquet").to_pandas()
+    assert sorted(diagnoses["video_id"]) == sorted(videos["video_id"])  # one version, every video
+    assert (diagnoses["status"] == "ok").all() and diagnoses["prob"].between(0, 1).all()
+    nodules = pq.read_table(root / "index" / "nodules.parquet").to_pandas()
+    assert nodules["malignancy"].notna().all() and set(nodules["nodule_scoring"]) == {"tracklets"}
+    printed = (root / "printed.txt").read_text()
+    assert "night predict" in printed and "malignancy of" in printed
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_demo_scores_the_night_against_the_hidden_truth(demo_run):
+    _, root = demo_run
+    tables = root / "score" / "tables"
+    night = pd.read_csv(tables / "night_videos.csv")
+    expected = (root / "archive" / "night" / "manifest.csv").read_text().count("\n") - 1
+    assert len(night) == expected and set(night["truth"]) <= {"malignant", "benign"}
+    scoring = pd.read_csv(tables / "nodule_scoring.csv")
+    assert set(scoring["scoring"]) == {"tracklets", "videos"}
+    assert "archive, out-of-fold" in set(scoring["nodules_of"])
+    html = (root / "report.html").read_text()
+    assert "The night against the hidden truth" in html and "Reliability diagram" in html

@@ -121,7 +121,7 @@ def test_lstms_fit_on_one_gpu(gpu_ray, tmp_path):
     paths = fit_lstms(cfg, features, table, jobs, tmp_path, "lstm")
     for job in jobs:
         test = job_sequences(features, table, job, train=False)
-        accuracy = ((predict(cfg, paths[job], test) >= 0.5) == [v.label for v in test]).mean()
+        accuracy = ((predict(paths[job], test) >= 0.5) == [v.label for v in test]).mean()
         figure(f"LSTM {job.key} on 1 GPU: test accuracy {accuracy:.2f} on {len(test)} videos")
         assert accuracy > 0.7  # it learnt (chance: 0.5)
 

@@ -109,7 +109,11 @@ def _print_classify(summary) -> None:
         f"{summary.seconds:.0f} s\n{to_markdown(table)}\n"
         f"  tables: {summary.out / 'tables'}\n"
         f"  plots: {summary.out / 'plots'}\n"
-        f"  predictions: {summary.out / 'predictions'}"
+        f"  predictions: {summary.out / 'predictions'}\n"
+        f"  bundle: {summary.out / 'bundle'} ({summary.bundle['version']}: "
+        f"{len(summary.bundle['members'])} members, {summary.bundle['calibrator']['method']} "
+        f"calibration, threshold {summary.bundle['operating_point']['threshold']:.3f} at "
+        f"sensitivity {summary.bundle['operating_point']['target_sensitivity']:g})"
     )
 
 
@@ -118,6 +122,29 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
     cfg = build_config(args)
     _print_classify(run_classify(cfg, args.data, args.out))
+    return 0
+
+
+def _print_predict(summary) -> None:
+    what = (
+        f"{summary.diagnosed_now} videos diagnosed now"
+        if summary.written
+        else "nothing new, the tables are unchanged"
+    )
+    print(
+        f"predict: {summary.videos} videos by {summary.model_version} ({what}; "
+        f"{summary.malignant} read malignant, {summary.errors} not diagnosed) in "
+        f"{summary.seconds:.0f} s\n"
+        f"  diagnoses: {summary.out / 'diagnoses.parquet'}\n"
+        f"  tracklets: {summary.out / 'tracklet_diagnoses.parquet'} ({summary.tracklets} rows)"
+    )
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from usv_ray.predict.pipeline import run_predict
+
+    cfg = build_config(args)
+    _print_predict(run_predict(cfg, args.model, args.data, args.out))
     return 0
 
 
@@ -161,12 +188,18 @@ def _print_index(summary) -> None:
         if scores
         else ""
     )
+    malignancy = (
+        f"\n  malignancy of {summary.scored} nodules from the diagnoses; "
+        f"{summary.turned_suspicious} turned suspicious since their first exam"
+        if summary.scored
+        else ""
+    )
     print(
         f"index: {summary.nodules} nodules of {summary.patients} patients from "
         f"{summary.tracklets} tracklets ({summary.embedded_now} embedded now"
         f"{f', {summary.reused} of them by the re-ID run' if summary.reused else ''}"
         f"{', rebuilt' if summary.rebuilt else ''}, {summary.errors} error rows) in "
-        f"{summary.seconds:.0f} s{agreement}\n"
+        f"{summary.seconds:.0f} s{agreement}{malignancy}\n"
         f"  version: {summary.index_version}\n"
         f"  index: {summary.out / 'nodules.parquet'}\n"
         f"  errors: {summary.out / 'errors.parquet'}"
@@ -177,7 +210,34 @@ def cmd_index(args: argparse.Namespace) -> int:
     from usv_ray.index.pipeline import run_index
 
     cfg = build_config(args)
-    _print_index(run_index(cfg, args.data, args.model, args.out))
+    _print_index(run_index(cfg, args.data, args.model, args.out, args.diagnoses))
+    return 0
+
+
+def _print_score(summary) -> None:
+    from usv_ray.evaluate.tables import to_markdown
+
+    metrics = summary.night_metrics.iloc[0]
+    night = (
+        f"tonight's {int(metrics['videos'])} videos against the truth: accuracy "
+        f"{metrics['accuracy']:.1f}, sensitivity {metrics['sensitivity']:.1f}, specificity "
+        f"{metrics['specificity']:.1f}, ROC AUC {metrics['roc_auc']:.1f} (%)"
+        if metrics["videos"]
+        else "no video tonight"
+    )
+    print(
+        f"score: {night}\n  nodules seen tonight: {len(summary.night_nodules)}\n"
+        f"  scoring a nodule, per-nodule ROC AUC (%):\n"
+        f"{to_markdown(summary.nodule_scoring, float_format='{:.3g}')}\n"
+        f"  tables: {summary.out / 'tables'}"
+    )
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from usv_ray.score.pipeline import run_score
+
+    cfg = build_config(args)
+    _print_score(run_score(cfg, args.archive, args.out))
     return 0
 
 
@@ -218,45 +278,60 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """Every stage on a synthetic archive, as a hospital runs them: the training flow on the
+    archive (ingest, classify, re-ID, the tau sweep), its first night (predict and the
+    index over it), then one night of new, unlabelled exams (ingest, predict, index), the
+    night scored against the hidden truth, and the report."""
     from usv_ray.classify.pipeline import run_classify
     from usv_ray.index.pipeline import run_index
     from usv_ray.ingest.pipeline import run_ingest
+    from usv_ray.predict.pipeline import run_predict
     from usv_ray.reid.pipeline import run_reid
+    from usv_ray.score.pipeline import run_score
     from usv_ray.synth import write_archive
+    from usv_ray.synth.archive import NIGHT_DIR
     from usv_ray.tune import run_tune
-    from usv_ray.tune.sweep import apply_params
 
     cfg = build_config(args)
     out = Path(args.out)
+    data, archive = out / "data", out / "archive"
+    night = archive / NIGHT_DIR / "manifest.csv"
+
+    def index() -> None:
+        _print_index(run_index(cfg, data, out / "reid", out / "index", out / "predict"))
+
+    steps = [
+        ("synth", f"synthesising an archive of {cfg.synth.patients} patients and a night",
+         lambda: write_archive(cfg.synth, archive)),
+        ("ingest", "ingesting the archive",
+         lambda: _print_ingest(run_ingest(cfg, archive / "manifest.csv", data))),
+        ("classify", f"classifying: every method of the paper, {cfg.classify.folds}-fold",
+         lambda: _print_classify(run_classify(cfg, data, out / "classify"))),
+        ("re-ID", f"re-identifying nodules: {' and '.join(cfg.reid.models)}",
+         lambda: _print_reid(run_reid(cfg, data, out / "reid"))),
+        ("tau sweep", "sweeping the clustering threshold tau on the validation patients",
+         lambda: _print_tune(run_tune(cfg, "tau", out / "reid", out / "tune" / "tau"))),
+        ("predict", "diagnosing every video of the archive with the diagnosis bundle",
+         lambda: _print_predict(run_predict(cfg, out / "classify", data, out / "predict"))),
+        ("index", "indexing every patient's nodules with the re-ID bundle and its tau", index),
+        ("night ingest", "the night: ingesting tonight's unlabelled exams",
+         lambda: _print_ingest(run_ingest(cfg, night, data))),
+        ("night predict", "the night: diagnosing tonight's videos",
+         lambda: _print_predict(run_predict(cfg, out / "classify", data, out / "predict"))),
+        ("night index", "the night: adding tonight's nodules to the index", index),
+        ("score", "the night against the hidden truth",
+         lambda: _print_score(run_score(cfg, archive, out))),
+        ("report", "writing the report", lambda: _print_report(out)),
+    ]  # fmt: skip
     started = time.perf_counter()
     seconds: dict[str, float] = {}
-
-    def step(number: int, name: str, what: str) -> None:
-        seconds[name] = time.perf_counter()
-        log.info("[%d/7] %s", number, what)
-
-    step(1, "synth", f"synthesising an archive of {cfg.synth.patients} patients")
-    manifest = write_archive(cfg.synth, out / "archive")
-    step(2, "ingest", f"ingesting {manifest}")
-    _print_ingest(run_ingest(cfg, manifest, out / "data"))
-    step(3, "classify", f"classifying: every method of the paper, {cfg.classify.folds}-fold")
-    _print_classify(run_classify(cfg, out / "data", out / "classify"))
-    step(4, "re-ID", f"re-identifying nodules: {' and '.join(cfg.reid.models)}")
-    _print_reid(run_reid(cfg, out / "data", out / "reid"))
-    step(5, "tau sweep", "sweeping the clustering threshold tau on the validation patients")
-    sweep = run_tune(cfg, "tau", out / "reid", out / "tune" / "tau")
-    _print_tune(sweep)
-    cfg = apply_params(cfg, sweep.best)
-    step(6, "index", f"indexing every patient's nodules ({cfg.index.model}, tau {cfg.index.tau:g})")
-    _print_index(run_index(cfg, out / "data", out / "reid", out / "index"))
-    step(7, "report", "writing the report")
-    _print_report(out)
-    ends = [*list(seconds.values())[1:], time.perf_counter()]
-    steps = ", ".join(
-        f"{name} {end - begin:.0f} s"
-        for (name, begin), end in zip(seconds.items(), ends, strict=True)
-    )
-    print(f"demo finished in {time.perf_counter() - started:.0f} s ({steps}): {out}")
+    for number, (name, what, run) in enumerate(steps, start=1):
+        log.info("[%d/%d] %s", number, len(steps), what)
+        begin = time.perf_counter()
+        run()
+        seconds[name] = time.perf_counter() - begin
+    times = ", ".join(f"{name} {spent:.0f} s" for name, spent in seconds.items())
+    print(f"demo finished in {time.perf_counter() - started:.0f} s ({times}): {out}")
     return 0
 
 
@@ -295,6 +370,17 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--out", required=True, help="folder of models, tables and plots")
     classify.set_defaults(func=cmd_classify)
 
+    predict = stages.add_parser(
+        "predict", help="diagnose every ingested video with a diagnosis bundle (nightly)"
+    )
+    _common(predict, None)
+    predict.add_argument(
+        "--model", required=True, help="diagnosis bundle, or the classify folder holding one"
+    )
+    predict.add_argument("--data", required=True, help="data folder that ingest wrote")
+    predict.add_argument("--out", required=True, help="folder of diagnoses.parquet")
+    predict.set_defaults(func=cmd_predict)
+
     reid = stages.add_parser("reid", help="train and evaluate the nodule re-ID models")
     _common(reid, None)
     reid.add_argument("--data", required=True, help="data folder that ingest wrote")
@@ -307,10 +393,27 @@ def build_parser() -> argparse.ArgumentParser:
     _common(index, None)
     index.add_argument("--data", required=True, help="data folder that ingest wrote")
     index.add_argument(
-        "--model", required=True, help="re-ID output folder (or a model file) to embed with"
+        "--model",
+        required=True,
+        help="re-ID bundle, or the re-ID folder holding one (or a bare model file) to embed with",
+    )
+    index.add_argument(
+        "--diagnoses",
+        help="folder of `usv-ray predict`: score every nodule's malignancy from its diagnoses",
     )
     index.add_argument("--out", required=True, help="folder of the index (nodules.parquet)")
     index.set_defaults(func=cmd_index)
+
+    score = stages.add_parser(
+        "score",
+        help="score a folder of stage outputs against a synthetic archive's hidden truth",
+    )
+    _common(score, None)
+    score.add_argument("--archive", required=True, help="the synthetic archive (truth.json)")
+    score.add_argument(
+        "--out", required=True, help="the folder of stage outputs (as demo lays it out)"
+    )
+    score.set_defaults(func=cmd_score)
 
     report = stages.add_parser(
         "report",

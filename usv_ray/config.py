@@ -133,8 +133,16 @@ class ClassifyConfig:
     video_batch_size: int = 8  # clips per batch, per worker
     video_lr: float = 1e-4  # Adam
     video_best: BestMetric = "val_loss"
-    threshold: float = 0.5  # P(malignant) at or above it reads malignant
+    threshold: float = 0.5  # P(malignant) at or above it reads malignant (the tables' rule)
     n_boot: int = 1000  # bootstrap resamples over patients for the 95% CIs
+    # The diagnosis bundle (bundle/): the k fold models as an ensemble, and with final_model
+    # one more CNN + LSTM trained on every labelled patient for the epochs the folds chose
+    final_model: bool = False
+    calibration: Literal["platt", "isotonic"] = "platt"  # fitted on out-of-fold predictions
+    calibration_bins: int = 10  # bins of the reliability diagrams and calibration errors
+    # the operating point: the threshold of calibrated P(malignant) that reaches this
+    # sensitivity on the out-of-fold predictions; the bundle reads videos at it
+    target_sensitivity: float = 0.95
 
 
 ReidModel = Literal["CM", "VM"]
@@ -173,13 +181,30 @@ ClusterMethod = Literal["closure", "algorithm1"]
 @dataclass(frozen=True)
 class IndexConfig:
     model: ReidModel = "CM"  # which of the re-ID folder's models embeds the archive
-    tau: float = 0.3  # cosine distance within which two tracklets show the same nodule
+    # cosine distance within which two tracklets show the same nodule; None: the tau the
+    # sweep (usv-ray tune --target tau) recorded in the re-ID bundle for this model
+    tau: float | None = None
     method: ClusterMethod = "closure"  # closure: order-independent; algorithm1: the paper's
     seed: int = 0  # algorithm1's choice of seed elements
     workers: int = 1  # embedding actors (one model each)
     cpus_per_worker: float = 1.0
     use_gpu: bool = False  # one GPU per embedding actor when the cluster has them
     batch_size: int = 16  # tracklets per inference batch
+    # how a nodule's P(malignant) is pooled from the diagnoses (usv-ray predict):
+    # tracklets: the mean over its tracklets, each read by the CNN-LSTM on the frames it
+    # spans; videos: the mean over the videos that show it
+    nodule_scoring: Literal["tracklets", "videos"] = "tracklets"
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """``usv-ray predict``: Ray Data batch inference of a diagnosis bundle."""
+
+    workers: int = 1  # inference actors, each holding the whole bundle
+    cpus_per_worker: float = 1.0  # CPUs (and torch threads) per actor
+    use_gpu: bool = False  # one GPU per actor when the cluster has them
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast on a GPU; fp32 on a CPU
+    batch_size: int = 8  # videos per inference batch
 
 
 TuneTarget = Literal["cnn", "lstm", "equal_frames", "variable_max", "reid", "tau"]
@@ -223,6 +248,7 @@ class Config:
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
     reid: ReidConfig = field(default_factory=ReidConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
 
 

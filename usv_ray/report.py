@@ -1,11 +1,12 @@
 """The report of a run: one HTML page and two Markdown files from what the stages wrote.
 
 ``write_report(out)`` reads an output folder laid out as ``usv-ray demo`` lays it out
-(``data/``, ``classify/``, ``reid/``, ``index/``, ``tune/``: a demo's, or a real
-archive's stages run by hand into one folder) and writes ``out/report.html``, a single
-self-contained page (images embedded as base64 data URIs, so the file can be mailed),
-``out/report.md`` (images linked relative to ``out``) and ``out/results.md``, the tables
-alone with no path or time in them (``make demo`` copies it to ``docs/demo-results.md``).
+(``data/``, ``classify/``, ``reid/``, ``predict/``, ``index/``, ``score/``, ``tune/``: a
+demo's, or a real archive's stages run by hand into one folder) and writes
+``out/report.html``, a single self-contained page (images embedded as base64 data URIs,
+so the file can be mailed), ``out/report.md`` (images linked relative to ``out``) and
+``out/results.md``, the tables alone with no path or time in them (``make demo`` copies it
+to ``docs/demo-results.md``).
 It only reads files: a stage that did not run gets a "not run" section instead of an
 error, and a rerun rewrites all three.
 
@@ -69,6 +70,10 @@ UNRECORDED_KEY = (
 CLASSIFY_TITLE = "Classification (benign / malignant per video)"
 REID_TITLE = "Nodule re-identification (same nodule or not, within a patient)"
 INDEX_TITLE = "Nodule index (tracklets clustered into nodules per patient)"
+# the stages whose summary.json the report shows, under this title
+SUMMARIES = {"index": "Index summary", "predict": "Diagnoses summary", "score": "Score summary"}
+PREDICT_TITLE = "Diagnoses (the diagnosis bundle applied to every ingested video)"
+SCORE_TITLE = "The night against the hidden truth (synthetic archives only)"
 # Titles of the tables and figures the stages are known to write, named by what they
 # show (the stages' file names follow the papers' table numbers); anything else found in
 # their folders is still shown, under its file name.
@@ -87,6 +92,18 @@ TITLES = {
     ("reid", "roc_test"): "ROC curves, test pairs",
     ("reid", "table4_clustering"): "Grouping a patient's tracklets into nodules: clustering "
     "methods compared (test patients, each method tuned on the validation patients)",
+    ("classify", "calibration"): "Calibration of P(malignant): Brier score and expected "
+    "calibration errors of the out-of-fold predictions, before and after calibration "
+    "(cross-fitted: each fold calibrated on the others)",
+    ("classify", "operating_point"): "Operating point of the diagnosis bundle: the threshold of "
+    "calibrated P(malignant) at the target sensitivity, and the specificity it costs",
+    ("score", "night_videos"): "Tonight's videos: each diagnosis beside the hidden truth",
+    ("score", "night_metrics"): "Tonight's readings at the bundle's threshold",
+    ("score", "night_nodules"): "Nodules seen tonight: P(malignant) at their first exam and "
+    "now, and the hidden truth",
+    ("score", "nodule_scoring"): "Scoring a nodule: per-nodule ROC AUC of pooling its "
+    "tracklets' or its videos' P(malignant), from models that never saw the patient where "
+    "there are such",
     ("tune", "results"): "Sweep results, one row per trial",
 }
 # Column headings in words; a column with a ``<name>_ci`` partner gets " (95% CI)" and the
@@ -125,6 +142,50 @@ TABLE_HEADINGS = {
         "time_ms": "Time, ms",
         "not_converged": "Patients not converged",
     },
+    ("classify", "calibration"): {
+        "calibration": "Calibrator",
+        "brier_before": "Brier score, before",
+        "brier_after": "Brier score, after",
+        "ece_uniform_before": "ECE (equal-width bins), before",
+        "ece_uniform_after": "ECE (equal-width bins), after",
+        "ece_quantile_before": "ECE (equal-mass bins), before",
+        "ece_quantile_after": "ECE (equal-mass bins), after",
+    },
+    ("classify", "operating_point"): {
+        "target_sensitivity": "Target sensitivity, %",
+        "threshold": "Threshold of calibrated P",
+        "sensitivity_cross_fitted": "Sensitivity, cross-fitted, %",
+        "specificity_cross_fitted": "Specificity, cross-fitted, %",
+    },
+    ("score", "night_videos"): {
+        "patient": "Patient",
+        "video": "Video",
+        "exam_date": "Exam",
+        "prob": "P(malignant), %",
+        "spread": "Models' spread, %",
+        "reading": "Reading",
+        "truth": "Truth",
+    },
+    ("score", "night_metrics"): {"threshold": "Threshold of calibrated P"},
+    ("score", "night_nodules"): {
+        "patient": "Patient",
+        "nodule": "Nodule",
+        "exams": "Exams",
+        "videos": "Videos",
+        "tracklets": "Tracklets",
+        "prob_first": "P(malignant) at first exam, %",
+        "prob_latest": "P(malignant) now, %",
+        "turned_suspicious": "Turned suspicious",
+        "truth": "Truth",
+    },
+    ("score", "nodule_scoring"): {
+        "nodules_of": "Nodules of",
+        "scoring": "Scored from",
+        "nodules": "Nodules",
+        "malignant": "Malignant",
+        "roc_auc": "ROC AUC, %",
+        "p_value": "p, tracklets vs videos (paired DeLong)",
+    },
     # a sweep's columns depend on its target: its own names, but for tau's pairwise scores
     ("tune", "results"): {
         "precision": "Pairwise precision",
@@ -134,9 +195,15 @@ TABLE_HEADINGS = {
         "status": "Status",
     },
 }
-PREFIX_TITLES = {"confusion_": "Confusion matrix: ", "probabilities_": "Predicted probabilities: "}
+PREFIX_TITLES = {
+    "confusion_": "Confusion matrix: ",
+    "probabilities_": "Predicted probabilities: ",
+    "reliability_": "Reliability diagram: ",
+}
 # Figure order within a stage: summary curves first, then per-method plots.
-FIGURE_ORDER = ("roc", "pr", "roc_val", "roc_test", "confusion_", "probabilities_")
+FIGURE_ORDER = (
+    "roc", "pr", "roc_val", "roc_test", "confusion_", "probabilities_", "reliability_",
+)  # fmt: skip
 
 
 class ReportError(UsvRayError, ValueError):
@@ -462,13 +529,42 @@ def _index_counts(folder: Path) -> tuple[str, str] | None:
     )
 
 
-def _index_summary(folder: Path, out: Path) -> list[Table]:
+def _predict_counts(folder: Path) -> tuple[str, str] | None:
+    """What the diagnoses hold (predict's summary.json): a full line and a short tag."""
+    summary = _read_json(folder / "summary.json")
+    if summary is None or summary.get("latest") not in summary.get("versions", {}):
+        return None
+    version = summary["latest"]
+    latest = summary["versions"][version]
+    return (
+        f"diagnoses: {latest['videos']} videos by {version} ({latest['malignant']} read "
+        f"malignant at the bundle's threshold, {latest['errors']} not diagnosed); "
+        f"{len(summary['versions'])} model version(s) in the table",
+        f"{latest['videos']} videos · {version}",
+    )
+
+
+def _score_counts(folder: Path) -> tuple[str, str] | None:
+    """What the score compared (its summary.json): a full line and a short tag."""
+    summary = _read_json(folder / "summary.json")
+    if summary is None:
+        return None
+    version = summary.get("model_version", "not recorded")
+    return (
+        f"the hidden truth of the synthetic archive (archive/truth.json) against tonight's "
+        f"{summary.get('night_videos', '?')} videos and the index; diagnoses by {version}",
+        f"truth.json · {version}",
+    )
+
+
+def _summary_table(folder: Path, out: Path, title: str) -> list[Table]:
+    """A stage's summary.json as a table of fields."""
     summary = _read_json(folder / "summary.json")
     if summary is None:
         return []
     flat = _flatten(summary)
     frame = pd.DataFrame({"field": list(flat), "value": list(flat.values())})
-    return [Table("Index summary", _rel(folder / "summary.json", out), frame, None)]
+    return [Table(title, _rel(folder / "summary.json", out), frame, None)]
 
 
 def _stage_section(out: Path, stage: str, title: str, first: tuple[str, ...]) -> Section:
@@ -481,16 +577,22 @@ def _stage_section(out: Path, stage: str, title: str, first: tuple[str, ...]) ->
     data = _data_line(record[1].get("data") if record else None, out)
     section.provenance.append(data)
     section.tags.append(data)
-    counting = {"classify": _classify_counts, "reid": _reid_counts, "index": _index_counts}
+    counting = {
+        "classify": _classify_counts,
+        "reid": _reid_counts,
+        "predict": _predict_counts,
+        "index": _index_counts,
+        "score": _score_counts,
+    }
     counts = counting[stage](folder)
     if counts is not None:
         section.provenance.append(counts[0])
         section.tags.append(counts[1])
-    # the index has no fingerprint record: its index_version (above) names its settings
-    if record is not None or stage != "index" or counts is None:
+    # the night's stages keep no fingerprint record: their versions (above) name what made them
+    if record is not None or stage not in SUMMARIES or counts is None:
         _add_record(section, record, folder, out)
-    if stage == "index":
-        section.items += _index_summary(folder, out)
+    if stage in ("index", "predict"):
+        section.items += _summary_table(folder, out, SUMMARIES[stage])
     section.items += _tables(folder / "tables", stage, out, first)
     section.items += _figures(folder / "plots", stage, out)
     if not section.items:
@@ -754,9 +856,9 @@ def write_report(out: str | Path) -> tuple[Path, Path]:
     """Write ``out/report.html``, ``out/report.md`` and ``out/results.md`` from the stages'
     outputs in ``out``.
 
-    Sections: data, classify, reid, index, tune (one per sweep); a stage without a folder
-    is "not run". Returns ``(html_path, md_path)``; results.md (the tables alone, with no
-    path or time in them) lies beside them. All three are written atomically.
+    Sections: data, classify, reid, predict, index, score, tune (one per sweep); a stage
+    without a folder is "not run". Returns ``(html_path, md_path)``; results.md (the tables
+    alone, with no path or time in them) lies beside them. All three are written atomically.
     """
     out = Path(out)
     if not out.is_dir():
@@ -768,13 +870,24 @@ def write_report(out: str | Path) -> tuple[Path, Path]:
         _data_section(out),
         _stage_section(out, "classify", CLASSIFY_TITLE, ("table3", "table4")),
         _stage_section(out, "reid", REID_TITLE, ("table3", "delong", "table4_clustering")),
+        _stage_section(out, "predict", PREDICT_TITLE, ()),
         _stage_section(out, "index", INDEX_TITLE, ()),
+        _stage_section(
+            out,
+            "score",
+            SCORE_TITLE,
+            ("night_metrics", "night_videos", "night_nodules", "nodule_scoring"),
+        ),
         *_tune_sections(out),
     ]
     records = [_record(out / stage, stage) for stage in ("classify", "reid", "index")]
     records += [_record(p, "tune") for p in sorted((out / "tune").glob("*/"))]
     written = [found[0] for found in records if found is not None]
-    written += [p for p in [out / "index" / "summary.json"] if p.is_file()]
+    written += [
+        path
+        for stage in ("predict", "index", "score")
+        if (path := out / stage / "summary.json").is_file()
+    ]
     stamps = [path.stat().st_mtime for path in written]
     title, what, privacy = describe_folder(out)
     portable = [("folder", what), ("usv_ray version", _version()), ("privacy", privacy)]

@@ -117,5 +117,52 @@ NODULES = pa.schema(  # the nodule index: one row per nodule of a patient
         pa.field("last_study", pa.string()),  # the latest exam that added a tracklet
         pa.field("updated_at", pa.timestamp("ms", tz="UTC"), nullable=False),  # Parquet has no s
         pa.field("index_version", pa.string(), nullable=False),  # model, clip shape, tau, method
+        # the evidence: videos and exams its tracklets come from
+        pa.field("n_videos", pa.int32(), nullable=False),
+        pa.field("n_studies", pa.int32(), nullable=False),
+        # its malignancy (usv-ray index --diagnoses): calibrated P(malignant) pooled over its
+        # tracklets or videos (nodule_scoring), over all of them and at its first and latest
+        # exam; null where none of them is diagnosed
+        pa.field("malignancy", pa.float32()),
+        pa.field("malignancy_first", pa.float32()),
+        pa.field("malignancy_latest", pa.float32()),
+        pa.field("turned_suspicious", pa.bool_()),  # below the threshold first, at or above now
+        pa.field("nodule_scoring", pa.string()),  # tracklets | videos
+        pa.field("diagnosis_version", pa.string()),  # the diagnosis bundle's model version
+    ]
+)
+
+DIAGNOSES = pa.schema(  # usv-ray predict: one row per video and model version
+    [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("patient_key", pa.string()),
+        pa.field("study_key", pa.string()),
+        pa.field("model_version", pa.string(), nullable=False),  # the diagnosis bundle's
+        pa.field("status", pa.string(), nullable=False),  # ok | error
+        pa.field("error", pa.string()),  # why a video could not be diagnosed
+        pa.field("prob", pa.float32()),  # calibrated P(malignant): what a reader is shown
+        pa.field("prob_raw", pa.float32()),  # the ensemble's mean P before calibration
+        pa.field("spread", pa.float32()),  # standard deviation of the member models' P
+        pa.field("member_probs", pa.list_(pa.float32())),  # each member's P, bundle order
+        pa.field("reading", pa.string()),  # malignant | benign at the bundle's threshold
+        pa.field("threshold", pa.float32()),  # of calibrated P: the bundle's operating point
+        pa.field("frames", pa.int16()),  # frames the models read
+        pa.field("diagnosed_at", pa.timestamp("ms", tz="UTC"), nullable=False),
+    ]
+)
+
+TRACKLET_DIAGNOSES = pa.schema(  # usv-ray predict: each tracklet's frames read on their own
+    [
+        pa.field("tracklet_id", pa.string(), nullable=False),
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("patient_key", pa.string()),
+        pa.field("study_key", pa.string()),
+        pa.field("model_version", pa.string(), nullable=False),
+        pa.field("prob", pa.float32(), nullable=False),  # calibrated P(malignant)
+        pa.field("prob_raw", pa.float32(), nullable=False),
+        pa.field("spread", pa.float32(), nullable=False),
+        pa.field("member_probs", pa.list_(pa.float32()), nullable=False),
+        pa.field("frames", pa.int16(), nullable=False),  # stored frames within its span
+        pa.field("diagnosed_at", pa.timestamp("ms", tz="UTC"), nullable=False),
     ]
 )

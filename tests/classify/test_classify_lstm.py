@@ -93,10 +93,10 @@ def test_fit_lstms_learns_and_reruns_only_what_is_missing(ray_session, tmp_path)
     paths = fit_lstms(cfg, tmp_path / "features", table, jobs, tmp_path, "lstm")  # 1 worker
     assert all(path.exists() for path in paths.values())
     test = job_sequences(tmp_path / "features", table, LstmJob(1), train=False)
-    probs = predict(cfg, paths[LstmJob(1)], test)
+    probs = predict(paths[LstmJob(1)], test)
     labels = np.array([v.label for v in test])
     assert probs.shape == (48,) and ((probs >= 0.5) == labels).mean() > 0.75
-    assert predict(cfg, paths[LstmJob(1)], []).shape == (0,)
+    assert predict(paths[LstmJob(1)], []).shape == (0,)
 
     # a crash after the first model: the rerun trains the missing ones and keeps the rest;
     # in this process (lstm_workers=0, without Ray Train): the same jobs, no start-up
@@ -109,7 +109,7 @@ def test_fit_lstms_learns_and_reruns_only_what_is_missing(ray_session, tmp_path)
     assert paths[LstmJob(0)].stat().st_mtime_ns == kept
     equal = job_sequences(tmp_path / "features", table, LstmJob(1, 12), train=False)
     equal_labels = np.array([v.label for v in equal])
-    assert ((predict(cfg, missing, equal) >= 0.5) == equal_labels).mean() > 0.75  # it learnt
+    assert ((predict(missing, equal) >= 0.5) == equal_labels).mean() > 0.75  # it learnt
 
 
 def test_fit_lstms_validates_and_a_killed_run_resumes_exactly(monkeypatch, tmp_path):

@@ -14,14 +14,17 @@ import pytest
 import torch
 from toy_tracklets import write_toy_tracklets
 
-from usv_ray.config import Config, IndexConfig, RayConfig, ReidConfig
+from usv_ray.bundle import BundleError, claim_ingest_record, ingest_settings
+from usv_ray.config import Config, IndexConfig, IngestConfig, RayConfig, ReidConfig
 from usv_ray.index.pipeline import IndexBuildError, _reid_embeddings, run_index
+from usv_ray.reid.bundle import PATCH_SETTINGS, record_tau, write_reid_bundle
 from usv_ray.reid.clips import clip_problem
 from usv_ray.reid.embed import TrackletEmbedder, save_reid_model
 from usv_ray.reid.training import build_model
 from usv_ray.schemas import EMBEDDING_DIM, EMBEDDINGS, NODULES
 
 CLIP = ReidConfig(clip_frames=4, clip_height=32, clip_width=16, cpus_per_worker=0.5)
+PATCHES = IngestConfig(tracklet_frames=4, patch_height=32, patch_width=16)  # the toy archive's
 
 
 def _model(path: Path, seed: int) -> Path:
@@ -58,6 +61,7 @@ def archive(ray_session, tmp_path_factory):
     )
     data = root / "data"
     (data / "tracklets").mkdir(parents=True)
+    claim_ingest_record(data, PATCHES)
     for study in ("0", "1"):
         part = table.filter(pc.ends_with(table["study_key"], study))
         (root / f"study{study}").mkdir()
@@ -148,11 +152,14 @@ def test_another_model_rebuilds_from_new_embeddings(archive):
     assert embedded.to_pylist() == [s.index_version.split(" clip")[0]]
 
 
-def _reid_folder(archive, folder: Path) -> Path:
-    """What `usv-ray reid` leaves: the archive's model as models/CM.pt, and embeddings/ of
-    every readable tracklet by it."""
+def _reid_folder(archive, folder: Path, patches: IngestConfig = PATCHES) -> Path:
+    """What `usv-ray reid` leaves: the archive's model as models/CM.pt, its bundle (made
+    for ``patches``), and embeddings/ of every readable tracklet by it."""
     (folder / "models").mkdir(parents=True)
     shutil.copy(archive["model"], folder / "models" / "CM.pt")  # the same file: the same id
+    settings = ingest_settings(patches)
+    meta = {"ingest": {name: settings[name] for name in PATCH_SETTINGS}}
+    write_reid_bundle(folder, {"CM": folder / "models" / "CM.pt"}, meta)
     rows = pq.read_table(archive["data"] / "tracklets").to_pandas()
     columns = zip(rows["clip"], rows["frame_index"], rows["height"], rows["width"], strict=True)
     readable = rows[[clip_problem(c, len(f), h, w) is None for c, f, h, w in columns]]
@@ -212,5 +219,103 @@ def test_missing_inputs_are_clear_errors(tmp_path):
     with pytest.raises(IndexBuildError, match="run `usv-ray reid` first"):
         run_index(cfg, tmp_path, tmp_path / "nothing", tmp_path / "out")
     model = _model(tmp_path / "cm.pt", seed=0)
+    with pytest.raises(IndexBuildError, match="no tau for the model file"):
+        run_index(cfg, tmp_path / "empty", model, tmp_path / "out")  # a bare file has none
+    tuned = Config(index=IndexConfig(tau=0.3))
     with pytest.raises(IndexBuildError, match="run ingest first"):
-        run_index(cfg, tmp_path / "empty", model, tmp_path / "out")
+        run_index(tuned, tmp_path / "empty", model, tmp_path / "out")
+
+
+def _model_id(archive) -> str:
+    from usv_ray.reid.embed import load_reid_model
+
+    return load_reid_model(archive["model"]).model_id
+
+
+def test_tau_travels_with_the_model_it_was_swept_for(archive, tmp_path, caplog):
+    reid = _reid_folder(archive, tmp_path / "reid")
+    untuned = dataclasses.replace(
+        archive["cfg"], index=dataclasses.replace(archive["cfg"].index, tau=None)
+    )
+    with pytest.raises(IndexBuildError, match="the tau sweep has not recorded one"):
+        run_index(untuned, archive["data"], reid, tmp_path / "index")
+    tau = archive["cfg"].index.tau
+    record_tau(reid, _model_id(archive), tau, 0.9, tmp_path / "tune")
+    s = run_index(untuned, archive["data"], reid / "bundle", tmp_path / "index")
+    assert f"tau {tau:g} " in s.index_version and s.scores["f_score"] == 1.0
+    # a retrained re-ID run (the same model file here) keeps the tau swept for its model
+    write_reid_bundle(reid, {"CM": reid / "models" / "CM.pt"}, {"ingest": {}})
+    assert run_index(untuned, archive["data"], reid, tmp_path / "index").embedded_now == 0
+    # index.tau, when set, wins, and says so
+    loose = dataclasses.replace(
+        archive["cfg"], index=dataclasses.replace(archive["cfg"].index, tau=2.0)
+    )
+    with caplog.at_level("INFO", logger="usv_ray"):
+        again = run_index(loose, archive["data"], reid, tmp_path / "index")
+    assert again.rebuilt and "tau 2 " in again.index_version
+    assert "tau 2 from the config (the sweep recorded" in caplog.text
+
+
+def test_a_bundle_for_other_patches_or_of_another_kind_is_refused(archive, tmp_path):
+    other = _reid_folder(archive, tmp_path / "reid", IngestConfig(patch_height=64))
+    with pytest.raises(BundleError, match=r"ingest\.patch_height: 32 there, 64 for the model"):
+        run_index(archive["cfg"], archive["data"], other, tmp_path / "index")
+    vm = dataclasses.replace(
+        archive["cfg"], index=dataclasses.replace(archive["cfg"].index, model="VM")
+    )
+    with pytest.raises(BundleError, match="holds no VM model"):
+        run_index(
+            vm, archive["data"], _reid_folder(archive, tmp_path / "reid2"), tmp_path / "index"
+        )
+
+
+def _diagnoses(folder: Path, tracklets: pa.Table, probs: dict[str, float], version: str) -> Path:
+    """A `usv-ray predict` folder whose tracklets and videos read ``probs`` by patient."""
+    from datetime import UTC, datetime
+
+    from usv_ray.io import write_json
+    from usv_ray.schemas import DIAGNOSES, TRACKLET_DIAGNOSES
+
+    rows = tracklets.select(["tracklet_id", "video_id", "patient_key", "study_key"]).to_pylist()
+    for row in rows:
+        p = probs[row["patient_key"]]
+        row.update(prob=p, prob_raw=p, member_probs=[p], spread=0.0, frames=3)
+        row.update(model_version=version, diagnosed_at=datetime(2026, 12, 1, tzinfo=UTC))
+    videos = {row["video_id"]: dict(row) for row in rows}.values()
+    for row in videos:
+        row.update(status="ok", threshold=0.5, reading="malignant" if row["prob"] >= 0.5 else "x")
+    folder.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist(rows, schema=TRACKLET_DIAGNOSES)
+    pq.write_table(table, folder / "tracklet_diagnoses.parquet")
+    table = pa.Table.from_pylist(list(videos), schema=DIAGNOSES)
+    pq.write_table(table, folder / "diagnoses.parquet")
+    write_json({"latest": version, "versions": {}}, folder / "summary.json")
+    return folder
+
+
+def test_every_nodule_is_scored_from_the_diagnoses_and_rescored_when_they_change(archive, tmp_path):
+    tracklets = pq.read_table(archive["data"] / "tracklets")
+    patients = sorted(set(tracklets["patient_key"].to_pylist()))
+    probs = {p: 0.1 + 0.2 * i for i, p in enumerate(patients)}
+    predict = _diagnoses(tmp_path / "predict", tracklets, probs, "dx-a")
+    out = tmp_path / "index"
+    s = run_index(archive["cfg"], archive["data"], archive["model"], out, predict)
+    assert s.scored == s.nodules
+    index = pq.read_table(out / "nodules.parquet").to_pandas()
+    for row in index.itertuples():
+        assert row.malignancy == pytest.approx(probs[row.patient_key], abs=1e-6)
+        assert row.nodule_scoring == "tracklets" and row.diagnosis_version == "dx-a"
+        assert row.n_videos >= 1 and row.n_studies >= 1
+    # new diagnoses, no new tracklet: the same nodules, rescored, nothing embedded
+    _diagnoses(predict, tracklets, {p: 0.9 for p in patients}, "dx-b")
+    again = run_index(archive["cfg"], archive["data"], archive["model"], out, predict)
+    assert again.embedded_now == 0 and not again.rebuilt
+    rescored = pq.read_table(out / "nodules.parquet").to_pandas()
+    assert rescored["nodule_uid"].tolist() == index["nodule_uid"].tolist()
+    assert set(rescored["diagnosis_version"]) == {"dx-b"}
+    assert rescored["malignancy"].to_numpy() == pytest.approx(0.9)
+    before = (out / "nodules.parquet").read_bytes()
+    run_index(archive["cfg"], archive["data"], archive["model"], out, predict)
+    assert (out / "nodules.parquet").read_bytes() == before  # nothing changed: nothing written
+    with pytest.raises(IndexBuildError, match="holds no diagnoses"):
+        run_index(archive["cfg"], archive["data"], archive["model"], out, tmp_path / "none")

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from ingest_inputs import clip_frames, write_dicom, write_mp4
 
-from usv_ray.config import Config, IngestConfig, PrivacyConfig, RayConfig
+from usv_ray.config import Config, ConfigError, IngestConfig, PrivacyConfig, RayConfig
 from usv_ray.ingest.decode import VideoError
 from usv_ray.ingest.manifest import VideoTask
 from usv_ray.ingest.pipeline import ingest_video, run_ingest, sample_indices
@@ -240,8 +240,12 @@ def test_rerun_skips_finished_work_and_recovers_from_a_crash(ray_session, archiv
     assert not list(out.rglob("*.tmp-*"))
     assert (out / "videos.parquet").read_bytes() == videos_bytes
 
-    # other settings redo every video rather than mixing two samplings
-    changed = run_ingest(_config(n_frames=4), archive, out)
+    # other frame settings are refused rather than mixing two samplings in one folder...
+    with pytest.raises(ConfigError, match=r"ingest\.n_frames=4 \(the folder has 8\)"):
+        run_ingest(_config(n_frames=4), archive, out)
+    assert (out / "videos.parquet").read_bytes() == videos_bytes
+    # ...and go to a folder of their own, where every video is redone
+    changed = run_ingest(_config(n_frames=4), archive, tmp_path / "data4")
     assert changed.ingested_now == 11
 
 

@@ -64,8 +64,10 @@ class CnnFold:
 
     @property
     def key(self) -> str:
-        """The file name of its finished weights: ``fold=3``."""
-        return f"fold={self.fold}"
+        """The file name of its finished weights: ``fold=3`` (or ``final``)."""
+        from usv_ray.classify.folds import fold_name
+
+        return fold_name(self.fold)
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,7 @@ class CnnTask:
         return model
 
     def open(self, worker: Worker) -> tuple[Any, Any]:
-        k = self.fold.fold
+        k = self.fold.key
         val = bool(self.fold.val_ids) and worker.rank == 0
         return worker.dataset(f"train_{k}"), worker.dataset(f"val_{k}") if val else None
 
@@ -122,7 +124,9 @@ class CnnTask:
         )
 
     def meta(self) -> dict:
-        return {"model": "FrameCNN", "fold": self.fold.fold, "pretrained": self.cfg.pretrained}
+        from usv_ray.classify.models import frame_cnn_meta
+
+        return {**frame_cnn_meta(), "fold": self.fold.fold, "pretrained": self.cfg.pretrained}
 
 
 def cnn_settings(cfg: ClassifyConfig) -> RunSettings:
@@ -173,13 +177,13 @@ def fit_cnns(
             imagenet_weights_path()  # a missing cache fails here, not inside a worker
         sets = {}
         for task in todo:
-            sets[f"train_{task.fold.fold}"] = frames(task.fold.train_ids)
+            sets[f"train_{task.key}"] = frames(task.fold.train_ids)
             if task.fold.val_ids:
-                sets[f"val_{task.fold.fold}"] = frames(task.fold.val_ids)
+                sets[f"val_{task.key}"] = frames(task.fold.val_ids)
         return sets
 
     tasks = [CnnTask(cfg, fold) for fold in folds]
     trained = train_models(
-        tasks, cnn_settings(cfg), storage, name, datasets, lambda t: [f"train_{t.fold.fold}"]
+        tasks, cnn_settings(cfg), storage, name, datasets, lambda t: [f"train_{t.key}"]
     )
     return {fold.fold: trained[fold.key] for fold in folds}

@@ -28,11 +28,12 @@ class FrameEmbedder:
     """Ray Data callable class: loads one fold's CNN once, embeds a batch of frames."""
 
     def __init__(self, weights: str, fold: int, use_gpu: bool = False):
-        from usv_ray.classify.models import FrameCNN
+        from usv_ray.classify.models import model_from_meta
 
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-        self.model = FrameCNN()
-        self.model.load_state_dict(load_model(weights)[0])
+        state, meta = load_model(weights)
+        self.model = model_from_meta(meta)
+        self.model.load_state_dict(state)
         self.model.to(self.device).eval()
         self.fold = fold
 
@@ -62,7 +63,8 @@ class FrameEmbedder:
 def cache_features(
     cfg: ClassifyConfig, data: Path, video_ids: Iterable[str], weights: Path, fold: int, out: Path
 ) -> Path:
-    """Embed every frame of ``video_ids`` with fold ``fold``'s CNN into ``out/fold=<fold>``.
+    """Embed every frame of ``video_ids`` with fold ``fold``'s CNN into ``out/fold=<fold>``
+    (the final model's, :data:`~usv_ray.classify.folds.FINAL_FOLD`: ``out/final``).
 
     The folder appears whole or not at all: it is written under a temporary name and
     renamed, so a killed run leaves no partial cache for a later stage to trust.
@@ -70,7 +72,9 @@ def cache_features(
     import pyarrow.fs
     import ray.data
 
-    target = Path(out) / f"fold={fold}"
+    from usv_ray.classify.folds import fold_name
+
+    target = Path(out) / fold_name(fold)
     frames = ray.data.read_parquet(
         frame_shards(data, video_ids), filesystem=pyarrow.fs.LocalFileSystem()
     ).select_columns(["video_id", "seq_index", "frame_index", "image", "height", "width", "label"])

@@ -22,6 +22,14 @@ if TYPE_CHECKING:
 
 # the classify settings that fix which videos a fold's CNN trains and validates on
 SPLIT_SETTINGS = ("folds", "seed", "val_fraction")
+# the "fold" of the final model (classify.final_model): it tests no video and trains on
+# every labelled patient; its CNN, features and LSTM are named "final" (see fold_name)
+FINAL_FOLD = -1
+
+
+def fold_name(fold: int) -> str:
+    """The name of fold ``fold``'s models and feature cache: ``fold=2``, or ``final``."""
+    return "final" if fold == FINAL_FOLD else f"fold={fold}"
 
 
 def assign_folds(

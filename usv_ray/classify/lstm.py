@@ -67,22 +67,28 @@ class LstmJob:
 
     @property
     def key(self) -> str:
-        """A file-name-safe name, e.g. ``fold=2_variable`` or ``fold=2_equal12``."""
+        """A file-name-safe name, e.g. ``fold=2_variable``, ``fold=2_equal12`` or
+        ``final_variable``."""
+        from usv_ray.classify.folds import fold_name
+
         kind = "variable" if self.frames is None else f"equal{self.frames}"
-        return f"fold={self.fold}_{kind}"
+        return f"{fold_name(self.fold)}_{kind}"
 
 
 def job_sequences(
     features: Path, videos: Mapping[str, tuple[int, int]], job: LstmJob, train: bool
 ) -> list[VideoFeatures]:
-    """The videos ``job`` trains on (``train``: every fold but its own) or predicts (its fold).
+    """The videos ``job`` trains on (``train``: every fold but its own; the final model's:
+    every video) or predicts (its fold).
 
     ``videos`` maps video_id -> (label, fold); features come from fold ``job.fold``'s cache.
     """
     labels = {
         video_id: label for video_id, (label, fold) in videos.items() if (fold != job.fold) == train
     }
-    sequences = load_sequences(Path(features) / f"fold={job.fold}", labels)
+    from usv_ray.classify.folds import fold_name
+
+    sequences = load_sequences(Path(features) / fold_name(job.fold), labels)
     return sequences if job.frames is None else equal_frame_set(sequences, job.frames)
 
 
@@ -160,13 +166,9 @@ class LstmTask:
         )
 
     def meta(self) -> dict:
-        frames = self.job.frames
-        return {
-            "model": "VariableFrameLSTM",
-            "fold": self.job.fold,
-            "frames": frames,
-            "hidden": self.cfg.lstm_hidden,
-        }
+        from usv_ray.classify.models import lstm_meta
+
+        return {**lstm_meta(self.cfg.lstm_hidden), "fold": self.job.fold, "frames": self.job.frames}
 
 
 def _batch(sequences: Sequence[VideoFeatures]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -222,12 +224,14 @@ def fit_lstms(
 
 
 @torch.no_grad()
-def predict(cfg: ClassifyConfig, weights: Path, sequences: Sequence[VideoFeatures]) -> np.ndarray:
-    """P(malignant) of each video, ``(len(sequences),)``, in order; empty in, empty out."""
-    from usv_ray.classify.models import VariableFrameLSTM, pad_features
+def predict(weights: Path, sequences: Sequence[VideoFeatures]) -> np.ndarray:
+    """P(malignant) of each video by the LSTM in the file ``weights``, ``(len(sequences),)``,
+    in order; empty in, empty out."""
+    from usv_ray.classify.models import model_from_meta, pad_features
 
-    model = VariableFrameLSTM(hidden_size=cfg.lstm_hidden)
-    model.load_state_dict(load_model(weights)[0])
+    state, meta = load_model(weights)
+    model = model_from_meta(meta)
+    model.load_state_dict(state)
     model.eval()
     probs = []
     for start in range(0, len(sequences), 256):

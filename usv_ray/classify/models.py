@@ -27,6 +27,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, pad_se
 
 from usv_ray.schemas import FEATURE_DIM, NUM_CLASSES
 
+FRAME_CNN_HIDDEN = (256, 64)  # the paper's fc head: 512 -> 256 -> 64 -> 2
+
 # -----------------------------------------------------------------------------
 # Spatial stage: one frame -> 512-d feature -> 2 logits
 
@@ -43,7 +45,7 @@ class FrameCNN(nn.Module):
 
     def __init__(
         self,
-        hidden_sizes: Sequence[int] = (256, 64),
+        hidden_sizes: Sequence[int] = FRAME_CNN_HIDDEN,
         num_classes: int = NUM_CLASSES,
         dropout: float = 0.5,
     ) -> None:
@@ -82,6 +84,49 @@ class FrameCNN(nn.Module):
     def forward(self, frames: Tensor) -> Tensor:
         """Class logits of each frame: ``(B, 1, 224, 224) -> (B, num_classes)``."""
         return self.head(self.features(frames))  # (B, 512) -> (B, C)
+
+
+def frame_cnn_meta() -> dict:
+    """What a :class:`FrameCNN` weights file records of the network's shape (the input is
+    one gray channel, normalised by :func:`usv_ray.imaging.normalise`)."""
+    return {
+        "model": "FrameCNN",
+        "in_channels": 1,
+        "hidden_sizes": list(FRAME_CNN_HIDDEN),
+        "num_classes": NUM_CLASSES,
+        "feature_dim": FEATURE_DIM,
+    }
+
+
+def lstm_meta(hidden_size: int) -> dict:
+    """What a :class:`VariableFrameLSTM` weights file records of the network's shape."""
+    return {
+        "model": "VariableFrameLSTM",
+        "input_size": FEATURE_DIM,
+        "hidden": hidden_size,
+        "num_layers": 1,
+        "num_classes": NUM_CLASSES,
+    }
+
+
+def model_from_meta(meta: Mapping) -> nn.Module:
+    """A freshly built network of the shape a weights file's metadata records (from
+    :func:`frame_cnn_meta` or :func:`lstm_meta`), ready for its ``load_state_dict``.
+
+    Raises:
+        ValueError: for metadata of another model, or without its shape.
+    """
+    kind = meta.get("model")
+    try:
+        if kind == "FrameCNN":
+            return FrameCNN(tuple(meta["hidden_sizes"]), meta["num_classes"])
+        if kind == "VariableFrameLSTM":
+            return VariableFrameLSTM(
+                meta["input_size"], meta["hidden"], meta["num_layers"], meta["num_classes"]
+            )
+    except KeyError as exc:
+        raise ValueError(f"the {kind} weights file does not record its {exc} setting") from exc
+    raise ValueError(f"unknown model {kind!r} in a weights file (FrameCNN, VariableFrameLSTM)")
 
 
 def load_imagenet(model: FrameCNN, state_dict: Mapping[str, Tensor]) -> FrameCNN:

@@ -16,10 +16,14 @@ Output layout under ``out``::
                                 finished model in models/)
     features/fold=k/            512-d feature and P(malignant) of every frame
     predictions/predictions.parquet   video_id, patient_key, fold, method, prob, label
+    bundle/                     the diagnosis bundle (usv_ray.classify.bundle): the fold
+                                models (and the final one), calibrator, operating point
+    tables/calibration.{md,csv}     Brier score and calibration errors before and after
+    tables/operating_point.{md,csv} the threshold at the target sensitivity
     tables/table3.{md,csv}      ablation: CNN_Vote, CNN_Aver, Variable-frame CNNLSTM
     tables/table4.{md,csv}      comparison: 3D CNNs, Key_Frame, equal- and variable-frame
     tables/frame_counts.{md,csv}  equal-frame sets of 10..20 frames vs variable-frame
-    plots/*.png                 ROC, PR, confusion and probability plots
+    plots/*.png                 ROC, PR, confusion, probability and reliability plots
 
 Every step skips what a previous run of the same folder finished (a trained fold, a
 written cache, finished LSTMs), so a rerun after a crash picks up where it stopped; a
@@ -32,7 +36,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -67,6 +71,7 @@ class ClassifySummary:
     videos: int  # labelled videos cross-validated
     patients: int
     table4: pd.DataFrame  # the paper's Table 4 for this data
+    bundle: dict  # the diagnosis bundle's record (bundle/bundle.json)
     seconds: float
 
 
@@ -98,12 +103,30 @@ def labelled_videos(data: Path) -> pd.DataFrame:
     return videos[["video_id", "patient_key", "label"]].astype({"label": np.int8})
 
 
-def _fingerprint(cfg: Config, videos: pd.DataFrame) -> str:
-    """What the folder's results depend on: the classify settings and the labelled videos."""
-    digest = hashlib.sha256(json.dumps(to_dict(cfg.classify), sort_keys=True).encode())
+# settings applied after training (the bundle's calibration, operating point and final
+# model): changing them redoes that step, never the cross-validation, so a folder keeps them
+# out of its fingerprint
+POST_HOC = ("final_model", "calibration", "calibration_bins", "target_sensitivity")
+
+
+def _config_fingerprint(cfg: Config) -> str:
+    """The classify settings the cross-validation depends on."""
+    settings = {k: v for k, v in to_dict(cfg.classify).items() if k not in POST_HOC}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def _data_fingerprint(videos: pd.DataFrame) -> str:
+    """The labelled videos (and their patients and labels) a folder was trained on."""
+    digest = hashlib.sha256()
     for row in videos.itertuples(index=False):
         digest.update(f"{row.video_id},{row.patient_key},{row.label};".encode())
     return digest.hexdigest()
+
+
+def _fingerprint(cfg: Config, videos: pd.DataFrame) -> str:
+    """What the folder's results depend on: the classify settings and the labelled videos."""
+    combined = f"{_config_fingerprint(cfg)}/{_data_fingerprint(videos)}"
+    return hashlib.sha256(combined.encode()).hexdigest()
 
 
 def _fold_jobs(cfg: Config, folds: pd.DataFrame) -> list[CnnFold]:
@@ -235,7 +258,7 @@ def _lstms(cfg: Config, out: Path, folds: pd.DataFrame) -> pd.DataFrame:
                 {
                     "video_id": [s.video_id for s in tested],
                     "method": method,
-                    "prob": predict(c, weights[job], tested),
+                    "prob": predict(weights[job], tested),
                 }
             )
         )
@@ -322,8 +345,104 @@ def _plots(cfg: Config, predictions: pd.DataFrame, out: Path, subtitle: str) -> 
         )
 
 
+def _final_model(cfg: Config, data: Path, out: Path, folds: pd.DataFrame) -> None:
+    """One more frame CNN and variable-frame LSTM, on every labelled video, each trained
+    for the epochs its fold models chose (no validation set: each keeps its last epoch)."""
+    from usv_ray.classify.bundle import chosen_epochs, member_files
+    from usv_ray.classify.cnn import CnnFold, fit_cnns
+    from usv_ray.classify.features import cache_features
+    from usv_ray.classify.folds import FINAL_FOLD
+    from usv_ray.classify.lstm import LstmJob, fit_lstms
+
+    fold_files = [member_files(out, k) for k in range(cfg.classify.folds)]
+    c = replace(
+        cfg.classify,
+        cnn_epochs=chosen_epochs([f["cnn"] for f in fold_files]),
+        lstm_epochs=chosen_epochs([f["lstm"] for f in fold_files]),
+    )
+    everything = folds["video_id"].tolist()
+    log.info(
+        "final model on all %d labelled videos: frame CNN %d epochs, LSTM %d epochs (the "
+        "folds' median best)",
+        len(everything),
+        c.cnn_epochs,
+        c.lstm_epochs,
+    )
+    final = CnnFold(FINAL_FOLD, tuple(everything), ())
+    trained = fit_cnns(c, data, [final], out / "runs", "cnn_final")[FINAL_FOLD]
+    if not (out / "features" / "final").exists():
+        cache_features(c, data, everything, trained.path, FINAL_FOLD, out / "features")
+    videos = {
+        row.video_id: (int(row.label), int(row.fold)) for row in folds.itertuples(index=False)
+    }
+    job = LstmJob(FINAL_FOLD)
+    fit_lstms(c, out / "features", videos, [job], out / "runs", "lstm_final")
+
+
+def _bundle(
+    cfg: Config, data: Path, out: Path, folds: pd.DataFrame, scored: pd.DataFrame, subtitle: str
+) -> dict:
+    """Calibration and operating-point tables, the final model if asked, and the bundle."""
+    from usv_ray.bundle import now_utc, read_ingest_record
+    from usv_ray.classify.bundle import (
+        FRAME_SETTINGS,
+        calibration_table,
+        operating_point,
+        operating_point_table,
+        write_diagnosis_bundle,
+    )
+    from usv_ray.classify.folds import FINAL_FOLD
+    from usv_ray.evaluate.calibration import fit_calibrator
+    from usv_ray.evaluate.metrics import METRICS
+    from usv_ray.evaluate.tables import write_table as write_results
+
+    c = cfg.classify
+    tables = out / "tables"
+    calibration = calibration_table(c, scored, out / "plots", subtitle)
+    write_results(calibration, tables / "calibration", float_format="{:.3f}")
+    oof = scored[scored["method"] == VARIABLE]
+    calibrator = fit_calibrator(oof["label"].to_numpy(), oof["prob"].to_numpy(), c.calibration)
+    point = operating_point(c, oof, calibrator)
+    write_results(operating_point_table(point), tables / "operating_point")
+    log.info(
+        "operating point: calibrated P >= %.3f reads malignant (sensitivity %.1f%%, "
+        "specificity %.1f%% on the out-of-fold predictions)",
+        point["threshold"],
+        100 * point["sensitivity"]["value"],
+        100 * point["specificity"]["value"],
+    )
+    if c.final_model:
+        _final_model(cfg, data, out, folds)
+    ingest = read_ingest_record(data)
+    table = pd.read_csv(tables / "table4.csv").set_index("method")
+    metrics = {
+        name: {"value": float(table.loc[VARIABLE, name]), "ci": table.loc[VARIABLE, f"{name}_ci"]}
+        for name in METRICS
+    }
+    meta = {
+        "ingest": {name: ingest[name] for name in FRAME_SETTINGS},
+        "config": {"classify": to_dict(c)},
+        "config_fingerprint": _config_fingerprint(cfg),
+        "data_fingerprint": _data_fingerprint(folds),
+        "trained_on": {
+            "videos": len(folds),
+            "patients": int(folds["patient_key"].nunique()),
+            "malignant": int(folds["label"].sum()),
+        },
+        "metrics": {"percent, out-of-fold, patient-bootstrap 95% CI": metrics},
+        "calibrator": calibrator.to_dict(),
+        "calibrator_fitted_on": f"out-of-fold predictions of {len(oof)} videos of {VARIABLE}",
+        "calibrator_made_at": now_utc(),
+        "operating_point": point,
+    }
+    folds_in = [*range(c.folds), *([FINAL_FOLD] if c.final_model else [])]
+    return write_diagnosis_bundle(out, folds_in, meta)
+
+
 def run_classify(cfg: Config, data: str | Path, out: str | Path) -> ClassifySummary:
-    """Cross-validate every method on the ingested videos of ``data`` into ``out``."""
+    """Cross-validate every method on the ingested videos of ``data`` into ``out``, then
+    write the diagnosis bundle (``out/bundle``)."""
+    from usv_ray.bundle import read_ingest_record
     from usv_ray.classify.folds import fold_table
     from usv_ray.runtime import ensure_ray
 
@@ -331,6 +450,7 @@ def run_classify(cfg: Config, data: str | Path, out: str | Path) -> ClassifySumm
     data, out = Path(data), Path(out)
     c = cfg.classify
     videos = labelled_videos(data)
+    read_ingest_record(data)  # the bundle needs it: fail now, not after the training
     if claim_folder(
         out / "classify.json", _fingerprint(cfg, videos), {"classify": to_dict(cfg.classify)}
     ):
@@ -363,9 +483,12 @@ def run_classify(cfg: Config, data: str | Path, out: str | Path) -> ClassifySumm
         f"{c.folds}-fold CV, CNN {c.cnn_epochs} ep, LSTM {c.lstm_epochs} ep, seed {c.seed}"
     )
     _plots(cfg, frame, out, subtitle)
+    bundle = _bundle(cfg, data, out, folds, frame, subtitle)
     seconds = time.perf_counter() - started
     write_json(
         {"fingerprint": _fingerprint(cfg, videos), "classify": to_dict(c), "seconds": seconds},
         out / "classify.json",
     )
-    return ClassifySummary(out, len(folds), int(folds["patient_key"].nunique()), table4, seconds)
+    return ClassifySummary(
+        out, len(folds), int(folds["patient_key"].nunique()), table4, bundle, seconds
+    )

@@ -127,8 +127,11 @@ def to_markdown(table: pd.DataFrame, *, float_format: str = "{:.2f}") -> str:
     return "\n".join(lines)
 
 
-def write_table(table: pd.DataFrame, stem: str | Path) -> tuple[Path, Path]:
-    """Write ``<stem>.md`` (``to_markdown``) and ``<stem>.csv`` (full precision, no index).
+def write_table(
+    table: pd.DataFrame, stem: str | Path, *, float_format: str = "{:.2f}"
+) -> tuple[Path, Path]:
+    """Write ``<stem>.md`` (``to_markdown`` with ``float_format``) and ``<stem>.csv`` (full
+    precision, no index).
 
     ``stem`` is a path without suffix (``results/table3``); its folder is created.
     Returns ``(md_path, csv_path)``.
@@ -138,6 +141,6 @@ def write_table(table: pd.DataFrame, stem: str | Path) -> tuple[Path, Path]:
     # Appended, not with_suffix: a stem like "table.v2" keeps its dot.
     md_path = stem.parent / f"{stem.name}.md"
     csv_path = stem.parent / f"{stem.name}.csv"
-    md_path.write_text(to_markdown(table) + "\n", encoding="utf-8")
+    md_path.write_text(to_markdown(table, float_format=float_format) + "\n", encoding="utf-8")
     table.to_csv(csv_path, index=False)
     return md_path, csv_path

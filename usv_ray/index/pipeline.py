@@ -20,10 +20,11 @@ leaves the previous index intact and its rerun does the work again.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -39,6 +40,8 @@ from usv_ray.io import remove_stale_tmp, write_json, write_table
 from usv_ray.schemas import EMBEDDINGS, ERRORS, NODULES
 
 log = logging.getLogger(__name__)
+# the index's own columns; the evidence and malignancy columns are added from them
+BASE_NODULES = pa.schema([NODULES.field(name) for name in NODULES.names[:10]])
 
 
 class IndexBuildError(UsvRayError, RuntimeError):
@@ -57,13 +60,9 @@ class IndexSummary:
     errors: int  # error rows in errors.parquet
     rebuilt: bool  # the index was rebuilt (another model, tau or method)
     scores: dict | None  # pairwise precision / recall / F vs the annotated nodules
+    scored: int  # nodules with a malignancy (scored from the diagnoses)
+    turned_suspicious: int  # below the diagnosis threshold at their first exam, above at the latest
     seconds: float
-
-
-def model_file(model: str | Path, cfg: IndexConfig) -> Path:
-    """``--model``: a re-ID output folder (its ``models/<index.model>.pt``) or a model file."""
-    model = Path(model)
-    return model / "models" / f"{cfg.model}.pt" if model.is_dir() else model
 
 
 def index_version(model_id: str, clip: dict[str, int], cfg: IndexConfig) -> str:
@@ -182,12 +181,65 @@ def _nodules_of(rows: pd.DataFrame) -> dict[str, list[Nodule]]:
     return by_patient
 
 
+@dataclass(frozen=True)
+class Diagnoses:
+    """The diagnoses a nodule is scored from: one model version's, as predict wrote them."""
+
+    scored: pd.DataFrame  # tracklet_id or video_id, prob (calibrated)
+    threshold: float  # the bundle's operating point
+    version: str | None  # its model version; None: no diagnoses given
+
+
+NO_DIAGNOSES = Diagnoses(pd.DataFrame({"tracklet_id": [], "video_id": [], "prob": []}), 0.5, None)
+
+
+def read_diagnoses(folder: Path, scoring: str) -> Diagnoses:
+    """The diagnoses of the model version ``usv-ray predict`` last ran in ``folder``.
+
+    Raises:
+        IndexBuildError: when ``folder`` holds no diagnoses.
+    """
+    from usv_ray.schemas import DIAGNOSES, TRACKLET_DIAGNOSES
+
+    summary = Path(folder) / "summary.json"
+    if not summary.is_file():
+        raise IndexBuildError(
+            f"{folder} holds no diagnoses (no summary.json): run `usv-ray predict --out "
+            f"{folder}` first, or leave --diagnoses out"
+        )
+    version = json.loads(summary.read_text())["latest"]
+    videos = pq.read_table(Path(folder) / "diagnoses.parquet", schema=DIAGNOSES).to_pandas()
+    videos = videos[(videos["model_version"] == version) & (videos["status"] == "ok")]
+    threshold = float(videos["threshold"].iloc[0]) if len(videos) else 0.5
+    if scoring == "videos":
+        return Diagnoses(videos[["video_id", "prob"]], threshold, version)
+    table = pq.read_table(Path(folder) / "tracklet_diagnoses.parquet", schema=TRACKLET_DIAGNOSES)
+    tracklets = table.to_pandas()
+    tracklets = tracklets[tracklets["model_version"] == version]
+    return Diagnoses(tracklets[["tracklet_id", "prob"]], threshold, version)
+
+
+def _scored(
+    nodules: pd.DataFrame, tracklets: pd.DataFrame, diagnoses: Diagnoses, scoring: str
+) -> pa.Table:
+    """The index's rows with their evidence and malignancy (see usv_ray.index.malignancy)."""
+    from usv_ray.index.malignancy import evidence, score_nodules
+
+    rows = evidence(nodules, tracklets)
+    rows = score_nodules(
+        rows, tracklets, diagnoses.scored, scoring, diagnoses.threshold, diagnoses.version
+    )
+    if diagnoses.version is None:
+        rows["nodule_scoring"] = None
+    return pa.Table.from_pandas(rows[NODULES.names], schema=NODULES, preserve_index=False)
+
+
 def _index_table(
     by_patient: dict[str, list[Nodule]],
     embedding_of: dict[str, np.ndarray],
     study_of: dict[str, str | None],
     version: str,
-) -> pa.Table:
+) -> pd.DataFrame:
     rows = []
     for patient_key in sorted(by_patient):
         for nodule in sorted(by_patient[patient_key], key=lambda n: n.nodule_uid):
@@ -206,7 +258,7 @@ def _index_table(
                     "index_version": version,
                 }
             )
-    return pa.Table.from_pylist(rows, schema=NODULES)
+    return pa.Table.from_pylist(rows, schema=BASE_NODULES).to_pandas()
 
 
 def _error_rows(bad: pd.DataFrame, failed: dict[str, str]) -> list[dict]:
@@ -261,19 +313,58 @@ def _scores(table: pa.Table, tracklets: pd.DataFrame) -> dict | None:
     }
 
 
-def run_index(cfg: Config, data: str | Path, model: str | Path, out: str | Path) -> IndexSummary:
-    """Bring the nodule index in ``out`` up to date with the tracklets of ``data``."""
+def _choose(cfg: Config, data: Path, model: str | Path) -> tuple[Path, IndexConfig]:
+    """The model file to embed with, checked against ``data``, and the index settings with
+    the tau to cluster at: ``index.tau`` when set, else the tau the sweep recorded in the
+    re-ID bundle for this model."""
+    from usv_ray.bundle import check_ingest
+    from usv_ray.reid.bundle import choose_model
+
+    c = cfg.index
+    try:
+        choice = choose_model(model, c.model)
+    except FileNotFoundError as exc:
+        raise IndexBuildError(str(exc)) from exc
+    if choice.ingest is not None:
+        check_ingest(choice.ingest, data, choice.source)
+    if c.tau is not None:
+        if choice.tau is not None and choice.tau != c.tau:
+            log.info(
+                "index: tau %g from the config (the sweep recorded %g for this model)",
+                c.tau,
+                choice.tau,
+            )
+        return choice.path, c
+    if choice.tau is None:
+        raise IndexBuildError(
+            f"no tau for {choice.source}: the tau sweep has not recorded one for its "
+            f"{c.model} model. Run `usv-ray tune --target tau --data REID --out TUNE` on its "
+            "re-ID folder (it records the tau in the bundle), or set index.tau"
+        )
+    log.info("index: tau %g, recorded by the tau sweep in %s", choice.tau, choice.source)
+    return choice.path, replace(c, tau=choice.tau)
+
+
+def run_index(
+    cfg: Config,
+    data: str | Path,
+    model: str | Path,
+    out: str | Path,
+    diagnoses: str | Path | None = None,
+) -> IndexSummary:
+    """Bring the nodule index in ``out`` up to date with the tracklets of ``data``, each
+    nodule scored from the diagnoses in ``diagnoses`` (a ``usv-ray predict`` folder)."""
     from usv_ray.reid.clips import read_tracklet_table
     from usv_ray.reid.embed import load_reid_model
 
     started = time.perf_counter()
-    data, out, c = Path(data), Path(out), cfg.index
-    reid_folder, model = Path(model), model_file(model, c)
-    try:
-        loaded = load_reid_model(model)
-    except FileNotFoundError as exc:
-        raise IndexBuildError(str(exc)) from exc
+    data, out = Path(data), Path(out)
+    model, c = _choose(cfg, data, model)
+    cfg = replace(cfg, index=c)
+    reid_folder = model.parent.parent  # a re-ID folder's bundle/ or models/: its embeddings
+    loaded = load_reid_model(model)
     version = index_version(loaded.model_id, loaded.clip, c)
+    scores_from = NO_DIAGNOSES if diagnoses is None else read_diagnoses(diagnoses, c.nodule_scoring)
     try:
         tracklets = read_tracklet_table(data).to_pandas()
     except FileNotFoundError as exc:
@@ -312,8 +403,18 @@ def run_index(cfg: Config, data: str | Path, model: str | Path, out: str | Path)
     )
     waiting = (archive & stored) - indexed_before  # a failed patient's
     if not new and not waiting and not rebuilt and previous is not None:
-        log.info("index: nothing new since the last run (%s)", version)
-        return _summary(out, version, previous, tracklets, old_errors, 0, 0, False, started, False)
+        table = _scored(previous, tracklets, scores_from, c.nodule_scoring)
+        changed = not table.equals(pq.read_table(out / "nodules.parquet"))
+        if changed:  # the same nodules, scored from newer diagnoses
+            write_table(table, out / "nodules.parquet")
+        log.info(
+            "index: nothing new since the last run (%s)%s",
+            version,
+            "; nodules rescored from the diagnoses" if changed else "",
+        )
+        return _summary(
+            out, version, table.to_pandas(), tracklets, old_errors, 0, 0, False, started, changed
+        )
 
     bad = pd.DataFrame(columns=["tracklet_id", "video_id", "patient_key", "error"])
     reused = (
@@ -360,7 +461,8 @@ def run_index(cfg: Config, data: str | Path, model: str | Path, out: str | Path)
         except Exception as exc:  # one patient's failure is an error row, not a failed run
             log.warning("index: patient %s failed: %s", patient_key, exc)
             failed[patient_key] = f"{type(exc).__name__}: {exc}"
-    table = _index_table(by_patient, embedding_of, study_of, version)
+    nodules = _index_table(by_patient, embedding_of, study_of, version)
+    table = _scored(nodules, tracklets, scores_from, c.nodule_scoring)
     write_table(table, out / "nodules.parquet")
     errors = pd.DataFrame(
         _error_rows(bad, failed)
@@ -413,6 +515,8 @@ def _summary(
         0 if errors is None else len(errors),
         rebuilt,
         _scores(pa.Table.from_pandas(nodules, schema=NODULES, preserve_index=False), tracklets),
+        int(nodules["malignancy"].notna().sum()),
+        int(nodules["turned_suspicious"].fillna(False).astype(bool).sum()),
         time.perf_counter() - started,
     )
     if changed:

@@ -2,6 +2,7 @@
 
 Output layout under ``out``::
 
+    ingest.json               the frame and patch settings every video was made with
     videos.parquet            one row per video of every run, sorted by video_id
     errors.parquet            one row per problem (bad rows, unreadable files, annotations)
     frames/<video_id>.parquet     sampled 224 x 224 gray frames of one video
@@ -27,6 +28,7 @@ import cv2
 import numpy as np
 import pyarrow.parquet as pq
 
+from usv_ray.bundle import claim_ingest_record
 from usv_ray.config import Config, ConfigError, IngestConfig
 from usv_ray.frames import resize_gray, uniform_positions
 from usv_ray.ingest.annotations import AnnotationError, Tracklet, load_tracklets
@@ -380,6 +382,7 @@ def run_ingest(cfg: Config, manifest: str | Path, out: str | Path) -> IngestSumm
         raise ConfigError(f"ingest.{exc}") from exc
     key = load_key(cfg.privacy)
     tasks, row_errors, rejected = read_manifest(manifest, key, cfg.ingest)
+    claim_ingest_record(out, cfg.ingest)  # one folder, one set of frame settings
     for folder in ("frames", "tracklets", "journal"):
         (out / folder).mkdir(parents=True, exist_ok=True)
         remove_stale_tmp(out / folder)

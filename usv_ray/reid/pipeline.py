@@ -8,6 +8,8 @@ Output layout under ``out``::
     splits.parquet              tracklet_id, patient_key, nodule_id, split
     runs/reid_CM, runs/reid_VM  Ray Train runs (checkpoints)
     models/CM.pt, models/VM.pt  the best weights of each model (by validation accuracy)
+    bundle/                     the re-ID bundle (usv_ray.reid.bundle): the models, the
+                                patch settings they read, and the tau the sweep records
     tables/table3.{md,csv}      ACC, SE, SP, AUC with 95% CIs, per model and split
     tables/delong.{md,csv}      paired DeLong test of CM vs VM, per split
     plots/roc_val.png, plots/roc_test.png
@@ -52,6 +54,7 @@ class ReidSummary:
     table3: pd.DataFrame  # the paper's Table 3 layout for this data
     delong: pd.DataFrame  # CM vs VM, per split
     clustering: pd.DataFrame  # the paper's Table 4 on the embeddings
+    bundle: dict  # the re-ID bundle's record (bundle/bundle.json)
     seconds: float
 
 
@@ -71,11 +74,57 @@ def _annotated(data: Path) -> pd.DataFrame:
     return known
 
 
-def _fingerprint(cfg: Config, tracklets: pd.DataFrame) -> str:
-    digest = hashlib.sha256(json.dumps(to_dict(cfg.reid), sort_keys=True).encode())
+def _data_fingerprint(tracklets: pd.DataFrame) -> str:
+    """The annotated tracklets (and their patients and nodules) a folder was trained on."""
+    digest = hashlib.sha256()
     for row in tracklets.itertuples(index=False):
         digest.update(f"{row.tracklet_id},{row.patient_key},{row.nodule_id};".encode())
     return digest.hexdigest()
+
+
+def _config_fingerprint(cfg: Config) -> str:
+    """The re-ID settings a folder's models and results depend on."""
+    return hashlib.sha256(json.dumps(to_dict(cfg.reid), sort_keys=True).encode()).hexdigest()
+
+
+def _fingerprint(cfg: Config, tracklets: pd.DataFrame) -> str:
+    """What the folder's results depend on: the re-ID settings and the annotated tracklets."""
+    combined = f"{_config_fingerprint(cfg)}/{_data_fingerprint(tracklets)}"
+    return hashlib.sha256(combined.encode()).hexdigest()
+
+
+def _bundle(
+    cfg: Config,
+    data: Path,
+    out: Path,
+    tracklets: pd.DataFrame,
+    files: dict[str, Path],
+    table3: pd.DataFrame,
+) -> dict:
+    """The re-ID bundle (``out/bundle``): every trained model, what it needs, its metrics."""
+    from usv_ray.bundle import read_ingest_record
+    from usv_ray.reid.bundle import PATCH_SETTINGS, write_reid_bundle
+    from usv_ray.reid.embed import CLIP_SETTINGS
+
+    r = cfg.reid
+    ingest = read_ingest_record(data)
+    test = table3[table3["split"] == "test"].set_index("model")
+    columns = ["pairs", "ACC", "SE", "SP", "AUC", "AUC_ci"]
+    metrics = json.loads(test[columns].to_json(orient="index"))  # plain JSON values
+    meta = {
+        "ingest": {name: ingest[name] for name in PATCH_SETTINGS},
+        "clip": {name: getattr(r, name) for name in CLIP_SETTINGS},
+        "embed_model": r.embed_model,
+        "config": {"reid": to_dict(r)},
+        "config_fingerprint": _config_fingerprint(cfg),
+        "data_fingerprint": _data_fingerprint(tracklets),
+        "trained_on": {
+            "tracklets": len(tracklets),
+            "patients": int(tracklets["patient_key"].nunique()),
+        },
+        "metrics": {"test pairs, percent, 95% CI": metrics},
+    }
+    return write_reid_bundle(out, files, meta)
 
 
 def _train(cfg: Config, data: Path, out: Path, splits: pd.DataFrame) -> dict[str, Path]:
@@ -223,6 +272,7 @@ def _clustering(out: Path, embeddings: Path, splits: pd.DataFrame, seed: int) ->
 
 def run_reid(cfg: Config, data: str | Path, out: str | Path) -> ReidSummary:
     """Train and evaluate the re-ID models on the tracklets of ``data`` into ``out``."""
+    from usv_ray.bundle import read_ingest_record
     from usv_ray.reid.pairs import split_tracklets
     from usv_ray.runtime import ensure_ray
 
@@ -231,6 +281,7 @@ def run_reid(cfg: Config, data: str | Path, out: str | Path) -> ReidSummary:
     if r.embed_model not in r.models:
         raise ReidError(f"reid.embed_model {r.embed_model} is not among reid.models {r.models}")
     tracklets = _annotated(data)
+    read_ingest_record(data)  # the bundle needs it: fail now, not after the training
     if claim_folder(out / "reid.json", _fingerprint(cfg, tracklets), {"reid": to_dict(r)}):
         log.info("resuming the re-ID run in %s", out)
     remove_stale_tmp(out)
@@ -251,6 +302,7 @@ def run_reid(cfg: Config, data: str | Path, out: str | Path) -> ReidSummary:
     ensure_ray(cfg.ray)
     files = _train(cfg, data, out, splits)
     table3, delong = _evaluate(cfg, data, out, splits, files)
+    bundle = _bundle(cfg, data, out, tracklets, files, table3)
     embeddings = _embeddings(cfg, data, out, files[r.embed_model])
     clustering = _clustering(out, embeddings, splits, r.seed)
     return ReidSummary(
@@ -260,5 +312,6 @@ def run_reid(cfg: Config, data: str | Path, out: str | Path) -> ReidSummary:
         table3,
         delong,
         clustering,
+        bundle,
         time.perf_counter() - started,
     )

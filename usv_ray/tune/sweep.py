@@ -69,7 +69,8 @@ def apply_params(cfg: Config, params: Mapping[str, Any]) -> Config:
     for dotted, value in params.items():
         section, _, key = dotted.partition(".")
         current = getattr(getattr(cfg, section), key)
-        sections.setdefault(section, {})[key] = type(current)(value)
+        plain = value.item() if hasattr(value, "item") else value  # numpy scalars too
+        sections.setdefault(section, {})[key] = plain if current is None else type(current)(plain)
     return dataclasses.replace(
         cfg,
         **{
@@ -228,6 +229,9 @@ class Target:
     # writes what the trials read into ``out`` (variable_max: the capped caches); called
     # once the folder is claimed, so a folder of another sweep is never written to
     prepare: Callable[[], None] | None = None
+    # called with the best point (dotted key -> value) and its metric once best.yaml is
+    # written (tau: records the tau in the re-ID bundle it was swept for)
+    finish: Callable[[dict[str, Any], float], None] | None = None
 
 
 def max_concurrent(cfg: Config, cpus: float, gpus: float) -> int:
@@ -437,6 +441,8 @@ def run_target(
     best_config = write_best_config(cfg, best, out / "best.yaml")
     plain = to_dict(apply_params(cfg, best))  # plain values, as in the YAML
     best = {key: plain[key.split(".")[0]][key.split(".")[1]] for key in target.param_space}
+    if target.finish is not None:
+        target.finish(best, float(row[target.metric]))
     return TuneSummary(
         out,
         target.name,

@@ -248,7 +248,7 @@ def lstm_trial(
     sequences = job_sequences(folder, videos, job, train=True)
     trained = [s for s in sequences if s.video_id not in held_ids]
     held = [s for s in sequences if s.video_id in held_ids]
-    prob = predict(c, weights, held)  # (V,) P(malignant)
+    prob = predict(weights, held)  # (V,) P(malignant)
     label = np.asarray([s.label for s in held], dtype=np.int64)  # (V,)
     if len(held) == 0:
         val_loss, auc, acc = math.nan, math.nan, math.nan

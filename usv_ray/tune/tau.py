@@ -5,9 +5,10 @@ No training, so no Tune trials (RAY.md: tau is not a training hyperparameter): a
 :class:`~usv_ray.tune.sweep.GridLoop` clusters the validation patients' embeddings at each
 tau of ``tune.tau`` (:func:`usv_ray.cluster.threshold.cluster_patients`, ``index.method``)
 and scores the clusters against the annotated nodules with the pairwise F-score
-(:func:`usv_ray.cluster.metrics.pairwise_scores`). The best tau goes to ``index.tau`` in
-best.yaml; on a tie, the middle of the tied values
-(:func:`usv_ray.cluster.compare.best_on_grid`).
+(:func:`usv_ray.cluster.metrics.pairwise_scores`). The best tau (on a tie, the middle of
+the tied values: :func:`usv_ray.cluster.compare.best_on_grid`) is recorded in the re-ID
+folder's bundle for the model whose embeddings were swept, where ``usv-ray index`` takes
+it from, and goes to ``index.tau`` in best.yaml.
 """
 
 from __future__ import annotations
@@ -106,6 +107,16 @@ def tau_target(cfg: Config, data: Path, out: Path) -> Target:
             point[KEY], embeddings, patients, nodules, method=index.method, seed=index.seed
         )
 
+    def finish(best: dict[str, Any], f_score: float) -> None:
+        """Record the best tau in the re-ID bundle, with the model it was swept for."""
+        from usv_ray.reid.bundle import record_tau
+
+        models = pq.read_table(data / "embeddings", columns=["model"])["model"].unique()
+        if len(models) != 1:
+            raise TuneError(f"{data / 'embeddings'} holds the embeddings of {len(models)} models")
+        folder = record_tau(data, models[0].as_py(), best[KEY], f_score, out)
+        log.info("tune tau: tau %g recorded for %s in %s", best[KEY], models[0], folder)
+
     return Target(
         "tau",
         {KEY: {"grid_search": grid}},  # what tune.grid_search(grid) returns
@@ -120,4 +131,5 @@ def tau_target(cfg: Config, data: Path, out: Path) -> Target:
             "tracklets": len(patients),
         },
         GridLoop(evaluate, pick=best_on_grid, names={KEY: "tau"}),
+        finish=finish,
     )

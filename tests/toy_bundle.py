@@ -1,0 +1,120 @@
+"""A toy ingest folder and toy bundles for the night's stages (predict, index) to read.
+
+The models are untrained (random init, seeded): what the tests check is how a bundle is
+written, read, checked and applied, not what it has learnt.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from usv_ray.bundle import claim_ingest_record
+from usv_ray.classify.bundle import member_files, write_diagnosis_bundle
+from usv_ray.classify.models import FrameCNN, VariableFrameLSTM, frame_cnn_meta, lstm_meta
+from usv_ray.config import IngestConfig
+from usv_ray.io import rows_to_table, write_table
+from usv_ray.schemas import FRAMES, TRACKLETS, VIDEOS
+from usv_ray.train import save_model
+
+SIZE = 32  # frame size of the toy folder
+INGEST = IngestConfig(frame_size=SIZE, n_frames=6, patch_height=16, patch_width=8)
+
+
+def write_toy_video(
+    data: Path, video_id: str, patient: str, frames: int, seed: int, tracklets: int = 0
+) -> None:
+    """A video's frames shard (``frames`` gray SIZE x SIZE frames, source indices 0, 3, 6,
+    ...) and, with ``tracklets``, a tracklets shard of that many tracklets over its frames."""
+    rng = np.random.default_rng(seed)
+    rows = [
+        {
+            "video_id": video_id,
+            "patient_key": patient,
+            "label": -1,
+            "frame_index": 3 * t,
+            "seq_index": t,
+            "seq_len": frames,
+            "image": rng.integers(0, 255, (SIZE, SIZE), dtype=np.uint8).tobytes(),
+            "height": SIZE,
+            "width": SIZE,
+        }
+        for t in range(frames)
+    ]
+    write_table(rows_to_table(rows, FRAMES), data / "frames" / f"{video_id}.parquet")
+    spans = np.array_split(np.arange(3 * frames), max(tracklets, 1))
+    rows = [
+        {
+            "tracklet_id": f"{video_id}-t{i}",
+            "video_id": video_id,
+            "patient_key": patient,
+            "study_key": f"{patient}-s0",
+            "nodule_id": None,
+            "frame_index": [int(span[0]), int(span[-1])],
+            "clip": bytes(2 * 16 * 8),
+            "n_frames_total": len(span),
+            "height": 16,
+            "width": 8,
+        }
+        for i, span in enumerate(spans[:tracklets])
+    ]
+    if rows:
+        write_table(rows_to_table(rows, TRACKLETS), data / "tracklets" / f"{video_id}.parquet")
+
+
+def write_videos_table(data: Path, videos: list[dict]) -> None:
+    """``videos.parquet`` of ``videos`` (video_id, patient_key, and optionally status and
+    error); the rest of each row is filled in."""
+    rows = [
+        {
+            "label": -1,
+            "source": f"videos/{v['video_id']}.mp4",
+            "status": "ok",
+            "study_key": f"{v['patient_key']}-s0",
+            **v,
+        }
+        for v in videos
+    ]
+    write_table(rows_to_table(rows, VIDEOS), data / "videos.parquet")
+
+
+def write_toy_data(data: Path, n_videos: int = 4, frames: int = 5, tracklets: int = 2) -> list[str]:
+    """An ingest folder of ``n_videos`` ok videos of two patients, with tracklets."""
+    claim_ingest_record(data, INGEST)
+    ids = [f"v{i}" for i in range(n_videos)]
+    for i, video_id in enumerate(ids):
+        write_toy_video(data, video_id, f"p{i % 2}", frames, seed=i, tracklets=tracklets)
+    write_videos_table(
+        data, [{"video_id": v, "patient_key": f"p{i % 2}"} for i, v in enumerate(ids)]
+    )
+    return ids
+
+
+def write_toy_bundle(
+    out: Path,
+    members: int = 2,
+    seed: int = 0,
+    calibrator: dict | None = None,
+    threshold: float = 0.5,
+    ingest: IngestConfig = INGEST,
+) -> Path:
+    """A diagnosis bundle of ``members`` untrained fold models in the classify-like folder
+    ``out`` (as a classify run lays its model files out); returns the bundle folder."""
+    from usv_ray.bundle import ingest_settings
+    from usv_ray.classify.bundle import FRAME_SETTINGS
+
+    torch.manual_seed(seed)
+    for fold in range(members):
+        files = member_files(out, fold)
+        cnn, lstm = FrameCNN(), VariableFrameLSTM(hidden_size=8)
+        save_model(files["cnn"].parent, files["cnn"].stem, cnn.state_dict(), frame_cnn_meta())
+        save_model(files["lstm"].parent, files["lstm"].stem, lstm.state_dict(), lstm_meta(8))
+    settings = ingest_settings(ingest)
+    meta = {
+        "ingest": {name: settings[name] for name in FRAME_SETTINGS},
+        "calibrator": calibrator
+        or {"method": "identity", "params": {}, "n_videos": 0, "n_positive": 0},
+        "operating_point": {"threshold": threshold, "target_sensitivity": 0.95},
+    }
+    write_diagnosis_bundle(out, list(range(members)), meta)
+    return out / "bundle"

@@ -1,0 +1,291 @@
+"""The diagnosis bundle: the variable-frame CNN-LSTM of ``usv-ray classify`` as a product.
+
+``usv-ray classify`` ends by writing ``CLS/bundle/`` (:mod:`usv_ray.bundle` describes
+the layout and its checks):
+
+- the members: each fold's frame CNN and variable-frame LSTM (trained without that fold's
+  patients), and with ``classify.final_model`` one more pair trained on every labelled
+  patient for the epochs the folds chose (the median of their best epochs). A video's
+  raw P(malignant) is the mean of the members' P, and their standard deviation is the
+  disagreement a reader sees beside it;
+- the calibrator (Platt scaling, or isotonic regression) fitted on the out-of-fold
+  predictions of the variable-frame CNN-LSTM, so the P the bundle gives means what it
+  says, and the operating point: the threshold of calibrated P that reaches
+  ``classify.target_sensitivity`` on those predictions, with the specificity it costs;
+- the ingest settings the frames must have been made with, the config and data
+  fingerprints, the cross-validated metrics with their intervals.
+
+The calibrator is fitted on single fold models' predictions and applied to the members'
+mean, which is a little less extreme: the reliability of the ensemble is what the night's
+predictions against later biopsies will show. The figures in ``tables/calibration`` and
+``tables/operating_point`` are cross-fitted (each fold calibrated, and its threshold
+chosen, on the other folds only), so they estimate what a new patient will see; the
+bundle's own calibrator and threshold are fitted on every fold.
+
+:func:`load_diagnosis_bundle` reads a bundle back (wherever it was copied) into a
+:class:`DiagnosisModel` whose :meth:`~DiagnosisModel.diagnose` reads one video.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from usv_ray.bundle import BUNDLE_DIR, read_bundle, write_bundle
+from usv_ray.classify.folds import FINAL_FOLD, fold_name
+from usv_ray.classify.pipeline import VARIABLE
+from usv_ray.config import ClassifyConfig
+from usv_ray.evaluate.calibration import Calibrator
+
+KIND = "diagnosis"
+METHOD = VARIABLE  # the method a bundle holds
+# the ingest settings a diagnosis bundle needs its frames made with
+FRAME_SETTINGS = ("sampling", "n_frames", "frame_size", "crop_box", "trim_fov", "fov_threshold")
+
+
+def member_files(out: Path, fold: int) -> dict[str, Path]:
+    """The frame CNN and variable-frame LSTM of fold ``fold`` (or the final model) in a
+    classify folder ``out``, as the training runs left them."""
+    cnn_run, lstm_run = ("cnn_final", "lstm_final") if fold == FINAL_FOLD else ("cnn", "lstm")
+    name = fold_name(fold)
+    return {
+        "cnn": out / "runs" / cnn_run / "models" / f"{name}.pt",
+        "lstm": out / "runs" / lstm_run / "models" / f"{name}_variable.pt",
+    }
+
+
+def chosen_epochs(files: Sequence[Path]) -> int:
+    """The epochs to train a final model for: the median of the fold models' best epochs
+    (counted from 1, rounded up), as their finished-model files record them."""
+    from usv_ray.train import load_model
+
+    best = [load_model(path)[1]["best_epoch"] + 1 for path in files]
+    return math.ceil(float(np.median(best)))
+
+
+# ---------------------------------------------------------------------------- calibration
+
+
+def _slug(method: str) -> str:
+    return method.replace("(", "").replace(")", "").replace("+", "p").replace(" ", "_")
+
+
+def calibration_table(
+    cfg: ClassifyConfig, predictions: pd.DataFrame, plots: Path, subtitle: str
+) -> pd.DataFrame:
+    """Per method: Brier score and expected calibration errors (equal-width and equal-mass
+    bins) of its out-of-fold P before and after calibration (cross-fitted: each fold's by
+    a calibrator fitted on the other folds), and a reliability diagram of each in
+    ``plots/reliability_<method>.png``."""
+    from usv_ray.evaluate.calibration import calibration_summary, cross_fitted
+    from usv_ray.evaluate.plots import reliability_plot
+
+    rows = []
+    for method, part in predictions.groupby("method", sort=True):
+        labels, probs = part["label"].to_numpy(), part["prob"].to_numpy().astype(np.float64)
+        after = cross_fitted(labels, probs, part["fold"].to_numpy(), cfg.calibration)
+        before_s = calibration_summary(labels, probs, cfg.calibration_bins)
+        after_s = calibration_summary(labels, after, cfg.calibration_bins)
+        rows.append(
+            {
+                "method": method,
+                "n_videos": len(part),
+                "calibration": cfg.calibration,
+                **{f"{name}_before": value for name, value in before_s.items()},
+                **{f"{name}_after": value for name, value in after_s.items()},
+            }
+        )
+        reliability_plot(
+            {"before calibration": (labels, probs), f"after ({cfg.calibration})": (labels, after)},
+            plots / f"reliability_{_slug(method)}.png",
+            f"{method} · {subtitle}",
+            cfg.calibration_bins,
+        )
+    return pd.DataFrame(rows)
+
+
+def _with_ci(metric, labels: np.ndarray, probs: np.ndarray, patients: np.ndarray, seed: int,
+             n_boot: int) -> dict[str, float]:  # fmt: skip
+    from usv_ray.evaluate.metrics import bootstrap_ci
+
+    value = metric(labels, probs)
+    low, high = bootstrap_ci(
+        metric, labels, probs, patients, n_boot=n_boot, rng=np.random.default_rng(seed)
+    )
+    return {"value": float(value), "low": low, "high": high}
+
+
+def operating_point(
+    cfg: ClassifyConfig, oof: pd.DataFrame, calibrator: Calibrator
+) -> dict[str, Any]:
+    """The bundle's threshold of calibrated P at ``cfg.target_sensitivity`` on the
+    out-of-fold predictions ``oof`` (video_id, patient_key, fold, prob, label), the
+    sensitivity and specificity there (patient-bootstrap 95% CIs), and the same two
+    cross-fitted: each fold read at the threshold chosen on the other folds' calibrated P."""
+    from usv_ray.evaluate.calibration import fit_calibrator
+    from usv_ray.evaluate.calibration import operating_point as threshold_at
+    from usv_ray.evaluate.metrics import sensitivity, specificity
+
+    labels = oof["label"].to_numpy()
+    patients = oof["patient_key"].to_numpy()
+    raw = oof["prob"].to_numpy().astype(np.float64)
+    calibrated = calibrator.apply(raw)
+    threshold = threshold_at(labels, calibrated, cfg.target_sensitivity)
+    held_out = np.zeros(len(oof), bool)  # cross-fitted readings, fold by fold
+    folds = oof["fold"].to_numpy()
+    for k in np.unique(folds):
+        rest = folds != k
+        fitted = fit_calibrator(labels[rest], raw[rest], cfg.calibration)
+        cut = threshold_at(labels[rest], fitted.apply(raw[rest]), cfg.target_sensitivity)
+        held_out[~rest] = fitted.apply(raw[~rest]) >= cut
+    reading = calibrated >= threshold if math.isfinite(threshold) else np.zeros(len(oof), bool)
+    point: dict[str, Any] = {
+        "target_sensitivity": cfg.target_sensitivity,
+        "threshold": threshold,
+        "n_videos": len(oof),
+    }
+    measures = {"sensitivity": sensitivity, "specificity": specificity}
+    for name, metric in measures.items():
+        bound = partial(metric, threshold=0.5)  # the readings are 0/1 already
+        point[name] = _with_ci(bound, labels, reading.astype(float), patients, cfg.seed, cfg.n_boot)
+        point[f"{name}_cross_fitted"] = _with_ci(
+            bound, labels, held_out.astype(float), patients, cfg.seed, cfg.n_boot
+        )
+    return point
+
+
+def operating_point_table(point: Mapping[str, Any]) -> pd.DataFrame:
+    """The operating point as a one-row table: values in percent with their 95% CIs."""
+    from usv_ray.evaluate.tables import ci_text
+
+    row: dict[str, Any] = {
+        "method": METHOD,
+        "n_videos": point["n_videos"],
+        "target_sensitivity": 100.0 * point["target_sensitivity"],
+        "threshold": point["threshold"],
+    }
+    for name in ("sensitivity", "specificity", "sensitivity_cross_fitted",
+                 "specificity_cross_fitted"):  # fmt: skip
+        row[name] = 100.0 * point[name]["value"]
+        row[f"{name}_ci"] = ci_text(point[name]["low"], point[name]["high"])
+    return pd.DataFrame([row])
+
+
+# ---------------------------------------------------------------------------- write and load
+
+
+def write_diagnosis_bundle(
+    out: Path,
+    folds: Sequence[int],
+    meta: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Write ``out/bundle`` from the classify folder ``out``: the members of ``folds`` (fold
+    numbers, :data:`FINAL_FOLD` for the final model), and ``meta`` (ingest settings,
+    config, fingerprints, metrics, calibrator, operating point). Returns its record."""
+    files, members = {}, []
+    for fold in folds:
+        name = fold_name(fold)
+        member = {"name": name, "fold": fold}
+        for part, path in member_files(out, fold).items():
+            files[f"{part}_{name}.pt"] = path
+            member[part] = f"{part}_{name}.pt"
+        members.append(member)
+    return write_bundle(
+        out / BUNDLE_DIR,
+        KIND,
+        files,
+        {**meta, "method": METHOD, "members": members},
+        versioned=("calibrator", "operating_point", "members"),
+    )
+
+
+@dataclass
+class DiagnosisModel:
+    """A loaded diagnosis bundle: its members on ``device``, its calibrator and threshold."""
+
+    folder: Path
+    record: dict[str, Any]
+    members: list[tuple[torch.nn.Module, torch.nn.Module]]  # (frame CNN, LSTM), eval mode
+    calibrator: Calibrator
+    device: torch.device
+    bf16: bool = False  # the frame CNN under bf16 autocast (GPU inference)
+
+    @property
+    def version(self) -> str:
+        return self.record["version"]
+
+    @property
+    def threshold(self) -> float:
+        """The operating point: calibrated P at or above it reads malignant."""
+        return float(self.record["operating_point"]["threshold"])
+
+    @property
+    def frame_size(self) -> int:
+        return int(self.record["ingest"]["frame_size"])
+
+    @torch.no_grad()
+    def member_probs(
+        self, images: torch.Tensor, spans: Sequence[np.ndarray] = ()
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each member's raw P(malignant) of one video and of each span of its frames.
+
+        ``images``: the video's stored frames ``(T, 1, S, S)`` uint8 in frame order;
+        ``spans``: positions into them (a tracklet's frames), each non-empty. Returns
+        ``(video (M,), spans (len(spans), M))`` for the M members.
+
+        Raises:
+            ValueError: frames of another size than the bundle's, or an empty span.
+        """
+        from usv_ray.classify.models import pad_features
+        from usv_ray.imaging import normalise
+
+        if images.ndim != 4 or images.shape[-2:] != (self.frame_size, self.frame_size):
+            raise ValueError(
+                f"frames of {tuple(images.shape[-2:])} px, the bundle reads "
+                f"{self.frame_size} x {self.frame_size}"
+            )
+        inputs = normalise(images.to(self.device))  # (T, 1, S, S)
+        sequences = [torch.arange(len(images))] + [torch.as_tensor(s) for s in spans]
+        video, parts = [], []
+        for cnn, lstm in self.members:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                features = cnn.features(inputs).float()  # (T, 512)
+            padded, lengths = pad_features([features[s.to(self.device)] for s in sequences])
+            probs = lstm(padded, lengths)[:, 1].cpu().numpy()  # (1 + len(spans),)
+            video.append(probs[0])
+            parts.append(probs[1:])
+        return np.array(video, np.float64), np.stack(parts, axis=1).astype(np.float64)
+
+
+def load_diagnosis_bundle(
+    path: str | Path, device: str | torch.device = "cpu", bf16: bool = False
+) -> DiagnosisModel:
+    """The diagnosis bundle at ``path`` (a bundle folder or a classify folder) on ``device``.
+
+    Raises:
+        BundleError: not a diagnosis bundle, an unknown format, a missing or damaged file.
+    """
+    from usv_ray.classify.models import model_from_meta
+    from usv_ray.train import load_model
+
+    folder, record = read_bundle(path, KIND)
+    device = torch.device(device)
+    members = []
+    for member in record["members"]:
+        pair = []
+        for part in ("cnn", "lstm"):
+            state, meta = load_model(folder / member[part])
+            model = model_from_meta(meta)
+            model.load_state_dict(state)
+            pair.append(model.to(device).eval())
+        members.append((pair[0], pair[1]))
+    calibrator = Calibrator.from_dict(record["calibrator"])
+    return DiagnosisModel(folder, record, members, calibrator, device, bf16)

@@ -1,0 +1,1 @@
+"""The night's diagnosis: apply a diagnosis bundle to every ingested video (``usv-ray predict``)."""

@@ -1,0 +1,156 @@
+"""Diagnose videos with a bundle: the callable class of the Ray Data batch-inference job.
+
+:class:`Diagnoser` loads the diagnosis bundle once per actor (on the GPU when the actor
+holds one) and takes batches of videos: for each it reads the video's frames shard (and
+its tracklets shard, when ingest wrote one), runs every member of the bundle over all the
+video's frames, and over the frames each tracklet spans, and returns one row per video
+with its tracklets nested. A video whose frames cannot be read is an error row; the rest
+of the batch is diagnosed.
+
+A tracklet's frames are the stored frames whose source index lies within the tracklet's
+first to last frame; when the sampling left none there, the stored frame nearest its middle.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+TRACKLET_RESULT = pa.struct(
+    [
+        pa.field("tracklet_id", pa.string()),
+        pa.field("prob", pa.float32()),
+        pa.field("prob_raw", pa.float32()),
+        pa.field("spread", pa.float32()),
+        pa.field("member_probs", pa.list_(pa.float32())),
+        pa.field("frames", pa.int16()),
+    ]
+)
+# what Diagnoser returns: the DIAGNOSES columns and the video's tracklets, nested
+ROW_FIELDS = [
+    ("video_id", pa.string()),
+    ("patient_key", pa.string()),
+    ("study_key", pa.string()),
+    ("model_version", pa.string()),
+    ("status", pa.string()),
+    ("error", pa.string()),
+    ("prob", pa.float32()),
+    ("prob_raw", pa.float32()),
+    ("spread", pa.float32()),
+    ("member_probs", pa.list_(pa.float32())),
+    ("reading", pa.string()),
+    ("threshold", pa.float32()),
+    ("frames", pa.int16()),
+    ("diagnosed_at", pa.timestamp("ms", tz="UTC")),
+    ("tracklets", pa.list_(TRACKLET_RESULT)),
+]
+ROW_SCHEMA = pa.schema(ROW_FIELDS)
+
+
+def tracklet_spans(frame_index: np.ndarray, tracklet_frames: list[list[int]]) -> list[np.ndarray]:
+    """Positions into a video's stored frames (``frame_index (T,)``, their source indices in
+    order) of each tracklet's span: those from its first to its last source frame, else the
+    one nearest the middle of its span."""
+    spans = []
+    for frames in tracklet_frames:
+        first, last = min(frames), max(frames)
+        inside = np.flatnonzero((frame_index >= first) & (frame_index <= last))
+        if inside.size == 0:
+            inside = np.array([int(np.argmin(np.abs(frame_index - (first + last) / 2)))])
+        spans.append(inside)
+    return spans
+
+
+def read_video(frames: str, tracklets: str | None) -> tuple[torch.Tensor, np.ndarray, pa.Table]:
+    """A video's stored frames ``(T, 1, S, S)`` uint8 in frame order, their source indices
+    ``(T,)``, and its tracklets (tracklet_id, frame_index; empty without a shard).
+
+    Raises:
+        ValueError: a shard with no frames, or frames of different or wrong sizes.
+    """
+    table = pq.read_table(frames, columns=["frame_index", "seq_index", "image", "height", "width"])
+    if table.num_rows == 0:
+        raise ValueError("the frames shard holds no frame")
+    table = table.sort_by("seq_index")
+    heights, widths = set(table["height"].to_pylist()), set(table["width"].to_pylist())
+    if len(heights) != 1 or len(widths) != 1:
+        raise ValueError(f"frames of several sizes: heights {heights}, widths {widths}")
+    size = (heights.pop(), widths.pop())
+    images = table["image"].to_pylist()
+    if any(len(image) != size[0] * size[1] for image in images):
+        raise ValueError(f"a frame's bytes do not make {size[0]} x {size[1]} pixels")
+    pixels = np.frombuffer(b"".join(images), np.uint8).reshape(len(images), 1, *size)
+    index = table["frame_index"].to_numpy()
+    if tracklets:
+        tracks = pq.read_table(tracklets, columns=["tracklet_id", "frame_index"])
+    else:
+        tracks = pa.table({"tracklet_id": pa.array([], pa.string()), "frame_index": []})
+    return torch.from_numpy(pixels.copy()), index, tracks
+
+
+class Diagnoser:
+    """Ray Data callable class: a batch of videos in, their diagnosis rows out.
+
+    A batch holds ``video_id``, ``patient_key``, ``study_key``, ``frames`` (the frames
+    shard's path) and ``tracklets`` (the tracklets shard's path, "" without one).
+    """
+
+    def __init__(self, bundle: str, use_gpu: bool = False, precision: str = "fp32") -> None:
+        from usv_ray.classify.bundle import load_diagnosis_bundle
+
+        device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+        self.model = load_diagnosis_bundle(bundle, device, bf16=precision == "bf16")
+
+    def diagnose(self, frames: str, tracklets: str | None) -> dict[str, Any]:
+        """The diagnosis of one video (its ok row's values, tracklets nested)."""
+        model = self.model
+        images, index, tracks = read_video(frames, tracklets)
+        spans = tracklet_spans(index, tracks["frame_index"].to_pylist())
+        video, parts = model.member_probs(images, spans)  # (M,), (S, M)
+        raw = np.concatenate([[video.mean()], parts.mean(axis=1)])  # (1 + S,)
+        calibrated = model.calibrator.apply(raw)
+        spread = np.concatenate([[video.std()], parts.std(axis=1)])
+        return {
+            "status": "ok",
+            "prob": float(calibrated[0]),
+            "prob_raw": float(raw[0]),
+            "spread": float(spread[0]),
+            "member_probs": video.tolist(),
+            "reading": "malignant" if calibrated[0] >= model.threshold else "benign",
+            "frames": len(images),
+            "tracklets": [
+                {
+                    "tracklet_id": tracklet_id,
+                    "prob": float(calibrated[1 + i]),
+                    "prob_raw": float(raw[1 + i]),
+                    "spread": float(spread[1 + i]),
+                    "member_probs": parts[i].tolist(),
+                    "frames": len(spans[i]),
+                }
+                for i, tracklet_id in enumerate(tracks["tracklet_id"].to_pylist())
+            ],
+        }
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        now = datetime.now(UTC).replace(microsecond=0)
+        rows = []
+        for i, video_id in enumerate(batch["video_id"]):
+            row = {
+                "video_id": video_id,
+                "patient_key": batch["patient_key"][i],
+                "study_key": batch["study_key"][i],
+                "model_version": self.model.version,
+                "threshold": self.model.threshold,
+                "diagnosed_at": now,
+            }
+            try:
+                row.update(self.diagnose(batch["frames"][i], batch["tracklets"][i] or None))
+            except Exception as exc:  # one unreadable video is an error row, not a failed job
+                row.update(status="error", error=f"{type(exc).__name__}: {exc}", tracklets=[])
+            rows.append(row)
+        return pa.Table.from_pylist(rows, schema=ROW_SCHEMA)

@@ -1,0 +1,269 @@
+"""``usv-ray predict --model BUNDLE --data DATA --out DIR``: diagnose every ingested video.
+
+The night's diagnosis step. It loads a diagnosis bundle (``classify/bundle``, or a copy of
+it anywhere), checks that ``DATA`` was ingested with the settings the bundle needs, and
+diagnoses the videos of ``DATA`` (labelled or not) with a Ray Data batch-inference job:
+one :class:`~usv_ray.predict.diagnose.Diagnoser` per actor, the bundle loaded once per
+actor, frames read from the Parquet shards. Layout of ``--out``::
+
+    diagnoses.parquet           one row per video and model version (schemas.DIAGNOSES)
+    tracklet_diagnoses.parquet  one row per tracklet and model version: the frames each
+                                tracklet spans, read on their own (schemas.TRACKLET_DIAGNOSES)
+    summary.json                what the tables hold, by model version
+
+Incremental, as the index is: a rerun diagnoses only the videos this model version has not
+diagnosed, and those whose shards ingest rewrote since (a video re-ingested, tracklets added
+to it); with nothing new it writes nothing and the tables stay byte for byte the same.
+Another bundle is another model version: its rows are added beside the earlier version's,
+never mixed with them. A video whose frames cannot be read is an error row (``status``
+error, ``error`` why), and is tried again once ingest rewrites it; a video that ingest
+could not read is an error row too, so every video of the archive has a row.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from usv_ray.config import Config
+from usv_ray.errors import UsvRayError
+from usv_ray.io import write_json, write_table
+from usv_ray.predict.diagnose import ROW_SCHEMA
+from usv_ray.schemas import DIAGNOSES, TRACKLET_DIAGNOSES
+
+log = logging.getLogger(__name__)
+
+
+class PredictError(UsvRayError, ValueError):
+    """Nothing can be diagnosed as asked (no ingest folder)."""
+
+
+@dataclass(frozen=True)
+class PredictSummary:
+    out: Path
+    model_version: str
+    videos: int  # rows of this model version (every video of the data folder)
+    diagnosed_now: int  # videos this run diagnosed (or found unreadable)
+    errors: int  # error rows of this model version
+    malignant: int  # videos of this model version that read malignant
+    tracklets: int  # tracklet rows of this model version
+    written: bool  # False: nothing new, the tables were left as they were
+    seconds: float
+
+
+def _read(path: Path, schema: pa.Schema) -> pd.DataFrame:
+    """A table as pandas, or an empty one of ``schema``."""
+    table = pq.read_table(path, schema=schema) if path.exists() else schema.empty_table()
+    return table.to_pandas()
+
+
+def _stale(data: Path, video_id: str, diagnosed_at: pd.Timestamp) -> bool:
+    """Whether ingest wrote the video's frames or tracklets after it was diagnosed."""
+    stamp = diagnosed_at.timestamp()
+    return any(
+        path.exists() and path.stat().st_mtime > stamp
+        for path in (
+            data / "frames" / f"{video_id}.parquet",
+            data / "tracklets" / f"{video_id}.parquet",
+        )
+    )
+
+
+def _todo(data: Path, videos: pd.DataFrame, done: pd.DataFrame) -> pd.DataFrame:
+    """The videos to diagnose now: without a row of this version, or written since."""
+    when = dict(zip(done["video_id"], done["diagnosed_at"], strict=True))
+    keep = [
+        video_id not in when or _stale(data, video_id, when[video_id])
+        for video_id in videos["video_id"]
+    ]
+    return videos[keep]
+
+
+def _not_readable(videos: pd.DataFrame, version: str, threshold: float) -> list[dict]:
+    """Error rows of videos ingest could not read (no frames to diagnose)."""
+    now = datetime.now(UTC)
+    return [
+        {
+            "video_id": row.video_id,
+            "patient_key": row.patient_key,
+            "study_key": row.study_key,
+            "model_version": version,
+            "status": "error",
+            "error": f"not ingested: {row.error}",
+            "threshold": threshold,
+            "diagnosed_at": now,
+            "tracklets": [],
+        }
+        for row in videos.itertuples(index=False)
+    ]
+
+
+def _diagnose(cfg: Config, bundle: Path, data: Path, videos: pd.DataFrame) -> list[pa.Table]:
+    """The Ray Data job over ``videos`` (ingested ok): one table of rows per batch."""
+    import ray.data
+
+    from usv_ray.predict.diagnose import Diagnoser
+    from usv_ray.runtime import actor_cpus, ensure_ray
+
+    p = cfg.predict
+    items = [
+        {
+            "video_id": row.video_id,
+            "patient_key": row.patient_key,
+            "study_key": row.study_key,
+            "frames": str(data / "frames" / f"{row.video_id}.parquet"),
+            "tracklets": str(path)
+            if (path := data / "tracklets" / f"{row.video_id}.parquet").exists()
+            else "",
+        }
+        for row in videos.itertuples(index=False)
+    ]
+    ensure_ray(cfg.ray)
+    blocks = min(len(items), max(1, math.ceil(len(items) / p.batch_size)), 4096)
+    dataset = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
+        Diagnoser,
+        fn_constructor_kwargs={
+            "bundle": str(bundle),
+            "use_gpu": p.use_gpu,
+            "precision": p.precision,
+        },
+        batch_size=p.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=p.workers),
+        num_cpus=actor_cpus(p.cpus_per_worker),
+        num_gpus=1 if p.use_gpu else 0,
+    )
+    tables, done, shown = [], 0, time.monotonic()
+    for table in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+        tables.append(table)
+        done += table.num_rows
+        if done == len(items) or time.monotonic() - shown > 20:
+            shown = time.monotonic()
+            log.info("predict: diagnosed %d/%d videos", done, len(items))
+    return tables
+
+
+def _split(rows: pa.Table) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Diagnoser rows -> (DIAGNOSES rows, TRACKLET_DIAGNOSES rows)."""
+    videos = rows.select(DIAGNOSES.names).cast(DIAGNOSES).to_pandas()
+    columns = ["video_id", "patient_key", "study_key", "model_version", "diagnosed_at"]
+    nested = rows.select([*columns, "tracklets"]).to_pandas()
+    nested = nested.explode("tracklets").dropna(subset=["tracklets"])
+    if nested.empty:
+        return videos, TRACKLET_DIAGNOSES.empty_table().to_pandas()
+    parts = pd.DataFrame(nested.pop("tracklets").tolist(), index=nested.index)
+    tracklets = pd.concat([nested, parts], axis=1)[TRACKLET_DIAGNOSES.names]
+    return videos, tracklets
+
+
+def _merge(
+    old: pd.DataFrame, new: pd.DataFrame, version: str, redone: set[str], schema: pa.Schema
+) -> pa.Table:
+    """``old`` less its rows of ``version`` for the ``redone`` videos, plus ``new``, sorted by
+    model version, then by the table's first column (video_id, tracklet_id)."""
+    drop = (old["model_version"] == version) & old["video_id"].isin(redone)
+    parts = [frame for frame in (old[~drop], new) if len(frame)]
+    merged = pd.concat(parts) if parts else old.iloc[:0]
+    keys = ["model_version", schema.names[0]]
+    merged = merged.sort_values(keys, kind="stable").reset_index(drop=True)
+    return pa.Table.from_pandas(merged, schema=schema, preserve_index=False)
+
+
+def run_predict(
+    cfg: Config, model: str | Path, data: str | Path, out: str | Path
+) -> PredictSummary:
+    """Diagnose the videos of ``data`` that the bundle ``model`` has not diagnosed into ``out``."""
+    from usv_ray.bundle import check_ingest, read_bundle
+
+    started = time.perf_counter()
+    data, out = Path(data), Path(out)
+    folder, record = read_bundle(model, "diagnosis")
+    version, threshold = record["version"], float(record["operating_point"]["threshold"])
+    if not (data / "videos.parquet").exists():
+        raise PredictError(f"{data / 'videos.parquet'} not found: run `usv-ray ingest` first")
+    check_ingest(record["ingest"], data, f"the diagnosis bundle {folder}")
+    videos = pq.read_table(
+        data / "videos.parquet", columns=["video_id", "patient_key", "study_key", "status", "error"]
+    ).to_pandas()
+    diagnoses = _read(out / "diagnoses.parquet", DIAGNOSES)
+    tracklets = _read(out / "tracklet_diagnoses.parquet", TRACKLET_DIAGNOSES)
+    todo = _todo(data, videos, diagnoses[diagnoses["model_version"] == version])
+    readable = todo[todo["status"] == "ok"]
+    log.info(
+        "predict: %d videos in %s, %d to diagnose with %s (%d members)",
+        len(videos),
+        data,
+        len(todo),
+        version,
+        len(record["members"]),
+    )
+    if todo.empty:
+        log.info("predict: nothing new for %s", version)
+        return _summary(out, version, diagnoses, tracklets, 0, False, started)
+
+    parts = _diagnose(cfg, folder, data, readable) if len(readable) else []
+    failed = todo[todo["status"] != "ok"]
+    if len(failed):
+        parts.append(
+            pa.Table.from_pylist(_not_readable(failed, version, threshold), schema=ROW_SCHEMA)
+        )
+    new_videos, new_tracklets = _split(pa.concat_tables(parts))
+    for row in new_videos[new_videos["status"] == "error"].itertuples(index=False):
+        log.warning("predict: video %s not diagnosed: %s", row.video_id, row.error)
+    redone = set(todo["video_id"])
+    diagnoses_table = _merge(diagnoses, new_videos, version, redone, DIAGNOSES)
+    tracklets_table = _merge(tracklets, new_tracklets, version, redone, TRACKLET_DIAGNOSES)
+    write_table(tracklets_table, out / "tracklet_diagnoses.parquet")
+    write_table(diagnoses_table, out / "diagnoses.parquet")  # last: it marks the work done
+    return _summary(
+        out,
+        version,
+        diagnoses_table.to_pandas(),
+        tracklets_table.to_pandas(),
+        len(todo),
+        True,
+        started,
+    )
+
+
+def _summary(
+    out: Path,
+    version: str,
+    diagnoses: pd.DataFrame,
+    tracklets: pd.DataFrame,
+    diagnosed_now: int,
+    written: bool,
+    started: float,
+) -> PredictSummary:
+    """The summary of ``version``'s rows; written to summary.json when the tables were."""
+    mine = diagnoses[diagnoses["model_version"] == version]
+    summary = PredictSummary(
+        out,
+        version,
+        len(mine),
+        diagnosed_now,
+        int((mine["status"] == "error").sum()),
+        int((mine["reading"] == "malignant").sum()),
+        int((tracklets["model_version"] == version).sum()),
+        written,
+        time.perf_counter() - started,
+    )
+    if written:
+        versions = {
+            v: {
+                "videos": len(part),
+                "errors": int((part["status"] == "error").sum()),
+                "malignant": int((part["reading"] == "malignant").sum()),
+            }
+            for v, part in diagnoses.groupby("model_version")
+        }
+        write_json({"latest": version, "versions": versions}, out / "summary.json")
+    return summary

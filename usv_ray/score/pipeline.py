@@ -1,0 +1,213 @@
+"""``usv-ray score --archive ARCHIVE --out DIR``: the stages' outputs against the hidden truth.
+
+For a synthetic archive only: its ``truth.json`` holds what no manifest tells (the labels
+of tonight's exams, every nodule's malignancy). ``DIR`` is laid out as ``usv-ray demo``
+lays it out (``data``, ``classify``, ``predict``, ``index``). Writes ``DIR/score``::
+
+    tables/night_videos.{md,csv}    each of tonight's videos: its diagnosis and the truth
+    tables/night_metrics.{md,csv}   accuracy, sensitivity, ... of tonight's readings
+    tables/night_nodules.{md,csv}   each nodule seen tonight: P first and now, the truth
+    tables/nodule_scoring.{md,csv}  per-nodule AUC of each way to score a nodule
+    summary.json                    the headline figures
+
+No raw identifier leaves :mod:`usv_ray.score.keyed`: rows are named by the first digits
+of their keyed ids.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from usv_ray.config import Config
+from usv_ray.errors import UsvRayError
+
+log = logging.getLogger(__name__)
+
+
+class ScoreError(UsvRayError, ValueError):
+    """The folder lacks what the score needs (a stage that did not run)."""
+
+
+@dataclass(frozen=True)
+class ScoreSummary:
+    out: Path
+    night_videos: pd.DataFrame
+    night_metrics: pd.DataFrame
+    night_nodules: pd.DataFrame
+    nodule_scoring: pd.DataFrame
+    seconds: float
+
+
+def _need(path: Path, stage: str) -> Path:
+    if not path.exists():
+        raise ScoreError(f"{path} not found: run `usv-ray {stage}` into that folder first")
+    return path
+
+
+def _latest(predict: Path) -> tuple[str, pd.DataFrame, pd.DataFrame]:
+    """The model version predict ran last, and its video and tracklet diagnoses."""
+    version = json.loads(_need(predict / "summary.json", "predict").read_text())["latest"]
+    videos = pq.read_table(predict / "diagnoses.parquet").to_pandas()
+    tracklets = pq.read_table(predict / "tracklet_diagnoses.parquet").to_pandas()
+    return (
+        version,
+        videos[(videos["model_version"] == version) & (videos["status"] == "ok")],
+        tracklets[tracklets["model_version"] == version],
+    )
+
+
+def _night_videos(night: pd.DataFrame, diagnoses: pd.DataFrame) -> pd.DataFrame:
+    from usv_ray.score.night import short
+
+    rows = night.merge(diagnoses, on=["video_id", "patient_key"], how="left")
+    return pd.DataFrame(
+        {
+            "patient": short(rows["patient_key"]),
+            "video": short(rows["video_id"]),
+            "exam_date": rows["exam_date"].astype(str),
+            "prob": 100 * rows["prob"],
+            "spread": 100 * rows["spread"],
+            "reading": rows["reading"].fillna("not diagnosed"),
+            "truth": np.where(rows["label"] == 1, "malignant", "benign"),
+        }
+    ).sort_values(["patient", "exam_date", "video"], ignore_index=True)
+
+
+def _night_metrics(night: pd.DataFrame, diagnoses: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    from usv_ray.evaluate.metrics import MetricWarning, summarize
+    from usv_ray.evaluate.tables import ci_text
+
+    rows = night.merge(diagnoses, on=["video_id", "patient_key"])
+    out = {"videos": len(rows), "threshold": threshold}
+    if len(rows):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MetricWarning)
+            summary = summarize(
+                rows["label"].to_numpy(),
+                rows["prob"].to_numpy(np.float64),
+                rows["patient_key"].to_numpy(),
+                threshold=threshold,
+                n_boot=1000,
+                rng=np.random.default_rng(0),
+            )
+        for name, stats in summary.items():
+            out[name] = 100 * stats["value"]
+            out[f"{name}_ci"] = ci_text(stats["low"], stats["high"])
+    return pd.DataFrame([out])
+
+
+def _night_nodules(nodules: pd.DataFrame, truth: pd.Series, night_ids: set[str],
+                   tracklets: pd.DataFrame) -> pd.DataFrame:  # fmt: skip
+    from usv_ray.score.night import short
+
+    tonight = set(tracklets.loc[tracklets["video_id"].isin(night_ids), "tracklet_id"])
+    seen = nodules[nodules["tracklet_ids"].map(lambda ids: not tonight.isdisjoint(ids))]
+    truth_of = seen["nodule_uid"].map(truth)
+    return pd.DataFrame(
+        {
+            "patient": short(seen["patient_key"]),
+            "nodule": short(seen["nodule_uid"]),
+            "exams": seen["n_studies"],
+            "videos": seen["n_videos"],
+            "tracklets": seen["n_tracklets"],
+            "prob_first": 100 * seen["malignancy_first"],
+            "prob_latest": 100 * seen["malignancy_latest"],
+            "turned_suspicious": seen["turned_suspicious"],
+            "truth": truth_of.map({1.0: "malignant", 0.0: "benign"}).fillna("unmatched"),
+        }
+    ).sort_values(["patient", "nodule"], ignore_index=True)
+
+
+def _scoring_sets(
+    nodules: pd.DataFrame,
+    tracklets: pd.DataFrame,
+    truth: pd.Series,
+    scored: dict[str, pd.DataFrame],
+    groups: dict[str, set[str]],
+) -> dict[str, pd.DataFrame]:
+    """Per nodule: its truth and its P by each way of scoring, for each group of patients."""
+    from usv_ray.index.malignancy import score_nodules
+
+    frame = nodules[["patient_key", "nodule_uid"]].copy()
+    frame["truth"] = frame["nodule_uid"].map(truth)
+    for way, probs in scored.items():
+        pooled = score_nodules(nodules, tracklets, probs, way, 0.5, None)
+        frame[way] = pooled["malignancy"].to_numpy(np.float64)
+    return {name: frame[frame["patient_key"].isin(keys)] for name, keys in groups.items()}
+
+
+def run_score(cfg: Config, archive: str | Path, out: str | Path) -> ScoreSummary:
+    """Score the night (and the ways to score a nodule) in ``out`` against ``archive``'s truth."""
+    from usv_ray.bundle import read_bundle
+    from usv_ray.evaluate.tables import write_table
+    from usv_ray.io import write_json
+    from usv_ray.privacy import load_key
+    from usv_ray.reid.clips import read_tracklet_table
+    from usv_ray.score.keyed import keyed_truth
+    from usv_ray.score.night import nodule_truth, oof_probs, scoring_comparison
+    from usv_ray.synth.truth import load_truth
+
+    started = time.perf_counter()
+    out = Path(out)
+    truth = keyed_truth(load_truth(archive), load_key(cfg.privacy))
+    _, record = read_bundle(_need(out / "classify", "classify"), "diagnosis", verify=False)
+    folds = pq.read_table(out / "classify" / "folds.parquet").to_pandas()
+    version, diagnoses, tracklet_diagnoses = _latest(out / "predict")
+    if version != record["version"]:
+        raise ScoreError(f"predict last ran {version}, the classify bundle is {record['version']}")
+    tracklets = read_tracklet_table(out / "data").to_pandas()
+    nodules = pq.read_table(_need(out / "index" / "nodules.parquet", "index")).to_pandas()
+    nodules_truth = nodule_truth(nodules, tracklets[["tracklet_id", "nodule_id"]], truth.nodules)
+
+    night = truth.videos[truth.videos["batch"] == "night"]
+    threshold = float(record["operating_point"]["threshold"])
+    night_videos = _night_videos(night, diagnoses)
+    night_metrics = _night_metrics(night, diagnoses, threshold)
+    night_nodules = _night_nodules(nodules, nodules_truth, set(night["video_id"]), tracklets)
+
+    # the ways to score a nodule, each from predictions made without the nodule's patient
+    archive_patients = set(truth.videos.loc[truth.videos["batch"] == "archive", "patient_key"])
+    new = set(night["patient_key"]) - archive_patients
+    scored = {
+        "tracklets": tracklet_diagnoses.assign(prob=oof_probs(tracklet_diagnoses, record, folds))[
+            ["tracklet_id", "prob"]
+        ],
+        "videos": diagnoses.assign(prob=oof_probs(diagnoses, record, folds))[["video_id", "prob"]],
+    }
+    groups = {
+        "archive, out-of-fold": archive_patients,
+        "tonight's new patients": new,
+        "tonight's follow-ups (patients the models trained on)": set(night["patient_key"]) - new,
+    }
+    sets = _scoring_sets(nodules, tracklets, nodules_truth, scored, groups)
+    comparison = scoring_comparison(sets)
+
+    tables = out / "score" / "tables"
+    write_table(night_videos, tables / "night_videos", float_format="{:.1f}")
+    write_table(night_metrics, tables / "night_metrics", float_format="{:.1f}")
+    write_table(night_nodules, tables / "night_nodules", float_format="{:.1f}")
+    write_table(comparison, tables / "nodule_scoring", float_format="{:.3g}")
+    summary = {
+        "model_version": version,
+        "night_videos": len(night_videos),
+        "night": night_metrics.iloc[0].to_dict(),
+        "nodule_scoring": comparison.to_dict("records"),
+    }
+    write_json(json.loads(pd.Series(summary).to_json()), out / "score" / "summary.json")
+    return ScoreSummary(
+        out / "score",
+        night_videos,
+        night_metrics,
+        night_nodules,
+        comparison,
+        time.perf_counter() - started,
+    )
