@@ -164,6 +164,9 @@ def write_tracklets(
                     "n_frames_total": cfg.clip_frames,
                     "height": cfg.clip_height,
                     "width": cfg.clip_width,
+                    "source": "annotated",
+                    "box_frames": list(range(cfg.clip_frames)),
+                    "boxes": [[0.0, 0.0, cfg.clip_width, cfg.clip_height]] * cfg.clip_frames,
                 }
             )
     table = pa.Table.from_pylist(rows, schema=TRACKLETS)

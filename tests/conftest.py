@@ -29,6 +29,9 @@ def ray_session():
 DEMO_OVERRIDES = (
     "synth.patients=9",
     "synth.night_new_patients=1",  # the night: 4 or 5 follow-ups and one new patient
+    # every archive video annotated: re-ID's few test pairs need them all (the night has
+    # none, so the detector's tracklets still run)
+    "synth.annotated_fraction=1.0",
     "classify.folds=2",  # each fold trains and caches a CNN: the fixture's largest cost
     "classify.cnn_epochs=1",
     "classify.lstm_epochs=2",
@@ -38,11 +41,25 @@ DEMO_OVERRIDES = (
     "classify.video_models=[]",
     "classify.frame_counts=[12, 31]",  # no video has 31 frames (ingest keeps 30): no N=31 LSTM
     "classify.n_boot=50",
+    "classify.final_model=true",  # one more bundle member: a CNN Train run, an in-process LSTM
     "reid.epochs=1",
     "reid.p=2",
     "reid.k=2",
     "reid.n_boot=50",
     "tune.tau=[0.1, 0.3]",
+    "detect.epochs=1",
+    # a detector of one epoch is unsure of everything: track what it finds anyway, so the
+    # automatic tracklets (and what scores them) run
+    "detect.track_high=0.05",
+    "detect.new_track_score=0.05",
+    "detect.track_low=0.01",
+    "detect.min_track_frames=2",
+    "detect.min_track_score=0.0",
+    # the small jobs in this process: an actor's start-up is most of their time here, and
+    # the Ray Data paths have their own tests (tests/ingest, tests/predict, tests/index)
+    "ingest.workers=0",
+    "predict.workers=0",
+    "index.workers=0",
     "ray.progress=false",
 )
 
@@ -50,7 +67,8 @@ DEMO_OVERRIDES = (
 @pytest.fixture(scope="session")
 def demo_run(ray_session, tmp_path_factory):
     """`usv-ray demo` on a small archive: synth, ingest, classify, re-ID, the tau sweep, the
-    index and the report. Returns (its config, its output folder).
+    detector, predict, the index, a night, the score and the report. Returns (its config,
+    its output folder).
 
     Few patients, folds and epochs, no 3D-CNN baselines and one frame count keep the suite quick.
     One run serves the demo's tests and the re-ID stage's (each Ray Train run costs ~20 s of

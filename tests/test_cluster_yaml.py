@@ -123,10 +123,13 @@ def test_operations_doc_says_how_a_submitter_gets_the_token():
         "RAY_AUTH_MODE=token",
         "RAY_AUTH_TOKEN_PATH",
         "ray dashboard cluster.yaml",
-        "best.yaml",
     ):
         assert needed in doc, needed
     cron = [line for line in doc.splitlines() if re.match(r"^[\d*]+ [\d*]+ [\d*]+ [\d*]+ ", line)]
     assert cron and all("RAY_AUTH_MODE=token" in line for line in cron)
-    nightly_index = next(line for line in cron if "jobs/index_archive.py" in line)
-    assert "--config /data/usv/tune/tau/best.yaml" in nightly_index  # tau from the sweep
+    night = next(line for line in cron if "jobs/index_archive.py" in line)
+    # the night: ingest with the detector, predict, then the index (tau from the re-ID bundle)
+    jobs = ["jobs/ingest.py", "jobs/predict.py", "jobs/index_archive.py"]
+    assert [night.index(job) for job in jobs] == sorted(night.index(job) for job in jobs)
+    assert "ingest.detector=/data/usv/detect/bundle" in night
+    assert "--model /data/usv/reid/bundle --diagnoses /data/usv/predict" in night

@@ -16,6 +16,7 @@ import pytest
 import torch
 from classify.toy_features import toy_videos, write_feature_cache
 from classify.toy_frames import SIZE, write_toy_frames
+from toy_boxes import write_boxed_frames
 from toy_tracklets import write_toy_tracklets
 
 from usv_ray.config import ClassifyConfig, ReidConfig
@@ -180,7 +181,7 @@ def test_gpu_inference_actors_match_the_cpu(gpu_ray, tmp_path):
     import pyarrow.fs
 
     from usv_ray.classify.features import FrameEmbedder, cache_features
-    from usv_ray.classify.models import FrameCNN
+    from usv_ray.classify.models import FrameCNN, frame_cnn_meta
     from usv_ray.reid.embed import EMBED_COLUMNS, TrackletEmbedder, embed_dataset, save_reid_model
     from usv_ray.reid.training import build_model
     from usv_ray.train import save_model
@@ -190,7 +191,7 @@ def test_gpu_inference_actors_match_the_cpu(gpu_ray, tmp_path):
     ids = write_toy_frames(data, n_videos=4, frames=3)
     torch.manual_seed(3)
     weights = tmp_path / "cnn.pt"
-    save_model(weights.parent, weights.stem, FrameCNN().state_dict(), {"model": "FrameCNN"})
+    save_model(weights.parent, weights.stem, FrameCNN().state_dict(), frame_cnn_meta())
     reid_cfg = ReidConfig(clip_frames=4, clip_height=32, clip_width=16)
     torch.manual_seed(4)
     model = save_reid_model(tmp_path / "CM.pt", "CM", 4, build_model("CM", 4).state_dict(),
@@ -233,6 +234,63 @@ def test_gpu_inference_actors_match_the_cpu(gpu_ray, tmp_path):
     cosine = float((gpu_vectors * cpu_vectors).sum(1).min())  # unit vectors
     figure(f"tracklet embeddings, GPU actor vs CPU: least cosine similarity {cosine:.6f}")
     assert len(embedded) == len(reference) == 8 and cosine > 0.999
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_predict_on_a_gpu_actor_matches_the_cpu(gpu_ray, tmp_path):
+    import pandas as pd
+    from toy_bundle import write_toy_bundle, write_toy_data
+
+    from usv_ray.config import Config, PredictConfig, RayConfig
+    from usv_ray.predict.pipeline import _diagnose
+
+    ids = write_toy_data(tmp_path / "data", n_videos=6, frames=5, tracklets=2)
+    bundle = write_toy_bundle(tmp_path / "cls", members=3)
+    videos = pd.DataFrame({"video_id": ids, "patient_key": "p", "study_key": "s"})
+
+    def diagnose(predict):
+        cfg = Config(ray=RayConfig(progress=False), predict=predict)
+        rows = pd.concat(t.to_pandas() for t in _diagnose(cfg, bundle, tmp_path / "data", videos))
+        return rows.set_index("video_id").loc[ids]
+
+    cpu = diagnose(PredictConfig(cpus_per_worker=0.5))
+    gpu = diagnose(PredictConfig(cpus_per_worker=0.5, use_gpu=True, precision="bf16"))
+    assert (gpu["status"] == "ok").all()
+    gap = float((gpu["prob_raw"] - cpu["prob_raw"]).abs().max())
+    figure(f"predict, 1 GPU actor in bf16 vs the CPU: max P(malignant) difference {gap:.2e}")
+    assert gap < 0.05
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_the_detector_trains_on_one_gpu_and_detects_in_bf16(gpu_ray, tmp_path):
+    from usv_ray.config import DetectConfig
+    from usv_ray.detect.bundle import DetectorModel
+    from usv_ray.detect.models import build_detector
+    from usv_ray.detect.training import DetectorTask, detect_settings, frames_dataset
+    from usv_ray.train import load_model, train_models
+
+    ids = write_boxed_frames(tmp_path, n_videos=4, frames=8, size=SIZE)
+    cfg = DetectConfig(epochs=2, **ON_GPU)
+    sets = {"train": frames_dataset(tmp_path, ids[:3]), "val": frames_dataset(tmp_path, ids[3:])}
+    run = train_models([DetectorTask(cfg, SIZE)], detect_settings(cfg), tmp_path / "runs", "det",
+                       lambda _: sets, lambda _: ["train"])["detector"]  # fmt: skip
+    state, meta = load_model(run.path)
+    model = build_detector(meta)
+    model.load_state_dict(state)
+    frames = np.random.default_rng(1).integers(0, 255, (16, SIZE, SIZE), dtype=np.uint8)
+    with exact_fp32():
+        fp32 = DetectorModel({}, model.cuda().eval(), torch.device("cuda"))(frames)
+    bf16 = DetectorModel({}, model, torch.device("cuda"), bf16=True)(frames)
+
+    def top(found) -> np.ndarray:  # each frame's best score (0 without a detection)
+        return np.array([float(scores.max()) if len(scores) else 0.0 for _, scores in found])
+
+    gap = float(np.abs(top(fp32) - top(bf16)).max())
+    figure(f"detector trained on 1 GPU at {run.samples_per_s:.0f} frames/s; bf16 vs fp32 "
+           f"detection: max top-score difference {gap:.2e}")  # fmt: skip
+    assert len(bf16) == 16 and gap < 0.05
 
 
 # -----------------------------------------------------------------------------

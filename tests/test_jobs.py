@@ -33,6 +33,9 @@ BIN = Path(sys.executable).parent  # the environment's bin: ray, and the jobs' `
         ("ingest.py", ("--manifest", "--out", "--config", "--set")),
         ("train_classifier.py", ("--data", "--out", "--config", "--set")),
         ("train_reid.py", ("--data", "--out", "--config", "--set")),
+        ("train_detector.py", ("--data", "--out", "--config", "--set")),
+        ("predict.py", ("--model", "--data", "--out", "--config", "--set")),
+        ("index_archive.py", ("--model", "--data", "--diagnoses", "--out", "--config")),
     ],
 )
 def test_job_entry_point_takes_its_stage_arguments(job, flags):

@@ -115,6 +115,33 @@ def _index(out: Path) -> None:
     _json(folder / "summary.json", summary)
 
 
+def _detect(out: Path) -> None:
+    folder = out / "detect"
+    table = pd.DataFrame({"split": ["val", "test"], "videos": [3, 3], "ap50": [91.4, 88.2]})
+    write_table(table, folder / "tables" / "detection")
+    splits = pd.DataFrame(
+        {
+            "video_id": [f"v{i}" for i in range(6)],
+            "patient_key": [PATIENT_KEYS[i // 2] for i in range(6)],
+            "split": ["train", "train", "val", "val", "test", "test"],
+        }
+    )
+    _parquet(folder / "splits.parquet", splits)
+    _json(folder / "detect.json", {"fingerprint": "0de7ec7" + "2" * 57, "detect": {"epochs": 6}})
+
+
+def _predict(out: Path) -> None:
+    versions = {"diagnosis-abc": {"videos": 11, "errors": 1, "malignant": 4}}
+    _json(out / "predict" / "summary.json", {"latest": "diagnosis-abc", "versions": versions})
+
+
+def _score(out: Path) -> None:
+    folder = out / "score"
+    table = pd.DataFrame({"videos": [5], "accuracy": [80.0], "accuracy_ci": ["40.00-100.00"]})
+    write_table(table, folder / "tables" / "night_metrics")
+    _json(folder / "summary.json", {"model_version": "diagnosis-abc", "night_videos": 5})
+
+
 def _tune(out: Path) -> None:
     folder = out / "tune" / "tau"
     write_table(pd.DataFrame({"tau": [0.5, 0.7], "f_score": [0.70, 0.81]}), folder / "results")
@@ -136,7 +163,10 @@ def full_run(tmp_path: Path) -> Path:
     _data(out)
     _classify(out)
     _reid(out)
+    _detect(out)
+    _predict(out)
     _index(out)
+    _score(out)
     _tune(out)
     return out
 
@@ -173,8 +203,13 @@ def test_both_files_hold_every_stage_labelled(full_run: Path) -> None:
         assert "12 videos of 4 patients, 11 ingested ok, 1 failed" in text
         assert "tau: 0.7" in text  # best.yaml
         assert "scores.precision" in text  # the index summary, flattened
+        # the night's stages: the detector's AP, the diagnoses by version, the night's score
+        assert "AP at IoU 0.5, %" in text and "91.40" in text
+        assert "versions.diagnosis-abc.malignant" in text  # the diagnoses summary
+        assert "80.0 (40.0\u2013100.0)" in text  # tonight's accuracy with its interval
+        assert "config detect/detect.json 0de7ec72222" in text
     # every table and figure carries its source and its stage's data/config label
-    assert md.count("*source: ") == 10 and page.count('<p class="label">source: ') == 10
+    assert md.count("*source: ") == 13 and page.count('<p class="label">source: ') == 13
     roc_label = re.search(r"\*source: classify/plots/roc\.png · (.*)\*", md).group(1)
     assert "8 videos of 4 patients" in roc_label and "125bd5994e52" in roc_label
     assert "&lt; 0.001" in page and "&lt; 0.001" in md  # not rounded to 0.00; "<" escaped
@@ -187,7 +222,7 @@ def test_both_files_hold_every_stage_labelled(full_run: Path) -> None:
         (full_run / "classify/plots/roc.png").read_bytes(),
         (full_run / "reid/plots/roc_test.png").read_bytes(),
     }
-    assert page.count('<table class="dataframe data">') == 10  # 7 tables, 3 settings
+    assert page.count('<table class="dataframe data">') == 14  # 10 tables, 4 settings
     # Markdown: images linked relative to the report, and the links resolve
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     assert links == ["classify/plots/roc.png", "reid/plots/roc_test.png"]
@@ -199,9 +234,31 @@ def test_both_files_hold_every_stage_labelled(full_run: Path) -> None:
 @pytest.mark.parametrize(
     ("stages", "not_run"),
     [
-        ((), ("Data", "Classification", "Nodule re-identification", "Nodule index", "Tuning")),
-        ((_data, _classify), ("Nodule re-identification", "Nodule index", "Tuning sweeps")),
-        ((_data, _reid, _tune), ("Classification", "Nodule index")),
+        (
+            (),
+            (
+                "Data",
+                "Classification",
+                "Nodule re-identification",
+                "Nodule detection",
+                "Diagnoses",
+                "Nodule index",
+                "The night",
+                "Tuning",
+            ),
+        ),
+        (
+            (_data, _classify),
+            (
+                "Nodule re-identification",
+                "Nodule detection",
+                "Diagnoses",
+                "Nodule index",
+                "The night",
+                "Tuning sweeps",
+            ),
+        ),
+        ((_data, _reid, _tune, _detect, _predict, _score), ("Classification", "Nodule index")),
     ],
 )
 def test_missing_stages_say_not_run(tmp_path: Path, stages, not_run) -> None:
@@ -442,7 +499,7 @@ def test_chromium_shows_tables_and_images(full_run: Path, tmp_path: Path) -> Non
     assert [img["data-natural-width"] for img in control] == ["0"]  # broken, and seen as such
     assert len(figures) == 2
     assert all(img["data-natural-width"] == "40" for img in figures), figures
-    assert elements.tables >= 8  # the header, 7 data tables, settings
+    assert elements.tables >= 11  # the header, 10 data tables, settings
 
     # the page as a person sees it: the two figures (pure red, pure blue) are on screen
     shot = tmp_path / "report.png"

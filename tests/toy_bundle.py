@@ -22,10 +22,16 @@ INGEST = IngestConfig(frame_size=SIZE, n_frames=6, patch_height=16, patch_width=
 
 
 def write_toy_video(
-    data: Path, video_id: str, patient: str, frames: int, seed: int, tracklets: int = 0
+    data: Path,
+    video_id: str,
+    patient: str,
+    frames: int,
+    seed: int,
+    tracklets: int = 0,
+    size: int = SIZE,
 ) -> None:
-    """A video's frames shard (``frames`` gray SIZE x SIZE frames, source indices 0, 3, 6,
-    ...) and, with ``tracklets``, a tracklets shard of that many tracklets over its frames."""
+    """A video's frames shard (``frames`` gray ``size`` x ``size`` frames, source indices 0,
+    3, 6, ...) and, with ``tracklets``, a tracklets shard of that many tracklets over them."""
     rng = np.random.default_rng(seed)
     rows = [
         {
@@ -35,9 +41,9 @@ def write_toy_video(
             "frame_index": 3 * t,
             "seq_index": t,
             "seq_len": frames,
-            "image": rng.integers(0, 255, (SIZE, SIZE), dtype=np.uint8).tobytes(),
-            "height": SIZE,
-            "width": SIZE,
+            "image": rng.integers(0, 255, (size, size), dtype=np.uint8).tobytes(),
+            "height": size,
+            "width": size,
         }
         for t in range(frames)
     ]
@@ -55,6 +61,10 @@ def write_toy_video(
             "n_frames_total": len(span),
             "height": 16,
             "width": 8,
+            "source": "automatic",
+            "score": 0.9,
+            "box_frames": [int(span[0]), int(span[-1])],
+            "boxes": [[0.0, 0.0, 10.0, 10.0]] * 2,
         }
         for i, span in enumerate(spans[:tracklets])
     ]
@@ -78,12 +88,17 @@ def write_videos_table(data: Path, videos: list[dict]) -> None:
     write_table(rows_to_table(rows, VIDEOS), data / "videos.parquet")
 
 
-def write_toy_data(data: Path, n_videos: int = 4, frames: int = 5, tracklets: int = 2) -> list[str]:
-    """An ingest folder of ``n_videos`` ok videos of two patients, with tracklets."""
-    claim_ingest_record(data, INGEST)
+def write_toy_data(
+    data: Path, n_videos: int = 4, frames: int = 5, tracklets: int = 2, ingest=INGEST
+) -> list[str]:
+    """An ingest folder of ``n_videos`` ok videos of two patients, with tracklets, made with
+    the ``ingest`` settings."""
+    claim_ingest_record(data, ingest)
     ids = [f"v{i}" for i in range(n_videos)]
     for i, video_id in enumerate(ids):
-        write_toy_video(data, video_id, f"p{i % 2}", frames, seed=i, tracklets=tracklets)
+        write_toy_video(
+            data, video_id, f"p{i % 2}", frames, seed=i, tracklets=tracklets, size=ingest.frame_size
+        )
     write_videos_table(
         data, [{"video_id": v, "patient_key": f"p{i % 2}"} for i, v in enumerate(ids)]
     )

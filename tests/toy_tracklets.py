@@ -10,6 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from usv_ray.bundle import claim_ingest_record
+from usv_ray.config import IngestConfig
 from usv_ray.schemas import TRACKLETS
 
 
@@ -34,10 +36,17 @@ def write_toy_tracklets(
     seed: int = 0,
     unknown: int = 0,
 ) -> list[str]:
-    """One shard per patient under ``data/tracklets``; returns the tracklet ids.
+    """One shard per patient under ``data/tracklets`` (and the folder's ingest.json);
+    returns the tracklet ids.
 
     ``unknown`` more tracklets per patient have no nodule_id.
     """
+    claim_ingest_record(  # as classify/toy_frames.py's, for the default patches
+        data,
+        IngestConfig(
+            frame_size=32, tracklet_frames=frames, patch_height=size[0], patch_width=size[1]
+        ),
+    )
     rng = np.random.default_rng(seed)
     out = Path(data) / "tracklets"
     out.mkdir(parents=True, exist_ok=True)
@@ -62,6 +71,9 @@ def write_toy_tracklets(
                         "n_frames_total": frames,
                         "height": size[0],
                         "width": size[1],
+                        "source": "annotated",
+                        "box_frames": list(range(frames)),
+                        "boxes": [[0.0, 0.0, 16.0, 32.0]] * frames,
                     }
                 )
         pq.write_table(pa.Table.from_pylist(rows, schema=TRACKLETS), out / f"p{p:02d}.parquet")

@@ -1,8 +1,8 @@
 """Build the folder of wheels the GPU machine lacks, small enough for one device call.
 
 The GPU machine (no network) has Python 3.12 with its own PyTorch, torchvision, numpy,
-pyarrow, scikit-learn and pandas, but no Ray, no PyAV and not this project. A device call
-carries at most 64 MiB (the tracked tree included), and Ray's wheel alone is 76 MiB, so:
+pyarrow, scikit-learn (and SciPy) and pandas, but no Ray, no PyAV and not this project. A
+device call carries at most 64 MiB (the tracked tree included), and Ray's wheel alone is 76 MiB, so:
 
 - every version comes from uv.lock (the exact wheels the project is tested with), fetched
   from the lock's URL and checked against the lock's SHA-256 (a local cache keeps CI quick);
@@ -48,8 +48,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # The GPU machine's own packages: never carried, and their dependencies not followed (the
 # machine has those too). Carrying numpy or torch would also shadow the CUDA build. Pillow
-# is torchvision's own dependency, so it is there with it.
-PROVIDED = ("torch", "torchvision", "numpy", "pyarrow", "scikit-learn", "pandas", "pillow")
+# is torchvision's own dependency, and SciPy scikit-learn's, so each is there with it.
+PROVIDED = (
+    "torch", "torchvision", "numpy", "pyarrow", "scikit-learn", "scipy", "pandas", "pillow",
+)  # fmt: skip
 
 # Not carried, with the reason: each is larger than what is left of the 64 MiB after Ray,
 # and no GPU check needs it. tools/gpu_check.sh reports whether the machine has them anyway.

@@ -232,7 +232,8 @@ if ((ready && benchmarks)); then
     say ""
     say "## Benchmarks, GPU sections"
     for bench in "classify.py --gpu-only:100" "reid.py --gpu-only:50" \
-        "index.py --quick --sections embedding-gpu:80"; do
+        "index.py --quick --sections embedding-gpu:80" "predict.py --quick --gpu-only:60" \
+        "track.py --quick --gpu-only:60"; do
         args=${bench%:*} seconds=${bench##*:}
         # shellcheck disable=SC2086  # the arguments are words
         run_step "benchmarks/$args" "$seconds" "$py" benchmarks/$args

@@ -125,6 +125,28 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_detect(summary) -> None:
+    from usv_ray.evaluate.tables import to_markdown
+
+    print(
+        f"detect: a {summary.bundle['model']} detector on {summary.videos} annotated videos of "
+        f"{summary.patients} patients in {summary.seconds:.0f} s (AP in %, COCO's evaluation)\n"
+        f"{to_markdown(summary.table, float_format='{:.1f}')}\n"
+        f"  tables: {summary.out / 'tables'}\n"
+        f"  plots: {summary.out / 'plots'}\n"
+        f"  bundle: {summary.out / 'bundle'} ({summary.bundle['version']}): ingest with "
+        f"--set ingest.detector={summary.out / 'bundle'} for automatic tracklets"
+    )
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from usv_ray.detect.pipeline import run_detect
+
+    cfg = build_config(args)
+    _print_detect(run_detect(cfg, args.data, args.out))
+    return 0
+
+
 def _print_predict(summary) -> None:
     what = (
         f"{summary.diagnosed_now} videos diagnosed now"
@@ -225,10 +247,23 @@ def _print_score(summary) -> None:
         if metrics["videos"]
         else "no video tonight"
     )
+    tracking = (
+        f"  automatic tracklets against the true boxes (%):\n"
+        f"{to_markdown(summary.tracking, float_format='{:.1f}')}\n"
+        if len(summary.tracking)
+        else ""
+    )
+    gap = (
+        f"  the index from automatic vs annotated tracklets, same videos:\n"
+        f"{to_markdown(summary.index_gap, float_format='{:.1f}')}\n"
+        if len(summary.index_gap)
+        else ""
+    )
     print(
         f"score: {night}\n  nodules seen tonight: {len(summary.night_nodules)}\n"
         f"  scoring a nodule, per-nodule ROC AUC (%):\n"
         f"{to_markdown(summary.nodule_scoring, float_format='{:.3g}')}\n"
+        f"{tracking}{gap}"
         f"  tables: {summary.out / 'tables'}"
     )
 
@@ -279,10 +314,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Every stage on a synthetic archive, as a hospital runs them: the training flow on the
-    archive (ingest, classify, re-ID, the tau sweep), its first night (predict and the
-    index over it), then one night of new, unlabelled exams (ingest, predict, index), the
-    night scored against the hidden truth, and the report."""
+    archive (ingest, classify, re-ID, the tau sweep, the detector), the detector's
+    tracklets for the archive's unannotated videos, its first night (predict and the index
+    over it), then one night of new, unlabelled and unannotated exams (ingest with the
+    detector, predict, index), the night scored against the hidden truth, and the report."""
+    from dataclasses import replace
+
     from usv_ray.classify.pipeline import run_classify
+    from usv_ray.detect.pipeline import run_detect
     from usv_ray.index.pipeline import run_index
     from usv_ray.ingest.pipeline import run_ingest
     from usv_ray.predict.pipeline import run_predict
@@ -296,9 +335,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     data, archive = out / "data", out / "archive"
     night = archive / NIGHT_DIR / "manifest.csv"
+    # once the detector is trained, ingest runs with it, as a hospital's nightly ingest does
+    detected = replace(cfg, ingest=replace(cfg.ingest, detector=str(out / "detect" / "bundle")))
 
     def index() -> None:
         _print_index(run_index(cfg, data, out / "reid", out / "index", out / "predict"))
+
+    def predict() -> None:
+        _print_predict(run_predict(cfg, out / "classify", data, out / "predict"))
 
     steps = [
         ("synth", f"synthesising an archive of {cfg.synth.patients} patients and a night",
@@ -311,15 +355,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
          lambda: _print_reid(run_reid(cfg, data, out / "reid"))),
         ("tau sweep", "sweeping the clustering threshold tau on the validation patients",
          lambda: _print_tune(run_tune(cfg, "tau", out / "reid", out / "tune" / "tau"))),
-        ("predict", "diagnosing every video of the archive with the diagnosis bundle",
-         lambda: _print_predict(run_predict(cfg, out / "classify", data, out / "predict"))),
+        ("detect", f"training the nodule detector ({cfg.detect.model}) on the annotated videos",
+         lambda: _print_detect(run_detect(cfg, data, out / "detect"))),
+        ("tracklets", "automatic tracklets for the archive's videos without annotations",
+         lambda: _print_ingest(run_ingest(detected, archive / "manifest.csv", data))),
+        ("predict", "diagnosing every video of the archive with the diagnosis bundle", predict),
         ("index", "indexing every patient's nodules with the re-ID bundle and its tau", index),
-        ("night ingest", "the night: ingesting tonight's unlabelled exams",
-         lambda: _print_ingest(run_ingest(cfg, night, data))),
-        ("night predict", "the night: diagnosing tonight's videos",
-         lambda: _print_predict(run_predict(cfg, out / "classify", data, out / "predict"))),
+        ("night ingest", "the night: ingesting tonight's exams, tracklets by the detector",
+         lambda: _print_ingest(run_ingest(detected, night, data))),
+        ("night predict", "the night: diagnosing tonight's videos", predict),
         ("night index", "the night: adding tonight's nodules to the index", index),
-        ("score", "the night against the hidden truth",
+        ("score", "the night, and the automatic tracklets, against the hidden truth",
          lambda: _print_score(run_score(cfg, archive, out))),
         ("report", "writing the report", lambda: _print_report(out)),
     ]  # fmt: skip
@@ -369,6 +415,14 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--data", required=True, help="data folder that ingest wrote")
     classify.add_argument("--out", required=True, help="folder of models, tables and plots")
     classify.set_defaults(func=cmd_classify)
+
+    detect = stages.add_parser(
+        "detect", help="train the nodule detector on the annotated videos (automatic tracklets)"
+    )
+    _common(detect, None)
+    detect.add_argument("--data", required=True, help="data folder that ingest wrote")
+    detect.add_argument("--out", required=True, help="folder of the detector and its bundle")
+    detect.set_defaults(func=cmd_detect)
 
     predict = stages.add_parser(
         "predict", help="diagnose every ingested video with a diagnosis bundle (nightly)"

@@ -81,15 +81,22 @@ class IngestConfig:
     max_frame_pixels: int = 50_000_000  # larger frames are an error row, not an OOM
     decode_threads: int = 1  # FFmpeg threads per video (Ray already runs videos in parallel)
     num_cpus_per_video: float = 1.0  # Ray CPUs each ingest worker reserves
-    workers: int | None = None  # ingest actors (None: the cluster's CPUs / num_cpus_per_video)
+    # ingest actors (None: the cluster's CPUs / num_cpus_per_video); 0: in this process,
+    # one video after another, without Ray (a laptop's small night)
+    workers: int | None = None
     rows_per_row_group: int = 64  # frames per Parquet row group (bounds memory per task)
+    # a detector bundle (usv-ray detect): videos without annotations get automatic
+    # tracklets from it (detect.* sets the tracker); None: only annotated videos have any
+    detector: str | None = None
+    detector_gpu: bool = False  # each ingest actor takes a GPU and detects on it, in bf16
 
 
 VideoModel = Literal["C3D_BN", "R3D", "R(2+1)D"]
+DetectorModel = Literal["centernet", "fcos"]
 # the training runner's settings (usv_ray.train): numeric precision of the training steps,
 # and the validation metric whose best epoch a model keeps (loss: lowest; acc, auc: highest)
 Precision = Literal["fp32", "bf16", "fp16"]
-BestMetric = Literal["val_loss", "val_acc", "val_auc"]
+BestMetric = Literal["val_loss", "val_acc", "val_auc", "val_ap"]
 
 
 @dataclass(frozen=True)
@@ -186,7 +193,9 @@ class IndexConfig:
     tau: float | None = None
     method: ClusterMethod = "closure"  # closure: order-independent; algorithm1: the paper's
     seed: int = 0  # algorithm1's choice of seed elements
-    workers: int = 1  # embedding actors (one model each)
+    # embedding actors (one model each); 0: embed in this process, on its CPU, without Ray
+    # Data (no actor start-up, which on a laptop is most of a small night's work)
+    workers: int = 1
     cpus_per_worker: float = 1.0
     use_gpu: bool = False  # one GPU per embedding actor when the cluster has them
     batch_size: int = 16  # tracklets per inference batch
@@ -200,11 +209,42 @@ class IndexConfig:
 class PredictConfig:
     """``usv-ray predict``: Ray Data batch inference of a diagnosis bundle."""
 
-    workers: int = 1  # inference actors, each holding the whole bundle
+    workers: int = 1  # inference actors, each holding the whole bundle; 0: in this process
     cpus_per_worker: float = 1.0  # CPUs (and torch threads) per actor
     use_gpu: bool = False  # one GPU per actor when the cluster has them
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast on a GPU; fp32 on a CPU
     batch_size: int = 8  # videos per inference batch
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    """The nodule detector (``usv-ray detect``) and the tracker that ingest runs with it."""
+
+    model: DetectorModel = "centernet"  # centernet: a light head on ResNet-18; fcos: torchvision
+    seed: int = 0  # split, initialisation, batch order and augmentation
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train / validation / test patients
+    workers: int = 1  # Ray Train workers (DDP) per training run
+    cpus_per_worker: float = 1.0
+    use_gpu: bool = False  # one GPU per worker when the cluster has them
+    epochs: int = 20
+    batch_size: int = 32  # frames per batch, per worker
+    lr: float = 1e-3  # Adam
+    weight_decay: float = 1e-4
+    val_every: int = 1  # validate every N epochs (and at the last) on the validation patients
+    best: BestMetric = "val_ap"  # the best epoch: validation AP at IoU 0.5
+    precision: Precision = "fp32"  # as classify.precision
+    checkpoint_every_s: float = 60.0  # as classify.checkpoint_every_s
+    score_threshold: float = 0.05  # detections below are never kept (the tracker's low pass)
+    # ingest with a detector: detect every N-th frame, in batches of batch_size frames,
+    # and link the boxes (ByteTrack: high boxes start and extend tracks, low ones only extend)
+    every: int = 1
+    track_high: float = 0.5
+    track_low: float = 0.1
+    track_iou: float = 0.3  # least IoU of a box with a track's predicted box to extend it
+    new_track_score: float = 0.6  # least score of a box that starts a track
+    max_lost: int = 10  # frames a track may go unmatched before it ends
+    min_track_frames: int = 5  # a track matched in fewer frames is no tracklet
+    min_track_score: float = 0.5  # nor one whose mean detection score is lower
 
 
 TuneTarget = Literal["cnn", "lstm", "equal_frames", "variable_max", "reid", "tau"]
@@ -249,6 +289,7 @@ class Config:
     reid: ReidConfig = field(default_factory=ReidConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
 
 

@@ -69,6 +69,7 @@ UNRECORDED_KEY = (
 
 CLASSIFY_TITLE = "Classification (benign / malignant per video)"
 REID_TITLE = "Nodule re-identification (same nodule or not, within a patient)"
+DETECT_TITLE = "Nodule detection (the detector that makes automatic tracklets)"
 INDEX_TITLE = "Nodule index (tracklets clustered into nodules per patient)"
 # the stages whose summary.json the report shows, under this title
 SUMMARIES = {"index": "Index summary", "predict": "Diagnoses summary", "score": "Score summary"}
@@ -97,6 +98,13 @@ TITLES = {
     "(cross-fitted: each fold calibrated on the others)",
     ("classify", "operating_point"): "Operating point of the diagnosis bundle: the threshold of "
     "calibrated P(malignant) at the target sensitivity, and the specificity it costs",
+    ("detect", "detection"): "Detection of nodules in frames: AP at IoU 0.5 and over IoU "
+    "0.5:0.95 (COCO's evaluation), on the validation and test patients",
+    ("detect", "pr"): "Detection: precision-recall at IoU 0.5",
+    ("detect", "examples"): "Detection: test frames with their true boxes and the detections",
+    ("score", "tracking"): "Automatic tracklets against the true boxes of every frame",
+    ("score", "index_gap"): "The nodule index from automatic tracklets against the index from "
+    "annotated ones, on the same videos (the detector's test patients)",
     ("score", "night_videos"): "Tonight's videos: each diagnosis beside the hidden truth",
     ("score", "night_metrics"): "Tonight's readings at the bundle's threshold",
     ("score", "night_nodules"): "Nodules seen tonight: P(malignant) at their first exam and "
@@ -167,6 +175,39 @@ TABLE_HEADINGS = {
         "truth": "Truth",
     },
     ("score", "night_metrics"): {"threshold": "Threshold of calibrated P"},
+    ("detect", "detection"): {
+        "videos": "Videos",
+        "frames": "Frames",
+        "nodule_boxes": "Nodule boxes",
+        "ap50": "AP at IoU 0.5, %",
+        "ap": "AP at IoU 0.5:0.95, %",
+    },
+    ("score", "tracking"): {
+        "videos": "Videos",
+        "tracklets": "Tracklets",
+        "true_boxes": "True boxes",
+        "frame_recall": "Frame recall, %",
+        "frame_precision": "Frame precision, %",
+        "purity": "Tracklet purity, %",
+        "idf1": "IDF1, %",
+        "idp": "IDP, %",
+        "idr": "IDR, %",
+        "id_switches": "ID switches",
+        "mota": "MOTA, %",
+    },
+    ("score", "index_gap"): {
+        "tracklets_from": "Tracklets from",
+        "tracklets": "Tracklets",
+        "tracklets_on_a_nodule": "On a true nodule",
+        "nodules_listed": "Nodules listed",
+        "nodules_true": "True nodules",
+        "pairwise_precision": "Pairwise precision, %",
+        "pairwise_recall": "Pairwise recall, %",
+        "pairwise_f": "Pairwise F, %",
+        "patients": "Patients",
+        "patients_right_count": "Right nodule count",
+        "count_error": "Mean count error",
+    },
     ("score", "night_nodules"): {
         "patient": "Patient",
         "nodule": "Nodule",
@@ -529,6 +570,22 @@ def _index_counts(folder: Path) -> tuple[str, str] | None:
     )
 
 
+def _detect_counts(folder: Path) -> tuple[str, str] | None:
+    """What the detector trained and was tested on (its splits table)."""
+    splits = _parquet_columns(folder / "splits.parquet", ["patient_key", "split"])
+    if splits is None:
+        return None
+    parts = [
+        f"{split} {int((splits['split'] == split).sum())} videos of "
+        f"{splits.loc[splits['split'] == split, 'patient_key'].nunique()} patients"
+        for split in ("train", "val", "test")
+    ]
+    return (
+        "annotated videos split by patient: " + "; ".join(parts),
+        f"{len(splits)} annotated videos",
+    )
+
+
 def _predict_counts(folder: Path) -> tuple[str, str] | None:
     """What the diagnoses hold (predict's summary.json): a full line and a short tag."""
     summary = _read_json(folder / "summary.json")
@@ -580,6 +637,7 @@ def _stage_section(out: Path, stage: str, title: str, first: tuple[str, ...]) ->
     counting = {
         "classify": _classify_counts,
         "reid": _reid_counts,
+        "detect": _detect_counts,
         "predict": _predict_counts,
         "index": _index_counts,
         "score": _score_counts,
@@ -856,7 +914,7 @@ def write_report(out: str | Path) -> tuple[Path, Path]:
     """Write ``out/report.html``, ``out/report.md`` and ``out/results.md`` from the stages'
     outputs in ``out``.
 
-    Sections: data, classify, reid, predict, index, score, tune (one per sweep); a stage
+    Sections: data, classify, reid, detect, predict, index, score, tune (one per sweep); a stage
     without a folder is "not run". Returns ``(html_path, md_path)``; results.md (the tables
     alone, with no path or time in them) lies beside them. All three are written atomically.
     """
@@ -870,17 +928,25 @@ def write_report(out: str | Path) -> tuple[Path, Path]:
         _data_section(out),
         _stage_section(out, "classify", CLASSIFY_TITLE, ("table3", "table4")),
         _stage_section(out, "reid", REID_TITLE, ("table3", "delong", "table4_clustering")),
+        _stage_section(out, "detect", DETECT_TITLE, ("detection",)),
         _stage_section(out, "predict", PREDICT_TITLE, ()),
         _stage_section(out, "index", INDEX_TITLE, ()),
         _stage_section(
             out,
             "score",
             SCORE_TITLE,
-            ("night_metrics", "night_videos", "night_nodules", "nodule_scoring"),
+            (
+                "night_metrics",
+                "night_videos",
+                "night_nodules",
+                "nodule_scoring",
+                "tracking",
+                "index_gap",
+            ),
         ),
         *_tune_sections(out),
     ]
-    records = [_record(out / stage, stage) for stage in ("classify", "reid", "index")]
+    records = [_record(out / stage, stage) for stage in ("classify", "reid", "detect", "index")]
     records += [_record(p, "tune") for p in sorted((out / "tune").glob("*/"))]
     written = [found[0] for found in records if found is not None]
     written += [

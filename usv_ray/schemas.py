@@ -26,6 +26,12 @@ VIDEOS = pa.schema(
         pa.field("codec", pa.string()),
         pa.field("status", pa.string(), nullable=False),  # ok | error
         pa.field("error", pa.string()),  # "kind: message" when status is error
+        # the source region its stored frames show (x0, y0, x1, y1 pixels, end-exclusive):
+        # the de-identification crop, then the field of view; resized to frame_size square
+        pa.field("view", pa.list_(pa.int32(), 4)),
+        # its annotations are whole (the file read, every tracklet usable): its frames hold
+        # every nodule's box, so a detector may train on them
+        pa.field("annotated", pa.bool_()),
     ]
 )
 
@@ -50,6 +56,9 @@ FRAMES = pa.schema(
         pa.field("image", pa.binary(), nullable=False),  # uint8 gray, height x width
         pa.field("height", pa.int16(), nullable=False),
         pa.field("width", pa.int16(), nullable=False),
+        # the annotated nodules' boxes in this frame, in its own pixels: [] none in it,
+        # null when the video has no annotations (a detector trains on the non-null rows)
+        pa.field("boxes", pa.list_(pa.list_(pa.float32(), 4))),
     ]
 )
 
@@ -65,6 +74,12 @@ TRACKLETS = pa.schema(
         pa.field("n_frames_total", pa.int32(), nullable=False),  # frames the tracklet spans
         pa.field("height", pa.int16(), nullable=False),
         pa.field("width", pa.int16(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),  # annotated | automatic
+        pa.field("score", pa.float32()),  # automatic: the mean detection score; else null
+        # its box on every frame it covers (annotated: first to last key frame; automatic:
+        # the frames the tracker matched it in), source pixels x0, y0, x1, y1
+        pa.field("box_frames", pa.list_(pa.int32()), nullable=False),
+        pa.field("boxes", pa.list_(pa.list_(pa.float32(), 4)), nullable=False),
     ]
 )
 

@@ -61,7 +61,7 @@ import torch
 STATE_FILE = "state.pt"
 MODEL_FORMAT = 1  # the layout of a finished-model file (save_model / load_model)
 # what the best epoch maximises or minimises, by metric name
-BEST_MODES = {"val_loss": "min", "val_acc": "max", "val_auc": "max"}
+BEST_MODES = {"val_loss": "min", "val_acc": "max", "val_auc": "max", "val_ap": "max"}
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ import torch
 from toy_frames import SIZE, write_toy_frames
 
 from usv_ray.classify.features import FrameEmbedder, cache_features
-from usv_ray.classify.models import FrameCNN
+from usv_ray.classify.models import FrameCNN, frame_cnn_meta
 from usv_ray.config import ClassifyConfig
 from usv_ray.imaging import normalise
 from usv_ray.schemas import FEATURES
@@ -14,7 +14,7 @@ from usv_ray.train import load_model, save_model
 
 def _weights(path):
     torch.manual_seed(3)
-    return save_model(path.parent, path.stem, FrameCNN().state_dict(), {"model": "FrameCNN"})
+    return save_model(path.parent, path.stem, FrameCNN().state_dict(), frame_cnn_meta())
 
 
 def test_embedder_matches_the_model_without_ray(tmp_path):

@@ -303,3 +303,13 @@ def test_deterministic():
     # the three objects dominate: most matched detections belong to three long tracks
     lengths = sorted((t.length for t in first), reverse=True)
     assert sum(lengths[:3]) > 0.8 * 0.85 * 3 * len(frames)
+
+
+def test_update_says_which_detection_each_track_took():
+    tracker = Tracker(TrackerSettings())
+    first = tracker.update(0, [square(0, 0), square(60, 0)], [0.9, 0.8])
+    assert first == {0: 0, 1: 1}  # two new tracks
+    # the second frame lists them the other way round, with a faint third box
+    second = tracker.update(1, [square(61, 0), square(1, 0), square(30, 30)], [0.7, 0.3, 0.05])
+    assert second == {1: 0, 0: 1}  # track 0 kept by the low-score box (second pass)
+    assert tracker.update(2, np.zeros((0, 4)), np.zeros(0)) == {}

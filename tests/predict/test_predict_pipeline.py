@@ -77,8 +77,10 @@ def test_a_new_video_and_a_reingested_one_are_all_that_is_diagnosed(night):
     kept = new.set_index("video_id").loc[unchanged, "diagnosed_at"]
     assert (kept == old.set_index("video_id").loc[unchanged, "diagnosed_at"]).all()
     assert set(tracklets.loc[tracklets["video_id"] == "v1", "tracklet_id"]) == {
-        "v1-t0", "v1-t1", "v1-t2",
-    }  # fmt: skip
+        "v1-t0",
+        "v1-t1",
+        "v1-t2",
+    }
 
 
 def test_another_bundle_adds_its_own_version_beside_the_first(night):

@@ -85,13 +85,27 @@ def test_the_truth_is_keyed_as_ingest_keys_the_archive():
         }
     )
     appearances = pd.DataFrame(
-        {"video": ["videos/a.mp4"], "batch": ["archive"], "patient_id": ["MRN1"],
-         "nodule_id": ["n1"], "malignant": [True], "n_visible": [2]}
-    )  # fmt: skip
+        {
+            "video": ["videos/a.mp4"],
+            "batch": ["archive"],
+            "patient_id": ["MRN1"],
+            "nodule_id": ["n1"],
+            "malignant": [True],
+            "n_visible": [2],
+        }
+    )
     boxes = pd.DataFrame(
-        {"video": ["videos/a.mp4"], "batch": ["archive"], "nodule_id": ["n1"], "frame": [0],
-         "x0": [1], "y0": [2], "x1": [3], "y1": [4]}
-    )  # fmt: skip
+        {
+            "video": ["videos/a.mp4"],
+            "batch": ["archive"],
+            "nodule_id": ["n1"],
+            "frame": [0],
+            "x0": [1],
+            "y0": [2],
+            "x1": [3],
+            "y1": [4],
+        }
+    )
     key = b"k" * 16
     keyed = keyed_truth(Truth(0, videos, appearances, boxes), key)
     assert "MRN1" not in str(keyed.videos) + str(keyed.nodules) + str(keyed.boxes)

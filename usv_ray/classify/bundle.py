@@ -112,8 +112,9 @@ def calibration_table(
     return pd.DataFrame(rows)
 
 
-def _with_ci(metric, labels: np.ndarray, probs: np.ndarray, patients: np.ndarray, seed: int,
-             n_boot: int) -> dict[str, float]:  # fmt: skip
+def _with_ci(
+    metric, labels: np.ndarray, probs: np.ndarray, patients: np.ndarray, seed: int, n_boot: int
+) -> dict[str, float]:
     from usv_ray.evaluate.metrics import bootstrap_ci
 
     value = metric(labels, probs)
@@ -172,8 +173,12 @@ def operating_point_table(point: Mapping[str, Any]) -> pd.DataFrame:
         "target_sensitivity": 100.0 * point["target_sensitivity"],
         "threshold": point["threshold"],
     }
-    for name in ("sensitivity", "specificity", "sensitivity_cross_fitted",
-                 "specificity_cross_fitted"):  # fmt: skip
+    for name in (
+        "sensitivity",
+        "specificity",
+        "sensitivity_cross_fitted",
+        "specificity_cross_fitted",
+    ):
         row[name] = 100.0 * point[name]["value"]
         row[f"{name}_ci"] = ci_text(point[name]["low"], point[name]["high"])
     return pd.DataFrame([row])

@@ -141,7 +141,9 @@ class LstmTask:
 
     def batches(self, data: tuple[list, list], epoch: int, worker: Worker) -> Iterable[Any]:
         train = data[0]
-        rng = np.random.default_rng([self.cfg.seed, self.job.fold, self.job.frames or 0, epoch])
+        # the final model's fold is -1: seed entropy must be non-negative (folds 0.. unchanged)
+        fold = self.job.fold % 2**32
+        rng = np.random.default_rng([self.cfg.seed, fold, self.job.frames or 0, epoch])
         for index in rank_batches(
             len(train), self.cfg.lstm_batch_size, worker.rank, worker.world, rng
         ):

@@ -178,13 +178,15 @@ def _annotated_key_frames(data: Path, video_ids: list[str]) -> dict[str, int]:
     from usv_ray.classify.baselines import annotated_key_frames
 
     tables = [
-        pq.read_table(path, columns=["video_id", "frame_index"])
+        pq.read_table(path, columns=["video_id", "frame_index", "source"])
         for video_id in video_ids
         if (path := data / "tracklets" / f"{video_id}.parquet").exists()
     ]
     if not tables:
         return {}
-    return annotated_key_frames(pa.concat_tables(tables).to_pandas())
+    tracklets = pa.concat_tables(tables).to_pandas()
+    # a detector's tracklets say where it saw a nodule, not where a reader put a key frame
+    return annotated_key_frames(tracklets[tracklets["source"] == "annotated"])
 
 
 def _frame_baselines(cfg: Config, data: Path, out: Path, folds: pd.DataFrame) -> pd.DataFrame:

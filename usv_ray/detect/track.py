@@ -251,8 +251,10 @@ class Tracker:
         self._next_id = 0
         self._frame: int | None = None  # frame of the latest update
 
-    def update(self, frame: int, boxes: npt.ArrayLike, scores: npt.ArrayLike) -> None:
-        """Take the detections of one frame.
+    def update(self, frame: int, boxes: npt.ArrayLike, scores: npt.ArrayLike) -> dict[int, int]:
+        """Take the detections of one frame; returns which detection each track took here
+        (track_id -> detection index), new tracks included, so a caller can keep what it
+        needs of the frame (a patch of each box) while the frame is at hand.
 
         Args:
             frame: index of the frame in the video; strictly greater than the previous one
@@ -281,11 +283,13 @@ class Tracker:
         high = np.flatnonzero(scores >= settings.high_score)  # (H,) detection indices
         low = np.flatnonzero((scores >= settings.low_score) & (scores < settings.high_score))
         matched = np.zeros(len(live), dtype=bool)  # (T,)
+        taken: dict[int, int] = {}  # track_id -> detection index, this frame
 
         # first pass: high-score detections vs every live track
         rows, cols = _associate(box_iou(predicted, boxes[high]), settings.match_iou)
         for row, col in zip(rows, cols, strict=True):
             live[row].match(frame, boxes[high[col]], float(scores[high[col]]), settings)
+            taken[live[row].track_id] = int(high[col])
         matched[rows] = True
         unmatched_high = np.setdiff1d(high, high[cols])  # (U,) sorted detection indices
 
@@ -294,6 +298,7 @@ class Tracker:
         rows, cols = _associate(box_iou(predicted[candidates], boxes[low]), settings.match_iou)
         for row, col in zip(rows, cols, strict=True):
             live[candidates[row]].match(frame, boxes[low[col]], float(scores[low[col]]), settings)
+            taken[live[candidates[row]].track_id] = int(low[col])
         matched[candidates[rows]] = True
 
         for track, is_matched in zip(live, matched, strict=True):
@@ -304,8 +309,10 @@ class Tracker:
             track = _LiveTrack(self._next_id, _centre_size(boxes[index]))
             track.match(frame, boxes[index], float(scores[index]), settings)
             live.append(track)
+            taken[track.track_id] = int(index)
             self._next_id += 1
         self._live = live
+        return taken
 
     def finish(self) -> list[Track]:
         """Every track so far, ended and live, by first frame then id.

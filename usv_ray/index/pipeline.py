@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from usv_ray.config import Config, IndexConfig
@@ -91,8 +92,6 @@ def _check_clips(batch: pa.Table) -> pa.Table:
 
 def _keep(batch: pa.Table, ids: frozenset[str]) -> pa.Table:
     """The rows of ``batch`` whose tracklet is in ``ids``."""
-    import pyarrow.compute as pc
-
     return batch.filter(pc.is_in(batch["tracklet_id"], pa.array(sorted(ids), pa.string())))
 
 
@@ -100,14 +99,10 @@ def _embed_new(
     cfg: Config, data: Path, out: Path, model: Path, new: set[str], run: int
 ) -> pd.DataFrame:
     """Embed the tracklets ``new`` into ``embeddings/<run>``; returns the unreadable ones
-    (tracklet_id, video_id, patient_key, error)."""
-    import pyarrow.fs
-    import ray.data
-
-    from usv_ray.io import write_dataset
+    (tracklet_id, video_id, patient_key, error). On ``index.workers`` Ray Data actors, or
+    with 0 in this process (no actor start-up: on a laptop, most of a small night's work)."""
     from usv_ray.reid.clips import tracklet_shards
-    from usv_ray.reid.embed import EMBED_COLUMNS, embed_dataset
-    from usv_ray.runtime import ensure_ray
+    from usv_ray.reid.embed import EMBED_COLUMNS
 
     c = cfg.index
     shards = [
@@ -115,10 +110,40 @@ def _embed_new(
         for s in tracklet_shards(data)
         if not new.isdisjoint(pq.read_table(s, columns=["tracklet_id"])["tracklet_id"].to_pylist())
     ]
+    columns = [*EMBED_COLUMNS, "video_id"]
+    if c.workers == 0:
+        from usv_ray.reid.embed import TrackletEmbedder
+
+        rows = _check_clips(
+            _keep(
+                pa.concat_tables(pq.read_table(s, columns=columns) for s in shards), frozenset(new)
+            )
+        )
+        errors = pc.is_valid(rows["error"])
+        good = rows.filter(pc.invert(errors)).select(EMBED_COLUMNS).combine_chunks()
+        if good.num_rows:
+            embedder = TrackletEmbedder(str(model), cfg.reid, c.batch_size, "cpu")
+            parts = [
+                embedder(
+                    {name: batch[name].to_numpy(zero_copy_only=False) for name in EMBED_COLUMNS}
+                )
+                for batch in good.to_batches(c.batch_size)
+            ]
+            write_table(pa.concat_tables(parts), out / "embeddings" / f"{run:05d}" / "part.parquet")
+        bad = rows.filter(errors).select(["tracklet_id", "video_id", "patient_key", "error"])
+        return bad.to_pandas()
+
+    import pyarrow.fs
+    import ray.data
+
+    from usv_ray.io import write_dataset
+    from usv_ray.reid.embed import embed_dataset
+    from usv_ray.runtime import ensure_ray
+
     ensure_ray(cfg.ray)
     checked = (
         ray.data.read_parquet(shards, filesystem=pyarrow.fs.LocalFileSystem())
-        .select_columns([*EMBED_COLUMNS, "video_id"])
+        .select_columns(columns)
         .map_batches(_keep, fn_kwargs={"ids": frozenset(new)}, batch_format="pyarrow")
         .map_batches(_check_clips, batch_format="pyarrow")
         .materialize()

@@ -36,6 +36,10 @@ class Tracklet:
     def last(self) -> int:
         return self.frames[-1]
 
+    def covers(self, frame: int) -> bool:
+        """Whether ``frame`` lies within the tracklet (first to last key frame)."""
+        return self.first <= frame <= self.last
+
     def box_at(self, frame: int) -> Box:
         """The box at ``frame``: the key frame's own, else the union of its neighbours'."""
         if not self.first <= frame <= self.last:

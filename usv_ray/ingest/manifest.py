@@ -73,7 +73,10 @@ def _file_stamp(path: Path) -> str:
 
 
 def _fingerprint(cfg: IngestConfig, *parts: str) -> str:
-    settings = json.dumps(to_dict(cfg), sort_keys=True)
+    # the detector counts for videos without annotations only (ingest.pipeline._detected)
+    settings = json.dumps(
+        {k: v for k, v in to_dict(cfg).items() if k != "detector"}, sort_keys=True
+    )
     return hashlib.sha256("\x1f".join((settings, *parts)).encode()).hexdigest()[:32]
 
 

@@ -12,15 +12,20 @@ Output layout under ``out``::
 
 Each video task writes its own shards atomically and then its journal entry, so a killed
 run leaves no half-written shard and a rerun redoes only the videos without a matching
-journal entry. Reruns add to the same folder: a nightly manifest of new videos extends it.
+journal entry. Reruns add to the same folder: a nightly manifest of new videos extends it
+(with the same frame settings, which ``ingest.json`` holds). With ``ingest.detector`` a
+video without annotations gets automatic tracklets in the same decode pass; its journal
+entry names the detector, so a new detector redoes those videos and no annotated one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +34,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from usv_ray.bundle import claim_ingest_record
-from usv_ray.config import Config, ConfigError, IngestConfig
+from usv_ray.config import Config, ConfigError, DetectConfig, IngestConfig
+from usv_ray.detect.tracklets import AutoTracklet, AutoTracklets, Detect, View
 from usv_ray.frames import resize_gray, uniform_positions
 from usv_ray.ingest.annotations import AnnotationError, Tracklet, load_tracklets
 from usv_ray.ingest.decode import VideoError, VideoInfo, VideoReader
@@ -48,7 +54,7 @@ from usv_ray.schemas import ERRORS, FRAMES, TRACKLETS, VIDEOS
 
 log = logging.getLogger(__name__)
 
-FOV_FRAMES = 16  # frames whose maximum defines the field of view
+FOV_FRAMES = 16  # the first frames, whose maximum defines the field of view
 
 
 def sample_indices(n_frames: int, cfg: IngestConfig) -> list[int]:
@@ -74,16 +80,18 @@ class _Clip:
 
 def _plan_tracklets(
     task: VideoTask, info: VideoInfo, cfg: IngestConfig, errors: list[dict]
-) -> list[_Clip]:
+) -> tuple[list[_Clip], bool]:
+    """The annotated tracklets to fill, and whether the annotations are whole: the file
+    read and every tracklet in it usable, so a frame's boxes are all of its nodules."""
     if task.annotations is None:
-        return []
+        return [], False
     try:
         tracklets = load_tracklets(task.annotations)
     except AnnotationError as exc:
         errors.append(
             error_row(task.source, task.video_id, "annotations", "bad_annotations", str(exc))
         )
-        return []
+        return [], False
     clips = []
     for tracklet in tracklets:
         if tracklet.last >= info.n_frames:
@@ -107,10 +115,12 @@ def _plan_tracklets(
                 np.zeros(count, bool),
             )
         )
-    return clips
+    return clips, len(clips) == len(tracklets)
 
 
-def _frame_row(task: VideoTask, pkey: str, image: np.ndarray, index: int, seq: int, n: int) -> dict:
+def _frame_row(
+    task: VideoTask, pkey: str, image: np.ndarray, index: int, seq: int, n: int, boxes: list | None
+) -> dict:
     return {
         "video_id": task.video_id,
         "patient_key": pkey,
@@ -121,7 +131,14 @@ def _frame_row(task: VideoTask, pkey: str, image: np.ndarray, index: int, seq: i
         "image": image.tobytes(),
         "height": image.shape[0],
         "width": image.shape[1],
+        "boxes": boxes,
     }
+
+
+def _frame_boxes(clips: list[_Clip], index: int, view: View) -> list[list[float]]:
+    """The annotated boxes of frame ``index`` in the stored frame's pixels."""
+    boxes = [clip.tracklet.box_at(index) for clip in clips if clip.tracklet.covers(index)]
+    return view.to_stored(np.array(boxes)).tolist() if boxes else []
 
 
 def _decode_into_shards(
@@ -131,59 +148,86 @@ def _decode_into_shards(
     pkey: str,
     out: Path,
     clips: list[_Clip],
-) -> int:
-    """Decode the needed frames once, write the frames shard, fill the tracklet clips.
+    annotated: bool,
+    detector: Detect | None = None,
+    detect: DetectConfig | None = None,
+) -> tuple[int, View, list[AutoTracklet]]:
+    """Decode the needed frames once: write the frames shard (with the annotated boxes of
+    each frame when the video's annotations are whole), fill the annotated tracklet clips,
+    and, given a ``detector`` (for a video without annotations), detect on every
+    ``detect.every``-th frame and track (:class:`~usv_ray.detect.tracklets.AutoTracklets`).
 
-    Returns the number of frame rows written.
+    The field of view is learnt from the video's first ``FOV_FRAMES`` frames. Returns the
+    number of frame rows written, the view (the source region the frames show) and the
+    automatic tracklets.
     """
     info = reader.info
+    keep = crop_region(cfg.crop_box, info.width, info.height)
+    auto = None
+    if detector is not None:
+        shift = np.array(keep[:2] * 2, np.float64)  # source pixels -> the cropped frame's
+
+        def cut_patch(cropped: np.ndarray, box: np.ndarray) -> np.ndarray:
+            bounds = (0, 0, cropped.shape[1], cropped.shape[0])
+            return patch(cropped, box - shift, bounds, cfg.patch_height, cfg.patch_width)
+
+        auto = AutoTracklets(detector, detect, cfg.tracklet_frames, cut_patch)
+    every = detect.every if detect is not None else 1
     wanted = sample_indices(info.n_frames, cfg)
     wanted_set = set(wanted)
     by_frame: dict[int, list[tuple[_Clip, int]]] = {}
     for clip in clips:
         for position, index in enumerate(clip.indices):
             by_frame.setdefault(index, []).append((clip, position))
-    needed = sorted(wanted_set | set(by_frame))
-    keep = crop_region(cfg.crop_box, info.width, info.height)
+    detected = set(range(0, info.n_frames, every)) if auto is not None else set()
+    # the field of view comes from the video's first frames, decoded for that when sampling
+    # skips them: the same frames whether or not a detector reads every frame
+    n_fov = min(FOV_FRAMES, info.n_frames) if cfg.trim_fov else 0
+    needed = sorted(wanted_set | set(by_frame) | detected | set(range(n_fov)))
     size = cfg.frame_size
-    n_fov = min(FOV_FRAMES, len(wanted)) if cfg.trim_fov else 0
-    pending: list[tuple[int, np.ndarray]] = []  # kept frames before the FOV is known
+    pending: list[tuple[int, np.ndarray]] = []  # decoded frames before the FOV is known
+    view = View(keep, size)
     fov = None
     seq = 0
     path = out / "frames" / f"{task.video_id}.parquet"
     with ShardWriter(path, FRAMES, cfg.rows_per_row_group) as shard:
 
-        def emit(index: int, cropped: np.ndarray) -> None:
+        def process(index: int, cropped: np.ndarray) -> None:
             nonlocal seq
             region = cut(cropped, fov) if fov is not None else cropped
-            shard.add(
-                _frame_row(task, pkey, resize_gray(region, size, size), index, seq, len(wanted))
-            )
-            seq += 1
+            if index in wanted_set:
+                boxes = _frame_boxes(clips, index, view) if annotated else None
+                image = resize_gray(region, size, size)
+                shard.add(_frame_row(task, pkey, image, index, seq, len(wanted), boxes))
+                seq += 1
+            if index in detected:
+                auto.add(index, region, cropped, view)
 
         def flush_pending() -> None:
-            nonlocal fov
+            nonlocal fov, view
             if pending:
                 fov = fov_region([frame for _, frame in pending], cfg.fov_threshold)
+            if fov is not None:
+                view = View(
+                    (keep[0] + fov[0], keep[1] + fov[1], keep[0] + fov[2], keep[1] + fov[3]), size
+                )
             for item in pending:
-                emit(*item)
+                process(*item)
+            pending.clear()
 
         for index, gray in reader.frames(needed):  # gray: (H, W) uint8
             for clip, position in by_frame.get(index, ()):
                 box = clip.tracklet.box_at(index)
                 clip.patches[position] = patch(gray, box, keep, cfg.patch_height, cfg.patch_width)
                 clip.filled[position] = True
-            if index not in wanted_set:
-                continue
             cropped = cut(gray, keep)
-            if len(pending) < n_fov:  # still learning the field of view
+            if n_fov and fov is None and len(pending) < n_fov:  # still learning the view
                 pending.append((index, cropped.copy()))
                 if len(pending) == n_fov:
                     flush_pending()
             else:
-                emit(index, cropped)
-        if len(pending) < n_fov:  # fewer frames decoded than planned
-            flush_pending()
+                process(index, cropped)
+        flush_pending()  # fewer frames decoded than planned
     if seq != len(wanted):  # a partial decode: fix seq_len so it counts the rows there are
         table = pq.read_table(path)
         table = table.set_column(
@@ -192,7 +236,39 @@ def _decode_into_shards(
             np.full(len(table), seq, np.int16),
         )
         write_table(table.cast(FRAMES), path)
-    return seq
+    return seq, view, auto.finish() if auto is not None else []
+
+
+def _annotated_row(clip: _Clip) -> dict:
+    """The tracklet-table fields of an annotated tracklet: its box on every frame it spans."""
+    tracklet = clip.tracklet
+    frames = list(range(tracklet.first, tracklet.last + 1))
+    return {
+        "tracklet": tracklet.tracklet_id,
+        "nodule": tracklet.nodule_id,
+        "frame_index": clip.indices,
+        "clip": clip.patches.tobytes(),
+        "n_frames_total": len(frames),
+        "source": "annotated",
+        "score": None,
+        "box_frames": frames,
+        "boxes": [list(tracklet.box_at(f)) for f in frames],
+    }
+
+
+def _automatic_row(tracklet: AutoTracklet) -> dict:
+    """The tracklet-table fields of a track the detector and tracker made."""
+    return {
+        "tracklet": f"auto-{tracklet.track_id}",
+        "nodule": None,
+        "frame_index": tracklet.frame_index,
+        "clip": tracklet.patches.tobytes(),
+        "n_frames_total": tracklet.box_frames[-1] - tracklet.box_frames[0] + 1,
+        "source": "automatic",
+        "score": tracklet.score,
+        "box_frames": tracklet.box_frames,
+        "boxes": tracklet.boxes.tolist(),
+    }
 
 
 def _write_tracklets(
@@ -201,11 +277,12 @@ def _write_tracklets(
     pkey: str,
     skey: str | None,
     clips: list[_Clip],
+    automatic: list[AutoTracklet],
     out: Path,
     cfg: IngestConfig,
     errors: list[dict],
 ) -> int:
-    rows = []
+    parts = []
     for clip in clips:
         if not clip.filled.all():
             errors.append(
@@ -219,21 +296,21 @@ def _write_tracklets(
                 )
             )
             continue
-        nodule = clip.tracklet.nodule_id
+        parts.append(_annotated_row(clip))
+    parts += [_automatic_row(tracklet) for tracklet in automatic]
+    rows = []
+    for part in parts:
+        nodule = part.pop("nodule")
         rows.append(
             {
-                "tracklet_id": keyed_hash(
-                    key, "tracklet", task.video_id, clip.tracklet.tracklet_id
-                ),
+                "tracklet_id": keyed_hash(key, "tracklet", task.video_id, part.pop("tracklet")),
                 "video_id": task.video_id,
                 "patient_key": pkey,
                 "study_key": skey,
                 "nodule_id": keyed_hash(key, "nodule", pkey, nodule) if nodule else None,
-                "frame_index": clip.indices,
-                "clip": clip.patches.tobytes(),
-                "n_frames_total": clip.tracklet.last - clip.tracklet.first + 1,
                 "height": cfg.patch_height,
                 "width": cfg.patch_width,
+                **part,
             }
         )
     path = out / "tracklets" / f"{task.video_id}.parquet"
@@ -249,8 +326,16 @@ def _remove_shards(out: Path, video_id: str) -> None:
         (out / folder / f"{video_id}.parquet").unlink(missing_ok=True)
 
 
-def ingest_video(task: VideoTask, cfg: IngestConfig, key: bytes, out: str | Path) -> dict:
-    """Ingest one video: decode, de-identify, sample, write its shards and journal entry.
+def ingest_video(
+    task: VideoTask,
+    cfg: IngestConfig,
+    key: bytes,
+    out: str | Path,
+    detector: Detect | None = None,
+    detect: DetectConfig | None = None,
+) -> dict:
+    """Ingest one video: decode, de-identify, sample, write its shards and journal entry;
+    a video without annotations gets automatic tracklets from ``detector`` when one is given.
 
     Never raises for a bad input: every problem becomes an error row. Returns the journal
     entry ``{"fingerprint", "video": videos row, "errors": [errors rows]}``.
@@ -279,15 +364,18 @@ def ingest_video(task: VideoTask, cfg: IngestConfig, key: bytes, out: str | Path
                 raw_patient_id = info.patient_id
                 pkey = patient_key(key, info.patient_id)
                 skey = study_key(key, info.patient_id, task.study_id_raw or info.study_id)
-            clips = _plan_tracklets(task, info, cfg, errors)
-            n_rows = _decode_into_shards(task, reader, cfg, pkey, out, clips)
+            clips, annotated = _plan_tracklets(task, info, cfg, errors)
+            tracking = detector if task.annotations is None else None
+            n_rows, view, automatic = _decode_into_shards(
+                task, reader, cfg, pkey, out, clips, annotated, tracking, detect
+            )
             if n_rows == 0:
                 raise VideoError("no_frames", "no frame could be decoded")
             errors.extend(
                 error_row(task.source, task.video_id, "decode", "partial_decode", scrub(w))
                 for w in reader.warnings
             )
-            _write_tracklets(task, key, pkey, skey, clips, out, cfg, errors)
+            _write_tracklets(task, key, pkey, skey, clips, automatic, out, cfg, errors)
         video = {
             "video_id": task.video_id,
             "patient_key": pkey,
@@ -301,6 +389,8 @@ def ingest_video(task: VideoTask, cfg: IngestConfig, key: bytes, out: str | Path
             "codec": info.codec,
             "status": "ok",
             "error": None,
+            "view": list(view.region),
+            "annotated": annotated,
         }
     except VideoError as exc:
         video, errors = _failed(task, out, exc.kind, scrub(exc.message), "decode", errors)
@@ -329,16 +419,25 @@ def _failed(
 class IngestWorker:
     """Ray Data callable class: one manifest task (as JSON) in, a small status row out.
 
-    An actor pool of these keeps its workers warm (imports done once per actor) and each
-    actor's queue full, so no CPU idles between short videos.
+    An actor pool of these keeps its workers warm (imports done once per actor, and the
+    detector of ``cfg.detector`` loaded once) and each actor's queue full, so no CPU idles
+    between short videos.
     """
 
-    def __init__(self, cfg: IngestConfig, key: bytes, out: str):
-        self.cfg, self.key, self.out = cfg, key, out
+    def __init__(self, cfg: IngestConfig, key: bytes, out: str, detect: DetectConfig):
+        self.cfg, self.key, self.out, self.detect = cfg, key, out, detect
+        self.detector = None
+        if cfg.detector:
+            import torch
+
+            from usv_ray.detect.bundle import load_detector_bundle
+
+            gpu = cfg.detector_gpu and torch.cuda.is_available()
+            self.detector = load_detector_bundle(cfg.detector, "cuda" if gpu else "cpu", gpu)
 
     def __call__(self, row: dict) -> dict:
         task = VideoTask(**json.loads(row["task"]))
-        entry = ingest_video(task, self.cfg, self.key, self.out)
+        entry = ingest_video(task, self.cfg, self.key, self.out, self.detector, self.detect)
         return {"video_id": task.video_id, "status": entry["video"]["status"]}
 
 
@@ -372,6 +471,34 @@ def _is_done(entry: dict | None, task: VideoTask, out: Path) -> bool:
     )
 
 
+def _with_detector(cfg: Config) -> tuple[Config, str]:
+    """``cfg`` with ``ingest.detector`` the absolute path of a detector bundle checked
+    against the ingest settings (Ray workers elsewhere read it, and must not find out
+    late), and the bundle's version."""
+    from usv_ray.bundle import bundle_folder, read_bundle
+    from usv_ray.config import to_dict
+    from usv_ray.detect.bundle import KIND, check_frames
+
+    folder, record = read_bundle(cfg.ingest.detector, KIND)
+    check_frames(record, to_dict(cfg.ingest), str(folder))
+    folder = bundle_folder(folder).resolve()
+    log.info("videos without annotations get automatic tracklets from %s", record["version"])
+    ingest = dataclasses.replace(cfg.ingest, detector=str(folder))
+    return dataclasses.replace(cfg, ingest=ingest), record["version"]
+
+
+def _detected(task: VideoTask, version: str, cfg: Config) -> VideoTask:
+    """``task`` whose fingerprint also names the detector (its bundle ``version``) and the
+    tracker settings when its video has no annotations: another detector redoes those
+    videos, never the annotated ones."""
+    if task.annotations is not None:
+        return task
+    from usv_ray.config import to_dict
+
+    stamp = json.dumps([task.fingerprint, version, to_dict(cfg.detect)], sort_keys=True)
+    return dataclasses.replace(task, fingerprint=hashlib.sha256(stamp.encode()).hexdigest()[:32])
+
+
 def run_ingest(cfg: Config, manifest: str | Path, out: str | Path) -> IngestSummary:
     """Ingest every video of ``manifest`` into ``out`` on Ray, skipping finished work."""
     started = time.perf_counter()
@@ -383,6 +510,9 @@ def run_ingest(cfg: Config, manifest: str | Path, out: str | Path) -> IngestSumm
     key = load_key(cfg.privacy)
     tasks, row_errors, rejected = read_manifest(manifest, key, cfg.ingest)
     claim_ingest_record(out, cfg.ingest)  # one folder, one set of frame settings
+    if cfg.ingest.detector:
+        cfg, version = _with_detector(cfg)
+        tasks = [_detected(task, version, cfg) for task in tasks]
     for folder in ("frames", "tracklets", "journal"):
         (out / folder).mkdir(parents=True, exist_ok=True)
         remove_stale_tmp(out / folder)
@@ -402,7 +532,12 @@ def run_ingest(cfg: Config, manifest: str | Path, out: str | Path) -> IngestSumm
         len(row_errors),
     )
     if todo:
-        _run_on_ray(todo, cfg, key, out)
+        rows = (_run_here if cfg.ingest.workers == 0 else _run_on_ray)(todo, cfg, key, out)
+        failed = 0
+        for done, row in enumerate(rows, start=1):
+            failed += row["status"] != "ok"
+            if done % 100 == 0 or done == len(todo):
+                log.info("ingested %d/%d videos (%d failed)", done, len(todo), failed)
 
     journal = _load_journal(out / "journal")
     videos = sorted((e["video"] for e in journal.values()), key=lambda v: v["video_id"])
@@ -421,7 +556,16 @@ def run_ingest(cfg: Config, manifest: str | Path, out: str | Path) -> IngestSumm
     )
 
 
-def _run_on_ray(todo: list[VideoTask], cfg: Config, key: bytes, out: Path) -> None:
+def _run_here(todo: list[VideoTask], cfg: Config, key: bytes, out: Path) -> Iterator[dict]:
+    """``ingest.workers`` 0: every video in this process, one after another."""
+    worker = IngestWorker(cfg.ingest, key, str(out.resolve()), cfg.detect)
+    log.info("ingesting %d videos in this process", len(todo))
+    for task in todo:
+        yield worker({"task": json.dumps(dataclasses.asdict(task))})
+
+
+def _run_on_ray(todo: list[VideoTask], cfg: Config, key: bytes, out: Path) -> Iterator[dict]:
+    """The videos on a pool of Ray actors (``ingest.workers``, else as many as fit)."""
     import ray
 
     from usv_ray.runtime import ensure_ray
@@ -430,17 +574,29 @@ def _run_on_ray(todo: list[VideoTask], cfg: Config, key: bytes, out: Path) -> No
     workers = cfg.ingest.workers or int(
         ray.cluster_resources().get("CPU", 1) // cfg.ingest.num_cpus_per_video
     )
+    gpus = 1 if cfg.ingest.detector and cfg.ingest.detector_gpu else 0
+    if gpus:  # one GPU per actor: as many actors as the cluster has GPUs, at most
+        available = int(ray.cluster_resources().get("GPU", 0))
+        if available == 0:
+            raise ConfigError(
+                "ingest.detector_gpu gives each ingest actor a GPU, and the cluster has none "
+                "now (an autoscaling cluster: bring up a GPU worker first): set it false to "
+                "detect on the CPUs"
+            )
+        workers = min(workers, available)
     workers = max(1, min(workers, len(todo)))
     log.info("ingesting %d videos with %d Ray workers", len(todo), workers)
     items = [{"task": json.dumps(dataclasses.asdict(t))} for t in todo]
     dataset = ray.data.from_items(items, override_num_blocks=min(len(items), 4096)).map(
         IngestWorker,
-        fn_constructor_kwargs={"cfg": cfg.ingest, "key": key, "out": str(out.resolve())},
+        fn_constructor_kwargs={
+            "cfg": cfg.ingest,
+            "key": key,
+            "out": str(out.resolve()),
+            "detect": cfg.detect,
+        },
         num_cpus=cfg.ingest.num_cpus_per_video,
+        num_gpus=gpus,
         compute=ray.data.ActorPoolStrategy(size=workers),
     )
-    failed = 0
-    for done, row in enumerate(dataset.iter_rows(), start=1):
-        failed += row["status"] != "ok"
-        if done % 100 == 0 or done == len(todo):
-            log.info("ingested %d/%d videos (%d failed)", done, len(todo), failed)
+    yield from dataset.iter_rows()

@@ -137,7 +137,7 @@ class Diagnoser:
         }
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        now = datetime.now(UTC).replace(microsecond=0)
+        now = datetime.now(UTC)  # to the millisecond: a rerun compares it to shard mtimes
         rows = []
         for i, video_id in enumerate(batch["video_id"]):
             row = {

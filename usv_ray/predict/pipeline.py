@@ -25,10 +25,12 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -106,8 +108,9 @@ def _not_readable(videos: pd.DataFrame, version: str, threshold: float) -> list[
     ]
 
 
-def _diagnose(cfg: Config, bundle: Path, data: Path, videos: pd.DataFrame) -> list[pa.Table]:
-    """The Ray Data job over ``videos`` (ingested ok): one table of rows per batch."""
+def _diagnose(cfg: Config, bundle: Path, data: Path, videos: pd.DataFrame) -> Iterator[pa.Table]:
+    """The Ray Data job over ``videos`` (ingested ok): a table of rows per batch, as they
+    come (``predict.workers`` 0: the same batches in this process)."""
     import ray.data
 
     from usv_ray.predict.diagnose import Diagnoser
@@ -126,6 +129,13 @@ def _diagnose(cfg: Config, bundle: Path, data: Path, videos: pd.DataFrame) -> li
         }
         for row in videos.itertuples(index=False)
     ]
+    if p.workers == 0:  # in this process: no actor start-up (a laptop's small night)
+        diagnoser = Diagnoser(str(bundle), p.use_gpu, p.precision)
+        for start in range(0, len(items), p.batch_size):
+            chunk = items[start : start + p.batch_size]
+            yield diagnoser({k: np.array([i[k] for i in chunk], dtype=object) for k in chunk[0]})
+            log.info("predict: diagnosed %d/%d videos", start + len(chunk), len(items))
+        return
     ensure_ray(cfg.ray)
     blocks = min(len(items), max(1, math.ceil(len(items) / p.batch_size)), 4096)
     dataset = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
@@ -141,14 +151,13 @@ def _diagnose(cfg: Config, bundle: Path, data: Path, videos: pd.DataFrame) -> li
         num_cpus=actor_cpus(p.cpus_per_worker),
         num_gpus=1 if p.use_gpu else 0,
     )
-    tables, done, shown = [], 0, time.monotonic()
+    done, shown = 0, time.monotonic()
     for table in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-        tables.append(table)
+        yield table
         done += table.num_rows
         if done == len(items) or time.monotonic() - shown > 20:
             shown = time.monotonic()
             log.info("predict: diagnosed %d/%d videos", done, len(items))
-    return tables
 
 
 def _split(rows: pa.Table) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -209,7 +218,7 @@ def run_predict(
         log.info("predict: nothing new for %s", version)
         return _summary(out, version, diagnoses, tracklets, 0, False, started)
 
-    parts = _diagnose(cfg, folder, data, readable) if len(readable) else []
+    parts = list(_diagnose(cfg, folder, data, readable)) if len(readable) else []
     failed = todo[todo["status"] != "ok"]
     if len(failed):
         parts.append(

@@ -47,8 +47,9 @@ def oof_probs(rows: pd.DataFrame, record: Mapping[str, Any], folds: pd.DataFrame
     return calibrated
 
 
-def nodule_truth(nodules: pd.DataFrame, tracklet_nodules: pd.DataFrame,
-                 truth_nodules: pd.DataFrame) -> pd.Series:  # fmt: skip
+def nodule_truth(
+    nodules: pd.DataFrame, tracklet_nodules: pd.DataFrame, truth_nodules: pd.DataFrame
+) -> pd.Series:
     """True malignancy (1.0 / 0.0) of each index nodule (by nodule_uid): that of the true
     nodule most of its tracklets show (``tracklet_nodules``: tracklet_id, nodule_id); NaN
     when none of its tracklets is matched to one."""
@@ -69,9 +70,13 @@ def _auc_row(labels: np.ndarray, probs: np.ndarray, patients: np.ndarray, seed: 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MetricWarning)  # one class: NaN in the table
         auc = roc_auc(labels, probs)
-        low, high = bootstrap_ci(
-            roc_auc, labels, probs, patients, n_boot=1000, rng=np.random.default_rng(seed)
-        ) if len(labels) else (np.nan, np.nan)  # fmt: skip
+        low, high = (
+            bootstrap_ci(
+                roc_auc, labels, probs, patients, n_boot=1000, rng=np.random.default_rng(seed)
+            )
+            if len(labels)
+            else (np.nan, np.nan)
+        )
     return {
         "nodules": len(labels),
         "malignant": int(labels.sum()),
@@ -93,14 +98,15 @@ def scoring_comparison(sets: Mapping[str, pd.DataFrame], seed: int = 0) -> pd.Da
     rows = []
     for name, frame in sets.items():
         known = frame.dropna(subset=["truth", "tracklets", "videos"])
-        labels = known["truth"].to_numpy().astype(np.int64)
+        labels = known["truth"].to_numpy(np.float64).astype(np.int64)
         patients = known["patient_key"].to_numpy()
+        probs = {way: known[way].to_numpy(np.float64) for way in ("tracklets", "videos")}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", MetricWarning)
-            test = delong_test(labels, known["tracklets"], known["videos"])
+            test = delong_test(labels, probs["tracklets"], probs["videos"])
         for way in ("tracklets", "videos"):
             row = {"nodules_of": name, "scoring": way}
-            row.update(_auc_row(labels, known[way].to_numpy(np.float64), patients, seed))
+            row.update(_auc_row(labels, probs[way], patients, seed))
             row["p_value"] = test.p_value
             rows.append(row)
     return pd.DataFrame(rows)

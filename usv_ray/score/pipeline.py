@@ -8,7 +8,15 @@ lays it out (``data``, ``classify``, ``predict``, ``index``). Writes ``DIR/score
     tables/night_metrics.{md,csv}   accuracy, sensitivity, ... of tonight's readings
     tables/night_nodules.{md,csv}   each nodule seen tonight: P first and now, the truth
     tables/nodule_scoring.{md,csv}  per-nodule AUC of each way to score a nodule
+    tables/tracking.{md,csv}        the automatic tracklets against the true boxes
+    tables/index_gap.{md,csv}       the index from automatic tracklets vs from annotated ones
+    gap/                            the ingest and the two indexes that comparison made
     summary.json                    the headline figures
+
+The comparison takes the detector's test patients' annotated videos: ingested again
+without their annotations (the detector and tracker make their tracklets; a manifest of
+them lies beside the archive's while it runs), and their annotated tracklets as they are,
+each indexed with the re-ID bundle.
 
 No raw identifier leaves :mod:`usv_ray.score.keyed`: rows are named by the first digits
 of their keyed ids.
@@ -44,6 +52,8 @@ class ScoreSummary:
     night_metrics: pd.DataFrame
     night_nodules: pd.DataFrame
     nodule_scoring: pd.DataFrame
+    tracking: pd.DataFrame  # empty without automatic tracklets
+    index_gap: pd.DataFrame  # empty without a detector
     seconds: float
 
 
@@ -105,8 +115,9 @@ def _night_metrics(night: pd.DataFrame, diagnoses: pd.DataFrame, threshold: floa
     return pd.DataFrame([out])
 
 
-def _night_nodules(nodules: pd.DataFrame, truth: pd.Series, night_ids: set[str],
-                   tracklets: pd.DataFrame) -> pd.DataFrame:  # fmt: skip
+def _night_nodules(
+    nodules: pd.DataFrame, truth: pd.Series, night_ids: set[str], tracklets: pd.DataFrame
+) -> pd.DataFrame:
     from usv_ray.score.night import short
 
     tonight = set(tracklets.loc[tracklets["video_id"].isin(night_ids), "tracklet_id"])
@@ -132,17 +143,77 @@ def _scoring_sets(
     tracklets: pd.DataFrame,
     truth: pd.Series,
     scored: dict[str, pd.DataFrame],
-    groups: dict[str, set[str]],
+    groups: dict[str, tuple[set[str], set[str]]],
 ) -> dict[str, pd.DataFrame]:
-    """Per nodule: its truth and its P by each way of scoring, for each group of patients."""
+    """Per nodule: its truth and its P by each way of scoring, for each group of nodules:
+    ``groups`` maps a name to (its patients, the videos its P is pooled from)."""
     from usv_ray.index.malignancy import score_nodules
 
-    frame = nodules[["patient_key", "nodule_uid"]].copy()
-    frame["truth"] = frame["nodule_uid"].map(truth)
-    for way, probs in scored.items():
-        pooled = score_nodules(nodules, tracklets, probs, way, 0.5, None)
-        frame[way] = pooled["malignancy"].to_numpy(np.float64)
-    return {name: frame[frame["patient_key"].isin(keys)] for name, keys in groups.items()}
+    sets = {}
+    for name, (patients, videos) in groups.items():
+        shown = tracklets[tracklets["video_id"].isin(videos)]
+        frame = nodules.loc[nodules["patient_key"].isin(patients), ["patient_key", "nodule_uid"]]
+        frame = frame.assign(truth=frame["nodule_uid"].map(truth))
+        for way, probs in scored.items():
+            pooled = score_nodules(nodules, shown, probs, way, 0.5, None)
+            frame[way] = frame["nodule_uid"].map(pooled.set_index("nodule_uid")["malignancy"])
+        sets[name] = frame
+    return sets
+
+
+def _index_gap(cfg: Config, archive: Path, out: Path, truth, raw) -> pd.DataFrame:
+    """The index from automatic tracklets against the index from annotated ones, on the
+    same videos: the detector's test patients' annotated archive videos."""
+    import csv
+    import shutil
+    import tempfile
+    from dataclasses import replace
+
+    from usv_ray.index.pipeline import run_index
+    from usv_ray.ingest.pipeline import run_ingest
+    from usv_ray.reid.clips import read_tracklet_table
+    from usv_ray.score.tracks import index_agreement
+
+    splits = pq.read_table(out / "detect" / "splits.parquet").to_pandas()
+    test = set(splits.loc[splits["split"] == "test", "video_id"])
+    rows = raw.videos.assign(video_id=truth.videos["video_id"].to_numpy())
+    rows = rows[(rows["batch"] == "archive") & rows["video_id"].isin(test)]
+    gap = out / "score" / "gap"
+    annotated = gap / "annotated"
+    (annotated / "tracklets").mkdir(parents=True, exist_ok=True)
+    shutil.copy(out / "data" / "ingest.json", annotated / "ingest.json")
+    for video_id in rows["video_id"]:
+        shard = out / "data" / "tracklets" / f"{video_id}.parquet"
+        if shard.exists():
+            shutil.copy(shard, annotated / "tracklets" / shard.name)
+    detected = replace(cfg, ingest=replace(cfg.ingest, detector=str(out / "detect" / "bundle")))
+    # beside the archive's manifest, so the videos keep their ids; only while ingest runs
+    with tempfile.NamedTemporaryFile("w", suffix=".csv", dir=archive, newline="") as manifest:
+        writer = csv.writer(manifest)
+        writer.writerow(["video", "patient_id", "study_id"])
+        writer.writerows(rows[["video", "patient_id", "study_id"]].itertuples(index=False))
+        manifest.flush()
+        run_ingest(detected, manifest.name, gap / "automatic")
+    table = []
+    columns = [
+        "tracklet_id",
+        "video_id",
+        "patient_key",
+        "source",
+        "nodule_id",
+        "box_frames",
+        "boxes",
+    ]
+    for source, data in (("annotated", annotated), ("automatic", gap / "automatic")):
+        if not any((data / "tracklets").glob("*.parquet")):  # the detector found nothing
+            log.warning("score: no %s tracklet in the detector's test videos", source)
+            table.append({"tracklets_from": source, "tracklets": 0})
+            continue
+        run_index(cfg, data, out / "reid", gap / f"index_{source}")
+        nodules = pq.read_table(gap / f"index_{source}" / "nodules.parquet").to_pandas()
+        tracklets = read_tracklet_table(data, columns).to_pandas()
+        table.append({"tracklets_from": source, **index_agreement(nodules, tracklets, truth)})
+    return pd.DataFrame(table)
 
 
 def run_score(cfg: Config, archive: str | Path, out: str | Path) -> ScoreSummary:
@@ -154,19 +225,38 @@ def run_score(cfg: Config, archive: str | Path, out: str | Path) -> ScoreSummary
     from usv_ray.reid.clips import read_tracklet_table
     from usv_ray.score.keyed import keyed_truth
     from usv_ray.score.night import nodule_truth, oof_probs, scoring_comparison
+    from usv_ray.score.tracks import tracking_quality, tracklet_nodules
     from usv_ray.synth.truth import load_truth
 
     started = time.perf_counter()
-    out = Path(out)
-    truth = keyed_truth(load_truth(archive), load_key(cfg.privacy))
+    archive, out = Path(archive), Path(out)
+    raw = load_truth(archive)
+    truth = keyed_truth(raw, load_key(cfg.privacy))
     _, record = read_bundle(_need(out / "classify", "classify"), "diagnosis", verify=False)
     folds = pq.read_table(out / "classify" / "folds.parquet").to_pandas()
     version, diagnoses, tracklet_diagnoses = _latest(out / "predict")
     if version != record["version"]:
         raise ScoreError(f"predict last ran {version}, the classify bundle is {record['version']}")
-    tracklets = read_tracklet_table(out / "data").to_pandas()
+    columns = [
+        "tracklet_id",
+        "video_id",
+        "patient_key",
+        "study_key",
+        "nodule_id",
+        "source",
+        "box_frames",
+        "boxes",
+    ]
+    tracklets = read_tracklet_table(out / "data", columns).to_pandas()
     nodules = pq.read_table(_need(out / "index" / "nodules.parquet", "index")).to_pandas()
-    nodules_truth = nodule_truth(nodules, tracklets[["tracklet_id", "nodule_id"]], truth.nodules)
+    nodules_truth = nodule_truth(nodules, tracklet_nodules(tracklets, truth), truth.nodules)
+    automatic = tracklets[tracklets["source"] == "automatic"]
+    tracking = pd.DataFrame([tracking_quality(truth, automatic)[0]] if len(automatic) else [])
+    gap = (
+        _index_gap(cfg, archive, out, truth, raw)
+        if (out / "detect" / "bundle").is_dir()
+        else pd.DataFrame()
+    )
 
     night = truth.videos[truth.videos["batch"] == "night"]
     threshold = float(record["operating_point"]["threshold"])
@@ -174,8 +264,10 @@ def run_score(cfg: Config, archive: str | Path, out: str | Path) -> ScoreSummary
     night_metrics = _night_metrics(night, diagnoses, threshold)
     night_nodules = _night_nodules(nodules, nodules_truth, set(night["video_id"]), tracklets)
 
-    # the ways to score a nodule, each from predictions made without the nodule's patient
-    archive_patients = set(truth.videos.loc[truth.videos["batch"] == "archive", "patient_key"])
+    # the ways to score a nodule: on the archive, each from predictions made without the
+    # nodule's patient; tonight, from tonight's videos alone
+    archived = truth.videos[truth.videos["batch"] == "archive"]
+    archive_patients = set(archived["patient_key"])
     new = set(night["patient_key"]) - archive_patients
     scored = {
         "tracklets": tracklet_diagnoses.assign(prob=oof_probs(tracklet_diagnoses, record, folds))[
@@ -183,10 +275,14 @@ def run_score(cfg: Config, archive: str | Path, out: str | Path) -> ScoreSummary
         ],
         "videos": diagnoses.assign(prob=oof_probs(diagnoses, record, folds))[["video_id", "prob"]],
     }
+    tonight = set(night["video_id"])
     groups = {
-        "archive, out-of-fold": archive_patients,
-        "tonight's new patients": new,
-        "tonight's follow-ups (patients the models trained on)": set(night["patient_key"]) - new,
+        "the archive, out-of-fold": (archive_patients, set(archived["video_id"])),
+        "tonight's new patients": (new, tonight),
+        "tonight's follow-ups (patients the models trained on)": (
+            set(night["patient_key"]) - new,
+            tonight,
+        ),
     }
     sets = _scoring_sets(nodules, tracklets, nodules_truth, scored, groups)
     comparison = scoring_comparison(sets)
@@ -196,11 +292,16 @@ def run_score(cfg: Config, archive: str | Path, out: str | Path) -> ScoreSummary
     write_table(night_metrics, tables / "night_metrics", float_format="{:.1f}")
     write_table(night_nodules, tables / "night_nodules", float_format="{:.1f}")
     write_table(comparison, tables / "nodule_scoring", float_format="{:.3g}")
+    for name, table in (("tracking", tracking), ("index_gap", gap)):
+        if len(table):
+            write_table(table, tables / name, float_format="{:.1f}")
     summary = {
         "model_version": version,
         "night_videos": len(night_videos),
         "night": night_metrics.iloc[0].to_dict(),
         "nodule_scoring": comparison.to_dict("records"),
+        "tracking": tracking.to_dict("records"),
+        "index_gap": gap.to_dict("records"),
     }
     write_json(json.loads(pd.Series(summary).to_json()), out / "score" / "summary.json")
     return ScoreSummary(
@@ -209,5 +310,7 @@ def run_score(cfg: Config, archive: str | Path, out: str | Path) -> ScoreSummary
         night_metrics,
         night_nodules,
         comparison,
+        tracking,
+        gap,
         time.perf_counter() - started,
     )

@@ -109,12 +109,17 @@ def tau_target(cfg: Config, data: Path, out: Path) -> Target:
 
     def finish(best: dict[str, Any], f_score: float) -> None:
         """Record the best tau in the re-ID bundle, with the model it was swept for."""
+        from usv_ray.bundle import BundleError
         from usv_ray.reid.bundle import record_tau
 
         models = pq.read_table(data / "embeddings", columns=["model"])["model"].unique()
         if len(models) != 1:
             raise TuneError(f"{data / 'embeddings'} holds the embeddings of {len(models)} models")
-        folder = record_tau(data, models[0].as_py(), best[KEY], f_score, out)
+        try:
+            folder = record_tau(data, models[0].as_py(), best[KEY], f_score, out)
+        except BundleError as exc:  # a re-ID folder of an older usv_ray: best.yaml has it
+            log.warning("tune tau: tau %g is in best.yaml only: %s", best[KEY], exc)
+            return
         log.info("tune tau: tau %g recorded for %s in %s", best[KEY], models[0], folder)
 
     return Target(

@@ -1,0 +1,123 @@
+"""Automatic tracklets against the hidden truth: tracking quality, each tracklet's true
+nodule, and the nodule index built from them against the one built from annotations.
+
+Every video of the synthetic archive has true boxes in every frame where a nodule is
+visible, so the tracker's output is scored frame by frame (:mod:`usv_ray.evaluate.tracking`:
+frame recall and precision, purity, IDF1 and identity switches from py-motmetrics), and an
+automatic tracklet shows the true nodule its boxes match (IoU >= 0.5) in most of its
+frames, or none when they match one in fewer than half.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from usv_ray.score.keyed import KeyedTruth
+
+IOU = 0.5  # a box on a nodule: the usual MOT threshold
+
+
+def tracklet_boxes(tracklets: pd.DataFrame) -> pd.DataFrame:
+    """One row per box of each tracklet: video, frame, track_id (its tracklet_id), x0..y1."""
+    rows = tracklets[["video_id", "tracklet_id", "box_frames", "boxes"]]
+    rows = rows.explode(["box_frames", "boxes"], ignore_index=True).dropna(subset=["boxes"])
+    boxes = np.stack(rows["boxes"].to_numpy()) if len(rows) else np.zeros((0, 4))
+    return pd.DataFrame(
+        {
+            "video": rows["video_id"].to_numpy(),
+            "frame": rows["box_frames"].to_numpy(np.int64),
+            "track_id": rows["tracklet_id"].to_numpy(),
+            **{name: boxes[:, i] for i, name in enumerate(("x0", "y0", "x1", "y1"))},
+        }
+    )
+
+
+def truth_boxes(truth: KeyedTruth, video_ids: set[str]) -> pd.DataFrame:
+    """The true boxes of ``video_ids``: video, frame, object_id (the keyed nodule), x0..y1."""
+    boxes = truth.boxes[truth.boxes["video_id"].isin(video_ids)]
+    return boxes.rename(columns={"video_id": "video", "nodule_id": "object_id"})
+
+
+def tracking_quality(truth: KeyedTruth, automatic: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
+    """Tracking scores of the ``automatic`` tracklets over their videos, and per tracklet
+    its true nodule (tracklet_id, nodule_id: None when its boxes match none in half its
+    frames) and purity."""
+    from usv_ray.evaluate.tracking import frame_scores, identity_scores, purity
+
+    videos = set(automatic["video_id"])
+    true, pred = truth_boxes(truth, videos), tracklet_boxes(automatic)
+    frames = frame_scores(true, pred, IOU)
+    mean_purity, per_track = purity(true, pred, IOU)
+    identity = identity_scores(true, pred, IOU)
+    row = {
+        "videos": len(videos),
+        "tracklets": len(automatic),
+        "true_boxes": int(frames["true_boxes"]),
+        "frame_recall": 100 * frames["recall"],
+        "frame_precision": 100 * frames["precision"],
+        "purity": 100 * mean_purity,
+        "idf1": 100 * identity["idf1"],
+        "idp": 100 * identity["idp"],
+        "idr": 100 * identity["idr"],
+        "id_switches": int(identity["num_switches"]),
+        "mota": 100 * identity["mota"],
+    }
+    matched = per_track["matched_frames"] >= 0.5 * per_track["frames"]
+    nodules = pd.DataFrame(
+        {
+            "tracklet_id": per_track["track_id"].to_numpy(),
+            "nodule_id": per_track["object_id"].where(matched, None).to_numpy(),
+        }
+    )
+    return row, nodules
+
+
+def tracklet_nodules(tracklets: pd.DataFrame, truth: KeyedTruth) -> pd.DataFrame:
+    """The true nodule of every tracklet (tracklet_id, nodule_id): an annotated tracklet's
+    own, an automatic one's by its boxes (None when it matches none)."""
+    annotated = tracklets.loc[tracklets["source"] == "annotated", ["tracklet_id", "nodule_id"]]
+    automatic = tracklets[tracklets["source"] == "automatic"]
+    if automatic.empty:
+        return annotated.reset_index(drop=True)
+    return pd.concat([annotated, tracking_quality(truth, automatic)[1]], ignore_index=True)
+
+
+def index_agreement(nodules: pd.DataFrame, tracklets: pd.DataFrame, truth: KeyedTruth) -> dict:
+    """How an index (rows of nodules.parquet) of ``tracklets`` (tracklet_id, video_id,
+    patient_key, source, nodule_id, box_frames, boxes) agrees with the truth: pairwise
+    precision, recall and F over the tracklets that show a true nodule, and for how many
+    patients it lists as many nodules as their videos truly show."""
+    import warnings
+
+    from usv_ray.cluster.metrics import pairwise_scores
+    from usv_ray.evaluate.metrics import MetricWarning
+
+    truth_of = tracklet_nodules(tracklets, truth).set_index("tracklet_id")["nodule_id"]
+    members = nodules[["patient_key", "nodule_uid", "tracklet_ids"]].explode("tracklet_ids")
+    members["nodule_id"] = members["tracklet_ids"].map(truth_of)
+    shown = members.dropna(subset=["nodule_id"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MetricWarning)
+        scores = pairwise_scores(
+            shown["nodule_id"].to_numpy(),
+            shown["nodule_uid"].to_numpy(),
+            shown["patient_key"].to_numpy(),
+        )
+    videos = tracklets.drop_duplicates("video_id")[["video_id", "patient_key"]]
+    true = truth.boxes.merge(videos, on="video_id").groupby("patient_key")["nodule_id"].nunique()
+    listed = nodules.groupby("patient_key")["nodule_uid"].nunique()
+    counts = pd.concat([true.rename("true"), listed.rename("listed")], axis=1).fillna(0)
+    error = (counts["listed"] - counts["true"]).abs()
+    return {
+        "tracklets": len(tracklets),
+        "tracklets_on_a_nodule": len(shown),
+        "nodules_listed": int(counts["listed"].sum()),
+        "nodules_true": int(counts["true"].sum()),
+        "pairwise_precision": 100 * scores.precision,
+        "pairwise_recall": 100 * scores.recall,
+        "pairwise_f": 100 * scores.f_score,
+        "patients": len(counts),
+        "patients_right_count": int((error == 0).sum()),
+        "count_error": float(error.mean()) if len(counts) else float("nan"),
+    }
