@@ -186,14 +186,16 @@ def _index_gap(cfg: Config, archive: Path, out: Path, truth, raw) -> pd.DataFram
         shard = out / "data" / "tracklets" / f"{video_id}.parquet"
         if shard.exists():
             shutil.copy(shard, annotated / "tracklets" / shard.name)
-    detected = replace(cfg, ingest=replace(cfg.ingest, detector=str(out / "detect" / "bundle")))
+    # a few videos, ingested and indexed in this process (no actor start-up for them)
+    ingest = replace(cfg.ingest, detector=str(out / "detect" / "bundle"), workers=0)
+    cfg = replace(cfg, ingest=ingest, index=replace(cfg.index, workers=0))
     # beside the archive's manifest, so the videos keep their ids; only while ingest runs
     with tempfile.NamedTemporaryFile("w", suffix=".csv", dir=archive, newline="") as manifest:
         writer = csv.writer(manifest)
         writer.writerow(["video", "patient_id", "study_id"])
         writer.writerows(rows[["video", "patient_id", "study_id"]].itertuples(index=False))
         manifest.flush()
-        run_ingest(detected, manifest.name, gap / "automatic")
+        run_ingest(cfg, manifest.name, gap / "automatic")
     table = []
     columns = [
         "tracklet_id",
