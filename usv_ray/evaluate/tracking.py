@@ -36,6 +36,7 @@ shares no code with the tracker it scores.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -341,12 +342,18 @@ def identity_scores(truth: Any, pred: Any, iou: float = 0.5) -> dict[str, float]
 
     scores: dict[str, float] = dict.fromkeys(IDENTITY_RATIOS + IDENTITY_COUNTS, 0)
     if accumulators:  # else no box at all: every ratio is undefined below
-        summary = mm.metrics.create().compute_many(
-            list(accumulators.values()),
-            metrics=[*IDENTITY_RATIOS, *IDENTITY_COUNTS],
-            names=[str(video) for video in accumulators],
-            generate_overall=True,
-        )
+        # motmetrics logs its timings at INFO on the root logger: not the product's news
+        disabled = logging.root.manager.disable
+        logging.disable(logging.INFO)
+        try:
+            summary = mm.metrics.create().compute_many(
+                list(accumulators.values()),
+                metrics=[*IDENTITY_RATIOS, *IDENTITY_COUNTS],
+                names=[str(video) for video in accumulators],
+                generate_overall=True,
+            )
+        finally:
+            logging.disable(disabled)
         overall = summary.loc["OVERALL"]
         scores = {name: float(overall[name]) for name in IDENTITY_RATIOS}
         scores |= {name: int(overall[name]) for name in IDENTITY_COUNTS}
