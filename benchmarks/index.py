@@ -76,6 +76,20 @@ def load() -> str:
     return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
 
 
+def summary(figures: list[Figure]) -> int:
+    """Print the load and a table of ``figures``; the exit status: 1 when a target is missed."""
+    print(f"{load()} at the end")
+    width = max(len(figure.name) for figure in figures)
+    print(f"\n{'figure':<{width}}  {'value':>8}  {'target':<6}  result")
+    for figure in figures:
+        result = "-" if figure.ok is None else ("PASS" if figure.ok else "MISSED")
+        print(f"{figure.name:<{width}}  {figure.value:>8}  {figure.target:<6}  {result}")
+    missed = [figure.name for figure in figures if figure.ok is False]
+    if missed:
+        print(f"missed: {', '.join(missed)}")
+    return 1 if missed else 0
+
+
 def noisy_unit(centres: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """``(n, D)`` float32: each unit centre ``(n, D)`` plus noise of norm about ``NOISE``."""
     noise = rng.standard_normal(centres.shape, dtype=np.float32) * np.float32(
@@ -230,8 +244,10 @@ class Rates:
     steady: float  # the tracklets after the first batch over the time after it
 
 
-def _rates(n_tracklets: int, started: float, first: float, first_rows: int, ended: float):
-    return Rates(n_tracklets / (ended - started), (n_tracklets - first_rows) / (ended - first))
+def rates(n_items: int, started: float, first: float, first_rows: int, ended: float) -> Rates:
+    """The rates of ``n_items`` done from ``started`` to ``ended``, ``first_rows`` of them
+    by ``first`` (the end of the first batch)."""
+    return Rates(n_items / (ended - started), (n_items - first_rows) / (ended - first))
 
 
 def embedding_rates(
@@ -271,7 +287,7 @@ def embedding_rates(
             for batch in table.to_batches(batch_size):
                 embedder({c: batch[c].to_numpy(zero_copy_only=False) for c in EMBED_COLUMNS})
                 first = first or (time.perf_counter(), batch.num_rows)
-            return _rates(n_tracklets, started, *first, time.perf_counter())
+            return rates(n_tracklets, started, *first, time.perf_counter())
         finally:
             torch.set_num_threads(threads)
 
@@ -290,7 +306,7 @@ def embedding_rates(
             first = first or (time.perf_counter(), batch.num_rows)
             rows += batch.num_rows
         assert rows == n_tracklets, (rows, n_tracklets)
-        ray_rates = _rates(n_tracklets, started, *first, time.perf_counter())
+        ray_rates = rates(n_tracklets, started, *first, time.perf_counter())
     finally:
         ray.shutdown()
     after = bare()
@@ -368,16 +384,7 @@ def main() -> int:
             print(f"{figure.name}: {figure.value} (target {figure.target}) {result}", flush=True)
             figures.append(figure)
 
-    print(f"{load()} at the end")
-    width = max(len(figure.name) for figure in figures)
-    print(f"\n{'figure':<{width}}  {'value':>8}  {'target':<6}  result")
-    for figure in figures:
-        result = "-" if figure.ok is None else ("PASS" if figure.ok else "MISSED")
-        print(f"{figure.name:<{width}}  {figure.value:>8}  {figure.target:<6}  {result}")
-    missed = [figure.name for figure in figures if figure.ok is False]
-    if missed:
-        print(f"missed: {', '.join(missed)}")
-    return 1 if missed else 0
+    return summary(figures)
 
 
 if __name__ == "__main__":

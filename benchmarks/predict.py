@@ -20,46 +20,19 @@ videos; ``--gpu-only``: section 3 alone, for tools/gpu_check.sh).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the toy bundles
 
+from index import Figure, Rates, load, rates, summary  # benchmarks/index.py
 from toy_bundle import write_toy_bundle, write_toy_data
 
 from usv_ray.config import Config, IngestConfig, PredictConfig, RayConfig
 
 INGEST = IngestConfig(frame_size=64, n_frames=30, patch_height=64, patch_width=32)
-
-
-@dataclass(frozen=True)
-class Figure:
-    """One measured figure and its target (``ok`` None: printed without a target)."""
-
-    name: str
-    value: str
-    target: str
-    ok: bool | None
-
-
-@dataclass(frozen=True)
-class Rates:
-    """Videos/s: over the whole job, and after its first batch."""
-
-    whole: float
-    steady: float
-
-
-def load() -> str:
-    return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
-
-
-def _rates(n: int, started: float, first: float, first_rows: int, ended: float) -> Rates:
-    return Rates(n / (ended - started), (n - first_rows) / (ended - first))
 
 
 def bare_rates(bundle: Path, data: Path, ids: list[str], batch: int) -> Rates:
@@ -82,7 +55,7 @@ def bare_rates(bundle: Path, data: Path, ids: list[str], batch: int) -> Rates:
                     str(data / "tracklets" / f"{video_id}.parquet"),
                 )
             first = first or (time.perf_counter(), min(batch, len(ids)))
-        return _rates(len(ids), started, *first, time.perf_counter())
+        return rates(len(ids), started, *first, time.perf_counter())
     finally:
         torch.set_num_threads(threads)
 
@@ -100,7 +73,7 @@ def ray_rates(cfg: Config, bundle: Path, data: Path, ids: list[str]) -> Rates:
         first = first or (time.perf_counter(), table.num_rows)
         rows += table.num_rows
     assert rows == len(ids), (rows, len(ids))
-    return _rates(len(ids), started, *first, time.perf_counter())
+    return rates(len(ids), started, *first, time.perf_counter())
 
 
 def section_throughput(args: argparse.Namespace, tmp: Path) -> list[Figure]:
@@ -139,8 +112,8 @@ def section_ensemble(args: argparse.Namespace, tmp: Path) -> list[Figure]:
     seconds = {}
     for members in (1, 5):
         bundle = write_toy_bundle(tmp / f"cls{members}", members=members, ingest=INGEST)
-        rates = [bare_rates(bundle, tmp / "data", ids, 8).steady for _ in range(2)]
-        seconds[members] = 1 / max(rates)
+        steady = [bare_rates(bundle, tmp / "data", ids, 8).steady for _ in range(2)]
+        seconds[members] = 1 / max(steady)
     ratio = seconds[5] / seconds[1]
     print(
         f"cost per video: {1000 * seconds[1]:.0f} ms with 1 member, {1000 * seconds[5]:.0f} "
@@ -189,13 +162,7 @@ def main() -> int:
         print(f"--- {name}", flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             figures += section(args, Path(tmp))
-    print(f"\n{load()} at the end")
-    width = max(len(figure.name) for figure in figures)
-    for figure in figures:
-        result = "-" if figure.ok is None else ("PASS" if figure.ok else "MISSED")
-        print(f"{figure.name:<{width}}  {figure.value:>8}  {figure.target:<6}  {result}")
-    missed = [figure.name for figure in figures if figure.ok is False]
-    return 1 if missed else 0
+    return summary(figures)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 # before Ray starts (see RAY.md): the default 2 s health-check poll makes every report slow
@@ -40,6 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the toy frames
 
+from index import Figure, load, summary  # benchmarks/index.py
 from toy_boxes import write_boxed_frames
 
 from usv_ray.config import DetectConfig, IngestConfig, SynthConfig
@@ -48,20 +48,6 @@ SIZE = 64  # the demo's frame size, the detector's input
 INGEST = IngestConfig(
     crop_box=(0.0, 0.11, 1.0, 1.0), frame_size=SIZE, patch_height=64, patch_width=32
 )
-
-
-@dataclass(frozen=True)
-class Figure:
-    """One measured figure and its target (``ok`` None: printed without a target)."""
-
-    name: str
-    value: str
-    target: str
-    ok: bool | None
-
-
-def load() -> str:
-    return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
 
 
 def archive(tmp: Path, patients: int) -> list[Path]:
@@ -175,8 +161,8 @@ def section_train(args: argparse.Namespace, tmp: Path) -> list[Figure]:
 
     from usv_ray.classify.cnn import frame_shards
     from usv_ray.detect.data import FRAME_COLUMNS, collate
-    from usv_ray.detect.training import DetectorTask, detect_settings, frames_dataset
-    from usv_ray.train import train_models
+    from usv_ray.detect.training import DetectorTask, frames_dataset
+    from usv_ray.train import stage_settings, train_models
 
     epochs = 3 if args.quick else 5
     threads = 2
@@ -201,7 +187,7 @@ def section_train(args: argparse.Namespace, tmp: Path) -> list[Figure]:
         }
         run = train_models(
             [DetectorTask(cfg, SIZE)],
-            detect_settings(cfg),
+            stage_settings(cfg),
             tmp / "runs",
             "bench",
             lambda _: sets,
@@ -260,12 +246,7 @@ def main() -> int:
         print(f"--- {name}", flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             figures += section(args, Path(tmp))
-    print(f"\n{load()} at the end")
-    width = max(len(figure.name) for figure in figures)
-    for figure in figures:
-        result = "-" if figure.ok is None else ("PASS" if figure.ok else "MISSED")
-        print(f"{figure.name:<{width}}  {figure.value:>8}  {figure.target:<6}  {result}")
-    return 1 if any(figure.ok is False for figure in figures) else 0
+    return summary(figures)
 
 
 if __name__ == "__main__":

@@ -268,13 +268,13 @@ def test_the_detector_trains_on_one_gpu_and_detects_in_bf16(gpu_ray, tmp_path):
     from usv_ray.config import DetectConfig
     from usv_ray.detect.bundle import DetectorModel
     from usv_ray.detect.models import build_detector
-    from usv_ray.detect.training import DetectorTask, detect_settings, frames_dataset
-    from usv_ray.train import load_model, train_models
+    from usv_ray.detect.training import DetectorTask, frames_dataset
+    from usv_ray.train import load_model, stage_settings, train_models
 
     ids = write_boxed_frames(tmp_path, n_videos=4, frames=8, size=SIZE)
     cfg = DetectConfig(epochs=2, **ON_GPU)
     sets = {"train": frames_dataset(tmp_path, ids[:3]), "val": frames_dataset(tmp_path, ids[3:])}
-    run = train_models([DetectorTask(cfg, SIZE)], detect_settings(cfg), tmp_path / "runs", "det",
+    run = train_models([DetectorTask(cfg, SIZE)], stage_settings(cfg), tmp_path / "runs", "det",
                        lambda _: sets, lambda _: ["train"])["detector"]  # fmt: skip
     state, meta = load_model(run.path)
     model = build_detector(meta)

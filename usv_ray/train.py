@@ -94,6 +94,26 @@ class RunSettings:
             raise ValueError(f"need epochs >= 1 and val_every >= 1, got {self}")
 
 
+def stage_settings(cfg: Any) -> RunSettings:
+    """The runner's settings of a stage config whose fields carry the runner's names
+    (``epochs``, ``lr``, ``seed``, ``val_every``, ``best``, ``weight_decay``, ``precision``,
+    ``checkpoint_every_s``, ``workers``, ``cpus_per_worker``, ``use_gpu``): re-ID's, the
+    detector's."""
+    return RunSettings(
+        epochs=cfg.epochs,
+        lr=cfg.lr,
+        seed=cfg.seed,
+        val_every=cfg.val_every,
+        best_metric=cfg.best,
+        weight_decay=cfg.weight_decay,
+        precision=cfg.precision,
+        checkpoint_every_s=cfg.checkpoint_every_s,
+        workers=cfg.workers,
+        cpus_per_worker=cfg.cpus_per_worker,
+        use_gpu=cfg.use_gpu,
+    )
+
+
 class Worker:
     """Where the runner's loop runs: rank ``rank`` of ``world``, on ``device``.
 

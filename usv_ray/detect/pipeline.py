@@ -148,10 +148,10 @@ def run_detect(cfg: Config, data: str | Path, out: str | Path) -> DetectSummary:
     from usv_ray.bundle import read_ingest_record, write_bundle
     from usv_ray.detect.bundle import FILE, FRAME_SETTINGS, KIND
     from usv_ray.detect.data import annotated_videos, split_videos
-    from usv_ray.detect.training import DetectorTask, detect_settings, frames_dataset
+    from usv_ray.detect.training import DetectorTask, frames_dataset
     from usv_ray.io import claim_folder, write_table
     from usv_ray.runtime import ensure_ray
-    from usv_ray.train import train_models
+    from usv_ray.train import stage_settings, train_models
 
     started = time.perf_counter()
     data, out = Path(data), Path(out)
@@ -182,7 +182,7 @@ def run_detect(cfg: Config, data: str | Path, out: str | Path) -> DetectSummary:
         cfg.detect.epochs,
     )
     trained = train_models(
-        [task], detect_settings(cfg.detect), out / "runs", "detector", datasets, lambda _: ["train"]
+        [task], stage_settings(cfg.detect), out / "runs", "detector", datasets, lambda _: ["train"]
     )["detector"]
     table = _evaluate(cfg, data, out, splits, trained.path, size)
     test = table.set_index("split").loc["test"] if "test" in set(table["split"]) else None

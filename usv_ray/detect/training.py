@@ -18,7 +18,7 @@ import torch
 from usv_ray.config import DetectConfig
 from usv_ray.detect.data import augment, collate
 from usv_ray.imaging import normalise
-from usv_ray.train import RunSettings, Worker, numpy_collate
+from usv_ray.train import Worker, numpy_collate
 
 
 def detect_all(model: torch.nn.Module, batches: Iterable[Any], device: torch.device) -> tuple:
@@ -88,23 +88,6 @@ class DetectorTask:
             "input_size": self.size,
             "score_threshold": self.cfg.score_threshold,
         }
-
-
-def detect_settings(cfg: DetectConfig) -> RunSettings:
-    """The training runner's settings for the detector of ``cfg``."""
-    return RunSettings(
-        epochs=cfg.epochs,
-        lr=cfg.lr,
-        seed=cfg.seed,
-        val_every=cfg.val_every,
-        best_metric=cfg.best,
-        weight_decay=cfg.weight_decay,
-        precision=cfg.precision,
-        checkpoint_every_s=cfg.checkpoint_every_s,
-        workers=cfg.workers,
-        cpus_per_worker=cfg.cpus_per_worker,
-        use_gpu=cfg.use_gpu,
-    )
 
 
 def frames_dataset(data: Any, video_ids: Iterable[str]) -> Any:

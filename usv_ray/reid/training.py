@@ -29,7 +29,7 @@ from usv_ray.config import ReidConfig, ReidModel
 from usv_ray.reid.clips import TrackletSet, augmented_input, load_tracklets
 from usv_ray.reid.losses import batch_hard_triplet, contrastive
 from usv_ray.reid.models import ClassificationModel, VerificationModel
-from usv_ray.train import RunSettings, TrainedModel, Worker, load_model, train_models
+from usv_ray.train import TrainedModel, Worker, load_model, stage_settings, train_models
 
 EVAL_BATCH = 16  # clips per forward pass when embedding for validation
 
@@ -187,23 +187,6 @@ class ReidTask:
         return {"kind": self.kind, "n_identities": self.n_identities}
 
 
-def reid_settings(cfg: ReidConfig) -> RunSettings:
-    """The training runner's settings for the re-ID models of ``cfg``."""
-    return RunSettings(
-        epochs=cfg.epochs,
-        lr=cfg.lr,
-        seed=cfg.seed,
-        val_every=cfg.val_every,
-        best_metric=cfg.best,
-        weight_decay=cfg.weight_decay,
-        precision=cfg.precision,
-        checkpoint_every_s=cfg.checkpoint_every_s,
-        workers=cfg.workers,
-        cpus_per_worker=cfg.cpus_per_worker,
-        use_gpu=cfg.use_gpu,
-    )
-
-
 def fit_reid(
     cfg: ReidConfig,
     kind: ReidModel,
@@ -229,5 +212,5 @@ def fit_reid(
     task = ReidTask(
         cfg, kind, str(Path(data).resolve()), tuple(train_ids), tuple(val_ids), n_identities
     )
-    trained = train_models([task], reid_settings(cfg), storage, name)[task.key]
+    trained = train_models([task], stage_settings(cfg), storage, name)[task.key]
     return load_model(trained.path)[0], trained
