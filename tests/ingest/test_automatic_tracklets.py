@@ -2,6 +2,7 @@
 same decode pass, annotated videos keep theirs, and the frames of annotated videos carry
 the boxes a detector trains on."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -9,10 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 from ingest_inputs import clip_frames, write_mp4
 
-from usv_ray.config import DetectConfig, IngestConfig
+from usv_ray.config import Config, DetectConfig, IngestConfig
+from usv_ray.detect.tracklets import tracker_settings
 from usv_ray.ingest.annotations import load_tracklets
 from usv_ray.ingest.manifest import VideoTask
-from usv_ray.ingest.pipeline import ingest_video
+from usv_ray.ingest.pipeline import _detected, _is_done, ingest_video
 
 WIDTH, HEIGHT, FRAMES = 160, 120, 24
 CFG = IngestConfig(
@@ -113,3 +115,45 @@ def test_a_detector_leaves_the_stored_frames_as_they_were(video, tmp_path):
     ]
     assert frames[0].equals(frames[1])  # predict and classify read the same pixels either way
     assert not (tmp_path / "a" / "tracklets" / "vid.parquet").exists()
+
+
+def test_another_detector_makes_other_tracklets_never_the_old_ones_ids(video, tmp_path):
+    ids = []
+    for fingerprint in ("detector-a", "detector-b"):
+        run = dataclasses.replace(task(video), fingerprint=fingerprint)
+        ingest_video(run, CFG, b"k" * 16, tmp_path / fingerprint, brightest_blob, DETECT)
+        table = pq.read_table(tmp_path / fingerprint / "tracklets" / "vid.parquet")
+        ids.append(table.column("tracklet_id").to_pylist())
+    assert len(ids[0]) == 1 and ids[0] != ids[1]  # the index embeds the new ones afresh
+
+
+def test_the_journal_rules_of_a_detector(tmp_path):
+    """Another detector or tracker setting redoes the unannotated videos only; a training
+    setting redoes nothing; an ingest without a detector keeps what one made."""
+    plain = task("video.mp4")
+    annotated = task("video.mp4", "ann.json")
+    assert _detected(annotated, "detect-1", Config()) is annotated
+    detected = _detected(plain, "detect-1", Config())
+    assert detected.plain_fingerprint == plain.fingerprint != detected.fingerprint
+    other = [
+        _detected(plain, "detect-2", Config()),
+        _detected(plain, "detect-1", Config(detect=DetectConfig(track_iou=0.5))),
+    ]
+    assert all(t.fingerprint != detected.fingerprint for t in other)
+    trained = _detected(plain, "detect-1", Config(detect=DetectConfig(epochs=3, workers=4)))
+    assert trained.fingerprint == detected.fingerprint
+
+    (tmp_path / "frames").mkdir()
+    (tmp_path / "frames" / "vid.parquet").write_bytes(b"")
+    made_plain = {"fingerprint": "fp", "plain": "fp", "video": {"status": "ok"}}
+    made_detected = {**made_plain, "fingerprint": detected.fingerprint}
+    assert _is_done(made_plain, plain, tmp_path) and not _is_done(made_plain, detected, tmp_path)
+    assert _is_done(made_detected, detected, tmp_path) and _is_done(made_detected, plain, tmp_path)
+    assert not _is_done(made_detected, other[0], tmp_path)
+
+
+def test_tracker_settings_out_of_range_are_refused_before_any_video():
+    with pytest.raises(ValueError, match=r"every must be from 1 to max_lost \+ 1 \(3\), got 4"):
+        tracker_settings(DetectConfig(every=4, max_lost=2))
+    with pytest.raises(ValueError, match="low_score <= high_score"):
+        tracker_settings(DetectConfig(track_low=0.9))

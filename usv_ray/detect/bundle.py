@@ -35,10 +35,6 @@ class DetectorModel:
     device: torch.device
     bf16: bool = False  # under bf16 autocast (a GPU's)
 
-    @property
-    def version(self) -> str:
-        return self.record["version"]
-
     @torch.no_grad()
     def __call__(self, frames: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """Detections in a batch of stored-size frames ``(B, S, S)`` uint8: per frame,

@@ -25,6 +25,19 @@ from usv_ray.config import DetectConfig
 from usv_ray.detect.track import Tracker, TrackerSettings
 from usv_ray.frames import resize_gray, uniform_positions
 
+# the detect settings a video's automatic tracklets depend on (with the detector itself)
+TRACKING_SETTINGS = (
+    "score_threshold",
+    "every",
+    "track_high",
+    "track_low",
+    "track_iou",
+    "new_track_score",
+    "max_lost",
+    "min_track_frames",
+    "min_track_score",
+)
+
 Region = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, end-exclusive
 
 
@@ -81,6 +94,22 @@ class AutoTracklet:
     score: float  # mean detection score
 
 
+def tracker_settings(cfg: DetectConfig) -> TrackerSettings:
+    """The tracker's settings from ``cfg``; ValueError names a setting out of range."""
+    if not 1 <= cfg.every <= cfg.max_lost + 1:
+        raise ValueError(
+            f"every must be from 1 to max_lost + 1 ({cfg.max_lost + 1}), got {cfg.every}: "
+            "a track unmatched for more than max_lost frames ends"
+        )
+    return TrackerSettings(
+        high_score=cfg.track_high,
+        low_score=cfg.track_low,
+        match_iou=cfg.track_iou,
+        new_track_score=cfg.new_track_score,
+        max_lost=cfg.max_lost,
+    )
+
+
 Detect = Callable[[np.ndarray], list[tuple[np.ndarray, np.ndarray]]]  # (B, S, S) -> per frame
 
 
@@ -101,15 +130,7 @@ class AutoTracklets:
     ) -> None:
         self.detect, self.cfg, self.cut = detect, cfg, cut
         self.frames = tracklet_frames
-        self.tracker = Tracker(
-            TrackerSettings(
-                high_score=cfg.track_high,
-                low_score=cfg.track_low,
-                match_iou=cfg.track_iou,
-                new_track_score=cfg.new_track_score,
-                max_lost=cfg.max_lost,
-            )
-        )
+        self.tracker = Tracker(tracker_settings(cfg))
         self.patches: dict[int, _Patches] = {}
         self._batch: list[tuple[int, np.ndarray, np.ndarray, View]] = []
 

@@ -40,6 +40,9 @@ class VideoTask:
     label: int
     annotations: str | None  # absolute path of the annotations JSON
     fingerprint: str  # same fingerprint as a journal entry: the work is already done
+    # the fingerprint without a detector, when ``fingerprint`` names one: that work also
+    # stands for an ingest without the detector, which keeps its automatic tracklets
+    plain_fingerprint: str | None = None
 
 
 def redact(text: str, patient_id: str | None) -> str:

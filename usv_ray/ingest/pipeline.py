@@ -256,10 +256,12 @@ def _annotated_row(clip: _Clip) -> dict:
     }
 
 
-def _automatic_row(tracklet: AutoTracklet) -> dict:
-    """The tracklet-table fields of a track the detector and tracker made."""
+def _automatic_row(tracklet: AutoTracklet, fingerprint: str) -> dict:
+    """The tracklet-table fields of a track the detector and tracker made. Its id names the
+    work's ``fingerprint`` (the detector's version and the tracker settings among it): the
+    tracks of another detector are other tracklets, never embeddings stored for old ones."""
     return {
-        "tracklet": f"auto-{tracklet.track_id}",
+        "tracklet": f"auto-{fingerprint}-{tracklet.track_id}",
         "nodule": None,
         "frame_index": tracklet.frame_index,
         "clip": tracklet.patches.tobytes(),
@@ -297,7 +299,7 @@ def _write_tracklets(
             )
             continue
         parts.append(_annotated_row(clip))
-    parts += [_automatic_row(tracklet) for tracklet in automatic]
+    parts += [_automatic_row(tracklet, task.fingerprint) for tracklet in automatic]
     rows = []
     for part in parts:
         nodule = part.pop("nodule")
@@ -338,7 +340,7 @@ def ingest_video(
     a video without annotations gets automatic tracklets from ``detector`` when one is given.
 
     Never raises for a bad input: every problem becomes an error row. Returns the journal
-    entry ``{"fingerprint", "video": videos row, "errors": [errors rows]}``.
+    entry ``{"fingerprint", "plain", "video": videos row, "errors": [errors rows]}``.
     """
     cv2.setNumThreads(1)  # one task per core: no thread pools competing inside a task
     out = Path(out)
@@ -402,7 +404,8 @@ def ingest_video(
 
 def _write_journal(out: Path, task: VideoTask, video: dict, errors: list[dict]) -> dict:
     """Record a video as done (last, after its shards): its row, its errors, its inputs."""
-    entry = {"fingerprint": task.fingerprint, "video": video, "errors": errors}
+    plain = task.plain_fingerprint or task.fingerprint
+    entry = {"fingerprint": task.fingerprint, "plain": plain, "video": video, "errors": errors}
     write_json(entry, out / "journal" / f"{task.video_id}.json")
     return entry
 
@@ -463,8 +466,15 @@ def _load_journal(folder: Path) -> dict[str, dict]:
 
 
 def _is_done(entry: dict | None, task: VideoTask, out: Path) -> bool:
-    """A journal entry for the same input and settings, whose frames shard is still there."""
-    if entry is None or entry.get("fingerprint") != task.fingerprint:
+    """A journal entry for the same input and settings, whose frames shard is still there.
+    Without a detector, an entry made with one also counts: a plain ingest keeps the
+    automatic tracklets an earlier one made (a detector's ingest redoes plain entries)."""
+    if entry is None:
+        return False
+    same = entry.get("fingerprint") == task.fingerprint
+    if not same and task.plain_fingerprint is None:
+        same = entry.get("plain") == task.fingerprint
+    if not same:
         return False
     return (
         entry["video"]["status"] != "ok" or (out / "frames" / f"{task.video_id}.parquet").exists()
@@ -478,7 +488,12 @@ def _with_detector(cfg: Config) -> tuple[Config, str]:
     from usv_ray.bundle import bundle_folder, read_bundle
     from usv_ray.config import to_dict
     from usv_ray.detect.bundle import KIND, check_frames
+    from usv_ray.detect.tracklets import tracker_settings
 
+    try:  # settings out of range fail here, not as an error row per video
+        tracker_settings(cfg.detect)
+    except ValueError as exc:
+        raise ConfigError(f"detect settings of the tracker: {exc}") from exc
     folder, record = read_bundle(cfg.ingest.detector, KIND)
     check_frames(record, to_dict(cfg.ingest), str(folder))
     folder = bundle_folder(folder).resolve()
@@ -494,9 +509,12 @@ def _detected(task: VideoTask, version: str, cfg: Config) -> VideoTask:
     if task.annotations is not None:
         return task
     from usv_ray.config import to_dict
+    from usv_ray.detect.tracklets import TRACKING_SETTINGS
 
-    stamp = json.dumps([task.fingerprint, version, to_dict(cfg.detect)], sort_keys=True)
-    return dataclasses.replace(task, fingerprint=hashlib.sha256(stamp.encode()).hexdigest()[:32])
+    settings = {k: v for k, v in to_dict(cfg.detect).items() if k in TRACKING_SETTINGS}
+    stamp = json.dumps([task.fingerprint, version, settings], sort_keys=True)
+    stamped = hashlib.sha256(stamp.encode()).hexdigest()[:32]
+    return dataclasses.replace(task, fingerprint=stamped, plain_fingerprint=task.fingerprint)
 
 
 def run_ingest(cfg: Config, manifest: str | Path, out: str | Path) -> IngestSummary:
