@@ -14,6 +14,7 @@ from usv_ray.classify.models import FrameCNN
 from usv_ray.classify.pipeline import EQUAL, TABLE3, TABLE4, VARIABLE, run_classify
 from usv_ray.config import ConfigError, load_config
 from usv_ray.imaging import normalise
+from usv_ray.ingest.pipeline import run_ingest
 from usv_ray.schemas import EMBEDDINGS, NODULES, PREDICTIONS
 from usv_ray.train import load_model
 
@@ -84,6 +85,11 @@ def test_demo_rerun_reuses_everything_and_refuses_other_settings(demo_run):
     other = load_config(None, ["classify.folds=3"])
     with pytest.raises(ConfigError, match="other settings or data"):
         run_classify(other, root / "data", root / "classify")
+    # an ingest without the detector redoes nothing, and keeps the night's automatic tracklets
+    shards = {p.name: p.stat().st_mtime_ns for p in (root / "data" / "tracklets").iterdir()}
+    for manifest in (root / "archive" / "manifest.csv", root / "archive/night/manifest.csv"):
+        assert run_ingest(cfg, manifest, root / "data").ingested_now == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (root / "data" / "tracklets").iterdir()} == shards
 
 
 @pytest.mark.ray
@@ -163,15 +169,18 @@ def test_demo_sweeps_tau_indexes_with_the_best_and_writes_the_report(demo_run):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_demo_outputs_logs_and_file_names_hold_no_patient_identifier(demo_run):
-    """The synthetic archive's IDs and names appear nowhere past ingest: not in a table,
-    a text file, a plot's metadata, the printed output or a file name."""
+    """The synthetic archive's and the night's patient IDs and study IDs (exam dates)
+    appear nowhere past ingest: not in a table, a text file, a plot's metadata, the printed
+    output or a file name."""
     import csv
 
     _, root = demo_run
-    with open(root / "archive" / "manifest.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    secrets = {r["patient_id"] for r in rows if r["patient_id"]}
-    assert secrets, "the manifest should name patients"
+    rows = []
+    for manifest in (root / "archive" / "manifest.csv", root / "archive/night/manifest.csv"):
+        with open(manifest, newline="") as f:
+            rows += list(csv.DictReader(f))
+    secrets = {r[column] for r in rows for column in ("patient_id", "study_id") if r[column]}
+    assert len(secrets) > len(rows) // 2, "the manifests should name patients and studies"
     for path in root.rglob("*"):
         if root / "archive" in path.parents or not path.is_file():
             continue

@@ -72,7 +72,8 @@ REID_TITLE = "Nodule re-identification (same nodule or not, within a patient)"
 DETECT_TITLE = "Nodule detection (the detector that makes automatic tracklets)"
 INDEX_TITLE = "Nodule index (tracklets clustered into nodules per patient)"
 # the stages whose summary.json the report shows, under this title
-SUMMARIES = {"index": "Index summary", "predict": "Diagnoses summary", "score": "Score summary"}
+SUMMARIES = {"index": "Index summary", "predict": "Diagnoses summary"}
+NIGHT_STAGES = ("predict", "index", "score")  # no fingerprint record: versions name their inputs
 PREDICT_TITLE = "Diagnoses (the diagnosis bundle applied to every ingested video)"
 SCORE_TITLE = "The night against the hidden truth (synthetic archives only)"
 # Titles of the tables and figures the stages are known to write, named by what they
@@ -168,13 +169,12 @@ TABLE_HEADINGS = {
     ("score", "night_videos"): {
         "patient": "Patient",
         "video": "Video",
-        "exam_date": "Exam",
         "prob": "P(malignant), %",
         "spread": "Models' spread, %",
         "reading": "Reading",
         "truth": "Truth",
     },
-    ("score", "night_metrics"): {"threshold": "Threshold of calibrated P"},
+    ("score", "night_metrics"): {"videos": "Videos", "threshold": "Threshold of calibrated P"},
     ("detect", "detection"): {
         "videos": "Videos",
         "frames": "Frames",
@@ -183,6 +183,7 @@ TABLE_HEADINGS = {
         "ap": "AP at IoU 0.5:0.95, %",
     },
     ("score", "tracking"): {
+        "patients": "Patients",
         "videos": "Videos",
         "tracklets": "Tracklets",
         "true_boxes": "True boxes",
@@ -608,7 +609,7 @@ def _score_counts(folder: Path) -> tuple[str, str] | None:
         return None
     version = summary.get("model_version", "not recorded")
     return (
-        f"the hidden truth of the synthetic archive (archive/truth.json) against tonight's "
+        f"the synthetic archive's hidden truth (its truth.json) against tonight's "
         f"{summary.get('night_videos', '?')} videos and the index; diagnoses by {version}",
         f"truth.json · {version}",
     )
@@ -647,9 +648,9 @@ def _stage_section(out: Path, stage: str, title: str, first: tuple[str, ...]) ->
         section.provenance.append(counts[0])
         section.tags.append(counts[1])
     # the night's stages keep no fingerprint record: their versions (above) name what made them
-    if record is not None or stage not in SUMMARIES or counts is None:
+    if record is not None or stage not in NIGHT_STAGES or counts is None:
         _add_record(section, record, folder, out)
-    if stage in ("index", "predict"):
+    if stage in SUMMARIES:
         section.items += _summary_table(folder, out, SUMMARIES[stage])
     section.items += _tables(folder / "tables", stage, out, first)
     section.items += _figures(folder / "plots", stage, out)
@@ -688,10 +689,11 @@ def _tune_sections(out: Path) -> list[Section]:
 
 
 def _number(value: float) -> str:
-    """Two decimals; small values (p-values) with two significant digits; NaN as n/a."""
+    """Two decimals; values under 0.1 (p-values, tau) with two significant digits; NaN as
+    n/a."""
     if math.isnan(value):
         return "n/a"
-    if value != 0 and abs(value) < 0.01:
+    if value != 0 and abs(value) < 0.1:
         return f"{value:.2g}"
     return f"{value:.2f}"
 

@@ -108,7 +108,8 @@ def test_the_truth_is_keyed_as_ingest_keys_the_archive():
     )
     key = b"k" * 16
     keyed = keyed_truth(Truth(0, videos, appearances, boxes), key)
-    assert "MRN1" not in str(keyed.videos) + str(keyed.nodules) + str(keyed.boxes)
+    keyed_text = str(keyed.videos) + str(keyed.nodules) + str(keyed.boxes)
+    assert "MRN1" not in keyed_text and "2020" not in keyed_text  # nor the exam date
     with tempfile.TemporaryDirectory() as folder:
         manifest = Path(folder) / "manifest.csv"
         (Path(folder) / "videos").mkdir()
@@ -119,3 +120,35 @@ def test_the_truth_is_keyed_as_ingest_keys_the_archive():
     assert keyed.videos["patient_key"][0] == task.patient_key
     assert keyed.nodules["nodule_id"][0] == keyed_hash(key, "nodule", task.patient_key, "n1")
     assert keyed.boxes["video_id"][0] == task.video_id and keyed.videos["label"][0] == 1
+
+
+def test_tracking_counts_the_nodules_of_videos_where_the_tracker_found_nothing():
+    from usv_ray.score.keyed import KeyedTruth
+    from usv_ray.score.tracks import tracking_quality
+
+    boxes = pd.DataFrame(
+        {
+            "video_id": ["a"] * 4 + ["b"] * 4,
+            "nodule_id": ["n1"] * 4 + ["n2"] * 4,
+            "frame": [0, 1, 2, 3] * 2,
+            "x0": [10] * 8,
+            "y0": [10] * 8,
+            "x1": [30] * 8,
+            "y1": [30] * 8,
+        }
+    )
+    truth = KeyedTruth(pd.DataFrame(), pd.DataFrame(), boxes)
+    automatic = pd.DataFrame(
+        {
+            "video_id": ["a"],
+            "tracklet_id": ["t1"],
+            "box_frames": [[0, 1, 2, 3]],
+            "boxes": [[[11.0, 10.0, 30.0, 31.0]] * 4],
+        }
+    )
+    own, per_track = tracking_quality(truth, automatic)
+    assert own["videos"] == 1 and own["frame_recall"] == 100 and own["purity"] == 100
+    assert per_track["nodule_id"].tolist() == ["n1"]
+    both, _ = tracking_quality(truth, automatic, {"a", "b"})  # b: a nodule nobody tracked
+    assert both["videos"] == 2 and both["true_boxes"] == 8 and both["frame_recall"] == 50
+    assert both["frame_precision"] == 100

@@ -21,7 +21,7 @@ from usv_ray.synth.truth import Truth
 class KeyedTruth:
     """The truth with keyed ids only (no raw patient ID, no path)."""
 
-    videos: pd.DataFrame  # video_id, patient_key, batch, exam_date, label (0/1), annotated
+    videos: pd.DataFrame  # video_id, patient_key, batch, label (0/1), annotated
     nodules: pd.DataFrame  # patient_key, nodule_id (keyed, as the tracklets hold it), malignant
     boxes: pd.DataFrame  # video_id, nodule_id (keyed), frame, x0, y0, x1, y1 (source pixels)
 
@@ -48,7 +48,7 @@ def keyed_truth(truth: Truth, key: bytes) -> KeyedTruth:
         keyed_hash(key, "nodule", pkey, nodule)
         for pkey, nodule in zip(boxes["patient_key"], boxes["nodule_id"], strict=True)
     ]
-    columns = ["video_id", "patient_key", "batch", "exam_date", "label", "annotated"]
+    columns = ["video_id", "patient_key", "batch", "label", "annotated"]
     return KeyedTruth(
         videos[columns].reset_index(drop=True),
         nodules,

@@ -5,8 +5,9 @@ Honest figures need predictions a model made without seeing the patient. On the 
 the diagnosis bundle's members are its fold models: each archive patient's videos and
 tracklets are read by the member of the fold that held the patient out (its P in
 ``member_probs``, through the bundle's calibrator), as cross-validation read them. The
-night's new patients are new to every member; its follow-ups are patients the models
-trained on (earlier videos of the same nodules), so their figures are shown apart.
+night's new patients are new to every member; its follow-ups are archive patients, read
+the same way by the member that held them out, and shown apart (new videos of nodules the
+archive already showed).
 
 A nodule of the index is as malignant as the annotated (or, for automatic tracklets,
 box-matched) true nodule that most of its tracklets show.

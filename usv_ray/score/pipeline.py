@@ -18,8 +18,10 @@ without their annotations (the detector and tracker make their tracklets; a mani
 them lies beside the archive's while it runs), and their annotated tracklets as they are,
 each indexed with the re-ID bundle.
 
-No raw identifier leaves :mod:`usv_ray.score.keyed`: rows are named by the first digits
-of their keyed ids.
+No raw identifier or exam date reaches ``DIR/score``: rows are named by the first digits
+of their keyed ids (:mod:`usv_ray.score.keyed`). The raw ids are read from the archive's
+truth and written only into that temporary manifest, inside the archive folder that holds
+them anyway.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -37,6 +40,9 @@ import pyarrow.parquet as pq
 
 from usv_ray.config import Config
 from usv_ray.errors import UsvRayError
+
+if TYPE_CHECKING:
+    from usv_ray.score.keyed import KeyedTruth
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +89,12 @@ def _night_videos(night: pd.DataFrame, diagnoses: pd.DataFrame) -> pd.DataFrame:
         {
             "patient": short(rows["patient_key"]),
             "video": short(rows["video_id"]),
-            "exam_date": rows["exam_date"].astype(str),
             "prob": 100 * rows["prob"],
             "spread": 100 * rows["spread"],
             "reading": rows["reading"].fillna("not diagnosed"),
             "truth": np.where(rows["label"] == 1, "malignant", "benign"),
         }
-    ).sort_values(["patient", "exam_date", "video"], ignore_index=True)
+    ).sort_values(["patient", "video"], ignore_index=True)
 
 
 def _night_metrics(night: pd.DataFrame, diagnoses: pd.DataFrame, threshold: float) -> pd.DataFrame:
@@ -161,6 +166,30 @@ def _scoring_sets(
     return sets
 
 
+def _tracking(out: Path, truth: KeyedTruth, automatic: pd.DataFrame) -> pd.DataFrame:
+    """Tracking quality over every video the tracker ran on (the ingested videos without
+    annotations), and over those of the patients the detector neither trained nor chose
+    its epoch on; empty before there is a detector."""
+    from usv_ray.score.tracks import tracking_quality
+
+    splits = out / "detect" / "splits.parquet"
+    if not splits.exists():
+        return pd.DataFrame()
+    videos = pq.read_table(out / "data" / "videos.parquet").to_pandas()
+    ran = videos[(videos["status"] == "ok") & ~videos["annotated"]]
+    seen = pq.read_table(splits).to_pandas()
+    seen = set(seen.loc[seen["split"] != "test", "patient_key"])
+    rows = []
+    for patients, chosen in (
+        ("held out from the detector", ran[~ran["patient_key"].isin(seen)]),
+        ("all", ran),
+    ):
+        if len(chosen):
+            row = tracking_quality(truth, automatic, set(chosen["video_id"]))[0]
+            rows.append({"patients": patients, **row})
+    return pd.DataFrame(rows)
+
+
 def _index_gap(cfg: Config, archive: Path, out: Path, truth, raw) -> pd.DataFrame:
     """The index from automatic tracklets against the index from annotated ones, on the
     same videos: the detector's test patients' annotated archive videos."""
@@ -179,6 +208,7 @@ def _index_gap(cfg: Config, archive: Path, out: Path, truth, raw) -> pd.DataFram
     rows = raw.videos.assign(video_id=truth.videos["video_id"].to_numpy())
     rows = rows[(rows["batch"] == "archive") & rows["video_id"].isin(test)]
     gap = out / "score" / "gap"
+    shutil.rmtree(gap, ignore_errors=True)  # made afresh: the detector or its split may change
     annotated = gap / "annotated"
     (annotated / "tracklets").mkdir(parents=True, exist_ok=True)
     shutil.copy(out / "data" / "ingest.json", annotated / "ingest.json")
@@ -227,7 +257,7 @@ def run_score(cfg: Config, archive: str | Path, out: str | Path) -> ScoreSummary
     from usv_ray.reid.clips import read_tracklet_table
     from usv_ray.score.keyed import keyed_truth
     from usv_ray.score.night import nodule_truth, oof_probs, scoring_comparison
-    from usv_ray.score.tracks import tracking_quality, tracklet_nodules
+    from usv_ray.score.tracks import tracklet_nodules
     from usv_ray.synth.truth import load_truth
 
     started = time.perf_counter()
@@ -253,7 +283,7 @@ def run_score(cfg: Config, archive: str | Path, out: str | Path) -> ScoreSummary
     nodules = pq.read_table(_need(out / "index" / "nodules.parquet", "index")).to_pandas()
     nodules_truth = nodule_truth(nodules, tracklet_nodules(tracklets, truth), truth.nodules)
     automatic = tracklets[tracklets["source"] == "automatic"]
-    tracking = pd.DataFrame([tracking_quality(truth, automatic)[0]] if len(automatic) else [])
+    tracking = _tracking(out, truth, automatic)
     gap = (
         _index_gap(cfg, archive, out, truth, raw)
         if (out / "detect" / "bundle").is_dir()
@@ -281,7 +311,7 @@ def run_score(cfg: Config, archive: str | Path, out: str | Path) -> ScoreSummary
     groups = {
         "the archive, out-of-fold": (archive_patients, set(archived["video_id"])),
         "tonight's new patients": (new, tonight),
-        "tonight's follow-ups (patients the models trained on)": (
+        "tonight's follow-ups, out-of-fold": (
             set(night["patient_key"]) - new,
             tonight,
         ),

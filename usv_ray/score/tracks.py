@@ -39,13 +39,17 @@ def truth_boxes(truth: KeyedTruth, video_ids: set[str]) -> pd.DataFrame:
     return boxes.rename(columns={"video_id": "video", "nodule_id": "object_id"})
 
 
-def tracking_quality(truth: KeyedTruth, automatic: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
-    """Tracking scores of the ``automatic`` tracklets over their videos, and per tracklet
-    its true nodule (tracklet_id, nodule_id: None when its boxes match none in half its
-    frames) and purity."""
+def tracking_quality(
+    truth: KeyedTruth, automatic: pd.DataFrame, videos: set[str] | None = None
+) -> tuple[dict, pd.DataFrame]:
+    """Tracking scores of the ``automatic`` tracklets over ``videos`` (the videos the
+    tracker ran on, those without a tracklet too; default: the tracklets' own), and per
+    tracklet its true nodule (tracklet_id, nodule_id: None when its boxes match none in
+    half its frames) and purity."""
     from usv_ray.evaluate.tracking import frame_scores, identity_scores, purity
 
-    videos = set(automatic["video_id"])
+    videos = set(automatic["video_id"]) if videos is None else videos
+    automatic = automatic[automatic["video_id"].isin(videos)]
     true, pred = truth_boxes(truth, videos), tracklet_boxes(automatic)
     frames = frame_scores(true, pred, IOU)
     mean_purity, per_track = purity(true, pred, IOU)
