@@ -96,7 +96,7 @@ DetectorModel = Literal["centernet", "fcos"]
 # the training runner's settings (usv_ray.train): numeric precision of the training steps,
 # and the validation metric whose best epoch a model keeps (loss: lowest; acc, auc: highest)
 Precision = Literal["fp32", "bf16", "fp16"]
-BestMetric = Literal["val_loss", "val_acc", "val_auc", "val_ap"]
+BestMetric = Literal["val_loss", "val_acc", "val_auc"]
 
 
 @dataclass(frozen=True)
@@ -231,7 +231,7 @@ class DetectConfig:
     lr: float = 1e-3  # Adam
     weight_decay: float = 1e-4
     val_every: int = 1  # validate every N epochs (and at the last) on the validation patients
-    best: BestMetric = "val_ap"  # the best epoch: validation AP at IoU 0.5
+    best: Literal["val_ap"] = "val_ap"  # the best epoch: validation AP at IoU 0.5
     precision: Precision = "fp32"  # as classify.precision
     checkpoint_every_s: float = 60.0  # as classify.checkpoint_every_s
     score_threshold: float = 0.05  # detections below are never kept (the tracker's low pass)
@@ -273,10 +273,11 @@ class TuneConfig:
     frame_counts: tuple[int, ...] = (10, 12, 14, 16, 18, 20)  # grid of classify.equal_frames
     variable_max: tuple[int, ...] = (10, 15, 20, 25, 30)  # grid of ingest.n_frames (the cap)
     # grid of index.tau, also the clustering table's (usv_ray.cluster.compare.TAU_GRID):
-    # cosine distances 0.005 to 0.85, each 1.25 x the last (two significant digits). A
+    # cosine distances 0.001 to 0.81, each 1.25 x the last (two significant digits). A
     # trained re-ID model puts one nodule's tracklets within a few hundredths and another
-    # nodule's a few hundredths further: an even grid of 0.01 steps there merged nodules.
-    tau: tuple[float, ...] = tuple(float(f"{0.005 * 1.25**i:.2g}") for i in range(24))
+    # nodule's a few hundredths further (a briefly trained one, thousandths): an even grid
+    # of 0.01 steps there merged nodules.
+    tau: tuple[float, ...] = tuple(float(f"{0.001 * 1.25**i:.2g}") for i in range(31))
 
 
 @dataclass(frozen=True)

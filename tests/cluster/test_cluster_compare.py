@@ -40,8 +40,8 @@ def synthetic_tracklets(
 
 
 def test_tau_grid():
-    assert TAU_GRID[:4] == (0.005, 0.0063, 0.0078, 0.0098) and TAU_GRID[-1] == 0.85
-    assert len(TAU_GRID) == 24 and sorted(TAU_GRID) == list(TAU_GRID)
+    assert TAU_GRID[:4] == (0.001, 0.0013, 0.0016, 0.002) and TAU_GRID[-1] == 0.81
+    assert len(TAU_GRID) == 31 and sorted(TAU_GRID) == list(TAU_GRID)
     steps = np.array(TAU_GRID[1:]) / np.array(TAU_GRID[:-1])
     assert np.all((steps > 1.15) & (steps < 1.35))  # evenly spaced on a log scale
 

@@ -64,7 +64,7 @@ TABLE_COLUMNS = (
 )
 
 
-# the tau sweep's grid (usv_ray.config.TuneConfig.tau): 0.005 to 0.85, geometric
+# the tau sweep's grid (usv_ray.config.TuneConfig.tau): 0.001 to 0.81, geometric
 TAU_GRID: tuple[float, ...] = TuneConfig().tau
 # Euclidean radius on unit vectors: sqrt(2 * 0.03) ~ 0.25 to sqrt(2 * 1.1) ~ 1.5
 BANDWIDTH_GRID: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
