@@ -111,3 +111,21 @@ def test_an_unreadable_video_is_an_error_row_and_the_batch_goes_on(toy, tmp_path
     assert "Parquet" in rows[0]["error"] or "parquet" in rows[0]["error"]
     assert "the bundle reads 32 x 32" in rows[1]["error"]
     assert rows[0]["prob"] is None and rows[0]["tracklets"] == []
+
+
+def test_a_video_that_failed_here_is_tried_again_one_ingest_could_not_read_is_not(tmp_path):
+    import pandas as pd
+
+    from usv_ray.predict.pipeline import _todo
+
+    now = pd.Timestamp.now(tz="UTC")
+    done = pd.DataFrame(
+        {
+            "video_id": ["fine", "lost", "unreadable"],
+            "status": ["ok", "error", "error"],
+            "error": [None, "RuntimeError: worker died", "not ingested: not_video: x"],
+            "diagnosed_at": [now] * 3,
+        }
+    )
+    videos = pd.DataFrame({"video_id": ["fine", "lost", "unreadable", "new"]})
+    assert _todo(tmp_path, videos, done)["video_id"].tolist() == ["lost", "new"]

@@ -23,7 +23,7 @@ chosen, on the other folds only), so they estimate what a new patient will see; 
 bundle's own calibrator and threshold are fitted on every fold.
 
 :func:`load_diagnosis_bundle` reads a bundle back (wherever it was copied) into a
-:class:`DiagnosisModel` whose :meth:`~DiagnosisModel.diagnose` reads one video.
+:class:`DiagnosisModel` whose :meth:`~DiagnosisModel.member_probs` reads one video.
 """
 
 from __future__ import annotations
@@ -262,12 +262,17 @@ class DiagnosisModel:
         video, parts = [], []
         for cnn, lstm in self.members:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                features = cnn.features(inputs).float()  # (T, 512)
+                # in chunks: a video of every frame (ingest.sampling all) may be long
+                chunks = [cnn.features(c).float() for c in inputs.split(FEATURE_CHUNK)]
+            features = torch.cat(chunks)  # (T, 512)
             padded, lengths = pad_features([features[s.to(self.device)] for s in sequences])
             probs = lstm(padded, lengths)[:, 1].cpu().numpy()  # (1 + len(spans),)
             video.append(probs[0])
             parts.append(probs[1:])
         return np.array(video, np.float64), np.stack(parts, axis=1).astype(np.float64)
+
+
+FEATURE_CHUNK = 256  # frames through a member's CNN at once
 
 
 def load_diagnosis_bundle(

@@ -104,7 +104,8 @@ class Diagnoser:
         from usv_ray.classify.bundle import load_diagnosis_bundle
 
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-        self.model = load_diagnosis_bundle(bundle, device, bf16=precision == "bf16")
+        bf16 = precision == "bf16" and device == "cuda"  # as the setting says: fp32 on a CPU
+        self.model = load_diagnosis_bundle(bundle, device, bf16=bf16)
 
     def diagnose(self, frames: str, tracklets: str | None) -> dict[str, Any]:
         """The diagnosis of one video (its ok row's values, tracklets nested)."""

@@ -22,6 +22,7 @@ could not read is an error row too, so every video of the archive has a row.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -61,6 +62,9 @@ class PredictSummary:
     seconds: float
 
 
+NOT_INGESTED = "not ingested: "  # the error of a video ingest could not read
+
+
 def _read(path: Path, schema: pa.Schema) -> pd.DataFrame:
     """A table as pandas, or an empty one of ``schema``."""
     table = pq.read_table(path, schema=schema) if path.exists() else schema.empty_table()
@@ -80,10 +84,14 @@ def _stale(data: Path, video_id: str, diagnosed_at: pd.Timestamp) -> bool:
 
 
 def _todo(data: Path, videos: pd.DataFrame, done: pd.DataFrame) -> pd.DataFrame:
-    """The videos to diagnose now: without a row of this version, or written since."""
+    """The videos to diagnose now: without a row of this version, written since, or that
+    failed here rather than at ingest (a shard that could not be read, a lost worker): those
+    are tried again on every run."""
     when = dict(zip(done["video_id"], done["diagnosed_at"], strict=True))
+    ingest_failed = done["error"].fillna("").str.startswith(NOT_INGESTED)
+    retry = set(done.loc[(done["status"] == "error") & ~ingest_failed, "video_id"])
     keep = [
-        video_id not in when or _stale(data, video_id, when[video_id])
+        video_id not in when or video_id in retry or _stale(data, video_id, when[video_id])
         for video_id in videos["video_id"]
     ]
     return videos[keep]
@@ -99,7 +107,7 @@ def _not_readable(videos: pd.DataFrame, version: str, threshold: float) -> list[
             "study_key": row.study_key,
             "model_version": version,
             "status": "error",
-            "error": f"not ingested: {row.error}",
+            "error": f"{NOT_INGESTED}{row.error}",
             "threshold": threshold,
             "diagnosed_at": now,
             "tracklets": [],
@@ -252,7 +260,8 @@ def _summary(
     written: bool,
     started: float,
 ) -> PredictSummary:
-    """The summary of ``version``'s rows; written to summary.json when the tables were."""
+    """The summary of ``version``'s rows; written to summary.json when the tables were, or
+    when it names another version latest (this one ran last: index and score read it)."""
     mine = diagnoses[diagnoses["model_version"] == version]
     summary = PredictSummary(
         out,
@@ -265,7 +274,8 @@ def _summary(
         written,
         time.perf_counter() - started,
     )
-    if written:
+    recorded = out / "summary.json"
+    if not recorded.exists() or written or json.loads(recorded.read_text())["latest"] != version:
         versions = {
             v: {
                 "videos": len(part),
