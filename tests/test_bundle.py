@@ -68,6 +68,7 @@ def test_files_a_new_bundle_does_not_name_are_removed(tmp_path, weights):
         (lambda f: _edit(f, format=99), "format 99"),
         (lambda f: _edit(f, kind="reid"), "not a 'demo' one"),
         (lambda f: (f / BUNDLE_FILE).write_text("{"), "not readable"),
+        (lambda f: _edit(f, files=None), "lists no weights files"),
     ],
 )
 def test_a_damaged_bundle_is_a_clear_error(tmp_path, weights, damage, message):
@@ -104,3 +105,6 @@ def test_data_made_with_other_settings_is_refused_naming_them(tmp_path):
         check_ingest({"frame_size": 224, "n_frames": 12}, tmp_path, "the model")
     with pytest.raises(BundleError, match=r"has no ingest\.json"):
         check_ingest({"frame_size": 64}, tmp_path / "elsewhere", "the model")
+    (tmp_path / "ingest.json").write_text("{}")
+    with pytest.raises(BundleError, match=r"ingest\.json is damaged"):
+        check_ingest({"frame_size": 64}, tmp_path, "the model")

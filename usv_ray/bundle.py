@@ -172,7 +172,12 @@ def read_bundle(path: str | Path, kind: str, verify: bool = True) -> tuple[Path,
         )
     if record.get("kind") != kind:
         raise BundleError(f"{folder} holds a {record.get('kind')!r} bundle, not a {kind!r} one")
-    for name, expected in record["files"].items():
+    files = record.get("files")
+    if not isinstance(files, dict) or not all(
+        isinstance(v, dict) and {"bytes", "sha256"} <= v.keys() for v in files.values()
+    ):
+        raise BundleError(f"{folder / BUNDLE_FILE} lists no weights files: it is damaged")
+    for name, expected in files.items():
         path = folder / name
         if not path.is_file():
             raise BundleError(f"{folder}: the weights file {name} is missing")
@@ -208,9 +213,12 @@ def read_ingest_record(data: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise BundleError(
             f"{Path(data)} has no {INGEST_RECORD}: it is not an ingest folder, or an older "
-            "usv_ray wrote it; run `usv-ray ingest` into it (or a new folder) first"
+            "usv_ray wrote it; run `usv-ray ingest` into a new folder first"
         )
-    return json.loads(path.read_text())["settings"]
+    try:
+        return json.loads(path.read_text())["settings"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise BundleError(f"{path} is damaged ({exc!r}): ingest into a new folder") from exc
 
 
 def check_ingest(needed: Mapping[str, Any], data: str | Path, what: str) -> None:

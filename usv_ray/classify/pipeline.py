@@ -453,6 +453,11 @@ def run_classify(cfg: Config, data: str | Path, out: str | Path) -> ClassifySumm
     c = cfg.classify
     videos = labelled_videos(data)
     read_ingest_record(data)  # the bundle needs it: fail now, not after the training
+    if not 0 < c.target_sensitivity <= 1 or c.calibration_bins < 1:  # as for the bundle
+        raise ClassifyError(
+            "classify.target_sensitivity must be in (0, 1] and classify.calibration_bins at "
+            f"least 1, got {c.target_sensitivity} and {c.calibration_bins}"
+        )
     if claim_folder(
         out / "classify.json", _fingerprint(cfg, videos), {"classify": to_dict(cfg.classify)}
     ):

@@ -18,7 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from usv_ray.bundle import BUNDLE_DIR, BUNDLE_FILE, bundle_folder, now_utc, read_bundle
+from usv_ray.bundle import (
+    BUNDLE_DIR,
+    BUNDLE_FILE,
+    bundle_folder,
+    file_digest,
+    now_utc,
+    read_bundle,
+)
 from usv_ray.bundle import write_bundle as write_any_bundle
 
 KIND = "reid"
@@ -39,14 +46,10 @@ def write_reid_bundle(out: Path, files: Mapping[str, Path], meta: Mapping[str, A
     kept: dict[str, Any] = {}
     if (folder / BUNDLE_FILE).is_file():
         kept = json.loads((folder / BUNDLE_FILE).read_text()).get("tau", {})
-    record = write_any_bundle(
-        folder, KIND, {f"{kind}.pt": path for kind, path in files.items()}, {**meta, "tau": {}}
-    )
-    ids = {model_id_of(Path(name).stem, f["sha256"]) for name, f in record["files"].items()}
+    ids = {model_id_of(kind, file_digest(path)) for kind, path in files.items()}
     tau = {model_id: entry for model_id, entry in kept.items() if model_id in ids}
-    if tau:
-        record = _rewrite(folder, {**record, "tau": tau})
-    return record
+    named = {f"{kind}.pt": path for kind, path in files.items()}
+    return write_any_bundle(folder, KIND, named, {**meta, "tau": tau})
 
 
 def _rewrite(folder: Path, record: dict) -> dict:
