@@ -101,7 +101,9 @@ def centernet_loss(
 ) -> Tensor:
     """CenterNet's loss: penalty-reduced focal loss on the centre heatmap (a Gaussian bump
     per nodule), and L1 on the size (in stride units, weight 0.1) and sub-pixel offset of
-    each true centre. ``heat``: logits ``(B, 1, h, w)``; ``boxes``: per frame ``(n, 4)``."""
+    each true centre. ``heat``: logits ``(B, 1, h, w)``; ``boxes``: per frame ``(n, 4)``.
+    In fp32 whatever the autocast: in bf16 the clamp below 1 rounds to 1, and log(0) is inf."""
+    heat, size, offset = heat.float(), size.float(), offset.float()
     height, width = heat.shape[-2:]
     target = torch.zeros_like(heat)  # (B, 1, h, w)
     ys, xs = torch.meshgrid(
