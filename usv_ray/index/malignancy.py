@@ -20,15 +20,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-SCORE_COLUMNS = (
-    "malignancy",
-    "malignancy_first",
-    "malignancy_latest",
-    "turned_suspicious",
-    "nodule_scoring",
-    "diagnosis_version",
-)
-
 
 def evidence(nodules: pd.DataFrame, tracklets: pd.DataFrame) -> pd.DataFrame:
     """``n_videos`` and ``n_studies`` of each nodule (a row of the index) from the tracklet
@@ -61,7 +52,9 @@ def score_nodules(
     threshold: float,
     version: str | None,
 ) -> pd.DataFrame:
-    """``nodules`` (rows of the index) with the :data:`SCORE_COLUMNS` set.
+    """``nodules`` (rows of the index) with their malignancy columns set (malignancy,
+    malignancy_first, malignancy_latest, turned_suspicious, nodule_scoring,
+    diagnosis_version: see :data:`usv_ray.schemas.NODULES`).
 
     ``tracklets``: tracklet_id, video_id, study_key of the archive; ``scored``: the
     diagnoses of one model version, tracklet_id and prob (``scoring`` tracklets) or

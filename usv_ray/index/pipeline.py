@@ -42,7 +42,9 @@ from usv_ray.schemas import EMBEDDINGS, ERRORS, NODULES
 
 log = logging.getLogger(__name__)
 # the index's own columns; the evidence and malignancy columns are added from them
-BASE_NODULES = pa.schema([NODULES.field(name) for name in NODULES.names[:10]])
+BASE_NODULES = pa.schema(
+    [NODULES.field(n) for n in NODULES.names[: NODULES.names.index("index_version") + 1]]
+)
 
 
 class IndexBuildError(UsvRayError, RuntimeError):
@@ -161,16 +163,17 @@ def _embed_new(
     return bad
 
 
-def _reid_embeddings(model: Path, model_id: str, ids: set[str]) -> pa.Table:
-    """The embeddings of ``ids`` that the re-ID run in the folder ``model`` wrote with this
-    same model (``model_id`` hashes the file): the index takes them instead of embedding
-    those tracklets again. Empty when ``model`` is a model file, not a re-ID folder.
+def _reid_embeddings(reid_folder: Path, model_id: str, ids: set[str]) -> pa.Table:
+    """The embeddings of ``ids`` that a re-ID run in ``reid_folder`` (the folder above the
+    model's bundle/ or models/) wrote with this same model (``model_id`` hashes the file):
+    the index takes them instead of embedding those tracklets again. Empty when the folder
+    holds no embeddings of it (a bundle copied elsewhere).
 
     The filter goes to the reader: row groups whose statistics rule out this model (every
     file of another model) are skipped, not read and then dropped."""
     import pyarrow.dataset as ds
 
-    folder = Path(model) / "embeddings"
+    folder = Path(reid_folder) / "embeddings"
     if not folder.is_dir():
         return EMBEDDINGS.empty_table()
     wanted = (ds.field("model") == model_id) & ds.field("tracklet_id").isin(sorted(ids))
@@ -254,8 +257,6 @@ def _scored(
     rows = score_nodules(
         rows, tracklets, diagnoses.scored, scoring, diagnoses.threshold, diagnoses.version
     )
-    if diagnoses.version is None:
-        rows["nodule_scoring"] = None
     return pa.Table.from_pandas(rows[NODULES.names], schema=NODULES, preserve_index=False)
 
 
@@ -405,6 +406,12 @@ def run_index(
         shutil.rmtree(out / "embeddings")
         store = store.iloc[:0]
     previous = _read_nodules(out)
+    if diagnoses is None and previous is not None and previous["diagnosis_version"].notna().any():
+        log.warning(
+            "index: no --diagnoses, so the nodules' malignancy from %s is cleared; pass the "
+            "predict folder to keep it",
+            previous["diagnosis_version"].dropna().iloc[0],
+        )
     rebuilt = previous is not None and set(previous["index_version"]) != {version}
     if rebuilt:
         log.info(
