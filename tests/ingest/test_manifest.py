@@ -64,6 +64,9 @@ def test_fingerprint_tracks_input_and_settings(tmp_path):
     (same,), _, _ = read_manifest(path, KEY, IngestConfig())
     (other,), _, _ = read_manifest(path, KEY, IngestConfig(n_frames=12))
     assert first.fingerprint == same.fingerprint != other.fingerprint
+    how = IngestConfig(workers=8, num_cpus_per_video=2, decode_threads=4, rows_per_row_group=8)
+    (elsewhere,), _, _ = read_manifest(path, KEY, how)  # how it runs redoes nothing
+    assert elsewhere.fingerprint == first.fingerprint
     (tmp_path / "v" / "a.mp4").write_bytes(b"changed content")
     (changed,), _, _ = read_manifest(path, KEY, IngestConfig())
     assert changed.fingerprint != first.fingerprint and changed.video_id == first.video_id

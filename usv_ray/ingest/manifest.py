@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from usv_ray.bundle import INGEST_CONTENT
 from usv_ray.config import IngestConfig, to_dict
 from usv_ray.errors import UsvRayError
 from usv_ray.privacy import keyed_hash, patient_key
@@ -76,10 +77,12 @@ def _file_stamp(path: Path) -> str:
 
 
 def _fingerprint(cfg: IngestConfig, *parts: str) -> str:
-    # the detector counts for videos without annotations only (ingest.pipeline._detected)
-    settings = json.dumps(
-        {k: v for k, v in to_dict(cfg).items() if k != "detector"}, sort_keys=True
-    )
+    """The work's fingerprint: the settings that change what ingest writes and ``parts``.
+    How it runs (workers, CPUs, threads, row groups, a GPU) redoes nothing; the detector
+    counts for videos without annotations only (ingest.pipeline._detected)."""
+    values = to_dict(cfg)
+    content = {k: values[k] for k in (*INGEST_CONTENT, "max_frame_pixels")}
+    settings = json.dumps(content, sort_keys=True)
     return hashlib.sha256("\x1f".join((settings, *parts)).encode()).hexdigest()[:32]
 
 
