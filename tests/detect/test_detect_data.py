@@ -43,3 +43,17 @@ def test_the_augmented_box_still_frames_the_nodule(seed):
 def test_a_frame_without_nodules_stays_without():
     _, moved = augment(torch.rand(4, 1, SIZE, SIZE), [torch.zeros(0, 4)] * 4, torch.Generator())
     assert all(b.shape == (0, 4) for b in moved)
+
+
+def test_a_detector_folder_depends_on_the_frames_not_on_how_it_runs():
+    import pandas as pd
+
+    from usv_ray.config import Config, DetectConfig
+    from usv_ray.detect.pipeline import _fingerprint
+
+    splits = pd.DataFrame({"video_id": ["v"], "patient_key": ["p"], "split": ["train"]})
+    frames = {"frame_size": 64, "crop_box": [0, 0, 1, 1], "trim_fov": True, "fov_threshold": 12}
+    first = _fingerprint(Config(), splits, frames)
+    assert _fingerprint(Config(), splits, {**frames, "frame_size": 128}) != first
+    assert _fingerprint(Config(detect=DetectConfig(epochs=3)), splits, frames) != first
+    assert _fingerprint(Config(detect=DetectConfig(workers=4)), splits, frames) == first

@@ -46,10 +46,11 @@ class DetectSummary:
     seconds: float
 
 
-def _fingerprint(cfg: Config, splits: pd.DataFrame) -> str:
-    """What the folder depends on: the detector's training settings and the videos."""
+def _fingerprint(cfg: Config, splits: pd.DataFrame, frames: dict) -> str:
+    """What the folder depends on: the detector's training settings, the settings its
+    ``frames`` were ingested with, and the videos."""
     settings = {k: v for k, v in to_dict(cfg.detect).items() if k in TRAINING_SETTINGS}
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps([settings, frames], sort_keys=True).encode())
     for row in splits.itertuples(index=False):
         digest.update(f"{row.video_id},{row.patient_key},{row.split};".encode())
     return digest.hexdigest()
@@ -156,10 +157,10 @@ def run_detect(cfg: Config, data: str | Path, out: str | Path) -> DetectSummary:
     started = time.perf_counter()
     data, out = Path(data), Path(out)
     ingest = read_ingest_record(data)
+    frames = {name: ingest[name] for name in FRAME_SETTINGS}
     splits = split_videos(annotated_videos(data), cfg.detect)
-    if claim_folder(
-        out / "detect.json", _fingerprint(cfg, splits), {"detect": to_dict(cfg.detect)}
-    ):
+    fingerprint = _fingerprint(cfg, splits, frames)
+    if claim_folder(out / "detect.json", fingerprint, {"detect": to_dict(cfg.detect)}):
         log.info("resuming the detector run in %s", out)
     write_table(pa.Table.from_pandas(splits, preserve_index=False), out / "splits.parquet")
     for split in ("train", "val", "test"):
@@ -191,11 +192,11 @@ def run_detect(cfg: Config, data: str | Path, out: str | Path) -> DetectSummary:
         KIND,
         {FILE: trained.path},
         {
-            "ingest": {name: ingest[name] for name in FRAME_SETTINGS},
+            "ingest": frames,
             "model": cfg.detect.model,
             "input_size": size,
             "config": {"detect": to_dict(cfg.detect)},
-            "fingerprint": _fingerprint(cfg, splits),
+            "fingerprint": fingerprint,
             "best_epoch": trained.best_epoch,
             "metrics": {
                 "test, percent": None
