@@ -90,6 +90,31 @@ def summary(figures: list[Figure]) -> int:
     return 1 if missed else 0
 
 
+def run_sections(
+    description: str,
+    sections: dict[str, Callable[[argparse.Namespace, Path], list[Figure]]],
+    quick: str,
+) -> int:
+    """The command line of a benchmark of ``sections`` (name -> section(args, a temporary
+    folder)): ``--quick`` (``quick`` says what it trims), ``--gpu-only`` (the "gpu" section
+    alone); the exit status of :func:`summary`."""
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--gpu-only", action="store_true", help="the gpu section alone")
+    args = parser.parse_args()
+    print(f"{load()} (other work on the machine skews every figure)", flush=True)
+    figures: list[Figure] = []
+    for name, section in sections.items():
+        if args.gpu_only and name != "gpu":
+            continue
+        print(f"--- {name}", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            figures += section(args, Path(tmp))
+    return summary(figures)
+
+
 def noisy_unit(centres: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """``(n, D)`` float32: each unit centre ``(n, D)`` plus noise of norm about ``NOISE``."""
     noise = rng.standard_normal(centres.shape, dtype=np.float32) * np.float32(

@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the toy bundles
 
-from index import Figure, Rates, load, rates, summary  # benchmarks/index.py
+from index import Figure, Rates, load, rates, run_sections  # benchmarks/index.py
 from toy_bundle import write_toy_bundle, write_toy_data
 
 from usv_ray.config import Config, IngestConfig, PredictConfig, RayConfig
@@ -150,19 +149,7 @@ SECTIONS = {"throughput": section_throughput, "ensemble": section_ensemble, "gpu
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer videos")
-    parser.add_argument("--gpu-only", action="store_true", help="section 3 alone")
-    args = parser.parse_args()
-    print(f"{load()} (other work on the machine skews every figure)", flush=True)
-    figures: list[Figure] = []
-    for name, section in SECTIONS.items():
-        if args.gpu_only and name != "gpu":
-            continue
-        print(f"--- {name}", flush=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            figures += section(args, Path(tmp))
-    return summary(figures)
+    return run_sections(__doc__.splitlines()[0], SECTIONS, "fewer videos")
 
 
 if __name__ == "__main__":

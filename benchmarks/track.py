@@ -26,7 +26,6 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the toy frames
 
-from index import Figure, load, summary  # benchmarks/index.py
+from index import Figure, load, run_sections  # benchmarks/index.py
 from toy_boxes import write_boxed_frames
 
 from usv_ray.config import DetectConfig, IngestConfig, SynthConfig
@@ -234,19 +233,7 @@ SECTIONS = {"detect-track": section_detect_track, "train": section_train, "gpu":
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer videos and epochs")
-    parser.add_argument("--gpu-only", action="store_true", help="section 3 alone")
-    args = parser.parse_args()
-    print(f"{load()} (other work on the machine skews every figure)", flush=True)
-    figures: list[Figure] = []
-    for name, section in SECTIONS.items():
-        if args.gpu_only and name != "gpu":
-            continue
-        print(f"--- {name}", flush=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            figures += section(args, Path(tmp))
-    return summary(figures)
+    return run_sections(__doc__.splitlines()[0], SECTIONS, "fewer videos and epochs")
 
 
 if __name__ == "__main__":

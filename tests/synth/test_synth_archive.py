@@ -7,30 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from synth_archives import read_frames, read_manifest
 
 from usv_ray.config import SynthConfig
 from usv_ray.synth import write_archive
 from usv_ray.synth.plan import plan_archive
 
 CFG = SynthConfig(patients=4, max_frames=40, workers=1, dicom_fraction=0.3)
-
-
-def read_frames(path: Path) -> np.ndarray:
-    """Decoded gray frames ``(T, H, W)`` of an MP4 or a DICOM cine."""
-    if path.suffix == ".dcm":
-        import pydicom
-
-        ds = pydicom.dcmread(path)
-        return ds.pixel_array.reshape(int(ds.NumberOfFrames), ds.Rows, ds.Columns)
-    import av
-
-    with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="gray") for f in container.decode(video=0)])
-
-
-def read_manifest(path: Path) -> list[dict]:
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")
