@@ -103,7 +103,8 @@ TITLES = {
     "0.5:0.95 (COCO's evaluation), on the validation and test patients",
     ("detect", "pr"): "Detection: precision-recall at IoU 0.5",
     ("detect", "examples"): "Detection: test frames with their true boxes and the detections",
-    ("score", "tracking"): "Automatic tracklets against the true boxes of every frame",
+    ("score", "tracking"): "Automatic tracklets against the true boxes of every frame of every "
+    "video the tracker ran on: of the patients the detector never saw, and of all",
     ("score", "index_gap"): "The nodule index from automatic tracklets against the index from "
     "annotated ones, on the same videos (the detector's test patients)",
     ("score", "night_videos"): "Tonight's videos: each diagnosis beside the hidden truth",
