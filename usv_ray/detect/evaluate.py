@@ -98,15 +98,15 @@ def _quiet():
 
 def pr_curve_plot(curves: dict[str, dict], path: Path, subtitle: str) -> Path:
     """The precision-recall curves at IoU 0.5 of :func:`detection_ap` results, by name."""
-    from usv_ray.evaluate.plots import _new_figure, _save, _unit_square
+    from usv_ray.evaluate.plots import new_figure, save_figure, unit_square
 
-    fig, ax = _new_figure("Nodule detection: precision-recall at IoU 0.5", subtitle)
+    fig, ax = new_figure("Nodule detection: precision-recall at IoU 0.5", subtitle)
     for name, result in curves.items():
         label = f"{name} (AP50 {100 * result['ap50']:.1f}, AP {100 * result['ap']:.1f})"
         ax.plot(result["recall"], result["precision"], label=label)
-    _unit_square(ax, "Recall", "Precision")
+    unit_square(ax, "Recall", "Precision")
     ax.legend(loc="lower left", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def examples_plot(
@@ -121,9 +121,9 @@ def examples_plot(
     ``shown`` (orange, with the score), in a grid."""
     from matplotlib.patches import Rectangle
 
-    from usv_ray.evaluate.plots import _new_figure, _save
+    from usv_ray.evaluate.plots import new_figure, save_figure
 
-    fig, ax = _new_figure("Nodule detection: examples (green truth, orange detections)", subtitle)
+    fig, ax = new_figure("Nodule detection: examples (green truth, orange detections)", subtitle)
     ax.remove()
     columns = min(4, len(frames)) or 1
     rows = max(1, math.ceil(len(frames) / columns))
@@ -138,4 +138,4 @@ def examples_plot(
             if score >= shown:
                 panel.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="#E69F00"))
                 panel.text(x0, y0, f"{score:.2f}", color="#E69F00", fontsize=6, va="bottom")
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -9,6 +9,9 @@ probabilities raise ``ValueError``). Undefined cases do not raise: with one clas
 the ROC / PR curve that cannot be drawn is left out and its legend entry says
 "undefined: one class"; an empty input gives a figure that says "no predictions".
 
+:func:`new_figure`, :func:`unit_square` and :func:`save_figure` are the frame every figure
+of the project shares (the detector's too).
+
 matplotlib is imported inside the functions (``import usv_ray`` stays fast), and figures are
 drawn on their own Agg canvas rather than through pyplot, so no global backend is switched
 and no figure is left open.
@@ -43,11 +46,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "confusion_plot",
+    "new_figure",
     "normalised_confusion",
     "pr_plot",
     "probability_plot",
     "reliability_plot",
     "roc_plot",
+    "save_figure",
+    "unit_square",
 ]
 
 Curves = Mapping[str, tuple[npt.ArrayLike, npt.ArrayLike]]
@@ -60,7 +66,7 @@ DPI = 120
 SUBTITLE_WIDTH = 80  # characters per caption line before wrapping
 
 
-def _new_figure(title: str, subtitle: str) -> tuple[Figure, Axes]:
+def new_figure(title: str, subtitle: str) -> tuple[Figure, Axes]:
     """A figure with one axes on its own Agg canvas, titled, the subtitle as a caption line."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -90,7 +96,7 @@ def _no_predictions(ax: Axes) -> None:
     ax.set_yticks([])
 
 
-def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=DPI)
@@ -107,7 +113,7 @@ def _one_class(labels: np.ndarray) -> bool:
     return labels.size > 0 and labels.min() == labels.max()
 
 
-def _unit_square(ax: Axes, xlabel: str, ylabel: str, top: float = 1.01) -> None:
+def unit_square(ax: Axes, xlabel: str, ylabel: str, top: float = 1.01) -> None:
     """Axes of a curve in the unit square (ROC, PR): limits, equal aspect, labels, grid."""
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, top)
@@ -123,11 +129,11 @@ def roc_plot(curves: Curves, path: str | os.PathLike[str], subtitle: str) -> Pat
     ``curves``: method name -> ``(y_true (N,), y_prob (N,))``, drawn in the mapping's order.
     A method with one class present has no ROC curve; its legend entry says so.
     """
-    fig, ax = _new_figure("ROC curve", subtitle)
+    fig, ax = new_figure("ROC curve", subtitle)
     validated = {name: _validated(*pair) for name, pair in curves.items()}
     if not any(labels.size for labels, _ in validated.values()):
         _no_predictions(ax)
-        return _save(fig, path)
+        return save_figure(fig, path)
     ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="chance (AUC 0.500)")
     for name, (labels, probs) in validated.items():
         if labels.size == 0:
@@ -141,9 +147,9 @@ def roc_plot(curves: Curves, path: str | os.PathLike[str], subtitle: str) -> Pat
             fpr, tpr, _ = roc_curve(labels, probs)
             auc = roc_auc(labels, probs)
         ax.plot(fpr, tpr, linewidth=1.8, label=f"{name} (AUC {auc:.3f}, n={labels.size})")
-    _unit_square(ax, "false positive rate (1 - specificity)", "true positive rate (sensitivity)")
+    unit_square(ax, "false positive rate (1 - specificity)", "true positive rate (sensitivity)")
     ax.legend(loc="lower right", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def pr_plot(curves: Curves, path: str | os.PathLike[str], subtitle: str) -> Path:
@@ -155,12 +161,12 @@ def pr_plot(curves: Curves, path: str | os.PathLike[str], subtitle: str) -> Path
     videos recall is undefined and no curve is drawn; with only malignant ones the curve
     (precision 1) is drawn but average precision is undefined.
     """
-    fig, ax = _new_figure("Precision-recall curve", subtitle)
+    fig, ax = new_figure("Precision-recall curve", subtitle)
     validated = {name: _validated(*pair) for name, pair in curves.items()}
     filled = {name: pair for name, pair in validated.items() if pair[0].size}
     if not filled:
         _no_predictions(ax)
-        return _save(fig, path)
+        return save_figure(fig, path)
     rates = {name: float(labels.mean()) for name, (labels, _) in filled.items()}
     shared_rate = len({round(rate, 6) for rate in rates.values()}) == 1
     if shared_rate:
@@ -195,9 +201,9 @@ def pr_plot(curves: Curves, path: str | os.PathLike[str], subtitle: str) -> Path
                 linewidth=1,
                 label=f"positive rate {rates[name]:.3f} ({name})",
             )
-    _unit_square(ax, "recall (sensitivity)", "precision (positive predictive value)", top=1.05)
+    unit_square(ax, "recall (sensitivity)", "precision (positive predictive value)", top=1.05)
     ax.legend(loc="lower left", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def normalised_confusion(
@@ -227,11 +233,11 @@ def confusion_plot(
 
     Each cell reads ``"0.93\\n(n=120)"``; a true class without videos reads ``"n/a"``.
     """
-    fig, ax = _new_figure(f"Confusion matrix (threshold {threshold:g})", subtitle)
+    fig, ax = new_figure(f"Confusion matrix (threshold {threshold:g})", subtitle)
     rates, counts = normalised_confusion(y_true, y_prob, threshold)
     if counts.sum() == 0:
         _no_predictions(ax)
-        return _save(fig, path)
+        return save_figure(fig, path)
     from matplotlib import colormaps
 
     # A true class without videos (NaN row) is drawn grey, not as a rate of 0.
@@ -260,7 +266,7 @@ def confusion_plot(
     ax.set_xlabel(f"predicted class (malignant if probability ≥ {threshold:g})")
     ax.set_ylabel("true class")
     fig.colorbar(image, ax=ax, shrink=0.8, label="fraction of the true class")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def probability_plot(
@@ -274,11 +280,11 @@ def probability_plot(
 
     Counts are in the legend; the bins are 0.05 wide over [0, 1].
     """
-    fig, ax = _new_figure("Predicted probability of malignancy by outcome", subtitle)
+    fig, ax = new_figure("Predicted probability of malignancy by outcome", subtitle)
     labels, probs = _validated(y_true, y_prob)
     if labels.size == 0:
         _no_predictions(ax)
-        return _save(fig, path)
+        return save_figure(fig, path)
     predicted = probs >= float(threshold)  # (N,) bool
     positive = labels.astype(bool)
     masks = {
@@ -306,7 +312,7 @@ def probability_plot(
     ax.grid(axis="y", alpha=0.3)
     # Outside the axes, so it never hides a bar.
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def reliability_plot(
@@ -320,11 +326,11 @@ def reliability_plot(
     one of ``n_bins`` equal-width bins; the legend gives its ECE (on the same bins) and
     Brier score. The diagonal is perfect calibration.
     """
-    fig, ax = _new_figure("Reliability diagram", subtitle)
+    fig, ax = new_figure("Reliability diagram", subtitle)
     validated = {name: _validated(*pair) for name, pair in curves.items()}
     if not any(labels.size for labels, _ in validated.values()):
         _no_predictions(ax)
-        return _save(fig, path)
+        return save_figure(fig, path)
     ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="perfectly calibrated")
     for name, (labels, probs) in validated.items():
         if labels.size == 0:
@@ -341,11 +347,11 @@ def reliability_plot(
             linewidth=1.8,
             label=f"{name} (ECE {ece:.3f}, Brier {brier:.3f}, n={labels.size})",
         )
-    _unit_square(
+    unit_square(
         ax,
         f"mean predicted probability of malignancy ({n_bins} equal-width bins)",
         "observed fraction of malignant videos",
     )
     # Below the axes: a badly calibrated curve can reach any corner of the square.
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
