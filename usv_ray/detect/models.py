@@ -18,7 +18,7 @@ scores above ``score_threshold``. The loss goes through ``forward`` so DDP syncs
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -179,7 +179,11 @@ class Fcos(nn.Module):
         return [(d["boxes"], d["scores"]) for d in self.model(frames)]
 
 
-MODELS = {"centernet": "a CenterNet head on ResNet-18", "fcos": "torchvision FCOS, ResNet-18 FPN"}
+# the detectors by name: each built from (input size, score threshold)
+MODELS: dict[str, Callable[[int, float], nn.Module]] = {
+    "centernet": lambda size, threshold: CenterNet(threshold),  # a head on ResNet-18
+    "fcos": Fcos,  # torchvision's FCOS on a ResNet-18 FPN
+}
 
 
 def build_detector(meta: Mapping) -> nn.Module:
@@ -188,9 +192,7 @@ def build_detector(meta: Mapping) -> nn.Module:
     Raises:
         ValueError: for an unknown kind.
     """
-    kind, threshold = meta.get("model"), float(meta.get("score_threshold", 0.05))
-    if kind == "centernet":
-        return CenterNet(threshold)
-    if kind == "fcos":
-        return Fcos(int(meta["input_size"]), threshold)
-    raise ValueError(f"unknown detector {kind!r} (one of {', '.join(MODELS)})")
+    kind = meta.get("model")
+    if kind not in MODELS:
+        raise ValueError(f"unknown detector {kind!r} (one of {', '.join(MODELS)})")
+    return MODELS[kind](int(meta["input_size"]), float(meta.get("score_threshold", 0.05)))
