@@ -144,7 +144,8 @@ def _score(out: Path) -> None:
 
 def _tune(out: Path) -> None:
     folder = out / "tune" / "tau"
-    write_table(pd.DataFrame({"tau": [0.5, 0.7], "f_score": [0.70, 0.81]}), folder / "results")
+    results = pd.DataFrame({"tau": [0.0038, 0.7], "f_score": [0.70, 0.81]})
+    write_table(results, folder / "results")
     (folder / "best.yaml").write_text("index:\n  tau: 0.7\n")
     _json(folder / "tune.json", {"fingerprint": "feedbeef" * 8, "tune": {"target": "tau"}})
 
@@ -202,6 +203,7 @@ def test_both_files_hold_every_stage_labelled(full_run: Path) -> None:
         assert "classify.video_models" in text and "C3D_BN, R3D" in text
         assert "12 videos of 4 patients, 11 ingested ok, 1 failed" in text
         assert "tau: 0.7" in text  # best.yaml
+        assert "0.0038" in text  # a small tau to two significant digits, not 0.00
         assert "scores.precision" in text  # the index summary, flattened
         # the night's stages: the detector's AP, the diagnoses by version, the night's score
         assert "AP at IoU 0.5, %" in text and "91.40" in text

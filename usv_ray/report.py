@@ -719,7 +719,7 @@ def _md_table(frame: pd.DataFrame) -> str:
         if pd.api.types.is_float_dtype(shown[column]):
             continue
         shown[column] = shown[column].map(lambda v: _md_text(str(v)) if isinstance(v, str) else v)
-    return to_markdown(shown)
+    return to_markdown(shown, float_format=_number)  # as the HTML page shows them
 
 
 def _label(section: Section, source: str) -> str:

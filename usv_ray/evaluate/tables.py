@@ -8,6 +8,7 @@ label) over folds and summarises every method with :func:`usv_ray.evaluate.metri
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -102,20 +103,23 @@ def method_table(
     return table.astype({"n_videos": np.int64, **dict.fromkeys(METRICS, np.float64)})
 
 
-def _cell(value: object, float_format: str) -> str:
+FloatFormat = str | Callable[[float], str]  # "{:.2f}", or a function of the value
+
+
+def _cell(value: object, float_format: FloatFormat) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     if isinstance(value, float | np.floating):
-        return float_format.format(value)
+        return float_format(value) if callable(float_format) else float_format.format(value)
     # A pipe would end the cell; a newline would end the row.
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def to_markdown(table: pd.DataFrame, *, float_format: str = "{:.2f}") -> str:
+def to_markdown(table: pd.DataFrame, *, float_format: FloatFormat = "{:.2f}") -> str:
     """A GitHub-flavoured Markdown table: header, separator, one line per row.
 
-    Floats are written with ``float_format``, missing values as ``n/a``; numeric columns are
-    right-aligned. The string ends without a newline.
+    Floats are written with ``float_format`` (a format string or a function), missing
+    values as ``n/a``; numeric columns are right-aligned. The string ends without a newline.
     """
     header = [_cell(str(column), float_format) for column in table.columns]
     separator = [
