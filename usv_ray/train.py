@@ -394,6 +394,18 @@ def numpy_collate(fn: Callable[[dict], Any]) -> Any:
     return Collate()
 
 
+def shuffled_batches(shard: Any, batch_size: int, collate: Callable[[dict], Any], seed: int) -> Any:
+    """A training epoch over a worker's dataset ``shard``: batches of ``batch_size`` made by
+    ``collate`` (numpy batch -> tensors), shuffled locally within four batches' rows by
+    ``seed`` (a model's seed plus the epoch, so a resumed epoch draws the same order)."""
+    return shard.iter_torch_batches(
+        batch_size=batch_size,
+        collate_fn=numpy_collate(collate),
+        local_shuffle_buffer_size=4 * batch_size,
+        local_shuffle_seed=seed,
+    )
+
+
 def in_order(dataset: Any) -> Any:
     """``dataset`` (a Ray Dataset) set to keep the order it reads its blocks in: itself and
     every dataset made from it, materialized ones included (they share its context)."""

@@ -27,6 +27,7 @@ from usv_ray.train import (
     classifier_scores,
     in_order,
     numpy_collate,
+    shuffled_batches,
     train_models,
 )
 
@@ -96,13 +97,9 @@ class CnnTask:
         return worker.dataset(f"train_{k}"), worker.dataset(f"val_{k}") if val else None
 
     def batches(self, data: tuple[Any, Any], epoch: int, worker: Worker) -> Iterable[Any]:
-        size = self.cfg.cnn_batch_size
-        return data[0].iter_torch_batches(
-            batch_size=size,
-            collate_fn=numpy_collate(collate_frames),
-            local_shuffle_buffer_size=4 * size,
-            local_shuffle_seed=self.cfg.seed + epoch,
-        )  # (B, 1, H, W) uint8, (B,)
+        seed = self.cfg.seed + epoch
+        return shuffled_batches(data[0], self.cfg.cnn_batch_size, collate_frames, seed)
+        # (B, 1, H, W) uint8, (B,)
 
     def loss(
         self, model: torch.nn.Module, batch: Any, worker: Worker, generator: torch.Generator

@@ -37,6 +37,7 @@ from usv_ray.train import (
     in_order,
     load_model,
     numpy_collate,
+    shuffled_batches,
     train_models,
 )
 
@@ -192,13 +193,9 @@ class VideoTask:
         )
 
     def batches(self, data: tuple[Any, Any], epoch: int, worker: Worker) -> Iterable[Any]:
-        size = self.cfg.video_batch_size
-        return data[0].iter_torch_batches(
-            batch_size=size,
-            collate_fn=numpy_collate(collate_clips),
-            local_shuffle_buffer_size=4 * size,
-            local_shuffle_seed=self.cfg.seed + epoch,
-        )  # (B, 1, T, S, S) uint8, (B,)
+        seed = self.cfg.seed + epoch
+        return shuffled_batches(data[0], self.cfg.video_batch_size, collate_clips, seed)
+        # (B, 1, T, S, S) uint8, (B,)
 
     def loss(
         self, model: nn.Module, batch: Any, worker: Worker, generator: torch.Generator

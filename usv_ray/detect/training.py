@@ -18,7 +18,7 @@ import torch
 from usv_ray.config import DetectConfig
 from usv_ray.detect.data import augment, collate
 from usv_ray.imaging import normalise
-from usv_ray.train import Worker, numpy_collate
+from usv_ray.train import Worker, numpy_collate, shuffled_batches
 
 
 def detect_all(model: torch.nn.Module, batches: Iterable[Any], device: torch.device) -> tuple:
@@ -55,13 +55,9 @@ class DetectorTask:
         return worker.dataset("train"), worker.dataset("val") if worker.rank == 0 else None
 
     def batches(self, data: tuple[Any, Any], epoch: int, worker: Worker) -> Iterable[Any]:
-        size = self.cfg.batch_size
-        return data[0].iter_torch_batches(
-            batch_size=size,
-            collate_fn=numpy_collate(collate),
-            local_shuffle_buffer_size=4 * size,
-            local_shuffle_seed=self.cfg.seed + epoch,
-        )  # (B, 1, S, S) uint8, [(n_i, 4)] * B
+        seed = self.cfg.seed + epoch
+        return shuffled_batches(data[0], self.cfg.batch_size, collate, seed)
+        # (B, 1, S, S) uint8, [(n_i, 4)] * B
 
     def loss(
         self, model: torch.nn.Module, batch: Any, worker: Worker, generator: torch.Generator
