@@ -74,7 +74,8 @@ def chosen_epochs(files: Sequence[Path]) -> int:
 # ---------------------------------------------------------------------------- calibration
 
 
-def _slug(method: str) -> str:
+def method_slug(method: str) -> str:
+    """A method's name as it appears in the file names of its plots."""
     return method.replace("(", "").replace(")", "").replace("+", "p").replace(" ", "_")
 
 
@@ -105,7 +106,7 @@ def calibration_table(
         )
         reliability_plot(
             {"before calibration": (labels, probs), f"after ({cfg.calibration})": (labels, after)},
-            plots / f"reliability_{_slug(method)}.png",
+            plots / f"reliability_{method_slug(method)}.png",
             f"{method} · {subtitle}",
             cfg.calibration_bins,
         )

@@ -319,6 +319,7 @@ def _tables(cfg: Config, predictions: pd.DataFrame, out: Path) -> pd.DataFrame:
 
 
 def _plots(cfg: Config, predictions: pd.DataFrame, out: Path, subtitle: str) -> None:
+    from usv_ray.classify.bundle import method_slug
     from usv_ray.evaluate.plots import confusion_plot, pr_plot, probability_plot, roc_plot
 
     c = cfg.classify
@@ -334,7 +335,7 @@ def _plots(cfg: Config, predictions: pd.DataFrame, out: Path, subtitle: str) -> 
     roc_plot(curves, plots / "roc.png", subtitle)
     pr_plot(curves, plots / "pr.png", subtitle)
     for method, (labels, probs) in curves.items():
-        slug = method.replace("(", "").replace(")", "").replace("+", "p").replace(" ", "_")
+        slug = method_slug(method)
         confusion_plot(
             labels, probs, plots / f"confusion_{slug}.png", f"{method} · {subtitle}", c.threshold
         )
