@@ -157,3 +157,24 @@ def test_tracker_settings_out_of_range_are_refused_before_any_video():
         tracker_settings(DetectConfig(every=4, max_lost=2))
     with pytest.raises(ValueError, match="low_score <= high_score"):
         tracker_settings(DetectConfig(track_low=0.9))
+
+
+def test_a_detector_trained_on_other_frames_is_refused_naming_the_setting(tmp_path):
+    from usv_ray.bundle import BundleError, claim_ingest_record, write_bundle
+    from usv_ray.detect.bundle import FILE, FRAME_SETTINGS, KIND
+    from usv_ray.ingest.pipeline import _with_detector
+
+    weights = tmp_path / "weights.pt"
+    weights.write_bytes(b"a detector")
+    frames = {name: getattr(CFG, name) for name in FRAME_SETTINGS}
+    trained = {**frames, "crop_box": list(frames["crop_box"]), "frame_size": 64}
+    write_bundle(tmp_path / "bundle", KIND, {FILE: weights}, {"ingest": trained})
+    claim_ingest_record(tmp_path / "data", CFG)
+    cfg = Config(ingest=dataclasses.replace(CFG, detector=str(tmp_path / "bundle")))
+    with pytest.raises(BundleError, match=r"ingest\.frame_size: 32 there, 64 for the model"):
+        _with_detector(cfg, tmp_path / "data")
+    write_bundle(
+        tmp_path / "bundle", KIND, {FILE: weights}, {"ingest": {**trained, "frame_size": 32}}
+    )
+    checked, version = _with_detector(cfg, tmp_path / "data")
+    assert version.startswith("detector-") and checked.ingest.detector == str(tmp_path / "bundle")

@@ -10,7 +10,6 @@ stores them), its test AP and how it was trained. Ingest loads it with
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from usv_ray.bundle import BundleError, read_bundle
+from usv_ray.bundle import read_bundle
 
 KIND = "detector"
 FILE = "detector.pt"
@@ -66,22 +65,3 @@ def load_detector_bundle(
     model = build_detector(meta)
     model.load_state_dict(state)
     return DetectorModel(record, model.to(device).eval(), torch.device(device), bf16)
-
-
-def check_frames(record: Mapping[str, Any], ingest: Mapping[str, Any], where: str) -> None:
-    """Refuse to run the detector of ``record`` on frames made with other ``ingest``
-    settings (an ``IngestConfig`` as a dict) than it was trained on.
-
-    Raises:
-        BundleError: naming every setting that differs.
-    """
-    differ = [
-        f"ingest.{name}={ingest[name]!r} here, {record['ingest'][name]!r} for the detector"
-        for name in FRAME_SETTINGS
-        if ingest[name] != record["ingest"][name]
-    ]
-    if differ:
-        raise BundleError(
-            f"the detector bundle {where} was trained on frames made otherwise: "
-            + "; ".join(differ)
-        )

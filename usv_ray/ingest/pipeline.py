@@ -481,13 +481,12 @@ def _is_done(entry: dict | None, task: VideoTask, out: Path) -> bool:
     )
 
 
-def _with_detector(cfg: Config) -> tuple[Config, str]:
+def _with_detector(cfg: Config, out: Path) -> tuple[Config, str]:
     """``cfg`` with ``ingest.detector`` the absolute path of a detector bundle checked
-    against the ingest settings (Ray workers elsewhere read it, and must not find out
-    late), and the bundle's version."""
-    from usv_ray.bundle import bundle_folder, read_bundle
-    from usv_ray.config import to_dict
-    from usv_ray.detect.bundle import KIND, check_frames
+    against the frame settings of the ingest folder ``out`` (Ray workers elsewhere read
+    it, and must not find out late), and the bundle's version."""
+    from usv_ray.bundle import bundle_folder, check_ingest, read_bundle
+    from usv_ray.detect.bundle import KIND
     from usv_ray.detect.tracklets import tracker_settings
 
     try:  # settings out of range fail here, not as an error row per video
@@ -495,7 +494,7 @@ def _with_detector(cfg: Config) -> tuple[Config, str]:
     except ValueError as exc:
         raise ConfigError(f"detect settings of the tracker: {exc}") from exc
     folder, record = read_bundle(cfg.ingest.detector, KIND)
-    check_frames(record, to_dict(cfg.ingest), str(folder))
+    check_ingest(record["ingest"], out, f"the detector bundle {folder}")
     folder = bundle_folder(folder).resolve()
     log.info("videos without annotations get automatic tracklets from %s", record["version"])
     ingest = dataclasses.replace(cfg.ingest, detector=str(folder))
@@ -529,7 +528,7 @@ def run_ingest(cfg: Config, manifest: str | Path, out: str | Path) -> IngestSumm
     tasks, row_errors, rejected = read_manifest(manifest, key, cfg.ingest)
     claim_ingest_record(out, cfg.ingest)  # one folder, one set of frame settings
     if cfg.ingest.detector:
-        cfg, version = _with_detector(cfg)
+        cfg, version = _with_detector(cfg, out)
         tasks = [_detected(task, version, cfg) for task in tasks]
     for folder in ("frames", "tracklets", "journal"):
         (out / folder).mkdir(parents=True, exist_ok=True)
