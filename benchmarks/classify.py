@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-# before Ray starts (see RAY.md): the default 2 s health-check poll makes every report slow
+# before Ray starts: the default 2 s health-check poll makes every report slow
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
@@ -45,11 +45,13 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
-from usv_ray.classify.cnn import CnnFold, collate_frames, fit_cnns, frame_shards
-from usv_ray.classify.models import FrameCNN, VariableFrameLSTM, pad_features, video_nll
-from usv_ray.config import ClassifyConfig
+from usv_ray.classify.cnn import CnnFold, collate_frames, fit_cnns
+from usv_ray.config import ClassifyConfig, TrainConfig
 from usv_ray.imaging import augment, normalise
 from usv_ray.io import rows_to_table, write_table
+from usv_ray.layout import IngestFolder
+from usv_ray.models.frame_cnn import FrameCNN
+from usv_ray.models.lstm import VariableFrameLSTM, pad_features, video_nll
 from usv_ray.schemas import FRAMES
 
 
@@ -238,16 +240,15 @@ def write_frames(data: Path, n_videos: int, frames: int, size: int, first: int =
             }
             for t, image in enumerate(bmode_like_frames(rng, frames, size, label))
         ]
-        write_table(rows_to_table(rows, FRAMES), data / "frames" / f"{video_id}.parquet")
+        write_table(rows_to_table(rows, FRAMES), IngestFolder(data).frames(video_id))
         ids.append(video_id)
     return ids
 
 
 def load_frames(data: Path, video_ids: Sequence[str]) -> tuple[Tensor, Tensor]:
     """The shards' frames in memory: (images uint8 (N, 1, H, W), labels int64 (N,))."""
-    table = pq.read_table(
-        frame_shards(data, video_ids), columns=["image", "label", "height", "width"]
-    )
+    shards = IngestFolder(data).frame_shards(video_ids)
+    table = pq.read_table(shards, columns=["image", "label", "height", "width"])
     return collate_frames({name: table[name].to_numpy() for name in table.column_names})
 
 
@@ -262,7 +263,7 @@ class BareLoop:
         torch.manual_seed(cfg.seed)
         self.cfg, self.images, self.labels, self.device = cfg, images, labels, device
         self.model = FrameCNN().to(device).train()
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.cnn_lr)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.cnn.lr)
         self.loss_fn = torch.nn.CrossEntropyLoss()
         self.epochs = 0
 
@@ -274,7 +275,7 @@ class BareLoop:
         self.epochs += 1
         sync(device)
         started = time.perf_counter()
-        for batch in order.split(cfg.cnn_batch_size):
+        for batch in order.split(cfg.cnn.batch_size):
             inputs = augment(normalise(self.images[batch].to(device)), generator)  # (B, 1, H, W)
             loss = self.loss_fn(self.model(inputs), self.labels[batch].to(device))
             self.optimizer.zero_grad()
@@ -310,8 +311,7 @@ def ray_vs_bare(
         workers=1,
         cpus_per_worker=float(threads),
         use_gpu=device.type == "cuda",
-        cnn_epochs=epochs,
-        cnn_batch_size=32,
+        cnn=TrainConfig(epochs=epochs, batch_size=32),
         val_every=epochs,  # validate once, at the end: not part of the timed epochs anyway
     )
     images, labels = load_frames(tmp / "data", train_ids)  # (N, 1, S, S), (N,)
@@ -319,7 +319,8 @@ def ray_vs_bare(
     bare_rates = [bare.epoch() for _ in range(epochs)][1:]  # the first warms up
 
     quiet = ray.LoggingConfig(log_level="ERROR")
-    # logical CPUs beyond the worker's, so Ray Data can feed it (see RAY.md)
+    # logical CPUs beyond the worker's, so Ray Data can feed it (training workers that hold
+    # every CPU starve the Ray Data reads that feed them)
     ray.init(
         num_cpus=threads + 2,
         include_dashboard=False,

@@ -7,7 +7,7 @@
 2. all patients: ``cluster_patients`` on 1,000,000 synthetic 512-d float32 embeddings
    spread over 200,000 patients, closure (the index's default) and Algorithm 1. Target:
    under 60 s each, on 2 cores.
-3. embedding: the index's Ray Data job (read -> ``embed_dataset`` with one actor of 1 CPU)
+3. embedding: the index's Ray Data job (``ShardEmbedder`` on one actor of 1 CPU)
    vs a bare PyTorch loop (torch on 1 thread) over the same 512 tracklet clips (128 files
    of 4, one per video as ingest writes them) with the same untrained R(2+1)D model,
    tracklets/s after each one's first batch (the throughput; target: ratio at least 0.8),
@@ -43,14 +43,16 @@ sections 1-2, most of it generating the 2 GB of embeddings, 3 for section 3; ``-
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the toy bundles
+
+from common import Figure, Rates, load, rates, summary
 
 from usv_ray.cluster.metrics import pairwise_scores
 from usv_ray.cluster.threshold import algorithm1, closure, cluster_patients
@@ -59,60 +61,6 @@ from usv_ray.schemas import EMBEDDING_DIM
 
 TAU = 0.35  # between the ~0.15 same-nodule and ~1 different-nodule cosine distances
 NOISE = 0.4  # norm of the noise added to a unit nodule centre
-
-
-@dataclass(frozen=True)
-class Figure:
-    """One measured figure and its target (``ok`` None: printed without a target)."""
-
-    name: str
-    value: str
-    target: str
-    ok: bool | None
-
-
-def load() -> str:
-    """The 1-minute load average against the core count, for every figure's context."""
-    return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
-
-
-def summary(figures: list[Figure]) -> int:
-    """Print the load and a table of ``figures``; the exit status: 1 when a target is missed."""
-    print(f"{load()} at the end")
-    width = max(len(figure.name) for figure in figures)
-    print(f"\n{'figure':<{width}}  {'value':>8}  {'target':<6}  result")
-    for figure in figures:
-        result = "-" if figure.ok is None else ("PASS" if figure.ok else "MISSED")
-        print(f"{figure.name:<{width}}  {figure.value:>8}  {figure.target:<6}  {result}")
-    missed = [figure.name for figure in figures if figure.ok is False]
-    if missed:
-        print(f"missed: {', '.join(missed)}")
-    return 1 if missed else 0
-
-
-def run_sections(
-    description: str,
-    sections: dict[str, Callable[[argparse.Namespace, Path], list[Figure]]],
-    quick: str,
-) -> int:
-    """The command line of a benchmark of ``sections`` (name -> section(args, a temporary
-    folder)): ``--quick`` (``quick`` says what it trims), ``--gpu-only`` (the "gpu" section
-    alone); the exit status of :func:`summary`."""
-    import tempfile
-
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--quick", action="store_true", help=quick)
-    parser.add_argument("--gpu-only", action="store_true", help="the gpu section alone")
-    args = parser.parse_args()
-    print(f"{load()} (other work on the machine skews every figure)", flush=True)
-    figures: list[Figure] = []
-    for name, section in sections.items():
-        if args.gpu_only and name != "gpu":
-            continue
-        print(f"--- {name}", flush=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            figures += section(args, Path(tmp))
-    return summary(figures)
 
 
 def noisy_unit(centres: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -261,53 +209,39 @@ def section_all_patients(args: argparse.Namespace) -> list[Figure]:
 # 3. embedding throughput: the index's Ray Data job vs a bare loop, 1 CPU
 
 
-@dataclass(frozen=True)
-class Rates:
-    """Tracklets/s of one way of embedding: over the whole job, and after its first batch."""
-
-    whole: float  # every tracklet over the whole time, start-up included
-    steady: float  # the tracklets after the first batch over the time after it
-
-
-def rates(n_items: int, started: float, first: float, first_rows: int, ended: float) -> Rates:
-    """The rates of ``n_items`` done from ``started`` to ``ended``, ``first_rows`` of them
-    by ``first`` (the end of the first batch)."""
-    return Rates(n_items / (ended - started), (n_items - first_rows) / (ended - first))
-
-
 def embedding_rates(
     tmp: Path, n_tracklets: int, gpu: bool = False, batch_size: int = 16
 ) -> tuple[Rates, Rates]:
     """(Ray Data, bare loop) rates embedding the same clips with the same model on 1 CPU
-    (or, with ``gpu``, on the GPU): the index's read -> embed_dataset job with one actor of
-    1 CPU (and 1 GPU), and a bare loop (pyarrow read, the same TrackletEmbedder batches,
-    torch on 1 thread; the mean of a run before and one after). ``whole`` counts the
-    start-up (Ray's: an actor process that imports torch and torchvision, ~10 s here),
-    ``steady`` starts at the first batch out."""
-    import pyarrow.fs
+    (or, with ``gpu``, on the GPU): the index's embedding job (shards read in the actor)
+    with one actor of 1 CPU (and 1 GPU), and a bare loop (pyarrow read, the same
+    TrackletEmbedder batches, torch on 1 thread; the mean of a run before and one after).
+    ``whole`` counts the start-up (Ray's: an actor process that imports torch and
+    torchvision, ~10 s here), ``steady`` starts at the first batch out."""
     import pyarrow.parquet as pq
     import ray
     import torch
     from reid import write_tracklets
+    from toy_bundle import write_toy_reid_bundle
 
-    from usv_ray.reid.clips import tracklet_shards
-    from usv_ray.reid.embed import EMBED_COLUMNS, TrackletEmbedder, embed_dataset, save_reid_model
-    from usv_ray.reid.training import build_model
-    from usv_ray.runtime import ensure_ray
+    from usv_ray.bundle.reid import EMBED_COLUMNS, ShardEmbedder, TrackletEmbedder
+    from usv_ray.layout import IngestFolder
+    from usv_ray.pool import run_batches
 
     cfg = ReidConfig(clip_frames=8, clip_height=64, clip_width=32)  # the demo's patch size
     for video in range(n_tracklets // 4):  # one file per video, 4 tracklets each, as ingest
         write_tracklets(tmp, 1, 4, cfg, f"v{video:03d}")
-    model = save_reid_model(tmp / "CM.pt", "CM", 4, build_model("CM", 4).state_dict(), cfg)
+    model = write_toy_reid_bundle(tmp / "reid", clip=(8, 64, 32))
+    shards = IngestFolder(tmp).tracklet_shards()
 
     def bare() -> Rates:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
             started = time.perf_counter()
-            embedder = TrackletEmbedder(str(model), cfg, batch_size, "cuda" if gpu else "cpu")
+            embedder = TrackletEmbedder(str(model), "CM", batch_size, "cuda" if gpu else "cpu")
             # one chunk, so batches hold batch_size rows and not a file's 4
-            table = pq.read_table(tracklet_shards(tmp), columns=EMBED_COLUMNS).combine_chunks()
+            table = pq.read_table(shards, columns=EMBED_COLUMNS).combine_chunks()
             first = None
             for batch in table.to_batches(batch_size):
                 embedder({c: batch[c].to_numpy(zero_copy_only=False) for c in EMBED_COLUMNS})
@@ -319,15 +253,16 @@ def embedding_rates(
     before = bare()
     # Ray as the index starts it (a local Ray finds the GPU itself); the embedding actor holds
     # 1 CPU, the read tasks need one more
-    ensure_ray(RayConfig(num_cpus=2, object_store_mb=256, progress=False))
+    ray_cfg = RayConfig(num_cpus=2, object_store_mb=256, progress=False)
     try:
         started = time.perf_counter()
-        tracklets = ray.data.read_parquet(
-            tracklet_shards(tmp), filesystem=pyarrow.fs.LocalFileSystem()
-        ).select_columns(EMBED_COLUMNS)
-        embedded = embed_dataset(tracklets, model, cfg, 1, 1.0, gpu, batch_size)
+        items = [{"shard": shard, "tracklets": ""} for shard in shards]
+        kwargs = {"bundle": str(model), "kind": "CM", "batch_size": batch_size}
         first, rows = None, 0
-        for batch in embedded.iter_batches(batch_size=None, batch_format="pyarrow"):
+        # the index's embedding job: items of 2 shards (8 tracklets) per batch, as the index
+        for batch in run_batches(
+            ShardEmbedder, kwargs, items, workers=1, ray=ray_cfg, batch_size=8, gpus=int(gpu)
+        ):
             first = first or (time.perf_counter(), batch.num_rows)
             rows += batch.num_rows
         assert rows == n_tracklets, (rows, n_tracklets)

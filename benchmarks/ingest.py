@@ -30,7 +30,8 @@ import pyarrow.parquet as pq
 
 from usv_ray.config import Config, IngestConfig, PrivacyConfig, RayConfig
 from usv_ray.ingest.decode import VideoReader
-from usv_ray.ingest.pipeline import run_ingest, sample_indices
+from usv_ray.ingest.pipeline import run_ingest
+from usv_ray.ingest.video import sample_indices
 
 
 def write_bmode_like(path: Path, n_frames: int, gop: int, width: int = 640, height: int = 480):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the toy bundles
 
-from index import Figure, Rates, load, rates, run_sections  # benchmarks/index.py
+from common import Figure, Rates, load, rates, run_sections
 from toy_bundle import write_toy_bundle, write_toy_data
 
 from usv_ray.config import Config, IngestConfig, PredictConfig, RayConfig

@@ -179,8 +179,9 @@ def bare_cm_rates(cfg: ReidConfig, data: Path, ids: list[str], epochs: int) -> l
     augmentation, losses, optimizer) on the clips in memory."""
     import torch
 
+    from usv_ray.models.reid import build_reid_model as build_model
     from usv_ray.reid.clips import load_tracklets
-    from usv_ray.reid.training import build_model, cm_loss, cm_steps, identity_labels
+    from usv_ray.reid.training import cm_loss, cm_steps, identity_labels
 
     train = load_tracklets(data, ids, cfg)
     labels, clips = identity_labels(train), torch.from_numpy(train.clips)
@@ -226,7 +227,7 @@ def ray_vs_bare(tmp: Path, epochs: int, n_nodules: int) -> tuple[float, float, i
         object_store_memory=256 * 2**20,
     )
     try:
-        _, trained = fit_reid(cfg, "CM", tmp, ids, val, tmp / "runs", "bench")
+        trained = fit_reid(cfg, "CM", tmp, ids, val, tmp / "runs", "bench")
     finally:
         ray.shutdown()
     bare += bare_cm_rates(cfg, tmp, ids, 3)[1:]
@@ -241,7 +242,7 @@ def amp_clip_rates(steps: int = 10, batch: int = 8) -> tuple[float, float]:
     """R(2+1)D training clips/s at 16 x 256 x 128 on the GPU: (fp32, bf16 autocast)."""
     import torch
 
-    from usv_ray.reid.models import ClassificationModel
+    from usv_ray.models.reid import ClassificationModel
 
     device = torch.device("cuda")
     model = ClassificationModel(100).to(device).train()

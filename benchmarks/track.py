@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-# before Ray starts (see RAY.md): the default 2 s health-check poll makes every report slow
+# before Ray starts: the default 2 s health-check poll makes every report slow
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
@@ -38,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the toy frames
 
-from index import Figure, load, run_sections  # benchmarks/index.py
+from common import Figure, load, run_sections
 from toy_boxes import write_boxed_frames
 
 from usv_ray.config import DetectConfig, IngestConfig, SynthConfig
@@ -71,25 +71,25 @@ def decode_fps(videos: list[Path]) -> float:
 
 def untrained_detector(tmp: Path, device: str = "cpu", bf16: bool = False):
     """The demo's detector kind, untrained, as a bundle ingest loads."""
-    from usv_ray.bundle import ingest_settings, write_bundle
-    from usv_ray.detect.bundle import FILE, FRAME_SETTINGS, KIND, load_detector_bundle
-    from usv_ray.detect.models import build_detector
-    from usv_ray.train import save_model
+    from usv_ray import bundle
+    from usv_ray.bundle.detector import FILE, FRAME_SETTINGS, KIND
+    from usv_ray.layout import ingest_settings
+    from usv_ray.models.detector import build_detector
+    from usv_ray.runner import save_model
 
     meta = {"model": "centernet", "input_size": SIZE, "score_threshold": 0.05}
     torch.manual_seed(0)
     path = save_model(tmp / "runs", "detector", build_detector(meta).state_dict(), meta)
     settings = ingest_settings(INGEST)
-    write_bundle(
-        tmp / "bundle", KIND, {FILE: path}, {"ingest": {k: settings[k] for k in FRAME_SETTINGS}}
-    )
-    return load_detector_bundle(tmp / "bundle", device, bf16)
+    frames = {k: settings[k] for k in FRAME_SETTINGS}
+    bundle.write(tmp / "bundle", KIND, {FILE: path}, {"ingest": frames})
+    return bundle.load(tmp / "bundle", KIND, device=device, bf16=bf16)
 
 
 def track_fps(videos: list[Path], detector, out: Path) -> float:
     """Frames/s of ingest's path for videos without annotations, with ``detector``."""
     from usv_ray.ingest.manifest import VideoTask
-    from usv_ray.ingest.pipeline import ingest_video
+    from usv_ray.ingest.video import ingest_video
 
     frames, started = 0, time.perf_counter()
     for i, path in enumerate(videos):
@@ -123,7 +123,7 @@ class BareLoop:
     call: same model and initial weights, Adam, batch size, shuffle, normalise, augment."""
 
     def __init__(self, cfg: DetectConfig, images: torch.Tensor, boxes: list[torch.Tensor]):
-        from usv_ray.detect.models import build_detector
+        from usv_ray.models.detector import build_detector
 
         torch.manual_seed(cfg.seed)
         self.cfg, self.images, self.boxes = cfg, images, boxes
@@ -158,16 +158,16 @@ def section_train(args: argparse.Namespace, tmp: Path) -> list[Figure]:
     import pyarrow.parquet as pq
     import ray
 
-    from usv_ray.classify.cnn import frame_shards
     from usv_ray.detect.data import FRAME_COLUMNS, collate
     from usv_ray.detect.training import DetectorTask, frames_dataset
-    from usv_ray.train import stage_settings, train_models
+    from usv_ray.layout import IngestFolder
+    from usv_ray.runner import RunSettings, train_models
 
     epochs = 3 if args.quick else 5
     threads = 2
     ids = write_boxed_frames(tmp / "data", 24 if args.quick else 64, 25, SIZE)
     cfg = DetectConfig(workers=1, cpus_per_worker=float(threads), epochs=epochs, val_every=epochs)
-    table = pq.read_table(frame_shards(tmp / "data", ids), columns=FRAME_COLUMNS)
+    table = pq.read_table(IngestFolder(tmp / "data").frame_shards(ids), columns=FRAME_COLUMNS)
     images, boxes = collate({name: table[name].to_numpy() for name in FRAME_COLUMNS})
     torch.set_num_threads(threads)
     bare = BareLoop(cfg, images, boxes)
@@ -186,7 +186,7 @@ def section_train(args: argparse.Namespace, tmp: Path) -> list[Figure]:
         }
         run = train_models(
             [DetectorTask(cfg, SIZE)],
-            stage_settings(cfg),
+            RunSettings.of(cfg, cfg, cfg.seed),
             tmp / "runs",
             "bench",
             lambda _: sets,

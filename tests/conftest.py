@@ -1,4 +1,5 @@
-"""One local Ray per test session, small and quiet (see RAY.md: Ray on 2 cores in pytest)."""
+"""One local Ray per test session, small and quiet: Ray on 2 cores in pytest needs its Train
+health check polled often and its progress bars off, and one Ray shared by every test."""
 
 import os
 
@@ -33,12 +34,12 @@ DEMO_OVERRIDES = (
     # none, so the detector's tracklets still run)
     "synth.annotated_fraction=1.0",
     "classify.folds=2",  # each fold trains and caches a CNN: the fixture's largest cost
-    "classify.cnn_epochs=1",
-    "classify.lstm_epochs=2",
+    "classify.cnn.epochs=1",
+    "classify.lstm.epochs=2",
     # the LSTMs in this process: a Train run costs ~25 s of start-up, and Ray Train's LSTM
     # path has its own test (tests/classify/test_classify_lstm.py)
-    "classify.lstm_workers=0",
-    "classify.video_models=[]",
+    "classify.lstm.workers=0",
+    "classify.video.models=[]",
     "classify.frame_counts=[12, 31]",  # no video has 31 frames (ingest keeps 30): no N=31 LSTM
     "classify.n_boot=50",
     "classify.final_model=true",  # one more bundle member: a CNN Train run, an in-process LSTM
@@ -50,11 +51,11 @@ DEMO_OVERRIDES = (
     "detect.epochs=1",
     # a detector of one epoch is unsure of everything: track what it finds anyway, so the
     # automatic tracklets (and what scores them) run
-    "detect.track_high=0.05",
-    "detect.new_track_score=0.05",
-    "detect.track_low=0.01",
-    "detect.min_track_frames=2",
-    "detect.min_track_score=0.0",
+    "detect.track.high=0.05",
+    "detect.track.new_score=0.05",
+    "detect.track.low=0.01",
+    "detect.track.min_frames=2",
+    "detect.track.min_score=0.0",
     # the small jobs in this process: an actor's start-up is most of their time here, and
     # the Ray Data paths have their own tests (tests/ingest, tests/predict, tests/index)
     "ingest.workers=0",

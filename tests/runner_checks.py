@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from usv_ray.train import Worker, load_model, training_log
+from usv_ray.runner import Worker, load_model, training_log
 
 
 class Killed(Exception):

@@ -66,3 +66,25 @@ def test_config_is_frozen_and_round_trips_through_yaml(tmp_path):
     path = tmp_path / "dumped.yaml"
     path.write_text(yaml.safe_dump(to_dict(cfg)))
     assert load_config(path) == cfg
+
+
+def test_renamed_keys_work_for_one_release_with_a_warning_naming_the_new_key(tmp_path, caplog):
+    import logging
+
+    path = tmp_path / "old.yaml"
+    path.write_text(
+        "classify:\n  cnn_epochs: 7\n  precision: bf16\n  lstm:\n    epochs: 9\n"
+        "  lstm_epochs: 3\ndetect:\n  track_high: 0.2\n"
+    )
+    with caplog.at_level(logging.WARNING, logger="usv_ray.config"):
+        cfg = load_config(path, ["reid.pair_batch_size=4", "classify.lstm.hidden=64"])
+    assert cfg.classify.cnn.epochs == 7
+    # one old key, one value for each model it now names
+    assert {cfg.classify.cnn.precision, cfg.classify.lstm.precision} == {"bf16"}
+    assert cfg.classify.video.precision == "bf16"
+    assert cfg.classify.lstm.epochs == 9  # the file's own new key wins over its old one
+    assert cfg.detect.track.high == 0.2 and cfg.reid.batch_size == 4
+    assert "classify.cnn_epochs is renamed classify.cnn.epochs" in caplog.text
+    assert "reid.pair_batch_size is renamed reid.batch_size" in caplog.text
+    # an old key on the command line overrides the file's new one, as any --set does
+    assert load_config(path, ["classify.lstm_epochs=2"]).classify.lstm.epochs == 2

@@ -9,14 +9,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from usv_ray.bundle import BUNDLE_FORMAT
 from usv_ray.classify.cnn import collate_frames
-from usv_ray.classify.models import FrameCNN
 from usv_ray.classify.pipeline import EQUAL, TABLE3, TABLE4, VARIABLE, run_classify
 from usv_ray.config import ConfigError, load_config
 from usv_ray.imaging import normalise
 from usv_ray.ingest.pipeline import run_ingest
+from usv_ray.models.frame_cnn import FrameCNN
+from usv_ray.runner import load_model
 from usv_ray.schemas import EMBEDDINGS, NODULES, PREDICTIONS
-from usv_ray.train import load_model
 
 
 def _predictions(root) -> pd.DataFrame:
@@ -202,7 +203,7 @@ def test_demo_outputs_logs_and_file_names_hold_no_patient_identifier(demo_run):
 def test_demo_writes_both_bundles_and_indexes_with_the_swept_tau(demo_run):
     _, root = demo_run
     record = json.loads((root / "classify" / "bundle" / "bundle.json").read_text())
-    assert record["kind"] == "diagnosis" and record["format"] == 1
+    assert record["kind"] == "diagnosis" and record["format"] == BUNDLE_FORMAT
     assert [m["name"] for m in record["members"]] == ["fold=0", "fold=1", "final"]
     assert record["ingest"]["frame_size"] == 64 and record["calibrator"]["method"] == "platt"
     assert 0 <= record["operating_point"]["threshold"] <= 1

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from usv_ray.frames import resize_gray, uniform_positions
+from usv_ray.frames import clip_array, clip_problem, resize_gray, uniform_positions
 
 
 @pytest.mark.parametrize(
@@ -49,3 +49,32 @@ def test_resize_gray_shapes_and_range(shape, out):
     resized = resize_gray(image, *out)
     assert resized.shape == out and resized.dtype == np.uint8
     assert abs(float(resized.mean()) - float(image.mean())) < 3
+
+
+def test_clip_array_samples_and_resizes():
+    frames = np.stack([np.full((8, 4), 10 * t, np.uint8) for t in range(5)])  # (5, 8, 4)
+    clip = clip_array(frames.tobytes(), 5, 8, 4, (3, 4, 2))
+    assert clip.shape == (3, 4, 2) and clip.dtype == np.uint8
+    assert clip[:, 0, 0].tolist() == [0, 20, 40]  # first, middle and last frame
+    same = clip_array(frames.tobytes(), 5, 8, 4, (5, 8, 4))
+    assert np.array_equal(same, frames)  # no resize when the size already fits
+
+
+def test_clip_array_rejects_a_truncated_clip():
+    with pytest.raises(ValueError, match="is not 2 x 8 x 4"):
+        clip_array(b"\0" * 63, 2, 8, 4, (8, 256, 128))
+
+
+@pytest.mark.parametrize(
+    ("clip", "frames", "height", "width", "problem"),
+    [
+        (b"\0" * 64, 2, 8, 4, None),
+        (b"\0" * 63, 2, 8, 4, "63 bytes is not 2 x 8 x 4"),
+        (None, 2, 8, 4, "0 bytes is not 2 x 8 x 4"),
+        (b"", 0, 8, 4, "empty tracklet"),
+        (b"", 2, 0, 4, "empty tracklet"),
+    ],
+)
+def test_clip_problem(clip, frames, height, width, problem):
+    found = clip_problem(clip, frames, height, width)
+    assert found == problem if problem is None else problem in found

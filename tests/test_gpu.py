@@ -19,7 +19,7 @@ from classify.toy_frames import SIZE, write_toy_frames
 from toy_boxes import write_boxed_frames
 from toy_tracklets import write_toy_tracklets
 
-from usv_ray.config import ClassifyConfig, ReidConfig
+from usv_ray.config import ClassifyConfig, LstmConfig, ReidConfig, TrainConfig, VideoConfig
 
 pytestmark = [
     pytest.mark.gpu,
@@ -80,10 +80,11 @@ def test_frame_cnn_fits_on_one_gpu_in_fp32_and_bf16(gpu_ray, tmp_path):
 
     data, runs = tmp_path / "data", tmp_path / "runs"
     ids = write_toy_frames(data)  # 8 videos x 4 frames of 32 x 32; the label shows
-    cfg = ClassifyConfig(**ON_GPU, cnn_epochs=4, cnn_batch_size=8, cnn_lr=1e-3)
+    cfg = ClassifyConfig(**ON_GPU, cnn=TrainConfig(epochs=4, batch_size=8, lr=1e-3))
     folds = [CnnFold(0, tuple(ids[:6]), tuple(ids[6:]))]
     fp32 = fit_cnns(cfg, data, folds, runs, "cnn_fp32")[0]
-    bf16 = fit_cnns(dataclasses.replace(cfg, precision="bf16"), data, folds, runs, "cnn_bf16")[0]
+    in_bf16 = dataclasses.replace(cfg, cnn=dataclasses.replace(cfg.cnn, precision="bf16"))
+    bf16 = fit_cnns(in_bf16, data, folds, runs, "cnn_bf16")[0]
     figure(
         f"frame CNN on 1 GPU, 32 x 32 toy frames: {fp32.samples_per_s:.0f} images/s fp32, "
         f"{bf16.samples_per_s:.0f} bf16; best validation loss {fp32.best_value:.3f} fp32, "
@@ -116,7 +117,7 @@ def test_lstms_fit_on_one_gpu(gpu_ray, tmp_path):
     write_feature_cache(features, videos, folds=range(2))
     table = {v.video_id: (v.label, folds[v.video_id]) for v in videos}
     cfg = ClassifyConfig(
-        **ON_GPU, lstm_workers=1, lstm_epochs=4, lstm_batch_size=8, lstm_hidden=32, lstm_lr=5e-3
+        **ON_GPU, lstm=LstmConfig(workers=1, epochs=4, batch_size=8, hidden=32, lr=5e-3)
     )
     jobs = [LstmJob(0), LstmJob(1, 12)]
     paths = fit_lstms(cfg, features, table, jobs, tmp_path, "lstm")
@@ -137,10 +138,10 @@ def test_every_3d_cnn_fits_on_one_gpu(gpu_ray, tmp_path):
     ids = write_toy_frames(data, n_videos=4, frames=4)
     folds = {video: (i // 2) % 2 for i, video in enumerate(ids)}  # both labels in each fold
     cfg = ClassifyConfig(
-        **ON_GPU, folds=2, clip_frames=4, clip_size=SIZE, video_epochs=1, video_batch_size=2
+        **ON_GPU, folds=2, video=VideoConfig(clip_frames=4, clip_size=SIZE, epochs=1, batch_size=2)
     )
     models = fit_video_models(cfg, data, folds, tmp_path / "runs", "video")
-    assert set(models) == set(cfg.video_models) == {"C3D_BN", "R3D", "R(2+1)D"}
+    assert set(models) == set(cfg.video.models) == {"C3D_BN", "R3D", "R(2+1)D"}
     for method, by_fold in models.items():
         assert set(by_fold) == {0, 1}, method
         for weights in by_fold.values():
@@ -154,15 +155,17 @@ def test_every_3d_cnn_fits_on_one_gpu(gpu_ray, tmp_path):
 def test_reid_models_fit_on_one_gpu(gpu_ray, tmp_path, kind):
     pytest.importorskip("cv2", reason="the clips are read with OpenCV (not in the GPU bundle)")
     from usv_ray.reid.training import fit_reid
+    from usv_ray.runner import load_model
 
     ids = write_toy_tracklets(tmp_path, patients=6, nodules=2, per_nodule=3, frames=4)
     train = [t for t in ids if int(t[1:3]) < 4]  # patients 0-3; 4 and 5 validate
     val = [t for t in ids if int(t[1:3]) >= 4]
     cfg = ReidConfig(
         **ON_GPU, clip_frames=4, clip_height=32, clip_width=16, epochs=2, p=2, k=2,
-        pair_batch_size=8, lr=1e-3,
+        batch_size=8, lr=1e-3,
     )  # fmt: skip
-    weights, trained = fit_reid(cfg, kind, tmp_path, train, val, tmp_path / "runs", kind)
+    trained = fit_reid(cfg, kind, tmp_path, train, val, tmp_path / "runs", kind)
+    weights = load_model(trained.path)[0]
     rates = ", ".join(f"{rate:.0f}" for rate in trained.rates)
     figure(f"re-ID {kind} on 1 GPU: {rates} clips/s; best val accuracy {trained.best_value}")
     assert trained.start_epoch == 0 and len(trained.rates) == 2
@@ -178,13 +181,16 @@ def test_reid_models_fit_on_one_gpu(gpu_ray, tmp_path, kind):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_gpu_inference_actors_match_the_cpu(gpu_ray, tmp_path):
-    import pyarrow.fs
+    import pandas as pd
+    from toy_bundle import write_toy_reid_bundle
 
+    from usv_ray.bundle.reid import EMBED_COLUMNS, ShardEmbedder, TrackletEmbedder
     from usv_ray.classify.features import FrameEmbedder, cache_features
-    from usv_ray.classify.models import FrameCNN, frame_cnn_meta
-    from usv_ray.reid.embed import EMBED_COLUMNS, TrackletEmbedder, embed_dataset, save_reid_model
-    from usv_ray.reid.training import build_model
-    from usv_ray.train import save_model
+    from usv_ray.config import RayConfig
+    from usv_ray.layout import IngestFolder
+    from usv_ray.models.frame_cnn import FrameCNN, frame_cnn_meta
+    from usv_ray.pool import run_batches
+    from usv_ray.runner import save_model
 
     # an actor of 1 GPU sees one, and both embedders put their model on it
     data = tmp_path / "data"
@@ -192,16 +198,13 @@ def test_gpu_inference_actors_match_the_cpu(gpu_ray, tmp_path):
     torch.manual_seed(3)
     weights = tmp_path / "cnn.pt"
     save_model(weights.parent, weights.stem, FrameCNN().state_dict(), frame_cnn_meta())
-    reid_cfg = ReidConfig(clip_frames=4, clip_height=32, clip_width=16)
-    torch.manual_seed(4)
-    model = save_reid_model(tmp_path / "CM.pt", "CM", 4, build_model("CM", 4).state_dict(),
-                            reid_cfg)  # fmt: skip
+    model = write_toy_reid_bundle(tmp_path / "reid", seed=4, clip=(4, 32, 16))
 
     @gpu_ray.remote(num_gpus=1, num_cpus=1)
     def devices() -> tuple[str, str]:
         frame = FrameEmbedder(str(weights), fold=0, use_gpu=True)
-        tracklet = TrackletEmbedder(str(model), reid_cfg)
-        return frame.device.type, tracklet.device.type
+        tracklet = TrackletEmbedder(str(model), "CM")
+        return frame.device.type, tracklet.models.device.type
 
     assert gpu_ray.get(devices.remote()) == ("cuda", "cuda")
 
@@ -218,15 +221,21 @@ def test_gpu_inference_actors_match_the_cpu(gpu_ray, tmp_path):
     figure(f"frame features, GPU actor vs CPU: max relative difference {gap:.2e}")
     assert gap < 2e-2  # TF32 convolutions on the GPU (10-bit mantissas)
 
-    # tracklet embeddings through the index's embed_dataset (1 actor of 1 GPU)
+    # tracklet embeddings through the index's embedding job (1 actor of 1 GPU)
     pytest.importorskip("cv2", reason="the clips are read with OpenCV (not in the GPU bundle)")
     write_toy_tracklets(data, patients=2, nodules=2, per_nodule=2, frames=4)
-    tracklets = gpu_ray.data.read_parquet(
-        str(data / "tracklets"), filesystem=pyarrow.fs.LocalFileSystem()
-    ).select_columns(EMBED_COLUMNS)
-    embedded = embed_dataset(tracklets, model, reid_cfg, 1, 1.0, True, 4).to_pandas()
+    items = [{"shard": s, "tracklets": ""} for s in IngestFolder(data).tracklet_shards()]
+    tables = run_batches(
+        ShardEmbedder,
+        {"bundle": str(model), "kind": "CM", "batch_size": 4},
+        items,
+        workers=1,
+        ray=RayConfig(progress=False),
+        gpus=1,
+    )
+    embedded = pd.concat(t.to_pandas() for t in tables)
     rows = pq.read_table(data / "tracklets", columns=EMBED_COLUMNS).to_pandas()
-    reference = TrackletEmbedder(str(model), reid_cfg, device="cpu")(
+    reference = TrackletEmbedder(str(model), "CM", device="cpu")(
         {name: rows[name].to_numpy() for name in EMBED_COLUMNS}
     ).to_pandas()
     on_gpu = embedded.set_index("tracklet_id").loc[reference["tracklet_id"]]
@@ -243,6 +252,7 @@ def test_predict_on_a_gpu_actor_matches_the_cpu(gpu_ray, tmp_path):
     from toy_bundle import write_toy_bundle, write_toy_data
 
     from usv_ray.config import Config, PredictConfig, RayConfig
+    from usv_ray.layout import IngestFolder
     from usv_ray.predict.pipeline import _diagnose
 
     ids = write_toy_data(tmp_path / "data", n_videos=6, frames=5, tracklets=2)
@@ -251,7 +261,8 @@ def test_predict_on_a_gpu_actor_matches_the_cpu(gpu_ray, tmp_path):
 
     def diagnose(predict):
         cfg = Config(ray=RayConfig(progress=False), predict=predict)
-        rows = pd.concat(t.to_pandas() for t in _diagnose(cfg, bundle, tmp_path / "data", videos))
+        data = IngestFolder(tmp_path / "data")
+        rows = pd.concat(t.to_pandas() for t in _diagnose(cfg, bundle, data, videos))
         return rows.set_index("video_id").loc[ids]
 
     cpu = diagnose(PredictConfig(cpus_per_worker=0.5))
@@ -265,24 +276,25 @@ def test_predict_on_a_gpu_actor_matches_the_cpu(gpu_ray, tmp_path):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_the_detector_trains_on_one_gpu_and_detects_in_bf16(gpu_ray, tmp_path):
+    from usv_ray.bundle.detector import DetectorModel
+    from usv_ray.bundle.record import Bundle
     from usv_ray.config import DetectConfig
-    from usv_ray.detect.bundle import DetectorModel
-    from usv_ray.detect.models import build_detector
     from usv_ray.detect.training import DetectorTask, frames_dataset
-    from usv_ray.train import load_model, stage_settings, train_models
+    from usv_ray.models import load
+    from usv_ray.runner import RunSettings, train_models
 
     ids = write_boxed_frames(tmp_path, n_videos=4, frames=8, size=SIZE)
     cfg = DetectConfig(epochs=2, **ON_GPU)
     sets = {"train": frames_dataset(tmp_path, ids[:3]), "val": frames_dataset(tmp_path, ids[3:])}
-    run = train_models([DetectorTask(cfg, SIZE)], stage_settings(cfg), tmp_path / "runs", "det",
+    settings = RunSettings.of(cfg, cfg, cfg.seed)
+    run = train_models([DetectorTask(cfg, SIZE)], settings, tmp_path / "runs", "det",
                        lambda _: sets, lambda _: ["train"])["detector"]  # fmt: skip
-    state, meta = load_model(run.path)
-    model = build_detector(meta)
-    model.load_state_dict(state)
+    model, _ = load(run.path, "cuda")
     frames = np.random.default_rng(1).integers(0, 255, (16, SIZE, SIZE), dtype=np.uint8)
+    empty = Bundle(tmp_path, {})
     with exact_fp32():
-        fp32 = DetectorModel({}, model.cuda().eval(), torch.device("cuda"))(frames)
-    bf16 = DetectorModel({}, model, torch.device("cuda"), bf16=True)(frames)
+        fp32 = DetectorModel(empty, model, torch.device("cuda"))(frames)
+    bf16 = DetectorModel(empty, model, torch.device("cuda"), bf16=True)(frames)
 
     def top(found) -> np.ndarray:  # each frame's best score (0 without a detection)
         return np.array([float(scores.max()) if len(scores) else 0.0 for _, scores in found])
@@ -298,15 +310,15 @@ def test_the_detector_trains_on_one_gpu_and_detects_in_bf16(gpu_ray, tmp_path):
 
 
 def _frame_cnn():
-    from usv_ray.classify.models import FrameCNN
     from usv_ray.imaging import normalise
+    from usv_ray.models.frame_cnn import FrameCNN
 
     frames = torch.randint(0, 256, (16, 1, 224, 224), dtype=torch.uint8)
     return FrameCNN(), normalise(frames)
 
 
 def _r2plus1d():
-    from usv_ray.classify.video_models import build_video_model
+    from usv_ray.models.video import build_video_model
 
     return build_video_model("R(2+1)D"), torch.rand(4, 1, 12, 112, 112) * 2 - 1
 

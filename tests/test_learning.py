@@ -27,7 +27,7 @@ def full_demo(ray_session, tmp_path_factory):
     from usv_ray.cli import main
 
     root = tmp_path_factory.mktemp("full-demo")
-    sets = ["--set", "classify.video_models=[]", "--set", "ray.progress=false"]
+    sets = ["--set", "classify.video.models=[]", "--set", "ray.progress=false"]
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         assert main(["demo", "--out", str(root), *sets]) == 0

@@ -17,10 +17,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from usv_ray import sections
+from usv_ray.classify import report as classify_report
 from usv_ray.config import PrivacyConfig
+from usv_ray.detect import report as detect_report
 from usv_ray.evaluate.tables import write_table
+from usv_ray.index import report as index_report
+from usv_ray.ingest import report as ingest_report
+from usv_ray.predict import report as predict_report
 from usv_ray.privacy import DEV_KEY, SECRET_ENV, record_keying
+from usv_ray.reid import report as reid_report
 from usv_ray.report import ReportError, clinical_table, with_interval, write_report
+from usv_ray.score import report as score_report
+from usv_ray.tune import report as tune_report
 
 PATIENT_KEYS = [f"{i:032x}" for i in (0xA1, 0xB2, 0xC3, 0xD4)]  # what the tables would hold
 RED, BLUE = (255, 0, 0), (0, 0, 255)
@@ -45,6 +54,15 @@ def _parquet(path: Path, frame: pd.DataFrame) -> None:
     frame.to_parquet(path, index=False)
 
 
+def _read_data(out: Path) -> Path | None:
+    """The data folder a stage of ``out`` read: the demo's ``data/``, when there is one."""
+    return out / "data" if (out / "data").is_dir() else None
+
+
+# Each helper lays out a stage's folder as the stage does, and ends as the stage ends its
+# run: by describing its section (report.json).
+
+
 def _data(out: Path, key: bytes = DEV_KEY) -> None:
     record_keying(out / "data", PrivacyConfig(dev_key=key == DEV_KEY), key)
     videos = pd.DataFrame(
@@ -56,6 +74,7 @@ def _data(out: Path, key: bytes = DEV_KEY) -> None:
     )
     _parquet(out / "data" / "videos.parquet", videos)
     _parquet(out / "data" / "errors.parquet", pd.DataFrame({"stage": ["decode"]}))
+    ingest_report.describe(out / "data")
 
 
 def _classify(out: Path, method: str = "Variable-frame CNNLSTM") -> None:
@@ -80,6 +99,7 @@ def _classify(out: Path, method: str = "Variable-frame CNNLSTM") -> None:
     _json(
         folder / "classify.json", {"fingerprint": "125bd5994e52" + "0" * 52, "classify": settings}
     )
+    classify_report.describe(folder, _read_data(out))
 
 
 def _reid(out: Path) -> None:
@@ -101,6 +121,7 @@ def _reid(out: Path) -> None:
     _json(folder / "reid.json", {"fingerprint": "03dd4a3a4956" + "1" * 52, "reid": {"epochs": 3}})
     table = pd.DataFrame({"method": ["Algorithm 1", "DBSCAN"], "f_score": [0.81, 0.77]})
     write_table(table, folder / "tables" / "table4_clustering")
+    reid_report.describe(folder, _read_data(out))
 
 
 def _index(out: Path) -> None:
@@ -113,6 +134,7 @@ def _index(out: Path) -> None:
         "scores": {"precision": 0.875, "recall": 0.7},
     }
     _json(folder / "summary.json", summary)
+    index_report.describe(folder, _read_data(out))
 
 
 def _detect(out: Path) -> None:
@@ -128,11 +150,13 @@ def _detect(out: Path) -> None:
     )
     _parquet(folder / "splits.parquet", splits)
     _json(folder / "detect.json", {"fingerprint": "0de7ec7" + "2" * 57, "detect": {"epochs": 6}})
+    detect_report.describe(folder, _read_data(out))
 
 
 def _predict(out: Path) -> None:
     versions = {"diagnosis-abc": {"videos": 11, "errors": 1, "malignant": 4}}
     _json(out / "predict" / "summary.json", {"latest": "diagnosis-abc", "versions": versions})
+    predict_report.describe(out / "predict", _read_data(out))
 
 
 def _score(out: Path) -> None:
@@ -140,6 +164,7 @@ def _score(out: Path) -> None:
     table = pd.DataFrame({"videos": [5], "accuracy": [80.0], "accuracy_ci": ["40.00-100.00"]})
     write_table(table, folder / "tables" / "night_metrics")
     _json(folder / "summary.json", {"model_version": "diagnosis-abc", "night_videos": 5})
+    score_report.describe(folder, _read_data(out))
 
 
 def _tune(out: Path) -> None:
@@ -148,6 +173,7 @@ def _tune(out: Path) -> None:
     write_table(results, folder / "results")
     (folder / "best.yaml").write_text("index:\n  tau: 0.7\n")
     _json(folder / "tune.json", {"fingerprint": "feedbeef" * 8, "tune": {"target": "tau"}})
+    tune_report.describe(folder, _read_data(out))
 
 
 def _archive(out: Path) -> None:
@@ -275,22 +301,35 @@ def test_missing_stages_say_not_run(tmp_path: Path, stages, not_run) -> None:
 
 
 def test_stage_folder_without_results_and_bad_inputs(tmp_path: Path) -> None:
-    (tmp_path / "reid").mkdir()
+    (tmp_path / "reid").mkdir()  # a stage that crashed before its report.json
     _, md_path = write_report(tmp_path)
-    assert "*no results yet (the stage did not finish)*" in _section(
+    assert "*no results yet (no report.json: the stage did not finish" in _section(
         md_path.read_text(), "Nodule re-identification"
     )
     with pytest.raises(ReportError, match="is not a folder"):
         write_report(tmp_path / "missing")
     (tmp_path / "reid" / "reid.json").write_text("{not json")
     with pytest.raises(ReportError, match=r"reid\.json is not valid JSON"):
+        reid_report.describe(tmp_path / "reid")
+    (tmp_path / "reid" / "report.json").write_text("{not json")
+    with pytest.raises(ReportError, match=r"reid/report\.json is not valid JSON"):
         write_report(tmp_path)
+
+
+def test_a_stage_without_items_has_no_results_yet(tmp_path: Path) -> None:
+    (tmp_path / "reid").mkdir()
+    reid_report.describe(tmp_path / "reid")  # a run that wrote nothing yet
+    _, md_path = write_report(tmp_path)
+    assert "*no results yet (the stage did not finish)*" in _section(
+        md_path.read_text(), "Nodule re-identification"
+    )
 
 
 def test_missing_record_and_tables_without_csv(tmp_path: Path) -> None:
     _classify(tmp_path)
     (tmp_path / "classify" / "classify.json").unlink()
     (tmp_path / "classify" / "tables" / "table4.csv").unlink()
+    classify_report.describe(tmp_path / "classify")
     html_path, md_path = write_report(tmp_path)
     md, page = md_path.read_text(), html_path.read_text()
     assert "config: not recorded" in md and "config: not recorded" in page
@@ -329,6 +368,8 @@ def test_the_privacy_line_follows_what_ingest_recorded(tmp_path, monkeypatch, ke
     for key in keys:  # one ingest run each, into the same data folder
         cfg = PrivacyConfig(dev_key=key == DEV_KEY, key_file=None if key == DEV_KEY else "k")
         record_keying(tmp_path / "data", cfg, key)
+    if keys:
+        ingest_report.describe(tmp_path / "data")
     _classify(tmp_path)
     _, md_path = write_report(tmp_path)
     assert says in md_path.read_text()
@@ -374,7 +415,7 @@ def test_clinical_table_merges_intervals_and_names_columns():
             "p_value": [0.0027],
         }
     )
-    shown = clinical_table(frame, "reid", "delong")
+    shown = clinical_table(frame, sections.HEADINGS, sections.VALUES)
     assert list(shown.columns) == ["Patients", "Models", "AUC difference, points (95% CI)", "p"]
     assert shown.iloc[0].tolist() == ["validation", "CM vs VM", "75.0 (26.0\u2013100.0)", "0.0027"]
 
@@ -389,10 +430,16 @@ def test_everything_from_files_is_escaped(tmp_path: Path) -> None:
         {"fingerprint": "<b>fp</b>", "classify": {"note": HOSTILE}},
     )
     _png(tmp_path / "classify" / "plots" / 'confusion_<i>&"x".png', RED)
+    classify_report.describe(tmp_path / "classify")
     _index(tmp_path)
     _json(tmp_path / "index" / "summary.json", {"index_version": HOSTILE, HOSTILE: 1})
+    index_report.describe(tmp_path / "index")
     _tune(tmp_path)
     (tmp_path / "tune" / "tau" / "best.yaml").write_text(f"note: '</pre>{HOSTILE}'\n```\n")
+    # a section from a stage this usv_ray does not know, with a hostile title and note
+    note = sections.Note("privacy", HOSTILE)
+    section = sections.Section(HOSTILE, 5, provenance=(HOSTILE,), notes=(note,))
+    sections.write_section(section, tmp_path / "extra" / "report.json")
     html_path, md_path = write_report(tmp_path)
     page, md = html_path.read_text(), md_path.read_text()
     # best.yaml sits in a fence longer than the ``` it holds, so it cannot close early; a
@@ -419,6 +466,71 @@ def test_rerun_rewrites_both_files(full_run: Path) -> None:
         "report.md",
         "results.md",
     ]  # no temporary file left beside them
+
+
+def test_a_moved_folder_renders_the_same(full_run: Path, tmp_path: Path) -> None:
+    """Paths in report.json are relative to the stage folder: a copy elsewhere renders the
+    same tables and figures (the data line still names the data the stages read)."""
+    write_report(full_run)
+    moved = tmp_path / "elsewhere" / "run"
+    shutil.copytree(full_run, moved)
+    shutil.rmtree(full_run)
+    write_report(moved)
+    results = (moved / "results.md").read_text()
+    assert "73.9 (64.4\u201383.3)" in results and "source: classify/tables/table4.csv" in results
+    page = (moved / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 2
+
+
+def test_sections_in_the_order_their_stages_give(full_run: Path) -> None:
+    _, md_path = write_report(full_run)
+    titles = re.findall(r"^## (.*)$", md_path.read_text(), flags=re.M)
+    assert titles == [
+        "Data",
+        classify_report.TITLE,
+        reid_report.TITLE,
+        detect_report.TITLE,
+        predict_report.TITLE,
+        index_report.TITLE,
+        score_report.TITLE,
+        "Tuning sweep: tau",
+    ]
+
+
+def test_a_section_the_renderer_cannot_read_says_why(full_run: Path) -> None:
+    """A sweep that crashed has no report.json; a stage's report.json of a newer format
+    is not shown; neither stops the report."""
+    (full_run / "tune" / "crashed").mkdir()
+    path = full_run / "score" / "report.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "format": 99}))
+    _, md_path = write_report(full_run)
+    md = md_path.read_text()
+    assert "*no results yet (no report.json: the stage did not finish" in _section(
+        md, "Tuning sweeps: crashed"
+    )
+    assert "report.json format 99; this usv_ray reads format 1" in _section(md, "The night")
+    assert "Tuning sweep: tau" in md  # the other sweep is still shown
+
+
+def test_a_file_gone_since_the_stage_described_it(full_run: Path) -> None:
+    (full_run / "classify" / "plots" / "roc.png").unlink()
+    html_path, md_path = write_report(full_run)
+    assert "classify/plots/roc.png not found" in md_path.read_text()
+    assert '<p class="status">classify/plots/roc.png not found</p>' in html_path.read_text()
+
+
+def test_a_section_shows_files_of_the_output_folder_alone(full_run: Path) -> None:
+    """A report.json naming a file above the output folder gets no copy of it in the page."""
+    _png(full_run.parent / "secret.png", BLUE)
+    items = (sections.Figure("Outside", "../../secret.png"),)
+    sections.write_section(
+        sections.Section("Extra", 5, items=items), full_run / "x" / "report.json"
+    )
+    html_path, md_path = write_report(full_run)
+    page = html_path.read_text()
+    assert page.count('src="data:image/png;base64,') == 2  # the two figures of the stages
+    assert "../secret.png lies outside the output folder: not shown" in page
+    assert "](../secret.png)" not in md_path.read_text()
 
 
 # ---------------------------------------------------------------------------- browser

@@ -4,6 +4,7 @@ lstm, equal_frames and variable_max on a toy feature cache), and the targets' sp
 against the stages' own."""
 
 import ast
+import functools
 import os
 import signal
 from pathlib import Path
@@ -75,9 +76,9 @@ def _unit(rng: np.random.Generator, dim: int) -> np.ndarray:
 
 
 def test_apply_params_keeps_field_types():
-    cfg = apply_params(load_config(), {"reid.p": np.int64(4), "classify.cnn_lr": 0.01})
+    cfg = apply_params(load_config(), {"reid.p": np.int64(4), "classify.cnn.lr": 0.01})
     assert cfg.reid.p == 4 and type(cfg.reid.p) is int
-    assert cfg.classify.cnn_lr == 0.01
+    assert cfg.classify.cnn.lr == 0.01
 
 
 def test_the_engine_knows_no_target():
@@ -90,8 +91,10 @@ def test_the_engine_knows_no_target():
         "usv_ray.config",
         "usv_ray.errors",
         "usv_ray.io",
+        "usv_ray.layout",
         "usv_ray.runtime",
         "usv_ray.evaluate.tables",
+        "usv_ray.tune.report",
     }
     assert grid_points({"a": {"grid_search": [1, 2]}, "b": 3}) == [
         {"a": 1, "b": 3},
@@ -215,10 +218,10 @@ CLASSIFY = [
     "classify.folds=2",
     "classify.val_fraction=0.3",  # 2 of fold 0's 6 training patients validate
     "classify.cpus_per_worker=0.5",  # two trials at once on 2 CPUs
-    "classify.lstm_workers=0",  # the LSTM trials train in their own actors: no Train start-up
-    "classify.cnn_epochs=1",
-    "classify.lstm_epochs=1",
-    "classify.lstm_hidden=8",
+    "classify.lstm.workers=0",  # the LSTM trials train in their own actors: no Train start-up
+    "classify.cnn.epochs=1",
+    "classify.lstm.epochs=1",
+    "classify.lstm.hidden=8",
     "tune.num_samples=2",
     "tune.cnn_batch_size=[4, 8]",
     "tune.lstm_batch_size=[4, 8]",
@@ -305,9 +308,8 @@ def _check_best(summary, keys: set[str]) -> None:
     assert set(summary.best) == keys
     best = load_config(summary.best_config)
     for key, value in summary.best.items():
-        section, _, name = key.partition(".")
-        assert getattr(getattr(best, section), name) == pytest.approx(value)
-    assert best.classify.folds == 2 and best.classify.lstm_hidden == 8
+        assert functools.reduce(getattr, key.split("."), best) == pytest.approx(value)
+    assert best.classify.folds == 2 and best.classify.lstm.hidden == 8
     assert summary.best_value == pytest.approx(summary.table[summary.metric].min())
     for name in ("results.csv", "results.md", "tune.json"):
         assert (summary.out / name).exists()
@@ -323,12 +325,12 @@ def test_cnn_sweep(ray_session, classify_inputs, tmp_path):
     print(f"cnn sweep, 1 trial x 1 epoch: {summary.seconds:.1f} s")
     table = summary.table
     assert len(table) == 1 and (table["status"] == "done").all()
-    assert table["classify.cnn_lr"].between(1e-5, 1e-3).all()
-    assert set(table["classify.cnn_batch_size"]) <= {4, 8}
+    assert table["classify.cnn.lr"].between(1e-5, 1e-3).all()
+    assert set(table["classify.cnn.batch_size"]) <= {4, 8}
     assert table["epoch"].tolist() == [0]
     assert table["val_acc"].between(0, 1).all() and np.isfinite(table["best_val_loss"]).all()
     assert summary.metric == "best_val_loss" and summary.mode == "min"
-    _check_best(summary, {"classify.cnn_lr", "classify.cnn_batch_size"})
+    _check_best(summary, {"classify.cnn.lr", "classify.cnn.batch_size"})
     assert len(list((tmp_path / "cnn" / "runs").glob("cnn-*"))) == 1  # one Train run a trial
 
 
@@ -346,9 +348,9 @@ def test_lstm_sweeps_on_cached_features(ray_session, classify_inputs, tmp_path):
     table = lstm.table
     assert len(table) == 2 and (table["status"] == "done").all()
     assert (table["train_videos"] == 4).all() and (table["val_videos"] == 2).all()
-    assert table["classify.lstm_lr"].between(1e-5, 1e-2).all()
+    assert table["classify.lstm.lr"].between(1e-5, 1e-2).all()
     assert np.isfinite(table["best_val_loss"]).all()
-    _check_best(lstm, {"classify.lstm_lr", "classify.lstm_batch_size"})
+    _check_best(lstm, {"classify.lstm.lr", "classify.lstm.batch_size"})
 
     # N = 40 is longer than every training video: left out of the grid
     grid = load_config(None, [*CLASSIFY, "tune.num_samples=1", "tune.frame_counts=[3, 6, 40]"])
@@ -412,7 +414,7 @@ def test_classify_targets_split_as_classify_does(classify_inputs, tmp_path, monk
             run_classify(cfg, data, out)
         job = calls[-1][2][cfg.tune.fold]  # fit_cnns(c, data, jobs, ...): fold 0's CnnFold
         stage = (list(job.train_ids), list(job.val_ids))
-        settings = TARGETS["cnn"](cfg, data, tmp_path / "unused").settings
+        settings = TARGETS["cnn"](cfg, data, tmp_path / "unused").inputs
         assert (settings["train_ids"], settings["val_ids"]) == stage
         # the LSTM targets read the folds classify wrote, and split them the same way
         (out / "features" / f"fold={cfg.tune.fold}").mkdir(parents=True)
@@ -442,7 +444,7 @@ def test_reid_target_splits_and_clamps_p_as_reid_does(tmp_path, monkeypatch):
         r, _, _, train_ids, val_ids, *_ = calls[-1]  # fit_reid(r, kind, data, train, val, ...)
         stage = (list(train_ids), list(val_ids))
         target = TARGETS["reid"](cfg, data, tmp_path / "unused")
-        assert (target.settings["train_ids"], target.settings["val_ids"]) == stage
+        assert (target.inputs["train_ids"], target.inputs["val_ids"]) == stage
         assert r.p == target.param_space["reid.p"] == 12  # 6 training patients x 2 nodules
         with pytest.raises(_Stop):  # a trial asking for P = 50 trains with the stage's P
             reid_trial(

@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from usv_ray.bundle import claim_ingest_record
 from usv_ray.classify.bundle import member_files, write_diagnosis_bundle
-from usv_ray.classify.models import FrameCNN, VariableFrameLSTM, frame_cnn_meta, lstm_meta
 from usv_ray.config import IngestConfig
 from usv_ray.io import rows_to_table, write_table
+from usv_ray.layout import IngestFolder
+from usv_ray.models.frame_cnn import FrameCNN, frame_cnn_meta
+from usv_ray.models.lstm import VariableFrameLSTM, lstm_meta
+from usv_ray.runner import save_model
 from usv_ray.schemas import FRAMES, TRACKLETS, VIDEOS
-from usv_ray.train import save_model
 
 SIZE = 32  # frame size of the toy folder
 INGEST = IngestConfig(frame_size=SIZE, n_frames=6, patch_height=16, patch_width=8)
@@ -47,7 +48,8 @@ def write_toy_video(
         }
         for t in range(frames)
     ]
-    write_table(rows_to_table(rows, FRAMES), data / "frames" / f"{video_id}.parquet")
+    folder = IngestFolder(data)
+    write_table(rows_to_table(rows, FRAMES), folder.frames(video_id))
     spans = np.array_split(np.arange(3 * frames), max(tracklets, 1))
     rows = [
         {
@@ -69,7 +71,7 @@ def write_toy_video(
         for i, span in enumerate(spans[:tracklets])
     ]
     if rows:
-        write_table(rows_to_table(rows, TRACKLETS), data / "tracklets" / f"{video_id}.parquet")
+        write_table(rows_to_table(rows, TRACKLETS), folder.tracklets(video_id))
 
 
 def write_videos_table(data: Path, videos: list[dict]) -> None:
@@ -85,7 +87,7 @@ def write_videos_table(data: Path, videos: list[dict]) -> None:
         }
         for v in videos
     ]
-    write_table(rows_to_table(rows, VIDEOS), data / "videos.parquet")
+    write_table(rows_to_table(rows, VIDEOS), IngestFolder(data).videos)
 
 
 def write_toy_data(
@@ -93,7 +95,7 @@ def write_toy_data(
 ) -> list[str]:
     """An ingest folder of ``n_videos`` ok videos of two patients, with tracklets, made with
     the ``ingest`` settings."""
-    claim_ingest_record(data, ingest)
+    IngestFolder(data).claim(ingest)
     ids = [f"v{i}" for i in range(n_videos)]
     for i, video_id in enumerate(ids):
         write_toy_video(
@@ -115,9 +117,10 @@ def write_toy_bundle(
 ) -> Path:
     """A diagnosis bundle of ``members`` untrained fold models in the classify-like folder
     ``out`` (as a classify run lays its model files out); returns the bundle folder."""
-    from usv_ray.bundle import ingest_settings
-    from usv_ray.classify.bundle import FRAME_SETTINGS
+    from usv_ray.bundle.diagnosis import FRAME_SETTINGS
+    from usv_ray.layout import ClassifyFolder, ingest_settings
 
+    out = ClassifyFolder(out)
     torch.manual_seed(seed)
     for fold in range(members):
         files = member_files(out, fold)
@@ -132,4 +135,38 @@ def write_toy_bundle(
         "operating_point": {"threshold": threshold, "target_sensitivity": 0.95},
     }
     write_diagnosis_bundle(out, list(range(members)), meta)
-    return out / "bundle"
+    return out.bundle
+
+
+def write_toy_reid_bundle(
+    out: Path,
+    seed: int = 0,
+    clip: tuple[int, int, int] = (4, 32, 16),
+    patches: IngestConfig | None = None,
+    model: Path | None = None,
+) -> Path:
+    """A re-ID bundle in the reid-like folder ``out`` holding one untrained CM (over 4
+    nodules) that reads clips of ``clip`` (T, H, W), made for the ``patches`` ingest
+    settings (default: the toy tracklets' 4 x 32 x 16); ``model``: that model file instead
+    of a new one (the same id). Returns the bundle folder."""
+    import shutil
+
+    from usv_ray import bundle
+    from usv_ray.bundle.reid import KIND, PATCH_SETTINGS, model_file
+    from usv_ray.layout import ReidFolder, ingest_settings
+    from usv_ray.models.reid import build_reid_model
+
+    out = ReidFolder(out)
+    path = out.runs / "reid_CM" / "models" / "CM.pt"
+    if model is None:
+        torch.manual_seed(seed)
+        names = ("clip_frames", "clip_height", "clip_width")
+        meta = {"model": "CM", "n_identities": 4, "clip": dict(zip(names, clip, strict=True))}
+        save_model(path.parent, "CM", build_reid_model("CM", 4).state_dict(), meta)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(model, path)
+    patches = patches or IngestConfig(tracklet_frames=4, patch_height=32, patch_width=16)
+    settings = ingest_settings(patches)
+    meta = {"ingest": {name: settings[name] for name in PATCH_SETTINGS}}
+    return bundle.write(out.bundle, KIND, {model_file("CM"): path}, meta).folder

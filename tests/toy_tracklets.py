@@ -10,8 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from usv_ray.bundle import claim_ingest_record
 from usv_ray.config import IngestConfig
+from usv_ray.layout import IngestFolder
 from usv_ray.schemas import TRACKLETS
 
 
@@ -41,8 +41,7 @@ def write_toy_tracklets(
 
     ``unknown`` more tracklets per patient have no nodule_id.
     """
-    claim_ingest_record(  # as classify/toy_frames.py's, for the default patches
-        data,
+    IngestFolder(data).claim(  # as classify/toy_frames.py's, for the default patches
         IngestConfig(
             frame_size=32, tracklet_frames=frames, patch_height=size[0], patch_width=size[1]
         ),

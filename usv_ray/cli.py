@@ -79,305 +79,81 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_ingest(summary) -> None:
-    print(
-        f"ingest: {summary.ok} videos ok, {summary.failed} failed, {summary.errors} error rows "
-        f"({summary.ingested_now} decoded now) in {summary.seconds:.1f} s\n"
-        f"  videos: {summary.out / 'videos.parquet'}\n"
-        f"  errors: {summary.out / 'errors.parquet'}\n"
-        f"  frames: {summary.out / 'frames'}\n"
-        f"  tracklets: {summary.out / 'tracklets'}"
-    )
-
-
 def cmd_ingest(args: argparse.Namespace) -> int:
     from usv_ray.ingest.pipeline import run_ingest
 
     cfg = build_config(args)
-    _print_ingest(run_ingest(cfg, args.manifest, args.out))
+    print(run_ingest(cfg, args.manifest, args.out).text())
     return 0
-
-
-def _print_classify(summary) -> None:
-    from usv_ray.evaluate.tables import to_markdown
-
-    table = summary.table4[
-        ["method", "n_videos", "accuracy", "sensitivity", "specificity", "roc_auc"]
-    ]
-    print(
-        f"classify: {summary.videos} videos of {summary.patients} patients cross-validated in "
-        f"{summary.seconds:.0f} s\n{to_markdown(table)}\n"
-        f"  tables: {summary.out / 'tables'}\n"
-        f"  plots: {summary.out / 'plots'}\n"
-        f"  predictions: {summary.out / 'predictions'}\n"
-        f"  bundle: {summary.out / 'bundle'} ({summary.bundle['version']}: "
-        f"{len(summary.bundle['members'])} members, {summary.bundle['calibrator']['method']} "
-        f"calibration, threshold {summary.bundle['operating_point']['threshold']:.3f} at "
-        f"sensitivity {summary.bundle['operating_point']['target_sensitivity']:g})"
-    )
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
     from usv_ray.classify.pipeline import run_classify
 
     cfg = build_config(args)
-    _print_classify(run_classify(cfg, args.data, args.out))
+    print(run_classify(cfg, args.data, args.out).text())
     return 0
-
-
-def _print_detect(summary) -> None:
-    from usv_ray.evaluate.tables import to_markdown
-
-    print(
-        f"detect: a {summary.bundle['model']} detector on {summary.videos} annotated videos of "
-        f"{summary.patients} patients in {summary.seconds:.0f} s (AP in %, COCO's evaluation)\n"
-        f"{to_markdown(summary.table, float_format='{:.1f}')}\n"
-        f"  tables: {summary.out / 'tables'}\n"
-        f"  plots: {summary.out / 'plots'}\n"
-        f"  bundle: {summary.out / 'bundle'} ({summary.bundle['version']}): ingest with "
-        f"--set ingest.detector={summary.out / 'bundle'} for automatic tracklets"
-    )
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
     from usv_ray.detect.pipeline import run_detect
 
     cfg = build_config(args)
-    _print_detect(run_detect(cfg, args.data, args.out))
+    print(run_detect(cfg, args.data, args.out).text())
     return 0
-
-
-def _print_predict(summary) -> None:
-    what = (
-        f"{summary.diagnosed_now} videos diagnosed now"
-        if summary.written
-        else "nothing new, the tables are unchanged"
-    )
-    print(
-        f"predict: {summary.videos} videos by {summary.model_version} ({what}; "
-        f"{summary.malignant} read malignant, {summary.errors} not diagnosed) in "
-        f"{summary.seconds:.0f} s\n"
-        f"  diagnoses: {summary.out / 'diagnoses.parquet'}\n"
-        f"  tracklets: {summary.out / 'tracklet_diagnoses.parquet'} ({summary.tracklets} rows)"
-    )
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from usv_ray.predict.pipeline import run_predict
 
     cfg = build_config(args)
-    _print_predict(run_predict(cfg, args.model, args.data, args.out))
+    print(run_predict(cfg, args.model, args.data, args.out).text())
     return 0
-
-
-def _print_reid(summary) -> None:
-    from usv_ray.evaluate.tables import to_markdown
-
-    table = summary.table3[["model", "split", "pairs", "ACC", "SE", "SP", "AUC", "AUC_ci"]]
-    tests = "\n".join(
-        f"  DeLong {row.models} on {row.split}: AUC difference {100 * row.difference:.2f} "
-        f"points, p = {row.p_value:.3g}"
-        for row in summary.delong.itertuples()
-    )
-    clustering = summary.clustering[["method", "parameter", "value", "precision", "recall"]]
-    print(
-        f"re-ID: {summary.tracklets} tracklets of {summary.patients} patients in "
-        f"{summary.seconds:.0f} s\n{to_markdown(table)}\n{tests}\n"
-        f"  clustering the test patients' tracklets (tuned on validation):\n"
-        f"{to_markdown(clustering.assign(f_score=summary.clustering['f_score']))}\n"
-        f"  tables: {summary.out / 'tables'}\n"
-        f"  plots: {summary.out / 'plots'}\n"
-        f"  embeddings: {summary.out / 'embeddings'}"
-    )
 
 
 def cmd_reid(args: argparse.Namespace) -> int:
     from usv_ray.reid.pipeline import run_reid
 
     cfg = build_config(args)
-    _print_reid(run_reid(cfg, args.data, args.out))
+    print(run_reid(cfg, args.data, args.out).text())
     return 0
-
-
-def _print_index(summary) -> None:
-    scores = summary.scores
-    agreement = (
-        f"\n  vs annotated nodules ({scores['tracklets']} tracklets, {scores['true_nodules']} "
-        f"nodules): pairwise precision {100 * scores['precision']:.1f}, recall "
-        f"{100 * scores['recall']:.1f}, F {100 * scores['f_score']:.1f}; nodule count right "
-        f"for {scores['patients_right_count']} of {scores['patients']} patients (mean error "
-        f"{scores['count_error']:.2f})"
-        if scores
-        else ""
-    )
-    malignancy = (
-        f"\n  malignancy of {summary.scored} nodules from the diagnoses; "
-        f"{summary.turned_suspicious} turned suspicious since their first exam"
-        if summary.scored
-        else ""
-    )
-    print(
-        f"index: {summary.nodules} nodules of {summary.patients} patients from "
-        f"{summary.tracklets} tracklets ({summary.embedded_now} embedded now"
-        f"{f', {summary.reused} of them by the re-ID run' if summary.reused else ''}"
-        f"{', rebuilt' if summary.rebuilt else ''}, {summary.errors} error rows) in "
-        f"{summary.seconds:.0f} s{agreement}{malignancy}\n"
-        f"  version: {summary.index_version}\n"
-        f"  index: {summary.out / 'nodules.parquet'}\n"
-        f"  errors: {summary.out / 'errors.parquet'}"
-    )
 
 
 def cmd_index(args: argparse.Namespace) -> int:
     from usv_ray.index.pipeline import run_index
 
     cfg = build_config(args)
-    _print_index(run_index(cfg, args.data, args.model, args.out, args.diagnoses))
+    print(run_index(cfg, args.data, args.model, args.out, args.diagnoses).text())
     return 0
-
-
-def _print_score(summary) -> None:
-    from usv_ray.evaluate.tables import to_markdown
-
-    metrics = summary.night_metrics.iloc[0]
-    night = (
-        f"tonight's {int(metrics['videos'])} videos against the truth: accuracy "
-        f"{metrics['accuracy']:.1f}, sensitivity {metrics['sensitivity']:.1f}, specificity "
-        f"{metrics['specificity']:.1f}, ROC AUC {metrics['roc_auc']:.1f} (%)"
-        if metrics["videos"]
-        else "no video tonight"
-    )
-    tracking = (
-        f"  automatic tracklets against the true boxes (%):\n"
-        f"{to_markdown(summary.tracking, float_format='{:.1f}')}\n"
-        if len(summary.tracking)
-        else ""
-    )
-    gap = (
-        f"  the index from automatic vs annotated tracklets, same videos:\n"
-        f"{to_markdown(summary.index_gap, float_format='{:.1f}')}\n"
-        if len(summary.index_gap)
-        else ""
-    )
-    print(
-        f"score: {night}\n  nodules seen tonight: {len(summary.night_nodules)}\n"
-        f"  scoring a nodule, per-nodule ROC AUC (%):\n"
-        f"{to_markdown(summary.nodule_scoring, float_format='{:.3g}')}\n"
-        f"{tracking}{gap}"
-        f"  tables: {summary.out / 'tables'}"
-    )
 
 
 def cmd_score(args: argparse.Namespace) -> int:
     from usv_ray.score.pipeline import run_score
 
     cfg = build_config(args)
-    _print_score(run_score(cfg, args.archive, args.out))
+    print(run_score(cfg, args.archive, args.out).text())
     return 0
-
-
-def _print_report(out: Path) -> None:
-    from usv_ray.report import RESULTS_NAME, write_report
-
-    html_path, md_path = write_report(out)
-    print(
-        f"report: {html_path} (self-contained; Markdown: {md_path}; the tables alone: "
-        f"{html_path.parent / RESULTS_NAME})"
-    )
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    _print_report(Path(args.out))
+    from usv_ray.report import report_text, write_report
+
+    print(report_text(*write_report(Path(args.out))))
     return 0
-
-
-def _print_tune(summary) -> None:
-    from usv_ray.evaluate.tables import to_markdown
-
-    best = ", ".join(f"{key}={value:.4g}" for key, value in summary.best.items())
-    print(
-        f"tune {summary.target}: {len(summary.table)} trials in {summary.seconds:.0f} s; best "
-        f"{best} ({summary.metric} {summary.best_value:.4g})\n"
-        f"{to_markdown(summary.table, float_format='{:.4g}')}\n"
-        f"  results: {summary.out / 'results.md'} (and .csv)\n"
-        f"  best config: {summary.best_config} (use it as --config)"
-    )
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from usv_ray.tune import run_tune
 
     cfg = build_config(args)
-    _print_tune(run_tune(cfg, args.target, args.data, args.out))
+    print(run_tune(cfg, args.target, args.data, args.out).text())
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Every stage on a synthetic archive, as a hospital runs them: the training flow on the
-    archive (ingest, classify, re-ID, the tau sweep, the detector), the detector's
-    tracklets for the archive's unannotated videos, its first night (predict and the index
-    over it), then one night of new, unlabelled and unannotated exams (ingest with the
-    detector, predict, index), the night scored against the hidden truth, and the report."""
-    from dataclasses import replace
+    from usv_ray.demo import run_demo
 
-    from usv_ray.classify.pipeline import run_classify
-    from usv_ray.detect.pipeline import run_detect
-    from usv_ray.index.pipeline import run_index
-    from usv_ray.ingest.pipeline import run_ingest
-    from usv_ray.predict.pipeline import run_predict
-    from usv_ray.reid.pipeline import run_reid
-    from usv_ray.score.pipeline import run_score
-    from usv_ray.synth import write_archive
-    from usv_ray.synth.archive import NIGHT_DIR
-    from usv_ray.tune import run_tune
-
-    cfg = build_config(args)
-    out = Path(args.out)
-    data, archive = out / "data", out / "archive"
-    night = archive / NIGHT_DIR / "manifest.csv"
-    # once the detector is trained, ingest runs with it, as a hospital's nightly ingest does
-    detected = replace(cfg, ingest=replace(cfg.ingest, detector=str(out / "detect" / "bundle")))
-
-    def index() -> None:
-        _print_index(run_index(cfg, data, out / "reid", out / "index", out / "predict"))
-
-    def predict() -> None:
-        _print_predict(run_predict(cfg, out / "classify", data, out / "predict"))
-
-    steps = [
-        ("synth", f"synthesising an archive of {cfg.synth.patients} patients and a night",
-         lambda: write_archive(cfg.synth, archive)),
-        ("ingest", "ingesting the archive",
-         lambda: _print_ingest(run_ingest(cfg, archive / "manifest.csv", data))),
-        ("classify", f"classifying: every method of the paper, {cfg.classify.folds}-fold",
-         lambda: _print_classify(run_classify(cfg, data, out / "classify"))),
-        ("re-ID", f"re-identifying nodules: {' and '.join(cfg.reid.models)}",
-         lambda: _print_reid(run_reid(cfg, data, out / "reid"))),
-        ("tau sweep", "sweeping the clustering threshold tau on the validation patients",
-         lambda: _print_tune(run_tune(cfg, "tau", out / "reid", out / "tune" / "tau"))),
-        ("detect", f"training the nodule detector ({cfg.detect.model}) on the annotated videos",
-         lambda: _print_detect(run_detect(cfg, data, out / "detect"))),
-        ("tracklets", "automatic tracklets for the archive's videos without annotations",
-         lambda: _print_ingest(run_ingest(detected, archive / "manifest.csv", data))),
-        ("predict", "diagnosing every video of the archive with the diagnosis bundle", predict),
-        ("index", "indexing every patient's nodules with the re-ID bundle and its tau", index),
-        ("night ingest", "the night: ingesting tonight's exams, tracklets by the detector",
-         lambda: _print_ingest(run_ingest(detected, night, data))),
-        ("night predict", "the night: diagnosing tonight's videos", predict),
-        ("night index", "the night: adding tonight's nodules to the index", index),
-        ("score", "the night, and the automatic tracklets, against the hidden truth",
-         lambda: _print_score(run_score(cfg, archive, out))),
-        ("report", "writing the report", lambda: _print_report(out)),
-    ]  # fmt: skip
-    started = time.perf_counter()
-    seconds: dict[str, float] = {}
-    for number, (name, what, run) in enumerate(steps, start=1):
-        log.info("[%d/%d] %s", number, len(steps), what)
-        begin = time.perf_counter()
-        run()
-        seconds[name] = time.perf_counter() - begin
-    times = ", ".join(f"{name} {spent:.0f} s" for name, spent in seconds.items())
-    print(f"demo finished in {time.perf_counter() - started:.0f} s ({times}): {out}")
+    run_demo(build_config(args), Path(args.out))
     return 0
 
 

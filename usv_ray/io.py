@@ -10,7 +10,7 @@ import contextlib
 import json
 import os
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -146,24 +146,31 @@ def claim_folder(record: str | Path, fingerprint: str, settings: Mapping[str, An
     return False
 
 
-def write_dataset(dataset: Any, target: str | Path) -> Path:
-    """Write a Ray Dataset as Parquet files into the folder ``target``, whole or not at all.
-
-    The files go to a temporary folder beside it, renamed into place at the end (replacing
-    an older ``target``), so a killed run never leaves a partial folder for a later stage
-    to trust.
-    """
+def replace_folder(target: str | Path, fill: Callable[[Path], Any]) -> Path:
+    """Make the folder ``target`` whole or not at all: ``fill(tmp)`` writes it under a
+    temporary name beside it, renamed into place at the end (replacing an older
+    ``target``), so a killed run never leaves a partial folder for a later stage to trust."""
     import shutil
-
-    import pyarrow.fs
 
     target = Path(target)
     tmp = _tmp_path(target)
     try:
-        dataset.write_parquet(str(tmp), filesystem=pyarrow.fs.LocalFileSystem())
+        tmp.mkdir(parents=True)
+        fill(tmp)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def write_dataset(dataset: Any, target: str | Path) -> Path:
+    """Write a Ray Dataset as Parquet files into the folder ``target``, whole or not at all
+    (:func:`replace_folder`)."""
+    import pyarrow.fs
+
+    def fill(tmp: Path) -> None:
+        dataset.write_parquet(str(tmp), filesystem=pyarrow.fs.LocalFileSystem())
+
+    return replace_folder(target, fill)

@@ -1,25 +1,26 @@
-"""The report of a run: one HTML page and two Markdown files from what the stages wrote.
+"""The report of a run: one HTML page and two Markdown files from the stages' sections.
 
 ``write_report(out)`` reads an output folder laid out as ``usv-ray demo`` lays it out
-(``data/``, ``classify/``, ``reid/``, ``predict/``, ``index/``, ``score/``, ``tune/``: a
-demo's, or a real archive's stages run by hand into one folder) and writes
-``out/report.html``, a single self-contained page (images embedded as base64 data URIs,
-so the file can be mailed), ``out/report.md`` (images linked relative to ``out``) and
+(``data/``, ``classify/``, ``reid/``, ``detect/``, ``predict/``, ``index/``, ``score/``,
+``tune/<target>/``: a demo's, or a real archive's stages run by hand into one folder) and
+writes ``out/report.html``, a single self-contained page (images embedded as base64 data
+URIs, so the file can be mailed), ``out/report.md`` (images linked relative to ``out``) and
 ``out/results.md``, the tables alone with no path or time in them (``make demo`` copies it
-to ``docs/demo-results.md``).
-It only reads files: a stage that did not run gets a "not run" section instead of an
-error, and a rerun rewrites all three.
+to ``docs/demo-results.md``). A rerun rewrites all three.
+
+It knows no stage: each stage described its own section at the end of its run, in its
+folder's ``report.json`` (:mod:`usv_ray.sections`: title, order, provenance, settings,
+header notes, and its tables, figures and texts with their titles and column headings).
+This module finds those files, orders the sections and renders them. Only the names of
+the folders a run is expected to hold are known here, so that a missing one says "not
+run", and one without a ``report.json`` (a stage that crashed, or an older usv_ray) says so.
 
 The header says what the folder is (a demo on a synthetic archive, or a run on an
-archive's data) and how its patients were keyed, as ingest recorded it in
-``data/keying.json`` (the public development key or a private key; never the key).
+archive's data) and how its patients were keyed (the note ingest's section carries).
 Tables read as a clinician reads them: each value with its 95% interval in one cell,
-"74.3 (61.7–85.7)", columns and titles named by what they hold.
-
-Every table and figure is labelled with the data and the configuration it came from: the
-data folder with its counts, and the stage's JSON record (``<stage>.json``, written through
-``usv_ray.io.claim_folder``: the settings' fingerprint and the settings themselves).
-Everything read from a file is HTML-escaped before it reaches either page.
+"74.3 (61.7–85.7)", columns named by what they hold. Every table and figure is labelled
+with its source, the data it came from and its stage's record (the settings'
+fingerprint). Everything read from a file is HTML-escaped before it reaches either page.
 """
 
 from __future__ import annotations
@@ -27,676 +28,197 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import html
-import json
-import math
 import mimetypes
+import posixpath
 import re
 import urllib.parse
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
-from usv_ray.errors import UsvRayError
 from usv_ray.io import atomic_path
+from usv_ray.layout import RunFolder
+from usv_ray.sections import (
+    REPORT_NAME,
+    Fields,
+    Figure,
+    FormatError,
+    ReportError,
+    Section,
+    Table,
+    clinical_table,
+    flatten,
+    float_format,
+    number_text,
+    p_value,
+    read_json,
+    read_section,
+    with_interval,
+)
 
-__all__ = ["ReportError", "write_report"]
+__all__ = [
+    "RESULTS_NAME",
+    "ReportError",
+    "clinical_table",
+    "p_value",
+    "report_text",
+    "with_interval",
+    "write_report",
+]
 
 HTML_NAME = "report.html"
 MD_NAME = "report.md"
 RESULTS_NAME = "results.md"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg")
 KEYED = (
     "Patients appear only as patient_key, a keyed hash (HMAC-SHA256) of the patient ID; no "
     "table, figure or file name here holds a raw identifier. "
 )
-KEY_NOTES = {
-    ("development",): "Ingest keyed them with the public development key (privacy.dev_key), "
-    "fine for synthetic data only: a real archive needs a private key (USV_RAY_SECRET or "
-    "privacy.key_file).",
-    ("private",): "Ingest keyed them with a private key (from {sources}); the same patient "
-    "gets the same patient_key only under that key, so keep it with the data.",
-    ("development", "private"): "Warning: ingest runs into this data folder used both the "
-    "public development key and a private key (from {sources}), so one patient can have two "
-    "patient_keys; re-ingest into a new folder with the private key alone.",
-}
 UNRECORDED_KEY = (
     "Which key ingest used is not recorded here (no data/keying.json: no data/ folder, or "
     "ingested by an older usv-ray); check it before sharing these results."
 )
-
-CLASSIFY_TITLE = "Classification (benign / malignant per video)"
-REID_TITLE = "Nodule re-identification (same nodule or not, within a patient)"
-DETECT_TITLE = "Nodule detection (the detector that makes automatic tracklets)"
-INDEX_TITLE = "Nodule index (tracklets clustered into nodules per patient)"
-# the stages whose summary.json the report shows, under this title
-SUMMARIES = {"index": "Index summary", "predict": "Diagnoses summary"}
-NIGHT_STAGES = ("predict", "index", "score")  # no fingerprint record: versions name their inputs
-PREDICT_TITLE = "Diagnoses (the diagnosis bundle applied to every ingested video)"
-SCORE_TITLE = "The night against the hidden truth (synthetic archives only)"
-# Titles of the tables and figures the stages are known to write, named by what they
-# show (the stages' file names follow the papers' table numbers); anything else found in
-# their folders is still shown, under its file name.
-TITLES = {
-    ("classify", "table3"): "Diagnosis per video: frame-level baselines vs the "
-    "variable-frame CNN-LSTM",
-    ("classify", "table4"): "Diagnosis per video: methods compared",
-    ("classify", "frame_counts"): "Diagnosis per video: the equal-frame CNN-LSTM by number "
-    "of frames N",
-    ("classify", "roc"): "ROC curves",
-    ("classify", "pr"): "Precision-recall curves",
-    ("reid", "table3"): "Same nodule or not, for pairs of tracklets of one patient: the two "
-    "re-ID models compared",
-    ("reid", "delong"): "Do the two re-ID models differ? DeLong test of their AUC difference",
-    ("reid", "roc_val"): "ROC curves, validation pairs",
-    ("reid", "roc_test"): "ROC curves, test pairs",
-    ("reid", "table4_clustering"): "Grouping a patient's tracklets into nodules: clustering "
-    "methods compared (test patients, each method tuned on the validation patients)",
-    ("classify", "calibration"): "Calibration of P(malignant): Brier score and expected "
-    "calibration errors of the out-of-fold predictions, before and after calibration "
-    "(cross-fitted: each fold calibrated on the others)",
-    ("classify", "operating_point"): "Operating point of the diagnosis bundle: the threshold of "
-    "calibrated P(malignant) at the target sensitivity, and the specificity it costs",
-    ("detect", "detection"): "Detection of nodules in frames: AP at IoU 0.5 and over IoU "
-    "0.5:0.95 (COCO's evaluation), on the validation and test patients",
-    ("detect", "pr"): "Detection: precision-recall at IoU 0.5",
-    ("detect", "examples"): "Detection: test frames with their true boxes and the detections",
-    ("score", "tracking"): "Automatic tracklets against the true boxes of every frame of every "
-    "video the tracker ran on: of the patients the detector never saw, and of all",
-    ("score", "index_gap"): "The nodule index from automatic tracklets against the index from "
-    "annotated ones, on the same videos (the detector's test patients)",
-    ("score", "night_videos"): "Tonight's videos: each diagnosis beside the hidden truth",
-    ("score", "night_metrics"): "Tonight's readings at the bundle's threshold",
-    ("score", "night_nodules"): "Nodules seen tonight: P(malignant) at their first exam and "
-    "now, and the hidden truth",
-    ("score", "nodule_scoring"): "Scoring a nodule: per-nodule ROC AUC of pooling its "
-    "tracklets' or its videos' P(malignant), from models that never saw the patient where "
-    "there are such",
-    ("tune", "results"): "Sweep results, one row per trial",
-}
-# Column headings in words; a column with a ``<name>_ci`` partner gets " (95% CI)" and the
-# interval in its cells. Per table where one name means two things.
-HEADINGS = {
-    "method": "Method",
-    "n_videos": "Videos",
-    "accuracy": "Accuracy, %",
-    "precision": "PPV (precision), %",
-    "sensitivity": "Sensitivity, %",
-    "specificity": "Specificity, %",
-    "f1": "F1, %",
-    "roc_auc": "ROC AUC, %",
-    "average_precision": "Average precision, %",
-    "model": "Model",
-    "split": "Patients",
-    "pairs": "Pairs",
-    "same": "Same-nodule pairs",
-    "threshold": "Decision threshold",
-    "ACC": "Accuracy, %",
-    "SE": "Sensitivity, %",
-    "SP": "Specificity, %",
-    "AUC": "ROC AUC, %",
-    "models": "Models",
-    "p_value": "p",
-}
-SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}
-TABLE_HEADINGS = {
-    ("reid", "table4_clustering"): {
-        "parameter": "Tuned parameter",
-        "value": "Value",
-        "val_f_score": "Pairwise F on validation, %",
-        "precision": "Pairwise precision, %",
-        "recall": "Pairwise recall, %",
-        "f_score": "Pairwise F, %",
-        "time_ms": "Time, ms",
-        "not_converged": "Patients not converged",
-    },
-    ("classify", "calibration"): {
-        "calibration": "Calibrator",
-        "brier_before": "Brier score, before",
-        "brier_after": "Brier score, after",
-        "ece_uniform_before": "ECE (equal-width bins), before",
-        "ece_uniform_after": "ECE (equal-width bins), after",
-        "ece_quantile_before": "ECE (equal-mass bins), before",
-        "ece_quantile_after": "ECE (equal-mass bins), after",
-    },
-    ("classify", "operating_point"): {
-        "target_sensitivity": "Target sensitivity, %",
-        "threshold": "Threshold of calibrated P",
-        "sensitivity_cross_fitted": "Sensitivity, cross-fitted, %",
-        "specificity_cross_fitted": "Specificity, cross-fitted, %",
-    },
-    ("score", "night_videos"): {
-        "patient": "Patient",
-        "video": "Video",
-        "prob": "P(malignant), %",
-        "spread": "Models' spread, %",
-        "reading": "Reading",
-        "truth": "Truth",
-    },
-    ("score", "night_metrics"): {"videos": "Videos", "threshold": "Threshold of calibrated P"},
-    ("detect", "detection"): {
-        "videos": "Videos",
-        "frames": "Frames",
-        "nodule_boxes": "Nodule boxes",
-        "ap50": "AP at IoU 0.5, %",
-        "ap": "AP at IoU 0.5:0.95, %",
-    },
-    ("score", "tracking"): {
-        "patients": "Patients",
-        "videos": "Videos",
-        "tracklets": "Tracklets",
-        "true_boxes": "True boxes",
-        "frame_recall": "Frame recall, %",
-        "frame_precision": "Frame precision, %",
-        "purity": "Tracklet purity, %",
-        "idf1": "IDF1, %",
-        "idp": "IDP, %",
-        "idr": "IDR, %",
-        "id_switches": "ID switches",
-        "mota": "MOTA, %",
-    },
-    ("score", "index_gap"): {
-        "tracklets_from": "Tracklets from",
-        "tracklets": "Tracklets",
-        "tracklets_on_a_nodule": "On a true nodule",
-        "nodules_listed": "Nodules listed",
-        "nodules_true": "True nodules",
-        "pairwise_precision": "Pairwise precision, %",
-        "pairwise_recall": "Pairwise recall, %",
-        "pairwise_f": "Pairwise F, %",
-        "patients": "Patients",
-        "patients_right_count": "Right nodule count",
-        "count_error": "Mean count error",
-    },
-    ("score", "night_nodules"): {
-        "patient": "Patient",
-        "nodule": "Nodule",
-        "exams": "Exams",
-        "videos": "Videos",
-        "tracklets": "Tracklets",
-        "prob_first": "P(malignant) at first exam, %",
-        "prob_latest": "P(malignant) now, %",
-        "turned_suspicious": "Turned suspicious",
-        "truth": "Truth",
-    },
-    ("score", "nodule_scoring"): {
-        "nodules_of": "Nodules of",
-        "scoring": "Scored from",
-        "nodules": "Nodules",
-        "malignant": "Malignant",
-        "roc_auc": "ROC AUC, %",
-        "p_value": "p, tracklets vs videos (paired DeLong)",
-    },
-    # a sweep's columns depend on its target: its own names, but for tau's pairwise scores
-    ("tune", "results"): {
-        "precision": "Pairwise precision",
-        "recall": "Pairwise recall",
-        "f_score": "Pairwise F",
-        "clusters": "Clusters",
-        "status": "Status",
-    },
-}
-PREFIX_TITLES = {
-    "confusion_": "Confusion matrix: ",
-    "probabilities_": "Predicted probabilities: ",
-    "reliability_": "Reliability diagram: ",
-}
-# Figure order within a stage: summary curves first, then per-method plots.
-FIGURE_ORDER = (
-    "roc", "pr", "roc_val", "roc_test", "confusion_", "probabilities_", "reliability_",
-)  # fmt: skip
-
-
-class ReportError(UsvRayError, ValueError):
-    """The report cannot be written: no output folder, or a stage record that is not JSON."""
-
-
-# ---------------------------------------------------------------------------- model
+# Header rows that sections fill with their notes: what the row always begins with, and
+# what it says when no section gave a note.
+HEADER_ROWS = {"privacy": (KEYED, UNRECORDED_KEY)}
+NO_SECTION = (
+    f"no results yet (no {REPORT_NAME}: the stage did not finish, or an older usv_ray wrote "
+    "this folder; rerun the stage)"
+)
 
 
 @dataclass(frozen=True)
-class Table:
-    """A table from a stage: a CSV (preferred) and/or its Markdown rendering."""
+class Placed:
+    """A section and where its stage folder lies, relative to the report's folder."""
 
-    title: str
-    source: str  # path relative to the output folder, e.g. "classify/tables/table4.csv"
-    frame: pd.DataFrame | None  # from the CSV
-    markdown: str | None  # the stage's own .md, used by report.md when present
-
-
-@dataclass(frozen=True)
-class Figure:
-    title: str
-    path: Path
-    source: str
+    folder: str  # e.g. "classify", "tune/tau"
+    section: Section
+    stamp: float | None = None  # when its report.json was written
 
 
 @dataclass(frozen=True)
-class Text:
-    """A file shown as it is (e.g. tune's best.yaml)."""
+class Shown:
+    """An item read for showing: a table's frame (or its Markdown), a figure, a text."""
 
     title: str
-    source: str
-    text: str
-
-
-@dataclass
-class Section:
-    """One stage's part of the report."""
-
-    title: str
-    status: str  # "" when the stage ran, else why nothing is shown ("not run", ...)
-    provenance: list[str] = field(default_factory=list)  # where it came from, in full
-    tags: list[str] = field(default_factory=list)  # the same, short: on every table and figure
-    settings: dict[str, str] = field(default_factory=dict)  # flattened record settings
-    items: list[Table | Figure | Text] = field(default_factory=list)
+    source: str  # relative to the report's folder
+    kind: str  # "table", "figure", "text" or "missing"
+    frame: pd.DataFrame | None = None
+    text: str = ""  # a table's own Markdown, a text's content, why a file is missing
+    image: Path | None = None
+    number: Callable[[float], str] | None = None
 
 
 # ---------------------------------------------------------------------------- reading
-
-
-def _rel(path: Path, out: Path) -> str:
-    try:
-        return path.relative_to(out).as_posix()
-    except ValueError:
-        return str(path)
-
-
-def _title(stage: str, stem: str) -> str:
-    if (stage, stem) in TITLES:
-        return TITLES[(stage, stem)]
-    for prefix, title in PREFIX_TITLES.items():
-        if stem.startswith(prefix):
-            return title + stem[len(prefix) :]
-    return stem
-
-
-def _figure_rank(path: Path) -> tuple[int, str]:
-    for rank, key in enumerate(FIGURE_ORDER):
-        if path.stem == key or (key.endswith("_") and path.stem.startswith(key)):
-            return rank, path.stem
-    return len(FIGURE_ORDER), path.stem
-
-
-def _tables(folder: Path, stage: str, out: Path, first: tuple[str, ...] = ()) -> list[Table]:
-    """Every table in ``folder`` (a stem with a .csv and/or .md): ``first`` ones first."""
-    if not folder.is_dir():
-        return []
-    stems = sorted({p.stem for p in folder.iterdir() if p.suffix in (".csv", ".md")})
-    stems.sort(key=lambda stem: first.index(stem) if stem in first else len(first))
-    tables = []
-    for stem in stems:
-        csv, md = folder / f"{stem}.csv", folder / f"{stem}.md"
-        frame = clinical_table(pd.read_csv(csv), stage, stem) if csv.is_file() else None
-        markdown = md.read_text(encoding="utf-8").strip() if md.is_file() else None
-        source = _rel(csv if csv.is_file() else md, out)
-        tables.append(Table(_title(stage, stem), source, frame, markdown))
-    return tables
-
-
-_INTERVAL = re.compile(r"^\s*(-?\d+(?:\.\d*)?)\s*-\s*(-?\d+(?:\.\d*)?)\s*$")
-
-
-def _is_missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def with_interval(value: Any, low: Any = None, high: Any = None) -> str:
-    """``74.3 (61.7–85.7)``: a value and its 95% interval, one decimal; ``n/a`` for none.
-
-    ``low`` may be the stages' ``"61.70-85.71"`` string, with ``high`` left out.
-    """
-    if _is_missing(value):
-        return "n/a"
-    if isinstance(low, str) and high is None:
-        match = _INTERVAL.match(low)
-        if match is None:
-            return f"{float(value):.1f} ({low})"
-        low, high = (float(bound) for bound in match.groups())
-    if _is_missing(low) or _is_missing(high):
-        return f"{float(value):.1f}"
-    return f"{float(value):.1f} ({float(low):.1f}\u2013{float(high):.1f})"
-
-
-def clinical_table(frame: pd.DataFrame, stage: str, stem: str) -> pd.DataFrame:
-    """A stage's CSV as a clinician reads it: each value with its 95% interval in one cell
-    and columns named in words; a table the mapping does not know keeps its names."""
-    general = {} if stage == "tune" else HEADINGS
-    headings = {**general, **TABLE_HEADINGS.get((stage, stem), {})}
-    bounds = {"difference", "low", "high"} <= set(frame.columns)
-    shown: dict[str, Any] = {}
-    for column in frame.columns:
-        partner = str(column)[:-3] if str(column).endswith("_ci") else None
-        if (partner in frame.columns) or (bounds and column in ("low", "high")):
-            continue  # shown in its value's cell
-        name = headings.get(column, column)
-        if f"{column}_ci" in frame.columns:
-            intervals = frame[f"{column}_ci"].where(frame[f"{column}_ci"].notna(), None)
-            cells = [with_interval(v, ci) for v, ci in zip(frame[column], intervals, strict=True)]
-            shown[f"{name} (95% CI)"] = cells
-        elif bounds and column == "difference":  # DeLong: an AUC difference in [-1, 1]
-            cells = [
-                with_interval(100 * d, 100 * lo, 100 * hi)
-                for d, lo, hi in zip(frame["difference"], frame["low"], frame["high"], strict=True)
-            ]
-            shown["AUC difference, points (95% CI)"] = cells
-        elif column == "p_value":
-            shown[name] = [p_value(v) for v in frame[column]]
-        elif column == "split":
-            shown[name] = [SPLIT_NAMES.get(v, v) for v in frame[column]]
-        else:
-            shown[name] = frame[column]
-    return pd.DataFrame(shown)
-
-
-def p_value(value: Any) -> str:
-    """A p-value as papers print it: two significant digits, ``< 0.001`` below that."""
-    if _is_missing(value):
-        return "n/a"
-    value = float(value)
-    if value < 0.001:
-        return "< 0.001"
-    return f"{value:.2g}" if value < 0.01 else f"{value:.2f}"
-
-
-def _figures(folder: Path, stage: str, out: Path) -> list[Figure]:
-    if not folder.is_dir():
-        return []
-    paths = sorted(
-        (p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_figure_rank
-    )
-    return [Figure(_title(stage, p.stem), p, _rel(p, out)) for p in paths]
-
-
-def _flatten(value: Any, prefix: str = "") -> dict[str, str]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}``; lists joined with commas."""
-    if isinstance(value, Mapping):
-        flat: dict[str, str] = {}
-        for key, inner in value.items():
-            flat.update(_flatten(inner, f"{prefix}{key}."))
-        return flat
-    if isinstance(value, list | tuple):
-        value = ", ".join(str(v) for v in value)
-    elif isinstance(value, float):
-        value = f"{value:.6g}"
-    elif value is None or isinstance(value, bool):
-        value = json.dumps(value)  # as the record spells it: null, true, false
-    return {prefix.rstrip("."): str(value)}
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON object, or None when the file is missing; a clear error when it is not JSON."""
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ReportError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ReportError(f"{path} holds a JSON {type(data).__name__}, expected an object")
-    return data
-
-
-def _record(folder: Path, stage: str) -> tuple[Path, dict[str, Any]] | None:
-    """The stage's config record: ``<stage>.json``, else any JSON there with a fingerprint."""
-    candidates = [folder / f"{stage}.json", *sorted(folder.glob("*.json"))]
-    for path in candidates:
-        data = _read_json(path)
-        if data is not None and "fingerprint" in data:
-            return path, data
-    return None
 
 
 def _stamp(seconds: float) -> str:
     return dt.datetime.fromtimestamp(seconds).astimezone().strftime("%Y-%m-%d %H:%M %Z")
 
 
-def _when(path: Path) -> str:
-    """The local date and time ``path`` was written."""
-    return _stamp(path.stat().st_mtime)
-
-
 def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def _add_record(
-    section: Section, found: tuple[Path, dict[str, Any]] | None, where: Path, out: Path
-) -> None:
-    """Label ``section`` with the stage's record: fingerprint, when, how long, settings."""
-    if found is None:
-        section.provenance.append(
-            f"config: no record (JSON with a fingerprint) in {_rel(where, out)}"
-        )
-        section.tags.append("config: not recorded")
-        return
-    path, data = found
-    line = f"config: {_rel(path, out)}, fingerprint {str(data['fingerprint'])[:12]}"
-    line += f", written {_when(path)}"
-    if isinstance(data.get("seconds"), int | float):
-        line += f", took {_duration(float(data['seconds']))}"
-    section.provenance.append(line)
-    section.tags.append(f"config {_rel(path, out)} {str(data['fingerprint'])[:12]}")
-    section.settings = _flatten(
-        {k: v for k, v in data.items() if k not in ("fingerprint", "seconds", "data")}
-    )
+def _found(out: Path, folder: Path, title: str, order: int) -> Placed:
+    """The section in ``folder``, or one that says why there is none (``title``, ``order``)."""
+    name = folder.relative_to(out).as_posix()
+    path = folder / REPORT_NAME
+    if not path.is_file():
+        return Placed(name, Section(title, order, NO_SECTION))
+    try:
+        section = read_section(path)
+    except FormatError as exc:  # one stage's newer file need not stop the report
+        section = Section(title, order, f"not shown: {exc}; rerun the stage with this usv_ray")
+    return Placed(name, section, path.stat().st_mtime)
 
 
-def _parquet_columns(path: Path, columns: list[str]) -> pd.DataFrame | None:
-    import pyarrow.parquet as pq
-
-    if not path.exists():
-        return None
-    return pq.read_table(path, columns=columns).to_pandas()
-
-
-def _data_line(record_data: Any, out: Path) -> str:
-    """The data folder a stage read: its record's ``data`` entry, else the demo's ``out/data``."""
-    if isinstance(record_data, str):
-        return f"data: {record_data}"
-    if (out / "data").is_dir():
-        return f"data: {(out / 'data').resolve()}"
-    return "data: not recorded"
-
-
-def _data_section(out: Path) -> Section:
-    folder = out / "data"
-    section = Section("Data", "" if folder.is_dir() else "not run (no data/ folder)")
-    if not folder.is_dir():
-        return section
-    section.provenance.append(f"data: {folder.resolve()}")
-    manifest = out / "archive" / "manifest.csv"
-    if manifest.is_file():
-        section.provenance.append(f"archive: {manifest.resolve()} (synthetic, written by synth)")
-    videos = _parquet_columns(folder / "videos.parquet", ["patient_key", "label", "status"])
-    if videos is not None:
-        ok = videos[videos["status"] == "ok"]
-        section.provenance.append(
-            f"videos.parquet: {len(videos)} videos of {videos['patient_key'].nunique()} patients, "
-            f"{len(ok)} ingested ok, {len(videos) - len(ok)} failed; "
-            f"{int((ok['label'] == 1).sum())} malignant, {int((ok['label'] == 0).sum())} benign, "
-            f"{int((ok['label'] < 0).sum())} unlabelled"
-        )
-    errors = _parquet_columns(folder / "errors.parquet", ["stage"])
-    if errors is not None:
-        section.provenance.append(f"errors.parquet: {len(errors)} error rows")
-    return section
+def find_sections(out: Path) -> list[Placed]:
+    """Every section in ``out``: each subfolder's report.json, and each of a folder of
+    sections (``tune/<target>/``); the expected folders missing say "not run". By order,
+    then by folder."""
+    expected = {part.folder: part for part in RunFolder.PARTS}
+    placed = []
+    for folder in sorted(p for p in out.iterdir() if p.is_dir()):
+        known = expected.get(folder.name)
+        inner = sorted(p for p in folder.iterdir() if p.is_dir())
+        if (folder / REPORT_NAME).is_file() or (known is not None and not known.each):
+            title = known.title if known else folder.name
+            placed.append(_found(out, folder, title, known.order if known else 1000))
+        elif known is not None:  # a folder of sections: every subfolder is one
+            placed += [_found(out, p, f"{known.title}: {p.name}", known.order) for p in inner]
+            if not inner:
+                status = f"not run ({folder.name}/ holds no {known.each})"
+                placed.append(Placed(folder.name, Section(known.title, known.order, status)))
+        else:  # an unexpected folder of sections (a stage newer than this list)
+            placed += [_found(out, p, p.name, 1000) for p in inner if (p / REPORT_NAME).is_file()]
+    for e in RunFolder.PARTS:
+        if not (out / e.folder).is_dir():
+            status = f"not run (no {e.folder}/ folder)"
+            placed.append(Placed(e.folder, Section(e.title, e.order, status)))
+    return sorted(placed, key=lambda p: (p.section.order, p.folder))
 
 
-def _classify_counts(folder: Path) -> tuple[str, str] | None:
-    """What classify cross-validated (its folds table): a full line and a short tag."""
-    folds = _parquet_columns(folder / "folds.parquet", ["patient_key", "label", "fold"])
-    if folds is None:
-        return None
-    videos, patients = len(folds), folds["patient_key"].nunique()
-    folds_n = folds["fold"].nunique()
-    return (
-        f"cross-validated: {videos} labelled videos of {patients} patients "
-        f"({int(folds['label'].sum())} malignant) in {folds_n} patient-level folds; "
-        "predictions pooled over folds; 95% patient-bootstrap CIs",
-        f"{videos} videos of {patients} patients, {folds_n} folds",
-    )
+def _source(placed: Placed, path: str) -> str:
+    """A path of a section (relative to its folder) relative to the report's folder."""
+    return posixpath.normpath(f"{placed.folder}/{path}")
 
 
-def _reid_counts(folder: Path) -> tuple[str, str] | None:
-    """What re-ID trained and evaluated on (its splits table): a full line and a short tag."""
-    splits = _parquet_columns(folder / "splits.parquet", ["patient_key", "nodule_id", "split"])
-    if splits is None:
-        return None
-    parts = []
-    for split in ("train", "val", "test"):
-        part = splits[splits["split"] == split]
-        parts.append(
-            f"{split} {len(part)} tracklets, {part['nodule_id'].nunique()} nodules, "
-            f"{part['patient_key'].nunique()} patients"
-        )
-    return (
-        "split by patient: " + "; ".join(parts),
-        f"{len(splits)} tracklets of {splits['patient_key'].nunique()} patients",
-    )
+def _provenance(placed: Placed, out: Path, portable: bool = False) -> tuple[list[str], list[str]]:
+    """``(lines, tags)``: the section's data folder, what it says of itself, its record.
+    ``portable`` leaves out the data folder's (local, absolute) path."""
+    section = placed.section
+    data = f"data: {section.data}" if section.data else "data: not recorded"
+    lines, tags = [data, *section.provenance], [data, *section.tags]
+    record = section.record
+    if record is not None and record.path is None:
+        lines.append(f"config: no record (JSON with a fingerprint) in {placed.folder}")
+        tags.append("config: not recorded")
+    elif record is not None:
+        path, fingerprint = _source(placed, record.path), str(record.fingerprint)[:12]
+        line = f"config: {path}, fingerprint {fingerprint}"
+        if (out / path).is_file():
+            line += f", written {_stamp((out / path).stat().st_mtime)}"
+        if record.seconds is not None:
+            line += f", took {_duration(record.seconds)}"
+        lines.append(line)
+        tags.append(f"config {path} {fingerprint}")
+    return lines, tags[1:] if portable else tags
 
 
-def _index_counts(folder: Path) -> tuple[str, str] | None:
-    """What the index holds (its summary.json): a full line and a short tag."""
-    summary = _read_json(folder / "summary.json")
-    if summary is None:
-        return None
-    patients, tracklets = summary.get("patients", "?"), summary.get("tracklets", "?")
-    version = summary.get("index_version", "not recorded")
-    return (
-        f"index: {summary.get('nodules', '?')} nodules of {patients} patients from {tracklets} "
-        f"tracklets; index_version {version} (the model, clip shape, tau and method)",
-        f"{tracklets} tracklets of {patients} patients · index_version {version}",
-    )
-
-
-def _detect_counts(folder: Path) -> tuple[str, str] | None:
-    """What the detector trained and was tested on (its splits table)."""
-    splits = _parquet_columns(folder / "splits.parquet", ["patient_key", "split"])
-    if splits is None:
-        return None
-    parts = [
-        f"{split} {int((splits['split'] == split).sum())} videos of "
-        f"{splits.loc[splits['split'] == split, 'patient_key'].nunique()} patients"
-        for split in ("train", "val", "test")
-    ]
-    return (
-        "annotated videos split by patient: " + "; ".join(parts),
-        f"{len(splits)} annotated videos",
-    )
-
-
-def _predict_counts(folder: Path) -> tuple[str, str] | None:
-    """What the diagnoses hold (predict's summary.json): a full line and a short tag."""
-    summary = _read_json(folder / "summary.json")
-    if summary is None or summary.get("latest") not in summary.get("versions", {}):
-        return None
-    version = summary["latest"]
-    latest = summary["versions"][version]
-    return (
-        f"diagnoses: {latest['videos']} videos by {version} ({latest['malignant']} read "
-        f"malignant at the bundle's threshold, {latest['errors']} not diagnosed); "
-        f"{len(summary['versions'])} model version(s) in the table",
-        f"{latest['videos']} videos · {version}",
-    )
-
-
-def _score_counts(folder: Path) -> tuple[str, str] | None:
-    """What the score compared (its summary.json): a full line and a short tag."""
-    summary = _read_json(folder / "summary.json")
-    if summary is None:
-        return None
-    version = summary.get("model_version", "not recorded")
-    return (
-        f"the synthetic archive's hidden truth (its truth.json) against tonight's "
-        f"{summary.get('night_videos', '?')} videos and the index; diagnoses by {version}",
-        f"truth.json · {version}",
-    )
-
-
-def _summary_table(folder: Path, out: Path, title: str) -> list[Table]:
-    """A stage's summary.json as a table of fields."""
-    summary = _read_json(folder / "summary.json")
-    if summary is None:
-        return []
-    flat = _flatten(summary)
-    frame = pd.DataFrame({"field": list(flat), "value": list(flat.values())})
-    return [Table(title, _rel(folder / "summary.json", out), frame, None)]
-
-
-def _stage_section(out: Path, stage: str, title: str, first: tuple[str, ...]) -> Section:
-    """A stage's section: provenance, its tables (``first`` ones first), then its plots."""
-    folder = out / stage
-    if not folder.is_dir():
-        return Section(title, f"not run (no {stage}/ folder)")
-    section = Section(title, "")
-    record = _record(folder, stage)
-    data = _data_line(record[1].get("data") if record else None, out)
-    section.provenance.append(data)
-    section.tags.append(data)
-    counting = {
-        "classify": _classify_counts,
-        "reid": _reid_counts,
-        "detect": _detect_counts,
-        "predict": _predict_counts,
-        "index": _index_counts,
-        "score": _score_counts,
-    }
-    counts = counting[stage](folder)
-    if counts is not None:
-        section.provenance.append(counts[0])
-        section.tags.append(counts[1])
-    # the night's stages keep no fingerprint record: their versions (above) name what made them
-    if record is not None or stage not in NIGHT_STAGES or counts is None:
-        _add_record(section, record, folder, out)
-    if stage in SUMMARIES:
-        section.items += _summary_table(folder, out, SUMMARIES[stage])
-    section.items += _tables(folder / "tables", stage, out, first)
-    section.items += _figures(folder / "plots", stage, out)
-    if not section.items:
-        section.status = "no results yet (the stage did not finish)"
-    return section
-
-
-def _tune_sections(out: Path) -> list[Section]:
-    """One section per sweep target folder under ``tune/`` (the demo sweeps ``tau``)."""
-    folder = out / "tune"
-    if not folder.is_dir():
-        return [Section("Tuning sweeps", "not run (no tune/ folder)")]
-    sections = []
-    for target in sorted(p for p in folder.iterdir() if p.is_dir()):
-        section = Section(f"Tuning sweep: {target.name}", "")
-        # the sweep's own record, else one for the whole tune folder
-        record = _record(target, "tune") or _record(folder, "tune")
-        data = _data_line(record[1].get("data") if record else None, out)
-        section.provenance.append(data)
-        section.tags.append(data)
-        _add_record(section, record, target, out)
-        section.items += _tables(target, "tune", out, ("results",))
-        best = target / "best.yaml"
-        if best.is_file():
-            title = "Best configuration (a YAML the other commands accept with --config)"
-            section.items.append(Text(title, _rel(best, out), best.read_text(encoding="utf-8")))
-        section.items += _figures(target, "tune", out)
-        if not section.items:
-            section.status = "no results yet (the sweep did not finish)"
-        sections.append(section)
-    return sections or [Section("Tuning sweeps", "not run (tune/ holds no sweep)")]
+def _shown(placed: Placed, out: Path) -> list[Shown]:
+    """The section's items, read from the files they name."""
+    shown = []
+    for item in placed.section.items:
+        paths = [item.csv, item.md] if isinstance(item, Table) else [item.path]
+        present = [p for p in paths if p is not None and (out / _source(placed, p)).is_file()]
+        source = _source(placed, present[0] if present else next((p for p in paths if p), "."))
+        file = out / source
+        if source.split("/")[0] == "..":  # the report embeds files of its folder alone
+            text = f"{source} lies outside the output folder: not shown"
+            shown.append(Shown(item.title, source, "missing", text=text))
+        elif not present:
+            shown.append(Shown(item.title, source, "missing", text=f"{source} not found"))
+        elif isinstance(item, Table) and item.csv in present:
+            frame = clinical_table(pd.read_csv(file), item.headings, item.values)
+            number = float_format(item.float_format)
+            shown.append(Shown(item.title, source, "table", frame, number=number))
+        elif isinstance(item, Table):
+            text = file.read_text(encoding="utf-8").strip()
+            shown.append(Shown(item.title, source, "table", text=text))
+        elif isinstance(item, Fields):
+            flat = flatten(read_json(file))
+            frame = pd.DataFrame({"field": list(flat), "value": list(flat.values())})
+            shown.append(Shown(item.title, source, "table", frame, number=number_text))
+        elif isinstance(item, Figure):
+            shown.append(Shown(item.title, source, "figure", image=file))
+        else:
+            shown.append(Shown(item.title, source, "text", text=file.read_text(encoding="utf-8")))
+    return shown
 
 
 # ---------------------------------------------------------------------------- rendering
-
-
-def _number(value: float) -> str:
-    """Two decimals; values under 0.1 (p-values, tau) with two significant digits; NaN as
-    n/a."""
-    if math.isnan(value):
-        return "n/a"
-    if value != 0 and abs(value) < 0.1:
-        return f"{value:.2g}"
-    return f"{value:.2f}"
 
 
 def _md_text(text: str) -> str:
@@ -711,7 +233,7 @@ def _md_fence(text: str) -> str:
     return f"{fence}\n{text.rstrip()}\n{fence}"
 
 
-def _md_table(frame: pd.DataFrame) -> str:
+def _md_table(frame: pd.DataFrame, number: Callable[[float], str] = number_text) -> str:
     from usv_ray.evaluate.tables import to_markdown
 
     shown = frame.copy()
@@ -719,68 +241,60 @@ def _md_table(frame: pd.DataFrame) -> str:
         if pd.api.types.is_float_dtype(shown[column]):
             continue
         shown[column] = shown[column].map(lambda v: _md_text(str(v)) if isinstance(v, str) else v)
-    return to_markdown(shown, float_format=_number)  # as the HTML page shows them
+    return to_markdown(shown, float_format=number)  # as the HTML page shows them
 
 
-def _label(section: Section, source: str) -> str:
-    return " · ".join([f"source: {source}", *section.tags])
-
-
-def _md_item_table(item: Table) -> str:
+def _md_item(item: Shown) -> str:
     """A table's Markdown: from its CSV (as a clinician reads it), else the stage's own."""
-    return _md_table(item.frame) if item.frame is not None else _md_text(item.markdown or "")
+    if item.frame is not None:
+        return _md_table(item.frame, item.number or number_text)
+    return _md_fence(item.text) if item.kind == "text" else _md_text(item.text)
+
+
+def _settings(section: Section) -> pd.DataFrame:
+    names = [name for name, _ in section.settings]
+    return pd.DataFrame({"setting": names, "value": [value for _, value in section.settings]})
 
 
 def render_markdown(
-    sections: list[Section], header: list[tuple[str, str]], out: Path, title: str
+    sections: list[Placed],
+    header: list[tuple[str, str]],
+    out: Path,
+    title: str,
+    tables_only: bool = False,
 ) -> str:
-    """The Markdown report; images are linked relative to ``out``."""
+    """The Markdown report, images linked relative to ``out``; ``tables_only``: the tables
+    alone, with no absolute path and no time in them (results.md: a page that a rerun with
+    the same results leaves unchanged, so ``make demo`` commits it)."""
     lines = [f"# {_md_text(title)}", ""]
     lines += [f"- **{name}**: {_md_text(value)}" for name, value in header]
-    for section in sections:
+    for placed in sections:
+        section = placed.section
+        items = _shown(placed, out) if not section.status else []
+        if tables_only:
+            items = [item for item in items if item.kind == "table"]
+            if not items and not section.status:
+                continue
         lines += ["", f"## {_md_text(section.title)}", ""]
         if section.status:
             lines += [f"*{_md_text(section.status)}*"]
             continue
-        lines += [f"- {_md_text(line)}" for line in section.provenance]
-        if section.settings:
-            settings = pd.DataFrame(
-                {"setting": list(section.settings), "value": list(section.settings.values())}
-            )
-            lines += ["", "<details><summary>settings</summary>", "", _md_table(settings)]
-            lines += ["", "</details>"]
-        for item in section.items:
-            lines += ["", f"### {_md_text(item.title)}", ""]
-            lines += [f"*{_md_text(_label(section, item.source))}*", ""]
-            if isinstance(item, Table):
-                lines += [_md_item_table(item)]
-            elif isinstance(item, Figure):
-                link = urllib.parse.quote(_rel(item.path, out))
-                alt = _md_text(item.title).replace("]", "\\]").replace("[", "\\[")
-                lines += [f"![{alt}]({link})"]
-            else:
-                lines += [_md_fence(item.text)]
-    return "\n".join(lines) + "\n"
-
-
-def render_results(sections: list[Section], header: list[tuple[str, str]], title: str) -> str:
-    """The tables alone, as Markdown with no absolute path and no time in it: a page that
-    a rerun with the same results leaves unchanged (``make demo`` commits it)."""
-    lines = [f"# {_md_text(title)}", ""]
-    lines += [f"- **{name}**: {_md_text(value)}" for name, value in header]
-    for section in sections:
-        tables = [item for item in section.items if isinstance(item, Table)]
-        if not tables and not section.status:
-            continue
-        lines += ["", f"## {_md_text(section.title)}"]
-        if section.status:
-            lines += ["", f"*{_md_text(section.status)}*"]
-            continue
-        tags = [tag for tag in section.tags if not tag.startswith("data: ")]  # a local path
-        for item in tables:
+        provenance, tags = _provenance(placed, out, portable=tables_only)
+        if not tables_only:
+            lines += [f"- {_md_text(line)}" for line in provenance]
+        if section.settings and not tables_only:
+            lines += ["", "<details><summary>settings</summary>", ""]
+            lines += [_md_table(_settings(section)), "", "</details>"]
+        for item in items:
             label = " · ".join([f"source: {item.source}", *tags])
-            lines += ["", f"### {_md_text(item.title)}", "", f"*{_md_text(label)}*", ""]
-            lines += [_md_item_table(item)]
+            if lines[-1]:  # one blank line before every heading
+                lines += [""]
+            lines += [f"### {_md_text(item.title)}", "", f"*{_md_text(label)}*", ""]
+            if item.kind == "figure":
+                alt = _md_text(item.title).replace("]", "\\]").replace("[", "\\[")
+                lines += [f"![{alt}]({urllib.parse.quote(item.source)})"]
+            else:
+                lines += [_md_item(item)]
     return "\n".join(lines) + "\n"
 
 
@@ -804,10 +318,10 @@ pre { background: #f6f6f6; padding: .6em; overflow-x: auto; }
 """
 
 
-def _html_table(frame: pd.DataFrame) -> str:
+def _html_table(frame: pd.DataFrame, number: Callable[[float], str] = number_text) -> str:
     # to_html escapes every cell and header (escape=True is its default; said for the reader)
     return frame.to_html(
-        index=False, escape=True, na_rep="n/a", float_format=_number, border=0, classes="data"
+        index=False, escape=True, na_rep="n/a", float_format=number, border=0, classes="data"
     )
 
 
@@ -816,7 +330,25 @@ def _data_uri(path: Path) -> str:
     return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
 
 
-def render_html(sections: list[Section], header: list[tuple[str, str]], title: str) -> str:
+def _html_item(item: Shown, label: str) -> str:
+    e = html.escape
+    if item.kind == "figure":
+        return (
+            f'<figure><img src="{_data_uri(item.image)}" alt="{e(item.title)}">'
+            f"<figcaption><b>{e(item.title)}</b>{label}</figcaption></figure>"
+        )
+    if item.kind == "table" and item.frame is not None:
+        body = f'<div class="scroll">{_html_table(item.frame, item.number or number_text)}</div>'
+    elif item.kind == "missing":
+        body = f'<p class="status">{e(item.text)}</p>'
+    else:  # a text, or a table's own Markdown: shown as it is
+        body = f"<pre>{e(item.text)}</pre>"
+    return f"<h3>{e(item.title)}</h3>{label}{body}"
+
+
+def render_html(
+    sections: list[Placed], header: list[tuple[str, str]], out: Path, title: str
+) -> str:
     """The HTML report: one self-contained page, images embedded as data URIs."""
     e = html.escape
     parts = [
@@ -829,35 +361,20 @@ def render_html(sections: list[Section], header: list[tuple[str, str]], title: s
         *(f"<tr><td><b>{e(name)}</b></td><td>{e(value)}</td></tr>" for name, value in header),
         "</table>",
     ]
-    for section in sections:
+    for placed in sections:
+        section = placed.section
         parts.append(f"<section><h2>{e(section.title)}</h2>")
         if section.status:
             parts.append(f'<p class="status">{e(section.status)}</p></section>')
             continue
-        parts.append(
-            "<ul>" + "".join(f"<li>{e(line)}</li>" for line in section.provenance) + "</ul>"
-        )
+        provenance, tags = _provenance(placed, out)
+        parts.append("<ul>" + "".join(f"<li>{e(line)}</li>" for line in provenance) + "</ul>")
         if section.settings:
-            settings = pd.DataFrame(
-                {"setting": list(section.settings), "value": list(section.settings.values())}
-            )
-            parts.append(f"<details><summary>settings</summary>{_html_table(settings)}</details>")
-        for item in section.items:
-            label = f'<p class="label">{e(_label(section, item.source))}</p>'
-            if isinstance(item, Table):
-                body = (
-                    _html_table(item.frame)
-                    if item.frame is not None
-                    else f"<pre>{e(item.markdown or '')}</pre>"
-                )
-                parts.append(f'<h3>{e(item.title)}</h3>{label}<div class="scroll">{body}</div>')
-            elif isinstance(item, Figure):
-                parts.append(
-                    f'<figure><img src="{_data_uri(item.path)}" alt="{e(item.title)}">'
-                    f"<figcaption><b>{e(item.title)}</b>{label}</figcaption></figure>"
-                )
-            else:
-                parts.append(f"<h3>{e(item.title)}</h3>{label}<pre>{e(item.text)}</pre>")
+            table = _html_table(_settings(section))
+            parts.append(f"<details><summary>settings</summary>{table}</details>")
+        for item in _shown(placed, out):
+            label = " · ".join([f"source: {item.source}", *tags])
+            parts.append(_html_item(item, f'<p class="label">{e(label)}</p>'))
         parts.append("</section>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
@@ -875,105 +392,75 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-def _keying(out: Path) -> dict[str, list[str]] | None:
-    """What ingest recorded about the key of this folder's patients (never the key)."""
-    from usv_ray.privacy import KEYING_NAME
-
-    record = _read_json(out / "data" / KEYING_NAME)
-    if record is None or not isinstance(record.get("keys"), list):
-        return None
-    return {
-        "keys": sorted(str(k) for k in record["keys"]),
-        "sources": sorted(str(s) for s in record.get("sources", [])),
-    }
-
-
-def describe_folder(out: Path) -> tuple[str, str, str]:
-    """``(title, what the folder is, how its patients were keyed)``.
-
-    A demo is what ``usv-ray demo`` writes: the synthetic archive it made (``archive/``,
-    from synth) beside the stages' folders. Anything else is a run on an archive's data.
-    """
-    keying = _keying(out)
-    demo = (out / "archive" / "manifest.csv").is_file()
-    if demo:
-        title = "usv-ray demo report"
-        what = "a `usv-ray demo` run: every stage on a synthetic archive that synth wrote"
-    else:
-        title = "usv-ray report"
-        what = "a run on an archive's data: the stages' folders found in this output folder"
-    if keying is None:
-        return title, what, KEYED + UNRECORDED_KEY
-    note = KEY_NOTES.get(tuple(keying["keys"]))
-    if note is None:  # a record written by a newer usv-ray, with a kind not known here
-        note = f"Ingest recorded these kinds of key: {', '.join(keying['keys'])}."
-    note = note.format(sources=" and ".join(keying["sources"]) or "not recorded")
-    if keying["keys"] == ["development"] and not demo:
-        note += " This folder is not a demo: if it holds real patients, re-ingest it."
-    return title, what, KEYED + note
+def _notes(sections: list[Placed], demo: bool) -> list[tuple[str, str]]:
+    """The header rows the sections' notes fill (the first section's note of a name)."""
+    rows = {name: lead + default for name, (lead, default) in HEADER_ROWS.items()}
+    given: set[str] = set()
+    for placed in sections:
+        for note in placed.section.notes:
+            if note.name in given:
+                continue
+            given.add(note.name)
+            lead = HEADER_ROWS.get(note.name, ("", ""))[0]
+            rows[note.name] = lead + note.text + ("" if demo else note.not_demo)
+    return list(rows.items())
 
 
 def write_report(out: str | Path) -> tuple[Path, Path]:
     """Write ``out/report.html``, ``out/report.md`` and ``out/results.md`` from the stages'
-    outputs in ``out``.
+    sections in ``out``.
 
-    Sections: data, classify, reid, detect, predict, index, score, tune (one per sweep); a stage
-    without a folder is "not run". Returns ``(html_path, md_path)``; results.md (the tables
-    alone, with no path or time in them) lies beside them. All three are written atomically.
+    Sections: every ``report.json`` of a subfolder (and of ``tune/<target>/``), by their
+    order; an expected stage without a folder is "not run". Returns ``(html_path,
+    md_path)``; results.md (the tables alone, with no path or time in them) lies beside
+    them. All three are written atomically.
     """
+    from usv_ray.layout import RunFolder
+
     out = Path(out)
     if not out.is_dir():
         raise ReportError(
             f"{out} is not a folder: give the folder that `usv-ray demo --out` or the "
             "stages (data/, classify/, reid/, ...) wrote"
         )
-    sections = [
-        _data_section(out),
-        _stage_section(out, "classify", CLASSIFY_TITLE, ("table3", "table4")),
-        _stage_section(out, "reid", REID_TITLE, ("table3", "delong", "table4_clustering")),
-        _stage_section(out, "detect", DETECT_TITLE, ("detection",)),
-        _stage_section(out, "predict", PREDICT_TITLE, ()),
-        _stage_section(out, "index", INDEX_TITLE, ()),
-        _stage_section(
-            out,
-            "score",
-            SCORE_TITLE,
-            (
-                "night_metrics",
-                "night_videos",
-                "night_nodules",
-                "nodule_scoring",
-                "tracking",
-                "index_gap",
-            ),
-        ),
-        *_tune_sections(out),
-    ]
-    records = [_record(out / stage, stage) for stage in ("classify", "reid", "detect", "index")]
-    records += [_record(p, "tune") for p in sorted((out / "tune").glob("*/"))]
-    written = [found[0] for found in records if found is not None]
-    written += [
-        path
-        for stage in ("predict", "index", "score")
-        if (path := out / stage / "summary.json").is_file()
-    ]
-    stamps = [path.stat().st_mtime for path in written]
-    title, what, privacy = describe_folder(out)
-    portable = [("folder", what), ("usv_ray version", _version()), ("privacy", privacy)]
+    sections = find_sections(out)
+    stamps = [placed.stamp for placed in sections if placed.stamp is not None]
+    # a demo is what `usv-ray demo` writes: synth's archive beside the stages' folders
+    manifest = RunFolder(out).archive / "manifest.csv"
+    demo = manifest.is_file()
+    if demo:
+        title = "usv-ray demo report"
+        what = "a `usv-ray demo` run: every stage on a synthetic archive that synth wrote"
+    else:
+        title = "usv-ray report"
+        what = "a run on an archive's data: the stages' folders found in this output folder"
+    notes = _notes(sections, demo)
+    archive = [("archive", f"{manifest.resolve()} (synthetic, written by synth)")] if demo else []
     header = [
         ("folder", what),
-        ("run", _stamp(max(stamps)) if stamps else "no stage record found"),
+        ("run", _stamp(max(stamps)) if stamps else "no stage section (report.json) found"),
         ("report written", _stamp(dt.datetime.now().timestamp())),
         ("usv_ray version", _version()),
         ("output folder", str(out.resolve())),
-        ("privacy", privacy),
+        *archive,
+        *notes,
     ]
+    portable = [("folder", what), ("usv_ray version", _version()), *notes]
     html_path, md_path = out / HTML_NAME, out / MD_NAME
     with atomic_path(html_path) as tmp:
-        tmp.write_text(render_html(sections, header, title), encoding="utf-8")
+        tmp.write_text(render_html(sections, header, out, title), encoding="utf-8")
     with atomic_path(md_path) as tmp:
         tmp.write_text(render_markdown(sections, header, out, title), encoding="utf-8")
     results_title = title.replace(" report", ": results")
     with atomic_path(out / RESULTS_NAME) as tmp:
-        tmp.write_text(render_results(sections, portable, results_title), encoding="utf-8")
+        results = render_markdown(sections, portable, out, results_title, tables_only=True)
+        tmp.write_text(results, encoding="utf-8")
     return html_path, md_path
+
+
+def report_text(html_path: Path, md_path: Path) -> str:
+    """What ``usv-ray report`` prints: where the three files are."""
+    return (
+        f"report: {html_path} (self-contained; Markdown: {md_path}; the tables alone: "
+        f"{html_path.parent / RESULTS_NAME})"
+    )

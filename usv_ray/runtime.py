@@ -74,6 +74,8 @@ def quiet_ray_logs() -> None:
       when ``ray.data`` configures its logger at import, and the logger's level when it
       is already imported. Its warnings and errors stay.
     - Ray Train logs every ``ray.train.report`` with the whole report and checkpoint path.
+    - Ray's progress-bar relay warns once that "tqdm is not installed" when a worker's Ray
+      Data shows a bar: the product shows its own progress lines, and needs no tqdm.
 
     Ray's warnings and errors are kept; the product's own steps and results are logged
     by ``usv_ray`` loggers and are untouched.
@@ -85,6 +87,7 @@ def quiet_ray_logs() -> None:
     if "ray.data" in logging.Logger.manager.loggerDict:  # already configured by an import
         logging.getLogger("ray.data").setLevel(os.environ["RAY_DATA_LOG_LEVEL"])
     logging.getLogger(train_report_logger_name()).setLevel(logging.WARNING)
+    logging.getLogger("ray.experimental.tqdm_ray").setLevel(logging.ERROR)
 
 
 def train_logging_config() -> object:

@@ -8,7 +8,7 @@ import pytest
 from usv_ray.classify.bundle import chosen_epochs, operating_point
 from usv_ray.config import ClassifyConfig
 from usv_ray.evaluate.calibration import Calibrator
-from usv_ray.train import save_model
+from usv_ray.runner import save_model
 
 IDENTITY = Calibrator("platt", {"a": 1.0, "b": 0.0}, 60, 30)  # Platt a=1, b=0: P unchanged
 

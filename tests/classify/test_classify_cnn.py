@@ -11,9 +11,9 @@ import torch
 from toy_frames import write_toy_frames
 
 from usv_ray.classify.cnn import CnnFold, collate_frames, fit_cnns
-from usv_ray.config import ClassifyConfig
+from usv_ray.config import ClassifyConfig, TrainConfig
 from usv_ray.imaging import augment, normalise
-from usv_ray.train import load_model
+from usv_ray.runner import load_model
 
 
 def test_collate_and_augment_shapes():
@@ -68,11 +68,11 @@ def killed_run(ray_session, tmp_path_factory):
     root = tmp_path_factory.mktemp("cnn")
     ids = write_toy_frames(root / "data")  # 8 videos x 4 frames of 32 x 32
     cfg = ClassifyConfig(
-        cnn_epochs=4, cnn_batch_size=8, cnn_lr=1e-3, cpus_per_worker=0.5, checkpoint_every_s=0
+        cpus_per_worker=0.5, checkpoint_every_s=0, cnn=TrainConfig(epochs=4, batch_size=8, lr=1e-3)
     )  # a checkpoint every epoch: the kill lands between two
     folds = [CnnFold(0, tuple(ids[:6]), tuple(ids[6:])), CnnFold(1, tuple(ids[2:]), tuple(ids[:2]))]
     run = root / "runs" / "cnn"
-    first_of_fold_1 = f"epoch_{cfg.cnn_epochs:04d}"  # one checkpoint per epoch, fold after fold
+    first_of_fold_1 = f"epoch_{cfg.cnn.epochs:04d}"  # one checkpoint per epoch, fold after fold
     result = {}
 
     def train():
@@ -108,7 +108,7 @@ def killed_run(ray_session, tmp_path_factory):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_fit_cnns_learns_every_fold_and_a_rerun_trains_only_what_is_missing(killed_run):
-    from usv_ray.classify.models import FrameCNN
+    from usv_ray.models.frame_cnn import FrameCNN
 
     cfg, folds, root, runs = (killed_run[k] for k in ("cfg", "folds", "root", "runs"))
     assert sorted(runs) == [0, 1]
@@ -151,7 +151,7 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(killed_run):
     """SIGKILL the training worker mid-run: Ray Train restarts it from the last checkpoint,
     which skips the finished fold and continues the current one rather than restarting it."""
     cfg, runs = killed_run["cfg"], killed_run["runs"]
-    assert killed_run["killed_at"][-1] == f"epoch_{cfg.cnn_epochs:04d}"
+    assert killed_run["killed_at"][-1] == f"epoch_{cfg.cnn.epochs:04d}"
     assert runs[0].start_epoch == 0  # trained before the kill, whole
     assert (runs[0].path.stat().st_mtime_ns) == killed_run["fold_0_written"]  # not again
-    assert 1 <= runs[1].start_epoch < cfg.cnn_epochs  # continued, not from scratch
+    assert 1 <= runs[1].start_epoch < cfg.cnn.epochs  # continued, not from scratch

@@ -5,11 +5,11 @@ import torch
 from toy_frames import SIZE, write_toy_frames
 
 from usv_ray.classify.features import FrameEmbedder, cache_features
-from usv_ray.classify.models import FrameCNN, frame_cnn_meta
 from usv_ray.config import ClassifyConfig
 from usv_ray.imaging import normalise
+from usv_ray.models.frame_cnn import FrameCNN, frame_cnn_meta
+from usv_ray.runner import load_model, save_model
 from usv_ray.schemas import FEATURES
-from usv_ray.train import load_model, save_model
 
 
 def _weights(path):

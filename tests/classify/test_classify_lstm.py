@@ -15,10 +15,10 @@ from usv_ray.classify.lstm import (
     predict,
     rank_batches,
 )
-from usv_ray.config import ClassifyConfig
+from usv_ray.config import ClassifyConfig, LstmConfig
 from usv_ray.io import write_table
+from usv_ray.runner import training_log
 from usv_ray.schemas import FEATURE_DIM, FEATURES
-from usv_ray.train import training_log
 
 
 def test_load_sequences_orders_frames_and_keeps_labelledtoy_videos(tmp_path):
@@ -87,7 +87,7 @@ def test_fit_lstms_learns_and_reruns_only_what_is_missing(ray_session, tmp_path)
     write_feature_cache(tmp_path / "features", videos, folds=range(2))
     table = {v.video_id: (v.label, folds[v.video_id]) for v in videos}
     cfg = ClassifyConfig(
-        lstm_epochs=4, lstm_batch_size=8, lstm_hidden=32, lstm_lr=5e-3, cpus_per_worker=0.5
+        cpus_per_worker=0.5, lstm=LstmConfig(epochs=4, batch_size=8, hidden=32, lr=5e-3)
     )
     jobs = [LstmJob(0), LstmJob(1), LstmJob(1, 12)]
     paths = fit_lstms(cfg, tmp_path / "features", table, jobs, tmp_path, "lstm")  # 1 worker
@@ -99,11 +99,11 @@ def test_fit_lstms_learns_and_reruns_only_what_is_missing(ray_session, tmp_path)
     assert predict(paths[LstmJob(1)], []).shape == (0,)
 
     # a crash after the first model: the rerun trains the missing ones and keeps the rest;
-    # in this process (lstm_workers=0, without Ray Train): the same jobs, no start-up
+    # in this process (lstm.workers=0, without Ray Train): the same jobs, no start-up
     kept = paths[LstmJob(0)].stat().st_mtime_ns
     missing = paths[LstmJob(1, 12)]
     missing.unlink()
-    local = dataclasses.replace(cfg, lstm_workers=0)
+    local = dataclasses.replace(cfg, lstm=dataclasses.replace(cfg.lstm, workers=0))
     again = fit_lstms(local, tmp_path / "features", table, jobs, tmp_path, "lstm")
     assert again == paths and missing.exists()
     assert paths[LstmJob(0)].stat().st_mtime_ns == kept
@@ -113,14 +113,14 @@ def test_fit_lstms_learns_and_reruns_only_what_is_missing(ray_session, tmp_path)
 
 
 def test_fit_lstms_validates_and_a_killed_run_resumes_exactly(monkeypatch, tmp_path):
-    # in this process (lstm_workers: 0): the runner's loop as on a Ray Train worker
+    # in this process (lstm.workers: 0): the runner's loop as on a Ray Train worker
     videos = toy_videos(24, seed=2)
     folds = {v.video_id: i % 2 for i, v in enumerate(videos)}
     write_feature_cache(tmp_path / "features", videos, folds=range(2))
     table = {v.video_id: (v.label, folds[v.video_id]) for v in videos}
     val_ids = {0: ["v001", "v003"], 1: ["v000", "v002"]}  # held out of training, validate
     cfg = ClassifyConfig(
-        lstm_epochs=3, lstm_batch_size=4, lstm_hidden=8, lstm_workers=0, checkpoint_every_s=0
+        checkpoint_every_s=0, lstm=LstmConfig(epochs=3, batch_size=4, hidden=8, workers=0)
     )
     jobs = [LstmJob(0), LstmJob(1, 4)]
 

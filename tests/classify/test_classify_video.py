@@ -4,7 +4,6 @@ import torch
 from runner_checks import assert_resume_is_exact
 from toy_frames import write_toy_frames
 
-from usv_ray.classify.cnn import frame_shards
 from usv_ray.classify.video import (
     augment_clips,
     collate_clips,
@@ -13,9 +12,10 @@ from usv_ray.classify.video import (
     predict_video_models,
     read_clips,
 )
-from usv_ray.config import ClassifyConfig
+from usv_ray.config import ClassifyConfig, VideoConfig
 from usv_ray.frames import uniform_positions
-from usv_ray.train import training_log
+from usv_ray.layout import IngestFolder
+from usv_ray.runner import training_log
 
 
 def test_make_clip_resizes_and_samples():
@@ -31,7 +31,8 @@ def test_make_clip_resizes_and_samples():
 
 def test_read_clips_gives_one_row_per_video(tmp_path):
     ids = write_toy_frames(tmp_path, n_videos=3, frames=2)
-    table = read_clips({"path": np.array(frame_shards(tmp_path, ids))}, count=5, size=16)
+    shards = IngestFolder(tmp_path).frame_shards(ids)
+    table = read_clips({"path": np.array(shards)}, count=5, size=16)
     assert table["video_id"].to_pylist() == ids
     assert table["label"].to_pylist() == [0, 1, 0]
     clips, labels = collate_clips(
@@ -65,12 +66,8 @@ def test_fit_and_predict_every_fold_and_a_rerun_trains_nothing(ray_session, tmp_
     val_ids = {0: [ids[1]], 1: [ids[0]]}
     cfg = ClassifyConfig(
         folds=2,
-        video_models=("C3D_BN",),
-        clip_frames=2,
-        clip_size=16,
-        video_epochs=1,
-        video_batch_size=4,
         workers=0,
+        video=VideoConfig(models=("C3D_BN",), clip_frames=2, clip_size=16, epochs=1, batch_size=4),
     )
     first = fit_video_models(cfg, data, folds, runs, "video", val_ids)
     assert set(first) == {"C3D_BN"} and set(first["C3D_BN"]) == {0, 1}
@@ -103,13 +100,9 @@ def test_a_killed_video_run_resumes_exactly(ray_session, monkeypatch, tmp_path):
     folds = {video: i % 2 for i, video in enumerate(ids)}
     cfg = ClassifyConfig(
         folds=2,
-        video_models=("R3D",),
-        clip_frames=2,
-        clip_size=16,
-        video_epochs=2,
-        video_batch_size=2,
         workers=0,  # the runner's loop in this process
         checkpoint_every_s=0,
+        video=VideoConfig(models=("R3D",), clip_frames=2, clip_size=16, epochs=2, batch_size=2),
     )
 
     def fit(storage):

@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from usv_ray.bundle import claim_ingest_record
 from usv_ray.config import IngestConfig
 from usv_ray.io import rows_to_table, write_table
+from usv_ray.layout import IngestFolder
 from usv_ray.schemas import FRAMES
 
 SIZE = 32  # tiny frames: ResNet-18's adaptive pooling takes them, and CPU training is quick
@@ -15,7 +15,7 @@ TOY_INGEST = IngestConfig(frame_size=SIZE, tracklet_frames=4, patch_height=32, p
 def write_toy_frames(data, n_videos=8, frames=4, seed=0):
     """Shards of videos whose label shows in their brightness: a learnable toy archive (an
     ingest folder, its ingest.json included)."""
-    claim_ingest_record(data, TOY_INGEST)
+    IngestFolder(data).claim(TOY_INGEST)
     rng = np.random.default_rng(seed)
     ids = []
     for v in range(n_videos):

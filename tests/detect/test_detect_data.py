@@ -49,10 +49,14 @@ def test_a_detector_folder_depends_on_the_frames_not_on_how_it_runs():
     import pandas as pd
 
     from usv_ray.config import Config, DetectConfig
-    from usv_ray.detect.pipeline import _fingerprint
+    from usv_ray.layout import digest_rows, fingerprint
 
     splits = pd.DataFrame({"video_id": ["v"], "patient_key": ["p"], "split": ["train"]})
     frames = {"frame_size": 64, "crop_box": [0, 0, 1, 1], "trim_fov": True, "fov_threshold": 12}
+
+    def _fingerprint(cfg, splits, frames):  # as usv-ray detect claims its folder
+        return fingerprint({"detect": cfg.detect}, frames, digest_rows(splits.itertuples()))
+
     first = _fingerprint(Config(), splits, frames)
     assert _fingerprint(Config(), splits, {**frames, "frame_size": 128}) != first
     assert _fingerprint(Config(detect=DetectConfig(epochs=3)), splits, frames) != first

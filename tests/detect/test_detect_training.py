@@ -10,7 +10,7 @@ from toy_bundle import write_videos_table
 from usv_ray.config import DetectConfig
 from usv_ray.detect.data import DetectError, annotated_videos, split_videos
 from usv_ray.detect.training import DetectorTask, frames_dataset
-from usv_ray.train import stage_settings, train_models
+from usv_ray.runner import RunSettings, train_models
 
 
 def test_only_videos_with_whole_annotations_train_the_detector(tmp_path):
@@ -51,7 +51,11 @@ def test_a_killed_detector_run_resumes_exactly(ray_session, monkeypatch, tmp_pat
             "val": frames_dataset(tmp_path / "data", ids[3:]),
         }
         run = train_models(
-            [DetectorTask(cfg, 32)], stage_settings(cfg), storage, "detector", lambda _: sets
+            [DetectorTask(cfg, 32)],
+            RunSettings.of(cfg, cfg, cfg.seed),
+            storage,
+            "detector",
+            lambda _: sets,
         )
         return {"detector": run["detector"].path}
 

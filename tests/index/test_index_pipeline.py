@@ -11,32 +11,32 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-import torch
+from toy_bundle import write_toy_reid_bundle
 from toy_tracklets import write_toy_tracklets
 
-from usv_ray.bundle import BundleError, claim_ingest_record, ingest_settings
-from usv_ray.config import Config, IndexConfig, IngestConfig, RayConfig, ReidConfig
-from usv_ray.index.pipeline import IndexBuildError, _reid_embeddings, run_index
-from usv_ray.reid.bundle import PATCH_SETTINGS, record_tau, write_reid_bundle
-from usv_ray.reid.clips import clip_problem
-from usv_ray.reid.embed import TrackletEmbedder, save_reid_model
-from usv_ray.reid.training import build_model
+from usv_ray import bundle
+from usv_ray.bundle import BundleError
+from usv_ray.bundle.reid import TrackletEmbedder, kept_tau, record_tau
+from usv_ray.config import Config, IndexConfig, IngestConfig, RayConfig
+from usv_ray.frames import clip_problem
+from usv_ray.index.pipeline import IndexBuildError, run_index
+from usv_ray.index.store import reid_embeddings
+from usv_ray.layout import IngestFolder, LayoutError
 from usv_ray.schemas import EMBEDDING_DIM, EMBEDDINGS, NODULES
 
-CLIP = ReidConfig(clip_frames=4, clip_height=32, clip_width=16, cpus_per_worker=0.5)
 PATCHES = IngestConfig(tracklet_frames=4, patch_height=32, patch_width=16)  # the toy archive's
 
 
-def _model(path: Path, seed: int) -> Path:
-    """An untrained CM: on the toy archive its embeddings still tell nodules apart."""
-    torch.manual_seed(seed)
-    return save_reid_model(path, "CM", 4, build_model("CM", 4).state_dict(), CLIP)
+def _model(folder: Path, seed: int) -> Path:
+    """The bundle of an untrained CM: on the toy archive its embeddings still tell nodules
+    apart."""
+    return write_toy_reid_bundle(folder, seed=seed)
 
 
 def _tau(model: Path, tracklets: pa.Table) -> float:
     """A tau between the farthest views of one nodule and the nearest two of a patient."""
     rows = tracklets.to_pandas()
-    out = TrackletEmbedder(str(model), CLIP)({k: rows[k].to_numpy() for k in rows.columns})
+    out = TrackletEmbedder(str(model), "CM")({k: rows[k].to_numpy() for k in rows.columns})
     e = np.stack(out["embedding"].to_numpy(zero_copy_only=False))
     distance = 1 - e @ e.T
     nodule = (rows["patient_key"] + rows["nodule_id"]).to_numpy()
@@ -53,15 +53,14 @@ def archive(ray_session, tmp_path_factory):
     root = tmp_path_factory.mktemp("index")
     write_toy_tracklets(root / "all", patients=3, nodules=2, per_nodule=4)
     table = pq.read_table(root / "all" / "tracklets")
-    model = _model(root / "cm.pt", seed=0)
+    model = _model(root / "reid", seed=0)
     cfg = Config(
         ray=RayConfig(progress=False),
-        reid=CLIP,
         index=IndexConfig(tau=_tau(model, table), workers=1, cpus_per_worker=0.5),
     )
     data = root / "data"
     (data / "tracklets").mkdir(parents=True)
-    claim_ingest_record(data, PATCHES)
+    IngestFolder(data).claim(PATCHES)
     for study in ("0", "1"):
         part = table.filter(pc.ends_with(table["study_key"], study))
         (root / f"study{study}").mkdir()
@@ -145,7 +144,7 @@ def test_another_tau_reclusters_without_embedding(archive):
 
 
 def test_another_model_rebuilds_from_new_embeddings(archive):
-    other = _model(archive["root"] / "other.pt", seed=1)
+    other = _model(archive["root"] / "other", seed=1)
     s = run_index(archive["cfg"], archive["data"], other, archive["out"])
     assert s.rebuilt and s.embedded_now == 25  # every readable tracklet (27 less the 2 bad), again
     embedded = pq.read_table(archive["out"] / "embeddings").column("model").unique()
@@ -153,22 +152,22 @@ def test_another_model_rebuilds_from_new_embeddings(archive):
 
 
 def _reid_folder(archive, folder: Path, patches: IngestConfig = PATCHES) -> Path:
-    """What `usv-ray reid` leaves: the archive's model as models/CM.pt, its bundle (made
-    for ``patches``), and embeddings/ of every readable tracklet by it."""
-    (folder / "models").mkdir(parents=True)
-    shutil.copy(archive["model"], folder / "models" / "CM.pt")  # the same file: the same id
-    settings = ingest_settings(patches)
-    meta = {"ingest": {name: settings[name] for name in PATCH_SETTINGS}}
-    write_reid_bundle(folder, {"CM": folder / "models" / "CM.pt"}, meta)
+    """What `usv-ray reid` leaves: a bundle of the archive's model (the same file: the same
+    id) made for ``patches``, and embeddings/ of every readable tracklet by it, which the
+    bundle names."""
+    model = archive["model"] / "CM.pt"
+    found = write_toy_reid_bundle(folder, patches=patches, model=model)
     rows = pq.read_table(archive["data"] / "tracklets").to_pandas()
     columns = zip(rows["clip"], rows["frame_index"], rows["height"], rows["width"], strict=True)
     readable = rows[[clip_problem(c, len(f), h, w) is None for c, f, h, w in columns]]
-    embedder = TrackletEmbedder(str(folder / "models" / "CM.pt"), CLIP)
+    embedder = TrackletEmbedder(str(found), "CM")
     (folder / "embeddings").mkdir()
     pq.write_table(
         embedder({k: readable[k].to_numpy() for k in readable.columns}),
         folder / "embeddings" / "part.parquet",
     )
+    reid = bundle.read(found, "reid")
+    reid.rewrite(embeddings={embedder.model_id: str(folder / "embeddings")})
     return folder
 
 
@@ -181,9 +180,9 @@ def test_only_the_same_models_embeddings_are_taken_from_a_reid_folder(tmp_path):
     (tmp_path / "reid" / "embeddings").mkdir(parents=True)
     table = pa.Table.from_pylist(rows, schema=EMBEDDINGS)
     pq.write_table(table, tmp_path / "reid" / "embeddings" / "part.parquet")
-    taken = _reid_embeddings(tmp_path / "reid", "CM a", {"t1", "t3", "t9"})
+    taken = reid_embeddings(tmp_path / "reid" / "embeddings", "CM a", {"t1", "t3", "t9"})
     assert taken.schema.equals(EMBEDDINGS) and taken["tracklet_id"].to_pylist() == ["t1"]
-    assert _reid_embeddings(tmp_path / "reid" / "cm.pt", "CM a", {"t1"}).num_rows == 0
+    assert reid_embeddings(None, "CM a", {"t1"}).num_rows == 0  # none recorded
 
 
 def test_a_failing_patient_is_an_error_row_and_the_rest_is_indexed(archive, tmp_path, monkeypatch):
@@ -216,20 +215,19 @@ def test_a_failing_patient_is_an_error_row_and_the_rest_is_indexed(archive, tmp_
 
 def test_missing_inputs_are_clear_errors(tmp_path):
     cfg = Config()
-    with pytest.raises(IndexBuildError, match="run `usv-ray reid` first"):
+    with pytest.raises(BundleError, match="no model bundle"):
         run_index(cfg, tmp_path, tmp_path / "nothing", tmp_path / "out")
-    model = _model(tmp_path / "cm.pt", seed=0)
-    with pytest.raises(IndexBuildError, match="no tau for the model file"):
-        run_index(cfg, tmp_path / "empty", model, tmp_path / "out")  # a bare file has none
+    model = _model(tmp_path / "reid", seed=0)
     tuned = Config(index=IndexConfig(tau=0.3))
+    with pytest.raises(LayoutError, match=r"has no ingest\.json"):
+        run_index(tuned, tmp_path / "empty", model, tmp_path / "out")
+    IngestFolder(tmp_path / "empty").claim(PATCHES)
     with pytest.raises(IndexBuildError, match="run ingest first"):
         run_index(tuned, tmp_path / "empty", model, tmp_path / "out")
 
 
 def _model_id(archive) -> str:
-    from usv_ray.reid.embed import load_reid_model
-
-    return load_reid_model(archive["model"]).model_id
+    return bundle.load(archive["model"], "reid").model_id("CM")
 
 
 def test_tau_travels_with_the_model_it_was_swept_for(archive, tmp_path, caplog):
@@ -244,7 +242,10 @@ def test_tau_travels_with_the_model_it_was_swept_for(archive, tmp_path, caplog):
     s = run_index(untuned, archive["data"], reid / "bundle", tmp_path / "index")
     assert f"tau {tau:g} " in s.index_version and s.scores["f_score"] == 1.0
     # a retrained re-ID run (the same model file here) keeps the tau swept for its model
-    write_reid_bundle(reid, {"CM": reid / "models" / "CM.pt"}, {"ingest": {}})
+    found = bundle.read(reid, "reid")
+    files = {"CM": found.path("CM.pt")}
+    meta = {"ingest": found.ingest, "tau": kept_tau(found.folder, files)}
+    bundle.write(found.folder, "reid", {"CM.pt": files["CM"]}, meta)
     assert run_index(untuned, archive["data"], reid, tmp_path / "index").embedded_now == 0
     # index.tau, when set, wins, and says so
     loose = dataclasses.replace(

@@ -139,3 +139,12 @@ def test_bad_annotations_name_the_problem(tmp_path, data, message):
 def test_missing_annotations_file(tmp_path):
     with pytest.raises(AnnotationError, match="does not exist"):
         load_tracklets(tmp_path / "none.json")
+
+
+def test_annotations_inline_parse_as_a_file_does(tmp_path):
+    data = {"tracklets": [{"tracklet_id": "t", "keyframes": [{"frame": 2, "box": [0, 0, 4, 4]}]}]}
+    (from_file,) = load_tracklets(_write(tmp_path, data))
+    (inline,) = load_tracklets(" " + json.dumps(data))  # a cell may start with a space
+    assert inline == from_file
+    with pytest.raises(AnnotationError, match="not readable JSON"):
+        load_tracklets('{"tracklets": [')

@@ -10,11 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 from ingest_inputs import clip_frames, write_mp4
 
-from usv_ray.config import Config, DetectConfig, IngestConfig
-from usv_ray.detect.tracklets import tracker_settings
+from usv_ray.config import Config, DetectConfig, IngestConfig, TrackConfig
 from usv_ray.ingest.annotations import load_tracklets
+from usv_ray.ingest.automatic import tracker_settings
 from usv_ray.ingest.manifest import VideoTask
-from usv_ray.ingest.pipeline import _detected, _is_done, ingest_video
+from usv_ray.ingest.pipeline import _detected, _is_done
+from usv_ray.ingest.video import ingest_video
+from usv_ray.layout import IngestFolder
 
 WIDTH, HEIGHT, FRAMES = 160, 120, 24
 CFG = IngestConfig(
@@ -25,7 +27,7 @@ CFG = IngestConfig(
     patch_height=16,
     patch_width=8,
 )
-DETECT = DetectConfig(batch_size=5, min_track_frames=5)
+DETECT = DetectConfig(batch_size=5, track=TrackConfig(min_frames=5))
 
 
 def square(t: int) -> list[int]:
@@ -137,31 +139,33 @@ def test_the_journal_rules_of_a_detector(tmp_path):
     assert detected.plain_fingerprint == plain.fingerprint != detected.fingerprint
     other = [
         _detected(plain, "detect-2", Config()),
-        _detected(plain, "detect-1", Config(detect=DetectConfig(track_iou=0.5))),
+        _detected(plain, "detect-1", Config(detect=DetectConfig(track=TrackConfig(iou=0.5)))),
     ]
     assert all(t.fingerprint != detected.fingerprint for t in other)
     trained = _detected(plain, "detect-1", Config(detect=DetectConfig(epochs=3, workers=4)))
     assert trained.fingerprint == detected.fingerprint
 
-    (tmp_path / "frames").mkdir()
-    (tmp_path / "frames" / "vid.parquet").write_bytes(b"")
+    data = IngestFolder(tmp_path)
+    data.frames_dir.mkdir()
+    data.frames("vid").write_bytes(b"")
     made_plain = {"fingerprint": "fp", "plain": "fp", "video": {"status": "ok"}}
     made_detected = {**made_plain, "fingerprint": detected.fingerprint}
-    assert _is_done(made_plain, plain, tmp_path) and not _is_done(made_plain, detected, tmp_path)
-    assert _is_done(made_detected, detected, tmp_path) and _is_done(made_detected, plain, tmp_path)
-    assert not _is_done(made_detected, other[0], tmp_path)
+    assert _is_done(made_plain, plain, data) and not _is_done(made_plain, detected, data)
+    assert _is_done(made_detected, detected, data) and _is_done(made_detected, plain, data)
+    assert not _is_done(made_detected, other[0], data)
 
 
 def test_tracker_settings_out_of_range_are_refused_before_any_video():
     with pytest.raises(ValueError, match=r"every must be from 1 to max_lost \+ 1 \(3\), got 4"):
-        tracker_settings(DetectConfig(every=4, max_lost=2))
+        tracker_settings(DetectConfig(track=TrackConfig(every=4, max_lost=2)))
     with pytest.raises(ValueError, match="low_score <= high_score"):
-        tracker_settings(DetectConfig(track_low=0.9))
+        tracker_settings(DetectConfig(track=TrackConfig(low=0.9)))
 
 
 def test_a_detector_trained_on_other_frames_is_refused_naming_the_setting(tmp_path):
-    from usv_ray.bundle import BundleError, claim_ingest_record, write_bundle
-    from usv_ray.detect.bundle import FILE, FRAME_SETTINGS, KIND
+    from usv_ray.bundle import BundleError
+    from usv_ray.bundle import write as write_bundle
+    from usv_ray.bundle.detector import FILE, FRAME_SETTINGS, KIND
     from usv_ray.ingest.pipeline import _with_detector
 
     weights = tmp_path / "weights.pt"
@@ -169,7 +173,7 @@ def test_a_detector_trained_on_other_frames_is_refused_naming_the_setting(tmp_pa
     frames = {name: getattr(CFG, name) for name in FRAME_SETTINGS}
     trained = {**frames, "crop_box": list(frames["crop_box"]), "frame_size": 64}
     write_bundle(tmp_path / "bundle", KIND, {FILE: weights}, {"ingest": trained})
-    claim_ingest_record(tmp_path / "data", CFG)
+    IngestFolder(tmp_path / "data").claim(CFG)
     cfg = Config(ingest=dataclasses.replace(CFG, detector=str(tmp_path / "bundle")))
     with pytest.raises(BundleError, match=r"ingest\.frame_size: 32 there, 64 for the model"):
         _with_detector(cfg, tmp_path / "data")

@@ -93,3 +93,31 @@ def test_excel_bom_and_absolute_paths(tmp_path):
 def test_redact():
     assert redact("scans/MRN1/MRN1_a.mp4", "MRN1") == "scans/<patient>/<patient>_a.mp4"
     assert redact("a.mp4", None) == "a.mp4" and redact("a.mp4", " ") == "a.mp4"
+
+
+def test_the_annotations_column_takes_a_file_or_the_json_itself(tmp_path):
+    import csv
+    import json
+
+    inline = json.dumps({"tracklets": [{"tracklet_id": "t1", "nodule_id": "n1", "keyframes": []}]})
+    (tmp_path / "v").mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        (tmp_path / "v" / name).write_bytes(b"x")
+    path = tmp_path / "manifest.csv"
+    with path.open("w", newline="") as handle:  # a CSV quotes the JSON's commas and quotes
+        writer = csv.writer(handle)
+        writer.writerows(
+            [
+                ["video", "patient_id", "annotations"],
+                ["v/a.mp4", "P1", "a.json"],
+                ["v/b.mp4", "P1", inline],
+            ]
+        )
+    tasks, _, _ = read_manifest(path, KEY, IngestConfig())
+    assert tasks[0].annotations == str(tmp_path / "a.json")
+    assert tasks[1].annotations == inline
+    edited = inline.replace("n1", "n2")  # other annotations: other work
+    path.write_text(path.read_text().replace("n1", "n2"))
+    again, _, _ = read_manifest(path, KEY, IngestConfig())
+    assert again[1].annotations == edited and again[1].fingerprint != tasks[1].fingerprint
+    assert again[0].fingerprint == tasks[0].fingerprint

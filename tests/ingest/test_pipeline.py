@@ -12,7 +12,8 @@ from ingest_inputs import clip_frames, write_dicom, write_mp4
 from usv_ray.config import Config, ConfigError, IngestConfig, PrivacyConfig, RayConfig
 from usv_ray.ingest.decode import VideoError
 from usv_ray.ingest.manifest import VideoTask
-from usv_ray.ingest.pipeline import ingest_video, run_ingest, sample_indices
+from usv_ray.ingest.pipeline import run_ingest
+from usv_ray.ingest.video import ingest_video, sample_indices
 
 RAW_IDS = ("MRN4242", "MRN5151", "MRN6161", "Doe^Jane", "MRN7000")
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from toy_bundle import SIZE, write_toy_bundle, write_toy_data
 
-from usv_ray.classify.bundle import load_diagnosis_bundle
-from usv_ray.classify.models import pad_features
+from usv_ray.bundle import load
 from usv_ray.imaging import normalise
+from usv_ray.models.lstm import pad_features
 from usv_ray.predict.diagnose import ROW_SCHEMA, Diagnoser, read_video, tracklet_spans
 
 
@@ -51,7 +51,7 @@ def test_a_tracklet_reads_the_stored_frames_it_spans(frame_index, tracklets, exp
 
 def test_every_member_reads_the_video_and_each_tracklet(toy):
     root, _, bundle = toy
-    model = load_diagnosis_bundle(bundle)
+    model = load(bundle, "diagnosis")
     images, index, tracks = read_video(
         str(root / "data" / "frames" / "v0.parquet"),
         str(root / "data" / "tracklets" / "v0.parquet"),
@@ -72,7 +72,7 @@ def test_a_row_holds_the_calibrated_ensemble_its_spread_and_its_reading(toy):
     root, ids, bundle = toy
     rows = Diagnoser(str(bundle))(_batch(root, ids))
     assert rows.schema.equals(ROW_SCHEMA) and rows.num_rows == 2
-    model = load_diagnosis_bundle(bundle)
+    model = load(bundle, "diagnosis")
     for row in rows.to_pylist():
         members = np.array(row["member_probs"])
         assert row["status"] == "ok" and len(members) == 3 and row["frames"] == 5
@@ -116,6 +116,7 @@ def test_an_unreadable_video_is_an_error_row_and_the_batch_goes_on(toy, tmp_path
 def test_a_video_that_failed_here_is_tried_again_one_ingest_could_not_read_is_not(tmp_path):
     import pandas as pd
 
+    from usv_ray.layout import IngestFolder
     from usv_ray.predict.pipeline import _todo
 
     now = pd.Timestamp.now(tz="UTC")
@@ -128,4 +129,4 @@ def test_a_video_that_failed_here_is_tried_again_one_ingest_could_not_read_is_no
         }
     )
     videos = pd.DataFrame({"video_id": ["fine", "lost", "unreadable", "new"]})
-    assert _todo(tmp_path, videos, done)["video_id"].tolist() == ["lost", "new"]
+    assert _todo(IngestFolder(tmp_path), videos, done)["video_id"].tolist() == ["lost", "new"]

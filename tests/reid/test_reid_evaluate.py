@@ -3,8 +3,8 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, roc_auc_score
 
+from usv_ray.models.reid import ClassificationModel, VerificationModel
 from usv_ray.reid.evaluate import Pairs, best_threshold, comparison, pair_metrics, pair_scores
-from usv_ray.reid.models import ClassificationModel, VerificationModel
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from toy_tracklets import write_toy_tracklets
 from usv_ray.config import ConfigError, load_config
 from usv_ray.reid.pipeline import ReidError, _annotated, run_reid
 from usv_ray.reid.training import fit_reid
+from usv_ray.runner import load_model
 from usv_ray.schemas import EMBEDDINGS
 
 
@@ -105,7 +106,8 @@ def test_embeddings_cover_every_tracklet_with_unit_vectors(reid_run):
 @pytest.mark.slow
 def test_rerun_reuses_models_and_embeddings(reid_run):
     cfg, data, out, _ = reid_run
-    files = [out / "models" / "CM.pt", out / "models" / "VM.pt", *(out / "embeddings").iterdir()]
+    models = [out / "runs" / f"reid_{kind}" / "models" / f"{kind}.pt" for kind in ("CM", "VM")]
+    files = [*models, *(out / "embeddings").iterdir()]
     before = {f: f.stat().st_mtime_ns for f in files}
     table3 = pd.read_csv(out / "tables" / "table3.csv")
     again = run_reid(cfg, data, out)
@@ -142,6 +144,7 @@ def test_a_finished_model_is_final(reid_run, tmp_path):
     # the stage's CM run finished its epochs: asking the same run for more is an error
     with pytest.raises(ValueError, match=f"trained for {cfg.reid.epochs} epochs"):
         fit_reid(longer, "CM", data, train, val, tmp_path, "reid_CM")
-    weights, trained = fit_reid(cfg.reid, "CM", data, train, val, tmp_path, "reid_CM")
+    trained = fit_reid(cfg.reid, "CM", data, train, val, tmp_path, "reid_CM")
+    weights = load_model(trained.path)[0]
     assert trained.epochs == cfg.reid.epochs and trained.metric == "val_acc"
     assert weights and all(v.device.type == "cpu" for v in weights.values())

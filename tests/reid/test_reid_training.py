@@ -4,7 +4,7 @@ from toy_tracklets import write_toy_tracklets
 
 from usv_ray.config import ReidConfig
 from usv_ray.reid.training import fit_reid
-from usv_ray.train import load_model, training_log
+from usv_ray.runner import load_model, training_log
 
 
 @pytest.mark.slow
@@ -21,17 +21,17 @@ def test_a_killed_reid_run_resumes_exactly(monkeypatch, tmp_path, kind):
         clip_width=8,
         p=2,
         k=2,
-        pair_batch_size=4,
+        batch_size=4,
         lr=1e-3,
         checkpoint_every_s=0,
     )
 
     def fit(storage):
-        _, trained = fit_reid(cfg, kind, tmp_path / "data", train, val, storage, kind)
+        trained = fit_reid(cfg, kind, tmp_path / "data", train, val, storage, kind)
         return {kind: trained.path}
 
     assert_resume_is_exact(monkeypatch, fit, tmp_path, kind, kill_after=1)
     log = training_log(tmp_path / "uninterrupted", kind)
     assert all(0 <= row["val_acc"] <= 1 for row in log)  # every epoch validates
     _, meta = load_model(tmp_path / "uninterrupted" / kind / "models" / f"{kind}.pt")
-    assert meta["kind"] == kind and meta["n_identities"] == 8 and meta["metric"] == "val_acc"
+    assert meta["model"] == kind and meta["n_identities"] == 8 and meta["metric"] == "val_acc"

@@ -6,10 +6,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from usv_ray.boxes import box_iou
 from usv_ray.config import SynthConfig
 from usv_ray.synth.plan import (
     Fov,
-    box_iou,
     plan_archive,
     sweep_progress,
     video_annotations,
@@ -96,7 +96,7 @@ def test_tracklets_follow_the_annotation_contract(default_plan):
                 assert y0 >= 0.12 * DEFAULT.height  # inside the view, below the text
             boxes = [np.array(k["box"]) for k in tracklet["keyframes"]]
             for a, b in itertools.pairwise(boxes[:-1]):
-                assert box_iou(a, b) < 0.7  # each inner key frame is a real change
+                assert box_iou([a], [b])[0, 0] < 0.7  # each inner key frame is a real change
 
 
 def test_box_shapes_follow_birads_cues(default_plan):
@@ -125,13 +125,6 @@ def test_box_shapes_follow_birads_cues(default_plan):
 def test_fov_contains(fov, inside, outside):
     assert fov.contains(*np.array(inside).T).all()
     assert not fov.contains(*np.array(outside).T).any()
-
-
-def test_box_iou():
-    a = np.array([0, 0, 10, 10])
-    assert box_iou(a, a) == 1.0
-    assert box_iou(a, np.array([5, 0, 15, 10])) == pytest.approx(50 / 150)
-    assert box_iou(a, np.array([20, 20, 30, 30])) == 0.0
 
 
 def test_bad_frame_size_is_rejected():

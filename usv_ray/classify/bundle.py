@@ -1,4 +1,5 @@
-"""The diagnosis bundle: the variable-frame CNN-LSTM of ``usv-ray classify`` as a product.
+"""Writing the diagnosis bundle: the variable-frame CNN-LSTM of ``usv-ray classify`` as a
+product (:mod:`usv_ray.bundle.diagnosis` loads it).
 
 ``usv-ray classify`` ends by writing ``CLS/bundle/`` (:mod:`usv_ray.bundle` describes
 the layout and its checks):
@@ -21,62 +22,53 @@ predictions against later biopsies will show. The figures in ``tables/calibratio
 ``tables/operating_point`` are cross-fitted (each fold calibrated, and its threshold
 chosen, on the other folds only), so they estimate what a new patient will see; the
 bundle's own calibrator and threshold are fitted on every fold.
-
-:func:`load_diagnosis_bundle` reads a bundle back (wherever it was copied) into a
-:class:`DiagnosisModel` whose :meth:`~DiagnosisModel.member_probs` reads one video.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
-from usv_ray.bundle import BUNDLE_DIR, read_bundle, write_bundle
+from usv_ray import bundle
+from usv_ray.bundle.diagnosis import KIND
 from usv_ray.classify.folds import FINAL_FOLD, fold_name
-from usv_ray.classify.pipeline import VARIABLE
+from usv_ray.classify.methods import VARIABLE, method_slug
 from usv_ray.config import ClassifyConfig
 from usv_ray.evaluate.calibration import Calibrator
+from usv_ray.layout import ClassifyFolder
 
-KIND = "diagnosis"
 METHOD = VARIABLE  # the method a bundle holds
-# the ingest settings a diagnosis bundle needs its frames made with
-FRAME_SETTINGS = ("sampling", "n_frames", "frame_size", "crop_box", "trim_fov", "fov_threshold")
 
 
-def member_files(out: Path, fold: int) -> dict[str, Path]:
+def member_files(out: ClassifyFolder, fold: int) -> dict[str, Path]:
     """The frame CNN and variable-frame LSTM of fold ``fold`` (or the final model) in a
     classify folder ``out``, as the training runs left them."""
+    from usv_ray.runner import model_path
+
     cnn_run, lstm_run = ("cnn_final", "lstm_final") if fold == FINAL_FOLD else ("cnn", "lstm")
     name = fold_name(fold)
     return {
-        "cnn": out / "runs" / cnn_run / "models" / f"{name}.pt",
-        "lstm": out / "runs" / lstm_run / "models" / f"{name}_variable.pt",
+        "cnn": model_path(out.runs / cnn_run / "models", name),
+        "lstm": model_path(out.runs / lstm_run / "models", f"{name}_variable"),
     }
 
 
 def chosen_epochs(files: Sequence[Path]) -> int:
     """The epochs to train a final model for: the median of the fold models' best epochs
     (counted from 1, rounded up), as their finished-model files record them."""
-    from usv_ray.train import load_model
+    from usv_ray.runner import load_model
 
     best = [load_model(path)[1]["best_epoch"] + 1 for path in files]
     return math.ceil(float(np.median(best)))
 
 
 # ---------------------------------------------------------------------------- calibration
-
-
-def method_slug(method: str) -> str:
-    """A method's name as it appears in the file names of its plots."""
-    return method.replace("(", "").replace(")", "").replace("+", "p").replace(" ", "_")
 
 
 def calibration_table(
@@ -189,7 +181,7 @@ def operating_point_table(point: Mapping[str, Any]) -> pd.DataFrame:
 
 
 def write_diagnosis_bundle(
-    out: Path,
+    out: ClassifyFolder,
     folds: Sequence[int],
     meta: Mapping[str, Any],
 ) -> dict[str, Any]:
@@ -204,99 +196,10 @@ def write_diagnosis_bundle(
             files[f"{part}_{name}.pt"] = path
             member[part] = f"{part}_{name}.pt"
         members.append(member)
-    return write_bundle(
-        out / BUNDLE_DIR,
+    return bundle.write(
+        out.bundle,
         KIND,
         files,
         {**meta, "method": METHOD, "members": members},
         versioned=("calibrator", "operating_point", "members"),
-    )
-
-
-@dataclass
-class DiagnosisModel:
-    """A loaded diagnosis bundle: its members on ``device``, its calibrator and threshold."""
-
-    folder: Path
-    record: dict[str, Any]
-    members: list[tuple[torch.nn.Module, torch.nn.Module]]  # (frame CNN, LSTM), eval mode
-    calibrator: Calibrator
-    device: torch.device
-    bf16: bool = False  # the frame CNN under bf16 autocast (GPU inference)
-
-    @property
-    def version(self) -> str:
-        return self.record["version"]
-
-    @property
-    def threshold(self) -> float:
-        """The operating point: calibrated P at or above it reads malignant."""
-        return float(self.record["operating_point"]["threshold"])
-
-    @property
-    def frame_size(self) -> int:
-        return int(self.record["ingest"]["frame_size"])
-
-    @torch.no_grad()
-    def member_probs(
-        self, images: torch.Tensor, spans: Sequence[np.ndarray] = ()
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Each member's raw P(malignant) of one video and of each span of its frames.
-
-        ``images``: the video's stored frames ``(T, 1, S, S)`` uint8 in frame order;
-        ``spans``: positions into them (a tracklet's frames), each non-empty. Returns
-        ``(video (M,), spans (len(spans), M))`` for the M members.
-
-        Raises:
-            ValueError: frames of another size than the bundle's, or an empty span.
-        """
-        from usv_ray.classify.models import pad_features
-        from usv_ray.imaging import normalise
-
-        if images.ndim != 4 or images.shape[-2:] != (self.frame_size, self.frame_size):
-            raise ValueError(
-                f"frames of {tuple(images.shape[-2:])} px, the bundle reads "
-                f"{self.frame_size} x {self.frame_size}"
-            )
-        inputs = normalise(images.to(self.device))  # (T, 1, S, S)
-        sequences = [torch.arange(len(images))] + [torch.as_tensor(s) for s in spans]
-        video, parts = [], []
-        for cnn, lstm in self.members:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                # in chunks: a video of every frame (ingest.sampling all) may be long
-                chunks = [cnn.features(c).float() for c in inputs.split(FEATURE_CHUNK)]
-            features = torch.cat(chunks)  # (T, 512)
-            padded, lengths = pad_features([features[s.to(self.device)] for s in sequences])
-            probs = lstm(padded, lengths)[:, 1].cpu().numpy()  # (1 + len(spans),)
-            video.append(probs[0])
-            parts.append(probs[1:])
-        return np.array(video, np.float64), np.stack(parts, axis=1).astype(np.float64)
-
-
-FEATURE_CHUNK = 256  # frames through a member's CNN at once
-
-
-def load_diagnosis_bundle(
-    path: str | Path, device: str | torch.device = "cpu", bf16: bool = False
-) -> DiagnosisModel:
-    """The diagnosis bundle at ``path`` (a bundle folder or a classify folder) on ``device``.
-
-    Raises:
-        BundleError: not a diagnosis bundle, an unknown format, a missing or damaged file.
-    """
-    from usv_ray.classify.models import model_from_meta
-    from usv_ray.train import load_model
-
-    folder, record = read_bundle(path, KIND)
-    device = torch.device(device)
-    members = []
-    for member in record["members"]:
-        pair = []
-        for part in ("cnn", "lstm"):
-            state, meta = load_model(folder / member[part])
-            model = model_from_meta(meta)
-            model.load_state_dict(state)
-            pair.append(model.to(device).eval())
-        members.append((pair[0], pair[1]))
-    calibrator = Calibrator.from_dict(record["calibrator"])
-    return DiagnosisModel(folder, record, members, calibrator, device, bf16)
+    ).record

@@ -1,10 +1,10 @@
 """Train the frame CNN of every fold with the training runner (Ray Train, DDP), in one run.
 
 Each fold's CNN reads its shard of that fold's training frames, is validated on rank 0 on
-the fold's validation patients' frames, and keeps its best epoch by ``classify.cnn_best``
+the fold's validation patients' frames, and keeps its best epoch by ``classify.cnn.best``
 (lowest frame-level validation loss by default). One run for all folds: each Ray Train run
 costs ~20 s of process start-up on 2 cores. A rerun with the same run name resumes from
-the last checkpoint instead of starting over (see :mod:`usv_ray.train`).
+the last checkpoint instead of starting over (see :mod:`usv_ray.runner`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from torch import Tensor
 
 from usv_ray.config import ClassifyConfig
 from usv_ray.imaging import augment, normalise
-from usv_ray.train import (
+from usv_ray.layout import IngestFolder
+from usv_ray.runner import (
     RunSettings,
     TrainedModel,
     Worker,
@@ -35,11 +36,6 @@ if TYPE_CHECKING:
     import ray.data
 
 FRAME_COLUMNS = ["image", "label", "height", "width"]
-
-
-def frame_shards(data: Path, video_ids: Iterable[str]) -> list[str]:
-    """Paths of the ``frames`` shards of ``video_ids`` under an ingest output folder."""
-    return [str(Path(data) / "frames" / f"{video_id}.parquet") for video_id in sorted(video_ids)]
 
 
 def collate_frames(batch: dict[str, np.ndarray]) -> tuple[Tensor, Tensor]:
@@ -73,7 +69,7 @@ class CnnFold:
 
 @dataclass(frozen=True)
 class CnnTask:
-    """The frame CNN of one fold (a :class:`usv_ray.train.Task`): trained on the frames of
+    """The frame CNN of one fold (a :class:`usv_ray.runner.Task`): trained on the frames of
     ``train_<fold>``, validated on ``val_<fold>`` when the fold has validation videos."""
 
     cfg: ClassifyConfig
@@ -84,7 +80,7 @@ class CnnTask:
         return self.fold.key
 
     def build(self) -> torch.nn.Module:
-        from usv_ray.classify.models import FrameCNN, cached_imagenet_weights, load_imagenet
+        from usv_ray.models.frame_cnn import FrameCNN, cached_imagenet_weights, load_imagenet
 
         model = FrameCNN()
         if self.cfg.pretrained == "imagenet":
@@ -98,7 +94,7 @@ class CnnTask:
 
     def batches(self, data: tuple[Any, Any], epoch: int, worker: Worker) -> Iterable[Any]:
         seed = self.cfg.seed + epoch
-        return shuffled_batches(data[0], self.cfg.cnn_batch_size, collate_frames, seed)
+        return shuffled_batches(data[0], self.cfg.cnn.batch_size, collate_frames, seed)
         # (B, 1, H, W) uint8, (B,)
 
     def loss(
@@ -121,26 +117,9 @@ class CnnTask:
         )
 
     def meta(self) -> dict:
-        from usv_ray.classify.models import frame_cnn_meta
+        from usv_ray.models.frame_cnn import frame_cnn_meta
 
         return {**frame_cnn_meta(), "fold": self.fold.fold, "pretrained": self.cfg.pretrained}
-
-
-def cnn_settings(cfg: ClassifyConfig) -> RunSettings:
-    """The training runner's settings for the frame CNNs of ``cfg``."""
-    return RunSettings(
-        epochs=cfg.cnn_epochs,
-        lr=cfg.cnn_lr,
-        seed=cfg.seed,
-        val_every=cfg.val_every,
-        best_metric=cfg.cnn_best,
-        precision=cfg.precision,
-        channels_last=cfg.channels_last,
-        checkpoint_every_s=cfg.checkpoint_every_s,
-        workers=cfg.workers,
-        cpus_per_worker=cfg.cpus_per_worker,
-        use_gpu=cfg.use_gpu,
-    )
 
 
 def fit_cnns(
@@ -157,7 +136,7 @@ def fit_cnns(
     import pyarrow.fs
     import ray.data
 
-    from usv_ray.classify.models import imagenet_weights_path
+    from usv_ray.models.frame_cnn import imagenet_weights_path
 
     # an explicit filesystem: path resolution would otherwise import fsspec's HTTP support
     local = pyarrow.fs.LocalFileSystem()
@@ -165,7 +144,7 @@ def fit_cnns(
     def frames(video_ids: Sequence[str]) -> ray.data.Dataset:
         # read once, keep in the object store: re-reading the shards every epoch cost
         # ~20 s per epoch on a 2-core machine, whatever their size
-        shards = frame_shards(data, video_ids)
+        shards = IngestFolder(data).frame_shards(video_ids)
         dataset = in_order(ray.data.read_parquet(shards, filesystem=local))
         return dataset.select_columns(FRAME_COLUMNS).materialize()
 
@@ -180,7 +159,6 @@ def fit_cnns(
         return sets
 
     tasks = [CnnTask(cfg, fold) for fold in folds]
-    trained = train_models(
-        tasks, cnn_settings(cfg), storage, name, datasets, lambda t: [f"train_{t.key}"]
-    )
+    settings = RunSettings.of(cfg.cnn, cfg, cfg.seed)
+    trained = train_models(tasks, settings, storage, name, datasets, lambda t: [f"train_{t.key}"])
     return {fold.fold: trained[fold.key] for fold in folds}

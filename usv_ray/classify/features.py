@@ -15,26 +15,23 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from usv_ray.classify.cnn import collate_frames, frame_shards
+from usv_ray.classify.cnn import collate_frames
 from usv_ray.config import ClassifyConfig
 from usv_ray.imaging import normalise
 from usv_ray.io import write_dataset
+from usv_ray.layout import IngestFolder
 from usv_ray.runtime import actor_cpus
 from usv_ray.schemas import FEATURE_DIM, FEATURES
-from usv_ray.train import load_model
 
 
 class FrameEmbedder:
     """Ray Data callable class: loads one fold's CNN once, embeds a batch of frames."""
 
     def __init__(self, weights: str, fold: int, use_gpu: bool = False):
-        from usv_ray.classify.models import model_from_meta
+        from usv_ray.models import load
 
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-        state, meta = load_model(weights)
-        self.model = model_from_meta(meta)
-        self.model.load_state_dict(state)
-        self.model.to(self.device).eval()
+        self.model, _ = load(weights, self.device)
         self.fold = fold
 
     @torch.no_grad()
@@ -76,7 +73,7 @@ def cache_features(
 
     target = Path(out) / fold_name(fold)
     frames = ray.data.read_parquet(
-        frame_shards(data, video_ids), filesystem=pyarrow.fs.LocalFileSystem()
+        IngestFolder(data).frame_shards(video_ids), filesystem=pyarrow.fs.LocalFileSystem()
     ).select_columns(["video_id", "seq_index", "frame_index", "image", "height", "width", "label"])
     embedded = frames.map_batches(
         FrameEmbedder,

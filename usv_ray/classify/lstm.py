@@ -18,8 +18,8 @@ import torch
 
 from usv_ray.config import ClassifyConfig
 from usv_ray.frames import uniform_positions
+from usv_ray.runner import RunSettings, Worker, classifier_scores, train_models
 from usv_ray.schemas import FEATURE_DIM
-from usv_ray.train import RunSettings, Worker, classifier_scores, load_model, train_models
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def rank_batches(
 
 @dataclass(frozen=True)
 class LstmTask:
-    """One LSTM to train (a :class:`usv_ray.train.Task`): ``job``, on the videos outside its
+    """One LSTM to train (a :class:`usv_ray.runner.Task`): ``job``, on the videos outside its
     fold but ``val_ids``, validated on ``val_ids`` (its fold's validation videos, those
     that validated its frame CNN, whose features that CNN computed without training on them).
     """
@@ -125,9 +125,9 @@ class LstmTask:
         return self.job.key
 
     def build(self) -> torch.nn.Module:
-        from usv_ray.classify.models import VariableFrameLSTM
+        from usv_ray.models.lstm import VariableFrameLSTM
 
-        return VariableFrameLSTM(hidden_size=self.cfg.lstm_hidden)
+        return VariableFrameLSTM(hidden_size=self.cfg.lstm.hidden)
 
     def open(self, worker: Worker) -> tuple[list[VideoFeatures], list[VideoFeatures]]:
         sequences = job_sequences(self.features, self.videos, self.job, train=True)
@@ -145,14 +145,14 @@ class LstmTask:
         fold = self.job.fold % 2**32
         rng = np.random.default_rng([self.cfg.seed, fold, self.job.frames or 0, epoch])
         for index in rank_batches(
-            len(train), self.cfg.lstm_batch_size, worker.rank, worker.world, rng
+            len(train), self.cfg.lstm.batch_size, worker.rank, worker.world, rng
         ):
             yield [train[i] for i in index]
 
     def loss(
         self, model: torch.nn.Module, batch: list[VideoFeatures], worker: Worker, generator: Any
     ) -> tuple[torch.Tensor, int]:
-        from usv_ray.classify.models import video_nll
+        from usv_ray.models.lstm import video_nll
 
         padded, lengths, labels = _batch(batch)  # (B, T_max, 512), (B,), (B,)
         return video_nll(model(padded.to(worker.device), lengths), labels.to(worker.device)), len(
@@ -168,33 +168,17 @@ class LstmTask:
         )
 
     def meta(self) -> dict:
-        from usv_ray.classify.models import lstm_meta
+        from usv_ray.models.lstm import lstm_meta
 
-        return {**lstm_meta(self.cfg.lstm_hidden), "fold": self.job.fold, "frames": self.job.frames}
+        return {**lstm_meta(self.cfg.lstm.hidden), "fold": self.job.fold, "frames": self.job.frames}
 
 
 def _batch(sequences: Sequence[VideoFeatures]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Videos -> (features (B, T_max, 512) zero-padded, lengths (B,), labels (B,))."""
-    from usv_ray.classify.models import pad_features
+    from usv_ray.models.lstm import pad_features
 
     padded, lengths = pad_features([torch.from_numpy(s.features) for s in sequences])
     return padded, lengths, torch.tensor([s.label for s in sequences], dtype=torch.int64)
-
-
-def lstm_settings(cfg: ClassifyConfig) -> RunSettings:
-    """The training runner's settings for the LSTMs of ``cfg`` (``lstm_workers`` of them)."""
-    return RunSettings(
-        epochs=cfg.lstm_epochs,
-        lr=cfg.lstm_lr,
-        seed=cfg.seed,
-        val_every=cfg.val_every,
-        best_metric=cfg.lstm_best,
-        precision=cfg.precision,
-        checkpoint_every_s=cfg.checkpoint_every_s,
-        workers=cfg.lstm_workers,
-        cpus_per_worker=cfg.cpus_per_worker,
-        use_gpu=cfg.use_gpu,
-    )
 
 
 def fit_lstms(
@@ -206,7 +190,7 @@ def fit_lstms(
     name: str,
     val_ids: Mapping[int, Sequence[str]] | None = None,
 ) -> dict[LstmJob, Path]:
-    """Train every LSTM of ``jobs`` in one run of ``cfg.lstm_workers`` Ray Train workers (0:
+    """Train every LSTM of ``jobs`` in one run of ``cfg.lstm.workers`` Ray Train workers (0:
     in this process, on its CPU, without Ray Train); returns each one's model file.
 
     ``videos`` maps video_id -> (label, fold); ``features`` is the cache folder holding
@@ -221,7 +205,8 @@ def fit_lstms(
         LstmTask(cfg, job, features, dict(videos), frozenset((val_ids or {}).get(job.fold, ())))
         for job in jobs
     ]
-    trained = train_models(tasks, lstm_settings(cfg), storage, name)
+    settings = RunSettings.of(cfg.lstm, cfg, cfg.seed, workers=cfg.lstm.workers)
+    trained = train_models(tasks, settings, storage, name)
     return {job: trained[job.key].path for job in jobs}
 
 
@@ -229,12 +214,10 @@ def fit_lstms(
 def predict(weights: Path, sequences: Sequence[VideoFeatures]) -> np.ndarray:
     """P(malignant) of each video by the LSTM in the file ``weights``, ``(len(sequences),)``,
     in order; empty in, empty out."""
-    from usv_ray.classify.models import model_from_meta, pad_features
+    from usv_ray.models import load
+    from usv_ray.models.lstm import pad_features
 
-    state, meta = load_model(weights)
-    model = model_from_meta(meta)
-    model.load_state_dict(state)
-    model.eval()
+    model, _ = load(weights)
     probs = []
     for start in range(0, len(sequences), 256):
         chunk = sequences[start : start + 256]

@@ -10,7 +10,7 @@ drawn from it.
 
 Output layout under ``out``::
 
-    classify.json               settings and data this folder was made from; progress
+    classify.json               settings and data this folder was made from; its summary
     folds.parquet               video_id, patient_key, label, fold
     runs/                       Ray Train runs: cnn, lstm and video (checkpoints, and each
                                 finished model in models/)
@@ -32,8 +32,6 @@ folder made with other settings or data is refused rather than mixed.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -45,20 +43,18 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from usv_ray.classify.methods import EQUAL, TABLE3, TABLE4, VARIABLE, equal_method
+from usv_ray.classify.report import describe
 from usv_ray.config import Config, to_dict
 from usv_ray.errors import UsvRayError
-from usv_ray.io import claim_folder, remove_stale_tmp, write_json, write_table
+from usv_ray.io import remove_stale_tmp, write_table
+from usv_ray.layout import ClassifyFolder, IngestFolder, LayoutError, StageRun, digest_rows
 from usv_ray.schemas import PREDICTIONS
 
 if TYPE_CHECKING:
     from usv_ray.classify.cnn import CnnFold
 
 log = logging.getLogger(__name__)
-
-VARIABLE = "Variable-frame CNNLSTM"
-EQUAL = "Equal-frame CNNLSTM"
-TABLE3 = ("CNN_Vote", "CNN_Aver", VARIABLE)
-TABLE4 = ("R(2+1)D", "C3D_BN", "R3D", "Key_Frame", EQUAL, VARIABLE)
 
 
 class ClassifyError(UsvRayError, ValueError):
@@ -74,10 +70,24 @@ class ClassifySummary:
     bundle: dict  # the diagnosis bundle's record (bundle/bundle.json)
     seconds: float
 
+    def text(self) -> str:
+        """What the command prints: the results in short and where they are."""
+        from usv_ray.evaluate.tables import to_markdown
 
-def equal_method(frames: int, main: int) -> str:
-    """The method name of an equal-frame set: the paper's name for the main N."""
-    return EQUAL if frames == main else f"{EQUAL} (N={frames})"
+        table = self.table4[
+            ["method", "n_videos", "accuracy", "sensitivity", "specificity", "roc_auc"]
+        ]
+        return (
+            f"classify: {self.videos} videos of {self.patients} patients cross-validated in "
+            f"{self.seconds:.0f} s\n{to_markdown(table)}\n"
+            f"  tables: {self.out / 'tables'}\n"
+            f"  plots: {self.out / 'plots'}\n"
+            f"  predictions: {self.out / 'predictions'}\n"
+            f"  bundle: {self.out / 'bundle'} ({self.bundle['version']}: "
+            f"{len(self.bundle['members'])} members, {self.bundle['calibrator']['method']} "
+            f"calibration, threshold {self.bundle['operating_point']['threshold']:.3f} at "
+            f"sensitivity {self.bundle['operating_point']['target_sensitivity']:g})"
+        )
 
 
 def labelled_videos(data: Path) -> pd.DataFrame:
@@ -86,13 +96,13 @@ def labelled_videos(data: Path) -> pd.DataFrame:
     Raises:
         ClassifyError: no videos.parquet in ``data``, or no labelled video with frames.
     """
-    path = data / "videos.parquet"
-    if not path.exists():
-        raise ClassifyError(f"{path} not found: run `usv-ray ingest` into {data} first")
-    videos = pq.read_table(path, columns=["video_id", "patient_key", "label", "status"])
-    videos = videos.to_pandas()
+    folder = IngestFolder(data)
+    try:
+        videos = folder.read_videos(["video_id", "patient_key", "label", "status"])
+    except LayoutError as exc:
+        raise ClassifyError(str(exc)) from exc
     videos = videos[(videos["status"] == "ok") & videos["label"].isin([0, 1])]
-    has_frames = [(data / "frames" / f"{v}.parquet").exists() for v in videos["video_id"]]
+    has_frames = [folder.frames(v).exists() for v in videos["video_id"]]
     videos = (
         videos[np.asarray(has_frames, dtype=bool)]
         .sort_values("video_id", kind="stable")
@@ -103,30 +113,9 @@ def labelled_videos(data: Path) -> pd.DataFrame:
     return videos[["video_id", "patient_key", "label"]].astype({"label": np.int8})
 
 
-# settings applied after training (the bundle's calibration, operating point and final
-# model): changing them redoes that step, never the cross-validation, so a folder keeps them
-# out of its fingerprint
-POST_HOC = ("final_model", "calibration", "calibration_bins", "target_sensitivity")
-
-
-def _config_fingerprint(cfg: Config) -> str:
-    """The classify settings the cross-validation depends on."""
-    settings = {k: v for k, v in to_dict(cfg.classify).items() if k not in POST_HOC}
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
-
-
-def _data_fingerprint(videos: pd.DataFrame) -> str:
+def data_fingerprint(videos: pd.DataFrame) -> str:
     """The labelled videos (and their patients and labels) a folder was trained on."""
-    digest = hashlib.sha256()
-    for row in videos.itertuples(index=False):
-        digest.update(f"{row.video_id},{row.patient_key},{row.label};".encode())
-    return digest.hexdigest()
-
-
-def _fingerprint(cfg: Config, videos: pd.DataFrame) -> str:
-    """What the folder's results depend on: the classify settings and the labelled videos."""
-    combined = f"{_config_fingerprint(cfg)}/{_data_fingerprint(videos)}"
-    return hashlib.sha256(combined.encode()).hexdigest()
+    return digest_rows(videos[["video_id", "patient_key", "label"]].itertuples(index=False))
 
 
 def _fold_jobs(cfg: Config, folds: pd.DataFrame) -> list[CnnFold]:
@@ -139,13 +128,13 @@ def _fold_jobs(cfg: Config, folds: pd.DataFrame) -> list[CnnFold]:
     return [CnnFold(k, *fold_split(folds, k, cfg.classify)) for k in range(cfg.classify.folds)]
 
 
-def _train_cnns(cfg: Config, data: Path, out: Path, folds: pd.DataFrame) -> None:
+def _train_cnns(cfg: Config, data: Path, out: ClassifyFolder, folds: pd.DataFrame) -> None:
     """Every fold's CNN (one Ray Train run), then each fold's feature cache not written yet."""
     from usv_ray.classify.cnn import fit_cnns
     from usv_ray.classify.features import cache_features
 
     c = cfg.classify
-    missing = [k for k in range(c.folds) if not (out / "features" / f"fold={k}").exists()]
+    missing = [k for k in range(c.folds) if not (out.features / f"fold={k}").exists()]
     if not missing:
         return  # every cache written: the CNNs are not needed again
     everything = folds["video_id"].tolist()
@@ -156,9 +145,9 @@ def _train_cnns(cfg: Config, data: Path, out: Path, folds: pd.DataFrame) -> None
         c.folds,
         "/".join(str(len(job.train_ids)) for job in jobs),
         "/".join(str(len(job.val_ids)) for job in jobs),
-        c.cnn_epochs,
+        c.cnn.epochs,
     )
-    runs = fit_cnns(c, data, jobs, out / "runs", "cnn")
+    runs = fit_cnns(c, data, jobs, out.runs, "cnn")
     log.info(
         "CNNs done in %.0f s (best validation loss %s)",
         time.perf_counter() - started,
@@ -166,12 +155,12 @@ def _train_cnns(cfg: Config, data: Path, out: Path, folds: pd.DataFrame) -> None
     )
     for k in missing:
         log.info("fold %d/%d: caching the features of %d videos", k + 1, c.folds, len(everything))
-        cache_features(c, data, everything, runs[k].path, k, out / "features")
+        cache_features(c, data, everything, runs[k].path, k, out.features)
 
 
-def _frame_rows(out: Path, k: int) -> pd.DataFrame:
+def _frame_rows(out: ClassifyFolder, k: int) -> pd.DataFrame:
     columns = ["video_id", "seq_index", "frame_index", "frame_prob"]
-    return pq.read_table(out / "features" / f"fold={k}", columns=columns).to_pandas()
+    return pq.read_table(out.features / f"fold={k}", columns=columns).to_pandas()
 
 
 def _annotated_key_frames(data: Path, video_ids: list[str]) -> dict[str, int]:
@@ -180,7 +169,7 @@ def _annotated_key_frames(data: Path, video_ids: list[str]) -> dict[str, int]:
     tables = [
         pq.read_table(path, columns=["video_id", "frame_index", "source"])
         for video_id in video_ids
-        if (path := data / "tracklets" / f"{video_id}.parquet").exists()
+        if (path := IngestFolder(data).tracklets(video_id)).exists()
     ]
     if not tables:
         return {}
@@ -189,7 +178,9 @@ def _annotated_key_frames(data: Path, video_ids: list[str]) -> dict[str, int]:
     return annotated_key_frames(tracklets[tracklets["source"] == "annotated"])
 
 
-def _frame_baselines(cfg: Config, data: Path, out: Path, folds: pd.DataFrame) -> pd.DataFrame:
+def _frame_baselines(
+    cfg: Config, data: Path, out: ClassifyFolder, folds: pd.DataFrame
+) -> pd.DataFrame:
     """CNN_Vote, CNN_Aver and Key_Frame of every video, from its own fold's cache."""
     from usv_ray.classify.baselines import average, key_frame, vote
 
@@ -212,7 +203,7 @@ def _frame_baselines(cfg: Config, data: Path, out: Path, folds: pd.DataFrame) ->
     return pd.concat(parts, ignore_index=True)
 
 
-def _lstms(cfg: Config, out: Path, folds: pd.DataFrame) -> pd.DataFrame:
+def _lstms(cfg: Config, out: ClassifyFolder, folds: pd.DataFrame) -> pd.DataFrame:
     """Every fold's variable- and equal-frame LSTMs, trained in one run, and their predictions."""
     from usv_ray.classify.lstm import LstmJob, fit_lstms, job_sequences, predict
 
@@ -249,11 +240,11 @@ def _lstms(cfg: Config, out: Path, folds: pd.DataFrame) -> pd.DataFrame:
     )
     started = time.perf_counter()
     val_ids = {job.fold: job.val_ids for job in _fold_jobs(cfg, folds)}
-    weights = fit_lstms(c, out / "features", videos, jobs, out / "runs", "lstm", val_ids)
+    weights = fit_lstms(c, out.features, videos, jobs, out.runs, "lstm", val_ids)
     log.info("LSTMs done in %.0f s", time.perf_counter() - started)
     parts = []
     for job in jobs:
-        tested = job_sequences(out / "features", videos, job, train=False)
+        tested = job_sequences(out.features, videos, job, train=False)
         method = VARIABLE if job.frames is None else equal_method(job.frames, c.equal_frames)
         parts.append(
             pd.DataFrame(
@@ -267,7 +258,9 @@ def _lstms(cfg: Config, out: Path, folds: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def _video_models(cfg: Config, data: Path, out: Path, folds: pd.DataFrame) -> pd.DataFrame:
+def _video_models(
+    cfg: Config, data: Path, out: ClassifyFolder, folds: pd.DataFrame
+) -> pd.DataFrame:
     """The 3D-CNN baselines of every fold, trained in one run, and their predictions."""
     from usv_ray.classify.video import fit_video_models, predict_video_models
 
@@ -275,15 +268,15 @@ def _video_models(cfg: Config, data: Path, out: Path, folds: pd.DataFrame) -> pd
     fold_of = dict(zip(folds["video_id"], folds["fold"].astype(int), strict=True))
     log.info(
         "training %d 3D-CNN baselines x %d folds on %d-frame clips of %d px for %d epochs",
-        len(c.video_models),
+        len(c.video.models),
         c.folds,
-        c.clip_frames,
-        c.clip_size,
-        c.video_epochs,
+        c.video.clip_frames,
+        c.video.clip_size,
+        c.video.epochs,
     )
     started = time.perf_counter()
     val_ids = {job.fold: job.val_ids for job in _fold_jobs(cfg, folds)}
-    states = fit_video_models(c, data, fold_of, out / "runs", "video", val_ids)
+    states = fit_video_models(c, data, fold_of, out.runs, "video", val_ids)
     log.info("3D-CNN baselines done in %.0f s", time.perf_counter() - started)
     return predict_video_models(c, states, data, fold_of)[["video_id", "method", "prob"]]
 
@@ -295,7 +288,7 @@ def _predictions(folds: pd.DataFrame, scored: pd.DataFrame) -> pa.Table:
     return pa.Table.from_pandas(pd.DataFrame(columns), schema=PREDICTIONS, preserve_index=False)
 
 
-def _tables(cfg: Config, predictions: pd.DataFrame, out: Path) -> pd.DataFrame:
+def _tables(cfg: Config, predictions: pd.DataFrame, out: ClassifyFolder) -> pd.DataFrame:
     """Write Tables 3 and 4 and the frame-count table; return Table 4."""
     from usv_ray.evaluate.tables import method_table
     from usv_ray.evaluate.tables import write_table as write_results
@@ -306,20 +299,20 @@ def _tables(cfg: Config, predictions: pd.DataFrame, out: Path) -> pd.DataFrame:
         chosen = predictions[predictions["method"].isin(methods)]
         return method_table(chosen, threshold=c.threshold, n_boot=c.n_boot, seed=c.seed)
 
-    write_results(table(TABLE3), out / "tables" / "table3")
+    write_results(table(TABLE3), out.tables / "table3")
     table4 = table(TABLE4)
-    write_results(table4, out / "tables" / "table4")
+    write_results(table4, out.tables / "table4")
     counts = sorted({*c.frame_counts, c.equal_frames})
     frames = table([equal_method(n, c.equal_frames) for n in counts] + [VARIABLE])
     frames["method"] = frames["method"].replace(EQUAL, f"{EQUAL} (N={c.equal_frames})")
     order = {f"{EQUAL} (N={n})": i for i, n in enumerate(counts)}
     frames = frames.sort_values("method", key=lambda m: m.map(order).fillna(len(order)))
-    write_results(frames.reset_index(drop=True), out / "tables" / "frame_counts")
+    write_results(frames.reset_index(drop=True), out.tables / "frame_counts")
     return table4
 
 
-def _plots(cfg: Config, predictions: pd.DataFrame, out: Path, subtitle: str) -> None:
-    from usv_ray.classify.bundle import method_slug
+def _plots(cfg: Config, predictions: pd.DataFrame, out: ClassifyFolder, subtitle: str) -> None:
+    from usv_ray.classify.methods import method_slug
     from usv_ray.evaluate.plots import confusion_plot, pr_plot, probability_plot, roc_plot
 
     c = cfg.classify
@@ -331,7 +324,7 @@ def _plots(cfg: Config, predictions: pd.DataFrame, out: Path, subtitle: str) -> 
         )
         for m in shown
     }
-    plots = out / "plots"
+    plots = out.plots
     roc_plot(curves, plots / "roc.png", subtitle)
     pr_plot(curves, plots / "pr.png", subtitle)
     for method, (labels, probs) in curves.items():
@@ -348,7 +341,7 @@ def _plots(cfg: Config, predictions: pd.DataFrame, out: Path, subtitle: str) -> 
         )
 
 
-def _final_model(cfg: Config, data: Path, out: Path, folds: pd.DataFrame) -> None:
+def _final_model(cfg: Config, data: Path, out: ClassifyFolder, folds: pd.DataFrame) -> None:
     """One more frame CNN and variable-frame LSTM, on every labelled video, each trained
     for the epochs its fold models chose (no validation set: each keeps its last epoch)."""
     from usv_ray.classify.bundle import chosen_epochs, member_files
@@ -360,35 +353,41 @@ def _final_model(cfg: Config, data: Path, out: Path, folds: pd.DataFrame) -> Non
     fold_files = [member_files(out, k) for k in range(cfg.classify.folds)]
     c = replace(
         cfg.classify,
-        cnn_epochs=chosen_epochs([f["cnn"] for f in fold_files]),
-        lstm_epochs=chosen_epochs([f["lstm"] for f in fold_files]),
+        cnn=replace(cfg.classify.cnn, epochs=chosen_epochs([f["cnn"] for f in fold_files])),
+        lstm=replace(cfg.classify.lstm, epochs=chosen_epochs([f["lstm"] for f in fold_files])),
     )
     everything = folds["video_id"].tolist()
     log.info(
         "final model on all %d labelled videos: frame CNN %d epochs, LSTM %d epochs (the "
         "folds' median best)",
         len(everything),
-        c.cnn_epochs,
-        c.lstm_epochs,
+        c.cnn.epochs,
+        c.lstm.epochs,
     )
     final = CnnFold(FINAL_FOLD, tuple(everything), ())
-    trained = fit_cnns(c, data, [final], out / "runs", "cnn_final")[FINAL_FOLD]
-    if not (out / "features" / "final").exists():
-        cache_features(c, data, everything, trained.path, FINAL_FOLD, out / "features")
+    trained = fit_cnns(c, data, [final], out.runs, "cnn_final")[FINAL_FOLD]
+    if not (out.features / "final").exists():
+        cache_features(c, data, everything, trained.path, FINAL_FOLD, out.features)
     videos = {
         row.video_id: (int(row.label), int(row.fold)) for row in folds.itertuples(index=False)
     }
     job = LstmJob(FINAL_FOLD)
-    fit_lstms(c, out / "features", videos, [job], out / "runs", "lstm_final")
+    fit_lstms(c, out.features, videos, [job], out.runs, "lstm_final")
 
 
 def _bundle(
-    cfg: Config, data: Path, out: Path, folds: pd.DataFrame, scored: pd.DataFrame, subtitle: str
+    cfg: Config,
+    data: Path,
+    out: ClassifyFolder,
+    folds: pd.DataFrame,
+    scored: pd.DataFrame,
+    subtitle: str,
+    run: StageRun,
 ) -> dict:
     """Calibration and operating-point tables, the final model if asked, and the bundle."""
-    from usv_ray.bundle import now_utc, read_ingest_record
+    from usv_ray.bundle import now_utc
+    from usv_ray.bundle.diagnosis import FRAME_SETTINGS
     from usv_ray.classify.bundle import (
-        FRAME_SETTINGS,
         calibration_table,
         operating_point,
         operating_point_table,
@@ -400,13 +399,12 @@ def _bundle(
     from usv_ray.evaluate.tables import write_table as write_results
 
     c = cfg.classify
-    tables = out / "tables"
-    calibration = calibration_table(c, scored, out / "plots", subtitle)
-    write_results(calibration, tables / "calibration", float_format="{:.3f}")
+    calibration = calibration_table(c, scored, out.plots, subtitle)
+    write_results(calibration, out.tables / "calibration", float_format="{:.3f}")
     oof = scored[scored["method"] == VARIABLE]
     calibrator = fit_calibrator(oof["label"].to_numpy(), oof["prob"].to_numpy(), c.calibration)
     point = operating_point(c, oof, calibrator)
-    write_results(operating_point_table(point), tables / "operating_point")
+    write_results(operating_point_table(point), out.tables / "operating_point")
     log.info(
         "operating point: calibrated P >= %.3f reads malignant (sensitivity %.1f%%, "
         "specificity %.1f%% on the out-of-fold predictions)",
@@ -416,8 +414,8 @@ def _bundle(
     )
     if c.final_model:
         _final_model(cfg, data, out, folds)
-    ingest = read_ingest_record(data)
-    table = pd.read_csv(tables / "table4.csv").set_index("method")
+    ingest = IngestFolder(data).settings()
+    table = pd.read_csv(out.tables / "table4.csv").set_index("method")
     metrics = {
         name: {"value": float(table.loc[VARIABLE, name]), "ci": table.loc[VARIABLE, f"{name}_ci"]}
         for name in METRICS
@@ -425,8 +423,7 @@ def _bundle(
     meta = {
         "ingest": {name: ingest[name] for name in FRAME_SETTINGS},
         "config": {"classify": to_dict(c)},
-        "config_fingerprint": _config_fingerprint(cfg),
-        "data_fingerprint": _data_fingerprint(folds),
+        "fingerprints": {"folder": run.fingerprint, "data": data_fingerprint(folds)},
         "trained_on": {
             "videos": len(folds),
             "patients": int(folds["patient_key"].nunique()),
@@ -445,30 +442,26 @@ def _bundle(
 def run_classify(cfg: Config, data: str | Path, out: str | Path) -> ClassifySummary:
     """Cross-validate every method on the ingested videos of ``data`` into ``out``, then
     write the diagnosis bundle (``out/bundle``)."""
-    from usv_ray.bundle import read_ingest_record
     from usv_ray.classify.folds import fold_table
     from usv_ray.runtime import ensure_ray
 
-    started = time.perf_counter()
-    data, out = Path(data), Path(out)
+    data, out = Path(data), ClassifyFolder(out)
     c = cfg.classify
     videos = labelled_videos(data)
-    read_ingest_record(data)  # the bundle needs it: fail now, not after the training
+    IngestFolder(data).settings()  # the bundle needs it: fail now, not after the training
     if not 0 < c.target_sensitivity <= 1 or c.calibration_bins < 1:  # as for the bundle
         raise ClassifyError(
             "classify.target_sensitivity must be in (0, 1] and classify.calibration_bins at "
             f"least 1, got {c.target_sensitivity} and {c.calibration_bins}"
         )
-    if claim_folder(
-        out / "classify.json", _fingerprint(cfg, videos), {"classify": to_dict(cfg.classify)}
-    ):
-        log.info("resuming the classify run in %s", out)
-    remove_stale_tmp(out / "features")
+    run = StageRun(out.record, {"classify": c}, data=data_fingerprint(videos), data_folder=data)
+    run.claim()
+    remove_stale_tmp(out.features)
     try:
         folds = fold_table(videos, c)
     except ValueError as exc:
         raise ClassifyError(str(exc)) from exc
-    write_table(pa.Table.from_pandas(folds, preserve_index=False), out / "folds.parquet")
+    write_table(pa.Table.from_pandas(folds, preserve_index=False), out.folds)
     log.info(
         "classify: %d videos of %d patients (%d malignant) in %d patient-level folds",
         len(folds),
@@ -480,23 +473,19 @@ def run_classify(cfg: Config, data: str | Path, out: str | Path) -> ClassifySumm
     ensure_ray(cfg.ray)
     _train_cnns(cfg, data, out, folds)
     scored = [_frame_baselines(cfg, data, out, folds), _lstms(cfg, out, folds)]
-    if c.video_models:
+    if c.video.models:
         scored.append(_video_models(cfg, data, out, folds))
     predictions = _predictions(folds, pd.concat(scored, ignore_index=True))
-    write_table(predictions, out / "predictions" / "predictions.parquet")
+    write_table(predictions, out.predictions)
     frame = predictions.to_pandas()
     table4 = _tables(cfg, frame, out)
     subtitle = (
         f"{len(folds)} videos, {folds['patient_key'].nunique()} patients from {data}; "
-        f"{c.folds}-fold CV, CNN {c.cnn_epochs} ep, LSTM {c.lstm_epochs} ep, seed {c.seed}"
+        f"{c.folds}-fold CV, CNN {c.cnn.epochs} ep, LSTM {c.lstm.epochs} ep, seed {c.seed}"
     )
     _plots(cfg, frame, out, subtitle)
-    bundle = _bundle(cfg, data, out, folds, frame, subtitle)
-    seconds = time.perf_counter() - started
-    write_json(
-        {"fingerprint": _fingerprint(cfg, videos), "classify": to_dict(c), "seconds": seconds},
-        out / "classify.json",
-    )
-    return ClassifySummary(
-        out, len(folds), int(folds["patient_key"].nunique()), table4, bundle, seconds
-    )
+    bundle = _bundle(cfg, data, out, folds, frame, subtitle, run)
+    patients = int(folds["patient_key"].nunique())
+    seconds = run.finish({"videos": len(folds), "patients": patients, "bundle": bundle["version"]})
+    describe(out.root, data)
+    return ClassifySummary(out.root, len(folds), patients, table4, bundle, seconds)

@@ -1,12 +1,12 @@
-"""The 3D-CNN baselines of the variable-frame paper (METHODS.md section 1), trained and
-applied: the models live in :mod:`usv_ray.classify.video_models`.
+"""The 3D-CNN baselines of the variable-frame paper (method 1 of docs/methods.md), trained and
+applied: the models live in :mod:`usv_ray.models.video`.
 
 Each video becomes one clip of ``clip_frames`` frames spread uniformly over its kept frames
 (videos with fewer frames repeat their nearest frames, so every video gets a clip), resized
 to ``clip_size`` x ``clip_size``. For every model and every cross-validation fold k, the
 model is trained on the clips of the videos outside fold k (less fold k's validation
 videos, on which it picks its best epoch) and predicts the videos of fold k. All of it is
-one run of the training runner (:mod:`usv_ray.train`), (model, fold) by (model, fold).
+one run of the training runner (:mod:`usv_ray.runner`), (model, fold) by (model, fold).
 
 Shapes: B clips, T frames per clip, S = clip_size; clips are gray, ``(B, 1, T, S, S)``.
 """
@@ -25,12 +25,12 @@ import pyarrow.compute as pc
 import torch
 from torch import Tensor, nn
 
-from usv_ray.classify.cnn import frame_shards
-from usv_ray.classify.video_models import build_video_model
 from usv_ray.config import ClassifyConfig
 from usv_ray.frames import resize_gray, uniform_positions
 from usv_ray.imaging import augment, normalise
-from usv_ray.train import (
+from usv_ray.layout import IngestFolder
+from usv_ray.models.video import build_video_model
+from usv_ray.runner import (
     RunSettings,
     Worker,
     classifier_scores,
@@ -125,7 +125,7 @@ def load_clips(data: Path, video_ids: Sequence[str], count: int, size: int) -> r
     """
     import ray.data
 
-    paths = frame_shards(data, video_ids)
+    paths = IngestFolder(data).frame_shards(video_ids)
     items = [{"path": path} for path in paths]
     blocks = max(1, math.ceil(len(items) / VIDEOS_PER_TASK))
     return in_order(ray.data.from_items(items, override_num_blocks=blocks)).map_batches(
@@ -170,7 +170,7 @@ def _model_key(method: str, fold: int) -> str:
 
 @dataclass(frozen=True)
 class VideoTask:
-    """One 3D CNN to train (a :class:`usv_ray.train.Task`): ``method`` for fold ``fold``,
+    """One 3D CNN to train (a :class:`usv_ray.runner.Task`): ``method`` for fold ``fold``,
     on the clips of ``train_<fold>``, validated on ``val_<fold>`` when it has one."""
 
     cfg: ClassifyConfig
@@ -194,7 +194,7 @@ class VideoTask:
 
     def batches(self, data: tuple[Any, Any], epoch: int, worker: Worker) -> Iterable[Any]:
         seed = self.cfg.seed + epoch
-        return shuffled_batches(data[0], self.cfg.video_batch_size, collate_clips, seed)
+        return shuffled_batches(data[0], self.cfg.video.batch_size, collate_clips, seed)
         # (B, 1, T, S, S) uint8, (B,)
 
     def loss(
@@ -209,7 +209,7 @@ class VideoTask:
             return {}
         model.eval()
         batches = data[1].iter_torch_batches(
-            batch_size=2 * self.cfg.video_batch_size, collate_fn=numpy_collate(collate_clips)
+            batch_size=2 * self.cfg.video.batch_size, collate_fn=numpy_collate(collate_clips)
         )
         return classifier_scores(
             (model(normalise(clips.to(worker.device))).softmax(1), labels)
@@ -217,24 +217,8 @@ class VideoTask:
         )
 
     def meta(self) -> dict:
-        c = self.cfg
-        return {"method": self.method, "fold": self.fold, "clip": (c.clip_frames, c.clip_size)}
-
-
-def video_settings(cfg: ClassifyConfig) -> RunSettings:
-    """The training runner's settings for the 3D CNNs of ``cfg``."""
-    return RunSettings(
-        epochs=cfg.video_epochs,
-        lr=cfg.video_lr,
-        seed=cfg.seed,
-        val_every=cfg.val_every,
-        best_metric=cfg.video_best,
-        precision=cfg.precision,
-        checkpoint_every_s=cfg.checkpoint_every_s,
-        workers=cfg.workers,
-        cpus_per_worker=cfg.cpus_per_worker,
-        use_gpu=cfg.use_gpu,
-    )
+        v = self.cfg.video
+        return {"model": self.method, "fold": self.fold, "clip": (v.clip_frames, v.clip_size)}
 
 
 def _keep_videos(table: pa.Table, video_ids: list[str]) -> pa.Table:
@@ -250,7 +234,7 @@ def fit_video_models(
     name: str,
     val_ids: Mapping[int, Sequence[str]] | None = None,
 ) -> dict[str, dict[int, dict]]:
-    """Train every model of ``cfg.video_models`` for every fold k, on the videos outside k
+    """Train every model of ``cfg.video.models`` for every fold k, on the videos outside k
     but ``val_ids[k]`` (fold k's validation videos, which pick the best epoch).
 
     ``folds`` maps video_id -> fold (labelled videos only; labels come from the frames).
@@ -276,14 +260,16 @@ def fit_video_models(
         raise ValueError(f"no training videos for fold(s) {empty}")
     tasks = [
         VideoTask(cfg, method, k, bool(val_ids[k]))
-        for method in cfg.video_models
+        for method in cfg.video.models
         for k in range(cfg.folds)
     ]
 
     def datasets(todo: Sequence[VideoTask]) -> dict[str, ray.data.Dataset]:
         # read every clip once and keep it in the object store; each fold's sets are
         # filtered copies, materialized so epochs do not re-run the filter
-        clips = load_clips(data, sorted(folds), cfg.clip_frames, cfg.clip_size).materialize()
+        clips = load_clips(
+            data, sorted(folds), cfg.video.clip_frames, cfg.video.clip_size
+        ).materialize()
 
         def subset(ids: list[str]) -> ray.data.Dataset:
             kept = clips.map_batches(
@@ -300,7 +286,7 @@ def fit_video_models(
 
     trained = train_models(
         tasks,
-        video_settings(cfg),
+        RunSettings.of(cfg.video, cfg, cfg.seed),
         storage,
         name,
         datasets,
@@ -308,7 +294,7 @@ def fit_video_models(
     )
     return {
         method: {k: load_model(trained[_model_key(method, k)].path)[0] for k in range(cfg.folds)}
-        for method in cfg.video_models
+        for method in cfg.video.models
     }
 
 
@@ -345,11 +331,11 @@ def predict_video_models(
 
     frames: list[pd.DataFrame] = []
     if folds:
-        clips = load_clips(data, sorted(folds), cfg.clip_frames, cfg.clip_size)
+        clips = load_clips(data, sorted(folds), cfg.video.clip_frames, cfg.video.clip_size)
         table = pa.concat_tables(clips.iter_batches(batch_format="pyarrow"))
     else:
         table = CLIPS.empty_table()
-    for method in cfg.video_models:
+    for method in cfg.video.models:
         for fold in range(cfg.folds):
             rows = _keep_videos(table, [v for v, f in folds.items() if f == fold])
             if rows.num_rows == 0:
@@ -359,7 +345,7 @@ def predict_video_models(
             clips, _ = collate_clips(
                 {name: rows[name].to_numpy(zero_copy_only=False) for name in TRAIN_COLUMNS}
             )  # (N, 1, T, S, S) uint8
-            prob = predict_clips(model, clips, 2 * cfg.video_batch_size)
+            prob = predict_clips(model, clips, 2 * cfg.video.batch_size)
             frames.append(
                 pd.DataFrame(
                     {

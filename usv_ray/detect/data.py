@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
@@ -32,11 +31,13 @@ def annotated_videos(data: Path) -> pd.DataFrame:
     Raises:
         DetectError: no ingest folder, or no such video.
     """
-    path = Path(data) / "videos.parquet"
-    if not path.exists():
-        raise DetectError(f"{path} not found: run `usv-ray ingest` into {data} first")
-    videos = pq.read_table(path, columns=["video_id", "patient_key", "status", "annotated"])
-    videos = videos.to_pandas()
+    from usv_ray.layout import IngestFolder, LayoutError
+
+    columns = ["video_id", "patient_key", "status", "annotated"]
+    try:
+        videos = IngestFolder(data).read_videos(columns)
+    except LayoutError as exc:
+        raise DetectError(str(exc)) from exc
     videos = videos[(videos["status"] == "ok") & videos["annotated"].fillna(False).astype(bool)]
     if videos.empty:
         raise DetectError(
@@ -52,7 +53,7 @@ def split_videos(videos: pd.DataFrame, cfg: DetectConfig) -> pd.DataFrame:
     Raises:
         DetectError: too few patients for three splits.
     """
-    from usv_ray.reid.pairs import split_patients
+    from usv_ray.splits import split_patients
 
     try:
         split_of = split_patients(videos["patient_key"].tolist(), cfg.split, seed=cfg.seed)

@@ -5,13 +5,13 @@ detector trains on the training patients' stored frames and their boxes, keeps i
 epoch by validation AP at IoU 0.5, and is evaluated on the test patients by COCO's own
 evaluation (pycocotools). Output layout under ``out``::
 
-    detect.json                 settings and data this folder was made from
+    detect.json                 settings and data this folder was made from; its summary
     splits.parquet              video_id, patient_key, split
     runs/detector/              the Ray Train run (checkpoints, models/detector.pt)
     tables/detection.{md,csv}   AP at IoU 0.5 and AP over 0.5:0.95, validation and test
     plots/pr.png                precision-recall at IoU 0.5
     plots/examples.png          test frames with their true boxes and the detections
-    bundle/                     the detector bundle ingest runs (usv_ray.detect.bundle)
+    bundle/                     the detector bundle ingest runs (usv_ray.bundle.detector)
 
 A rerun resumes the training and redoes the evaluation; a folder made with other settings
 or data is refused rather than mixed.
@@ -19,10 +19,7 @@ or data is refused rather than mixed.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +29,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from usv_ray.config import Config, to_dict
+from usv_ray.detect.report import describe
+from usv_ray.layout import DetectFolder, IngestFolder, StageRun, digest_rows
 
 log = logging.getLogger(__name__)
 
@@ -45,43 +44,29 @@ class DetectSummary:
     bundle: dict  # the detector bundle's record
     seconds: float
 
+    def text(self) -> str:
+        """What the command prints: the results in short and where they are."""
+        from usv_ray.evaluate.tables import to_markdown
 
-def _fingerprint(cfg: Config, splits: pd.DataFrame, frames: dict) -> str:
-    """What the folder depends on: the detector's training settings, the settings its
-    ``frames`` were ingested with, and the videos."""
-    settings = {k: v for k, v in to_dict(cfg.detect).items() if k in TRAINING_SETTINGS}
-    digest = hashlib.sha256(json.dumps([settings, frames], sort_keys=True).encode())
-    for row in splits.itertuples(index=False):
-        digest.update(f"{row.video_id},{row.patient_key},{row.split};".encode())
-    return digest.hexdigest()
-
-
-# the detect settings its training depends on (the rest set how ingest runs it)
-TRAINING_SETTINGS = (
-    "model",
-    "seed",
-    "split",
-    "epochs",
-    "batch_size",
-    "lr",
-    "weight_decay",
-    "val_every",
-    "best",
-    "precision",
-    "score_threshold",
-)
+        return (
+            f"detect: a {self.bundle['model']} detector on {self.videos} annotated videos of "
+            f"{self.patients} patients in {self.seconds:.0f} s (AP in %, COCO's evaluation)\n"
+            f"{to_markdown(self.table, float_format='{:.1f}')}\n"
+            f"  tables: {self.out / 'tables'}\n"
+            f"  plots: {self.out / 'plots'}\n"
+            f"  bundle: {self.out / 'bundle'} ({self.bundle['version']}): ingest with "
+            f"--set ingest.detector={self.out / 'bundle'} for automatic tracklets"
+        )
 
 
 def _test_batches(data: Path, video_ids: list[str], batch: int = 64):
     """The test frames and their boxes, collated in batches of ``batch``, read directly."""
     import torch
 
-    from usv_ray.classify.cnn import frame_shards
     from usv_ray.detect.data import FRAME_COLUMNS, collate
 
-    rows = pa.concat_tables(
-        pq.read_table(s, columns=FRAME_COLUMNS) for s in frame_shards(data, video_ids)
-    )
+    shards = IngestFolder(data).frame_shards(video_ids)
+    rows = pa.concat_tables(pq.read_table(s, columns=FRAME_COLUMNS) for s in shards)
     for start in range(0, rows.num_rows, batch):
         part = rows.slice(start, batch).to_pydict()
         images, boxes = collate({k: np.array(v, dtype=object) for k, v in part.items()})
@@ -89,16 +74,16 @@ def _test_batches(data: Path, video_ids: list[str], batch: int = 64):
 
 
 def _evaluate(
-    cfg: Config, data: Path, out: Path, splits: pd.DataFrame, weights: Path, size: int
+    cfg: Config, data: Path, out: DetectFolder, splits: pd.DataFrame, weights: Path, size: int
 ) -> pd.DataFrame:
     """AP on the validation and test patients' frames; the PR curves and examples."""
     import torch
 
     from usv_ray.detect.evaluate import detection_ap, examples_plot, pr_curve_plot
-    from usv_ray.detect.models import build_detector
     from usv_ray.detect.training import detect_all, example_frames
     from usv_ray.evaluate.tables import write_table
-    from usv_ray.train import load_model
+    from usv_ray.models.detector import build_detector
+    from usv_ray.runner import load_model
 
     state, meta = load_model(weights)
     model = build_detector(meta)
@@ -134,35 +119,34 @@ def _evaluate(
                 frames[chosen],
                 [truth[i] for i in chosen],
                 [found[i] for i in chosen],
-                out / "plots" / "examples.png",
+                out.plots / "examples.png",
                 subtitle,
             )
-    pr_curve_plot(curves, out / "plots" / "pr.png", subtitle)
+    pr_curve_plot(curves, out.plots / "pr.png", subtitle)
     table = pd.DataFrame(rows)
-    write_table(table, out / "tables" / "detection")
+    write_table(table, out.tables / "detection")
     return table
 
 
 def run_detect(cfg: Config, data: str | Path, out: str | Path) -> DetectSummary:
     """Train and evaluate the nodule detector on the annotated videos of ``data`` into
     ``out``, and write its bundle."""
-    from usv_ray.bundle import read_ingest_record, write_bundle
-    from usv_ray.detect.bundle import FILE, FRAME_SETTINGS, KIND
+    from usv_ray import bundle
+    from usv_ray.bundle.detector import FILE, FRAME_SETTINGS, KIND
     from usv_ray.detect.data import annotated_videos, split_videos
     from usv_ray.detect.training import DetectorTask, frames_dataset
-    from usv_ray.io import claim_folder, write_table
+    from usv_ray.io import write_table
+    from usv_ray.runner import RunSettings, train_models
     from usv_ray.runtime import ensure_ray
-    from usv_ray.train import stage_settings, train_models
 
-    started = time.perf_counter()
-    data, out = Path(data), Path(out)
-    ingest = read_ingest_record(data)
+    data, out = Path(data), DetectFolder(out)
+    ingest = IngestFolder(data).settings()
     frames = {name: ingest[name] for name in FRAME_SETTINGS}
     splits = split_videos(annotated_videos(data), cfg.detect)
-    fingerprint = _fingerprint(cfg, splits, frames)
-    if claim_folder(out / "detect.json", fingerprint, {"detect": to_dict(cfg.detect)}):
-        log.info("resuming the detector run in %s", out)
-    write_table(pa.Table.from_pandas(splits, preserve_index=False), out / "splits.parquet")
+    videos = digest_rows(splits[["video_id", "patient_key", "split"]].itertuples(index=False))
+    run = StageRun(out.record, {"detect": cfg.detect}, data=videos, inputs=frames, data_folder=data)
+    run.claim()
+    write_table(pa.Table.from_pandas(splits, preserve_index=False), out.splits)
     for split in ("train", "val", "test"):
         part = splits[splits["split"] == split]
         log.info(
@@ -182,13 +166,15 @@ def run_detect(cfg: Config, data: str | Path, out: str | Path) -> DetectSummary:
         size,
         cfg.detect.epochs,
     )
-    trained = train_models(
-        [task], stage_settings(cfg.detect), out / "runs", "detector", datasets, lambda _: ["train"]
-    )["detector"]
+    settings = RunSettings.of(cfg.detect, cfg.detect, cfg.detect.seed)
+    trained = train_models([task], settings, out.runs, "detector", datasets, lambda _: ["train"])[
+        "detector"
+    ]
     table = _evaluate(cfg, data, out, splits, trained.path, size)
     test = table.set_index("split").loc["test"] if "test" in set(table["split"]) else None
-    bundle = write_bundle(
-        out / "bundle",
+    scores = None if test is None else {"ap50": float(test["ap50"]), "ap": float(test["ap"])}
+    record = bundle.write(
+        out.bundle,
         KIND,
         {FILE: trained.path},
         {
@@ -196,20 +182,12 @@ def run_detect(cfg: Config, data: str | Path, out: str | Path) -> DetectSummary:
             "model": cfg.detect.model,
             "input_size": size,
             "config": {"detect": to_dict(cfg.detect)},
-            "fingerprint": fingerprint,
+            "fingerprints": {"folder": run.fingerprint, "data": videos},
             "best_epoch": trained.best_epoch,
-            "metrics": {
-                "test, percent": None
-                if test is None
-                else {"ap50": float(test["ap50"]), "ap": float(test["ap"])}
-            },
+            "metrics": {"test, percent": scores},
         },
-    )
-    return DetectSummary(
-        out,
-        len(splits),
-        int(splits["patient_key"].nunique()),
-        table,
-        bundle,
-        time.perf_counter() - started,
-    )
+    ).record
+    patients = int(splits["patient_key"].nunique())
+    seconds = run.finish({"videos": len(splits), "patients": patients, "test": scores})
+    describe(out.root, data)
+    return DetectSummary(out.root, len(splits), patients, table, record, seconds)

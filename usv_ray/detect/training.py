@@ -1,4 +1,4 @@
-"""Train the nodule detector with the training runner (Ray Train, DDP; :mod:`usv_ray.train`).
+"""Train the nodule detector with the training runner (Ray Train, DDP; :mod:`usv_ray.runner`).
 
 Each worker reads its shard of the training frames (``train``), augmented per frame
 (:func:`usv_ray.detect.data.augment`); rank 0 validates on the validation patients' frames
@@ -18,7 +18,7 @@ import torch
 from usv_ray.config import DetectConfig
 from usv_ray.detect.data import augment, collate
 from usv_ray.imaging import normalise
-from usv_ray.train import Worker, numpy_collate, shuffled_batches
+from usv_ray.runner import Worker, numpy_collate, shuffled_batches
 
 
 def detect_all(model: torch.nn.Module, batches: Iterable[Any], device: torch.device) -> tuple:
@@ -36,7 +36,7 @@ def detect_all(model: torch.nn.Module, batches: Iterable[Any], device: torch.dev
 
 @dataclass(frozen=True)
 class DetectorTask:
-    """The detector (a :class:`usv_ray.train.Task`): trained on ``train``, validated on
+    """The detector (a :class:`usv_ray.runner.Task`): trained on ``train``, validated on
     ``val`` (frames of ``size`` x ``size``)."""
 
     cfg: DetectConfig
@@ -47,7 +47,7 @@ class DetectorTask:
         return "detector"
 
     def build(self) -> torch.nn.Module:
-        from usv_ray.detect.models import build_detector
+        from usv_ray.models.detector import build_detector
 
         return build_detector(self.meta())
 
@@ -88,15 +88,15 @@ class DetectorTask:
 
 def frames_dataset(data: Any, video_ids: Iterable[str]) -> Any:
     """The frames (with their boxes) of ``video_ids``, read once and kept in the object
-    store, in read order (see :func:`usv_ray.train.in_order`)."""
+    store, in read order (see :func:`usv_ray.runner.in_order`)."""
     import pyarrow.fs
     import ray.data
 
-    from usv_ray.classify.cnn import frame_shards
     from usv_ray.detect.data import FRAME_COLUMNS
-    from usv_ray.train import in_order
+    from usv_ray.layout import IngestFolder
+    from usv_ray.runner import in_order
 
-    shards = frame_shards(data, video_ids)
+    shards = IngestFolder(data).frame_shards(video_ids)
     dataset = ray.data.read_parquet(shards, filesystem=pyarrow.fs.LocalFileSystem())
     return in_order(dataset).select_columns(FRAME_COLUMNS).materialize()
 

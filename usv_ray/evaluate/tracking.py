@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
+from usv_ray.boxes import box_iou
 from usv_ray.evaluate.metrics import MetricWarning
 
 __all__ = ["frame_scores", "identity_scores", "purity"]
@@ -153,17 +154,6 @@ def _frames(truth: _Boxes, pred: _Boxes) -> Iterator[tuple[int, int, np.ndarray,
         yield int(videos[start]), int(frames[start]), rows[is_truth], rows[~is_truth] - n_truth
 
 
-def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``(N, M)`` IoU of boxes ``a`` (N, 4) and ``b`` (M, 4); 0 for empty or inverted boxes."""
-    top_left = np.maximum(a[:, None, :2], b[None, :, :2])  # (N, M, 2)
-    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])  # (N, M, 2)
-    inter = np.prod(np.clip(bottom_right - top_left, 0.0, None), axis=-1)  # (N, M)
-    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0.0, None), axis=-1)  # (N,)
-    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0.0, None), axis=-1)  # (M,)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=inter > 0)
-
-
 def _one_to_one(iou: np.ndarray, threshold: float) -> int:
     """Number of pairs in a one-to-one matching of the rows and columns of ``iou`` (N, M)
     with the most pairs at ``IoU >= threshold`` (ties: the highest total IoU)."""
@@ -210,7 +200,7 @@ def frame_scores(truth: Any, pred: Any, iou: float = 0.5) -> dict[str, float]:
     matched = 0
     for _, _, truth_rows, pred_rows in _frames(truth_boxes, pred_boxes):
         if truth_rows.size and pred_rows.size:
-            frame_iou = _box_iou(truth_boxes.boxes[truth_rows], pred_boxes.boxes[pred_rows])
+            frame_iou = box_iou(truth_boxes.boxes[truth_rows], pred_boxes.boxes[pred_rows])
             matched += _one_to_one(frame_iou, threshold)
     n_true, n_pred = len(truth_boxes.frames), len(pred_boxes.frames)
     return {
@@ -244,7 +234,7 @@ def purity(truth: Any, pred: Any, iou: float = 0.5) -> tuple[float, pd.DataFrame
     pairs = []  # ((P,) truth rows, (P,) pred rows) of every matching pair
     for _, _, truth_rows, pred_rows in _frames(truth_boxes, pred_boxes):
         if truth_rows.size and pred_rows.size:
-            frame_iou = _box_iou(truth_boxes.boxes[truth_rows], pred_boxes.boxes[pred_rows])
+            frame_iou = box_iou(truth_boxes.boxes[truth_rows], pred_boxes.boxes[pred_rows])
             t, p = np.nonzero(frame_iou >= threshold)
             pairs.append((truth_rows[t], pred_rows[p]))
     truth_rows = np.concatenate([t for t, _ in pairs] + [np.empty(0, np.int64)])
@@ -329,7 +319,7 @@ def identity_scores(truth: Any, pred: Any, iou: float = 0.5) -> dict[str, float]
     truth_boxes, pred_boxes = _inputs(truth, pred)
     accumulators: dict[int, Any] = {}  # video code -> its MOTAccumulator
     for video, frame, truth_rows, pred_rows in _frames(truth_boxes, pred_boxes):
-        frame_iou = _box_iou(truth_boxes.boxes[truth_rows], pred_boxes.boxes[pred_rows])
+        frame_iou = box_iou(truth_boxes.boxes[truth_rows], pred_boxes.boxes[pred_rows])
         distance = np.where(frame_iou >= threshold, 1.0 - frame_iou, np.nan)  # (T, P)
         if video not in accumulators:
             accumulators[video] = mm.MOTAccumulator(auto_id=False)

@@ -1,9 +1,9 @@
 """The nightly nodule index: ``usv-ray index --data DIR --model DIR --out DIR``.
 
-Every run embeds the tracklets of the archive that the index has not seen (Ray Data batch
-inference, one model per actor), then updates the nodules of the patients they belong to
-(:mod:`usv_ray.index.nodules`). When ``--model`` is the re-ID output folder, the tracklets
-its own ``embeddings/`` holds by the same model are taken from there, not embedded again.
+Every run embeds the tracklets of the archive that the index has not seen (a batch job,
+one model per actor), then updates the nodules of the patients they belong to
+(:mod:`usv_ray.index.nodules`). The tracklets that the re-ID run embedded with the same
+model (its bundle names them) are taken from there, not embedded again.
 Layout of ``--out``::
 
     nodules.parquet     the index (schemas.NODULES), one row per nodule of a patient
@@ -27,17 +27,20 @@ import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from usv_ray.config import Config, IndexConfig
 from usv_ray.errors import UsvRayError
 from usv_ray.index.nodules import Nodule, centroid, update_patient
+from usv_ray.index.report import describe
+from usv_ray.index.store import embed_new, read_store, reid_embeddings
 from usv_ray.io import remove_stale_tmp, write_json, write_table
+from usv_ray.layout import IndexFolder, IngestFolder, LayoutError
 from usv_ray.schemas import EMBEDDINGS, ERRORS, NODULES
 
 log = logging.getLogger(__name__)
@@ -67,130 +70,45 @@ class IndexSummary:
     turned_suspicious: int  # below the diagnosis threshold at their first exam, above at the latest
     seconds: float
 
+    def text(self) -> str:
+        """What the command prints: the results in short and where they are."""
+        scores = self.scores
+        agreement = (
+            f"\n  vs annotated nodules ({scores['tracklets']} tracklets, {scores['true_nodules']} "
+            f"nodules): pairwise precision {100 * scores['precision']:.1f}, recall "
+            f"{100 * scores['recall']:.1f}, F {100 * scores['f_score']:.1f}; nodule count right "
+            f"for {scores['patients_right_count']} of {scores['patients']} patients (mean error "
+            f"{scores['count_error']:.2f})"
+            if scores
+            else ""
+        )
+        malignancy = (
+            f"\n  malignancy of {self.scored} nodules from the diagnoses; "
+            f"{self.turned_suspicious} turned suspicious since their first exam"
+            if self.scored
+            else ""
+        )
+        return (
+            f"index: {self.nodules} nodules of {self.patients} patients from "
+            f"{self.tracklets} tracklets ({self.embedded_now} embedded now"
+            f"{f', {self.reused} of them by the re-ID run' if self.reused else ''}"
+            f"{', rebuilt' if self.rebuilt else ''}, {self.errors} error rows) in "
+            f"{self.seconds:.0f} s{agreement}{malignancy}\n"
+            f"  version: {self.index_version}\n"
+            f"  index: {self.out / 'nodules.parquet'}\n"
+            f"  errors: {self.out / 'errors.parquet'}"
+        )
 
-def index_version(model_id: str, clip: dict[str, int], cfg: IndexConfig) -> str:
+
+def index_version(model_id: str, clip: tuple[int, int, int], cfg: IndexConfig) -> str:
     """What the index was built with; indexes of different versions are never mixed."""
-    shape = f"{clip['clip_frames']}x{clip['clip_height']}x{clip['clip_width']}"
+    shape = "x".join(map(str, clip))
     method = cfg.method if cfg.method == "closure" else f"{cfg.method} seed {cfg.seed}"
     return f"{model_id} clip {shape} tau {cfg.tau:g} {method}"
 
 
-def _check_clips(batch: pa.Table) -> pa.Table:
-    """Add an ``error`` column: why a row's clip cannot be read, null when it can."""
-    from usv_ray.reid.clips import clip_problem
-
-    problems = [
-        clip_problem(c, len(f) if f is not None else 0, h or 0, w or 0)
-        for c, f, h, w in zip(
-            batch["clip"].to_pylist(),
-            batch["frame_index"].to_pylist(),
-            batch["height"].to_pylist(),
-            batch["width"].to_pylist(),
-            strict=True,
-        )
-    ]
-    return batch.append_column("error", pa.array(problems, pa.string()))
-
-
-def _keep(batch: pa.Table, ids: frozenset[str]) -> pa.Table:
-    """The rows of ``batch`` whose tracklet is in ``ids``."""
-    return batch.filter(pc.is_in(batch["tracklet_id"], pa.array(sorted(ids), pa.string())))
-
-
-def _embed_new(
-    cfg: Config, data: Path, out: Path, model: Path, new: set[str], run: int
-) -> pd.DataFrame:
-    """Embed the tracklets ``new`` into ``embeddings/<run>``; returns the unreadable ones
-    (tracklet_id, video_id, patient_key, error). On ``index.workers`` Ray Data actors, or
-    with 0 in this process (no actor start-up: on a laptop, most of a small night's work)."""
-    from usv_ray.reid.clips import tracklet_shards
-    from usv_ray.reid.embed import EMBED_COLUMNS
-
-    c = cfg.index
-    shards = [
-        s
-        for s in tracklet_shards(data)
-        if not new.isdisjoint(pq.read_table(s, columns=["tracklet_id"])["tracklet_id"].to_pylist())
-    ]
-    columns = [*EMBED_COLUMNS, "video_id"]
-    if c.workers == 0:
-        from usv_ray.reid.embed import TrackletEmbedder
-
-        rows = _check_clips(
-            _keep(
-                pa.concat_tables(pq.read_table(s, columns=columns) for s in shards), frozenset(new)
-            )
-        )
-        errors = pc.is_valid(rows["error"])
-        good = rows.filter(pc.invert(errors)).select(EMBED_COLUMNS).combine_chunks()
-        if good.num_rows:
-            embedder = TrackletEmbedder(str(model), cfg.reid, c.batch_size, "cpu")
-            parts = [
-                embedder(
-                    {name: batch[name].to_numpy(zero_copy_only=False) for name in EMBED_COLUMNS}
-                )
-                for batch in good.to_batches(c.batch_size)
-            ]
-            write_table(pa.concat_tables(parts), out / "embeddings" / f"{run:05d}" / "part.parquet")
-        bad = rows.filter(errors).select(["tracklet_id", "video_id", "patient_key", "error"])
-        return bad.to_pandas()
-
-    import pyarrow.fs
-    import ray.data
-
-    from usv_ray.io import write_dataset
-    from usv_ray.reid.embed import embed_dataset
-    from usv_ray.runtime import ensure_ray
-
-    ensure_ray(cfg.ray)
-    checked = (
-        ray.data.read_parquet(shards, filesystem=pyarrow.fs.LocalFileSystem())
-        .select_columns(columns)
-        .map_batches(_keep, fn_kwargs={"ids": frozenset(new)}, batch_format="pyarrow")
-        .map_batches(_check_clips, batch_format="pyarrow")
-        .materialize()
-    )
-    bad = checked.filter(lambda row: row["error"] is not None).select_columns(
-        ["tracklet_id", "video_id", "patient_key", "error"]
-    )
-    bad = bad.to_pandas() if bad.count() else pd.DataFrame(columns=bad.columns())
-    good = checked.filter(lambda row: row["error"] is None).select_columns(EMBED_COLUMNS)
-    if good.count():
-        embedded = embed_dataset(
-            good, model, cfg.reid, c.workers, c.cpus_per_worker, c.use_gpu, c.batch_size
-        )
-        write_dataset(embedded, out / "embeddings" / f"{run:05d}")
-    return bad
-
-
-def _reid_embeddings(reid_folder: Path, model_id: str, ids: set[str]) -> pa.Table:
-    """The embeddings of ``ids`` that a re-ID run in ``reid_folder`` (the folder above the
-    model's bundle/ or models/) wrote with this same model (``model_id`` hashes the file):
-    the index takes them instead of embedding those tracklets again. Empty when the folder
-    holds no embeddings of it (a bundle copied elsewhere).
-
-    The filter goes to the reader: row groups whose statistics rule out this model (every
-    file of another model) are skipped, not read and then dropped."""
-    import pyarrow.dataset as ds
-
-    folder = Path(reid_folder) / "embeddings"
-    if not folder.is_dir():
-        return EMBEDDINGS.empty_table()
-    wanted = (ds.field("model") == model_id) & ds.field("tracklet_id").isin(sorted(ids))
-    return pq.read_table(folder, schema=EMBEDDINGS, filters=wanted)
-
-
-def _read_store(out: Path) -> pd.DataFrame:
-    """Every stored embedding row (all runs), or an empty frame."""
-    runs = sorted(p for p in (out / "embeddings").glob("[0-9]" * 5) if p.is_dir())
-    if not runs:
-        return EMBEDDINGS.empty_table().to_pandas()
-    return pd.concat([pq.read_table(r, schema=EMBEDDINGS).to_pandas() for r in runs])
-
-
-def _read_nodules(out: Path) -> pd.DataFrame | None:
-    path = out / "nodules.parquet"
-    return pq.read_table(path).to_pandas() if path.exists() else None
+def _read_nodules(out: IndexFolder) -> pd.DataFrame | None:
+    return pq.read_table(out.nodules).to_pandas() if out.nodules.exists() else None
 
 
 def _nodules_of(rows: pd.DataFrame) -> dict[str, list[Nodule]]:
@@ -227,21 +145,22 @@ def read_diagnoses(folder: Path, scoring: str) -> Diagnoses:
     Raises:
         IndexBuildError: when ``folder`` holds no diagnoses.
     """
+    from usv_ray.layout import PredictFolder
     from usv_ray.schemas import DIAGNOSES, TRACKLET_DIAGNOSES
 
-    summary = Path(folder) / "summary.json"
-    if not summary.is_file():
+    predict = PredictFolder(folder)
+    if not predict.summary.is_file():
         raise IndexBuildError(
             f"{folder} holds no diagnoses (no summary.json): run `usv-ray predict --out "
             f"{folder}` first, or leave --diagnoses out"
         )
-    version = json.loads(summary.read_text())["latest"]
-    videos = pq.read_table(Path(folder) / "diagnoses.parquet", schema=DIAGNOSES).to_pandas()
+    version = json.loads(predict.summary.read_text())["latest"]
+    videos = pq.read_table(predict.diagnoses, schema=DIAGNOSES).to_pandas()
     videos = videos[(videos["model_version"] == version) & (videos["status"] == "ok")]
     threshold = float(videos["threshold"].iloc[0]) if len(videos) else 0.5
     if scoring == "videos":
         return Diagnoses(videos[["video_id", "prob"]], threshold, version)
-    table = pq.read_table(Path(folder) / "tracklet_diagnoses.parquet", schema=TRACKLET_DIAGNOSES)
+    table = pq.read_table(predict.tracklet_diagnoses, schema=TRACKLET_DIAGNOSES)
     tracklets = table.to_pandas()
     tracklets = tracklets[tracklets["model_version"] == version]
     return Diagnoses(tracklets[["tracklet_id", "prob"]], threshold, version)
@@ -339,36 +258,34 @@ def _scores(table: pa.Table, tracklets: pd.DataFrame) -> dict | None:
     }
 
 
-def _choose(cfg: Config, data: Path, model: str | Path) -> tuple[Path, IndexConfig]:
-    """The model file to embed with, checked against ``data``, and the index settings with
-    the tau to cluster at: ``index.tau`` when set, else the tau the sweep recorded in the
-    re-ID bundle for this model."""
-    from usv_ray.bundle import check_ingest
-    from usv_ray.reid.bundle import choose_model
+def _choose(cfg: Config, data: IngestFolder, model: str | Path) -> tuple[Any, IndexConfig]:
+    """The re-ID bundle to embed with, checked against ``data``, and the index settings
+    with the tau to cluster at: ``index.tau`` when set, else the tau the sweep recorded in
+    the re-ID bundle for this model."""
+    from usv_ray import bundle
 
     c = cfg.index
-    try:
-        choice = choose_model(model, c.model)
-    except FileNotFoundError as exc:
-        raise IndexBuildError(str(exc)) from exc
-    if choice.ingest is not None:
-        check_ingest(choice.ingest, data, choice.source)
+    models = bundle.load(model, "reid")
+    models.bundle.check_data(data)
+    model_id = models.model_id(c.model)
+    source = f"the re-ID bundle {models.bundle.folder} ({models.version})"
+    recorded = models.tau(c.model)
     if c.tau is not None:
-        if choice.tau is not None and choice.tau != c.tau:
+        if recorded is not None and recorded != c.tau:
             log.info(
                 "index: tau %g from the config (the sweep recorded %g for this model)",
                 c.tau,
-                choice.tau,
+                recorded,
             )
-        return choice.path, c
-    if choice.tau is None:
+        return models, c
+    if recorded is None:
         raise IndexBuildError(
-            f"no tau for {choice.source}: the tau sweep has not recorded one for its "
+            f"no tau for {model_id} of {source}: the tau sweep has not recorded one for its "
             f"{c.model} model. Run `usv-ray tune --target tau --data REID --out TUNE` on its "
             "re-ID folder (it records the tau in the bundle), or set index.tau"
         )
-    log.info("index: tau %g, recorded by the tau sweep in %s", choice.tau, choice.source)
-    return choice.path, replace(c, tau=choice.tau)
+    log.info("index: tau %g, recorded by the tau sweep in %s", recorded, source)
+    return models, replace(c, tau=recorded)
 
 
 def run_index(
@@ -380,30 +297,26 @@ def run_index(
 ) -> IndexSummary:
     """Bring the nodule index in ``out`` up to date with the tracklets of ``data``, each
     nodule scored from the diagnoses in ``diagnoses`` (a ``usv-ray predict`` folder)."""
-    from usv_ray.reid.clips import read_tracklet_table
-    from usv_ray.reid.embed import load_reid_model
-
     started = time.perf_counter()
-    data, out = Path(data), Path(out)
-    model, c = _choose(cfg, data, model)
+    data, out = IngestFolder(data), IndexFolder(out)
+    models, c = _choose(cfg, data, model)
     cfg = replace(cfg, index=c)
-    reid_folder = model.parent.parent  # a re-ID folder's bundle/ or models/: its embeddings
-    loaded = load_reid_model(model)
-    version = index_version(loaded.model_id, loaded.clip, c)
+    model_id = models.model_id(c.model)
+    version = index_version(model_id, models.clip_shape(c.model), c)
     scores_from = NO_DIAGNOSES if diagnoses is None else read_diagnoses(diagnoses, c.nodule_scoring)
     try:
-        tracklets = read_tracklet_table(data).to_pandas()
-    except FileNotFoundError as exc:
+        tracklets = data.read_tracklets().to_pandas()
+    except LayoutError as exc:
         raise IndexBuildError(str(exc)) from exc
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_tmp(out)
-    remove_stale_tmp(out / "embeddings")
+    out.root.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(out.root)
+    remove_stale_tmp(out.embeddings)
 
-    store = _read_store(out)
-    stale_model = sorted(set(store["model"]) - {loaded.model_id})
+    store = read_store(out)
+    stale_model = sorted(set(store["model"]) - {model_id})
     if stale_model:  # another model's embeddings: start a new store
-        log.info("index: built with %s before; rebuilding with %s", stale_model, loaded.model_id)
-        shutil.rmtree(out / "embeddings")
+        log.info("index: built with %s before; rebuilding with %s", stale_model, model_id)
+        shutil.rmtree(out.embeddings)
         store = store.iloc[:0]
     previous = _read_nodules(out)
     if diagnoses is None and previous is not None and previous["diagnosis_version"].notna().any():
@@ -418,11 +331,7 @@ def run_index(
             "index: version %s before; re-clustering as %s", previous["index_version"][0], version
         )
         previous = None
-    old_errors = (
-        pq.read_table(out / "errors.parquet").to_pandas()
-        if (out / "errors.parquet").exists()
-        else None
-    )
+    old_errors = pq.read_table(out.errors).to_pandas() if out.errors.exists() else None
     bad_before = (
         set(old_errors.loc[old_errors["kind"] == "bad_tracklet", "source"])
         if old_errors is not None
@@ -436,35 +345,47 @@ def run_index(
     waiting = (archive & stored) - indexed_before  # a failed patient's
     if not new and not waiting and not rebuilt and previous is not None:
         table = _scored(previous, tracklets, scores_from, c.nodule_scoring)
-        changed = not table.equals(pq.read_table(out / "nodules.parquet"))
+        changed = not table.equals(pq.read_table(out.nodules))
         if changed:  # the same nodules, scored from newer diagnoses
-            write_table(table, out / "nodules.parquet")
+            write_table(table, out.nodules)
         log.info(
             "index: nothing new since the last run (%s)%s",
             version,
             "; nodules rescored from the diagnoses" if changed else "",
         )
         return _summary(
-            out, version, table.to_pandas(), tracklets, old_errors, 0, 0, False, started, changed
+            out,
+            data,
+            version,
+            table.to_pandas(),
+            tracklets,
+            old_errors,
+            0,
+            0,
+            False,
+            started,
+            changed,
         )
 
     bad = pd.DataFrame(columns=["tracklet_id", "video_id", "patient_key", "error"])
     reused = (
-        _reid_embeddings(reid_folder, loaded.model_id, new) if new else EMBEDDINGS.empty_table()
+        reid_embeddings(models.embeddings(c.model), model_id, new)
+        if new
+        else EMBEDDINGS.empty_table()
     )
-    run = 1 + max((int(p.name) for p in (out / "embeddings").glob("[0-9]" * 5)), default=-1)
+    run = 1 + max((int(p.name) for p in out.embedding_runs()), default=-1)
     if reused.num_rows:
         log.info("index: %d new tracklets embedded by the re-ID run already", reused.num_rows)
-        write_table(reused, out / "embeddings" / f"{run:05d}" / "reid.parquet")
+        write_table(reused, out.embedding_run(run) / "reid.parquet")
         run += 1
     rest = new - set(reused["tracklet_id"].to_pylist())
     if rest:
-        log.info("index: embedding %d new tracklets with %s", len(rest), loaded.model_id)
-        bad = _embed_new(cfg, data, out, model, rest, run)
+        log.info("index: embedding %d new tracklets with %s", len(rest), model_id)
+        bad = embed_new(cfg, data, out, models.bundle.folder.resolve(), rest, run)
         for row in bad.itertuples(index=False):
             log.warning("index: tracklet %s unreadable: %s", row.tracklet_id, row.error)
     if new:
-        store = _read_store(out)
+        store = read_store(out)
     embedding_of = dict(zip(store["tracklet_id"], store["embedding"], strict=True))
     study_of = dict(zip(tracklets["tracklet_id"], tracklets["study_key"], strict=True))
     patient_of = dict(zip(tracklets["tracklet_id"], tracklets["patient_key"], strict=True))
@@ -495,7 +416,7 @@ def run_index(
             failed[patient_key] = f"{type(exc).__name__}: {exc}"
     nodules = _index_table(by_patient, embedding_of, study_of, version)
     table = _scored(nodules, tracklets, scores_from, c.nodule_scoring)
-    write_table(table, out / "nodules.parquet")
+    write_table(table, out.nodules)
     errors = pd.DataFrame(
         _error_rows(bad, failed)
         + (
@@ -505,12 +426,11 @@ def run_index(
         ),
         columns=ERRORS.names,
     )
-    write_table(
-        pa.Table.from_pandas(errors, schema=ERRORS, preserve_index=False), out / "errors.parquet"
-    )
+    write_table(pa.Table.from_pandas(errors, schema=ERRORS, preserve_index=False), out.errors)
     embedded_now = len(new) - len(bad)
     return _summary(
         out,
+        data,
         version,
         table.to_pandas(),
         tracklets,
@@ -524,7 +444,8 @@ def run_index(
 
 
 def _summary(
-    out: Path,
+    out: IndexFolder,
+    data: IngestFolder,
     version: str,
     nodules: pd.DataFrame,
     tracklets: pd.DataFrame,
@@ -537,7 +458,7 @@ def _summary(
 ) -> IndexSummary:
     """The summary of the index in ``out``; written to summary.json when it ``changed``."""
     summary = IndexSummary(
-        out,
+        out.root,
         version,
         int(nodules["patient_key"].nunique()),
         int(nodules["n_tracklets"].sum()),
@@ -553,5 +474,7 @@ def _summary(
     )
     if changed:
         record = {k: v for k, v in summary.__dict__.items() if k not in ("out", "seconds")}
-        write_json(record, out / "summary.json")
+        write_json(record, out.summary)
+    if changed or not out.report.exists():  # an older usv_ray's folder: its section now
+        describe(out.root, data.root)
     return summary

@@ -90,11 +90,19 @@ def _parse_tracklet(item: object, position: int) -> Tracklet:
     return Tracklet(tracklet_id, nodule_id, frames, tuple(parsed[f] for f in frames))
 
 
-def load_tracklets(path: str | Path) -> list[Tracklet]:
-    """Parse an annotations file; raises :class:`AnnotationError` naming what is wrong."""
-    path = Path(path)
+def is_inline(annotations: str) -> bool:
+    """Whether a manifest's ``annotations`` value is the JSON itself (else a file's path)."""
+    return annotations.lstrip().startswith("{")
+
+
+def load_tracklets(source: str | Path) -> list[Tracklet]:
+    """Parse annotations: the path of a JSON file, or the JSON itself (a manifest cell
+    that starts with ``{``); raises :class:`AnnotationError` naming what is wrong."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(source, str) and is_inline(source):
+            data = json.loads(source)
+        else:
+            data = json.loads(Path(source).read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise AnnotationError("the annotations file does not exist") from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

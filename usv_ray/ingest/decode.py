@@ -7,7 +7,7 @@ times cheaper than ``frame.to_ndarray(format="gray")``. Limited-range ("tv") vid
 its 16-235 luma values; swscale's gray conversion would stretch them to 0-255, so the two
 differ by that range mapping. Packed RGB and palette formats (GIF, ...) go through a
 full-range BT.601 luma of their RGB, and DICOM pixels are windowed to 0-255 (see
-``_DicomClip``).
+``usv_ray.ingest.dicom``).
 
 Random access works on the demuxed packets, kept in memory after one demux pass: to
 decode frame ``i`` the decoder is fed from the key frame at or before it, or simply keeps
@@ -20,14 +20,20 @@ from __future__ import annotations
 import bisect
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from usv_ray.errors import UsvRayError
+from usv_ray.ingest.clip import (
+    LUMA_WEIGHTS,
+    VideoError,
+    VideoInfo,
+    check_size,
+    is_dicom,
+)
+from usv_ray.ingest.dicom import DicomClip
 
 if TYPE_CHECKING:
     import av
@@ -89,8 +95,6 @@ _LUMA16_SHIFT = {
     "p012le": 8,
     "p016le": 8,
 }
-# BT.601 luma weights, in 1/256 (sum 256), for the RGB fallback.
-_LUMA_WEIGHTS = np.array([77, 150, 29], dtype=np.uint32)
 # Leading bytes of containers we can recognise, to tell a damaged video from a non-video.
 _VIDEO_SIGNATURES: tuple[tuple[int, bytes], ...] = (
     (4, b"ftyp"),  # MP4 / MOV / 3GP
@@ -119,40 +123,6 @@ _AVI_TIMESTAMPED_CODECS = frozenset({"mpeg4", "mjpeg", "rawvideo", "ffv1", "huff
 _PACKABLE_CODECS = frozenset({"mpeg4", "msmpeg4v3", "msmpeg4v2", "msmpeg4", "h263"})
 
 
-class VideoError(UsvRayError):
-    """A video that cannot be read; ``kind`` is a short machine-readable reason.
-
-    Kinds: missing_file, empty_file, not_video, no_video_stream, truncated, decode_error,
-    no_pixel_data, unsupported_dicom, frame_too_large, no_frames.
-    """
-
-    def __init__(self, kind: str, message: str):
-        super().__init__(f"{kind}: {message}")
-        self.kind = kind
-        self.message = message
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    """What is known about a clip right after opening it."""
-
-    n_frames: int  # frames a full plain PyAV decode (or the DICOM) yields
-    fps: float  # frames per second; 0.0 when the file does not say
-    width: int
-    height: int
-    codec: str  # FFmpeg codec name ("h264", "gif", "mpeg2video", ...) or "dicom"
-    patient_id: str | None  # DICOM PatientID, else None
-    study_id: str | None  # DICOM StudyInstanceUID (or StudyDate), else None
-
-
-def is_dicom(path: str | Path) -> bool:
-    """True when ``path`` has the DICOM b"DICM" magic at byte 128 or a ``.dcm`` suffix."""
-    path = Path(path)
-    with path.open("rb") as f:
-        head = f.read(132)
-    return head[128:132] == b"DICM" or path.suffix.lower() == ".dcm"
-
-
 def luma_of_frame(frame: av.video.frame.VideoFrame) -> np.ndarray:
     """Gray uint8 (H, W) image of a decoded frame, a fresh array the caller owns.
 
@@ -173,7 +143,7 @@ def luma_of_frame(frame: av.video.frame.VideoFrame) -> np.ndarray:
         rows = np.frombuffer(plane, "<u2").reshape(-1, plane.line_size // 2)
         return (rows[:h, :w] >> shift).astype(np.uint8)
     rgb = frame.to_ndarray(format="rgb24")  # (H, W, 3)
-    return ((rgb.astype(np.uint32) @ _LUMA_WEIGHTS + 128) >> 8).astype(np.uint8)
+    return ((rgb.astype(np.uint32) @ LUMA_WEIGHTS + 128) >> 8).astype(np.uint8)
 
 
 def _looks_like_video(path: Path) -> bool:
@@ -189,14 +159,6 @@ def _check_file(path: Path) -> None:
         raise VideoError("not_video", f"{path} is not a regular file")
     if path.stat().st_size == 0:
         raise VideoError("empty_file", f"{path} is empty")
-
-
-def _check_size(width: int, height: int, max_frame_pixels: int, path: Path) -> None:
-    if width * height > max_frame_pixels:
-        raise VideoError(
-            "frame_too_large",
-            f"{path}: {width}x{height} frames exceed max_frame_pixels={max_frame_pixels}",
-        )
 
 
 def _fps_of(stream: av.video.stream.VideoStream) -> float:
@@ -243,108 +205,6 @@ def _packet_table_is_reliable(format_names: set[str], codec: str, packets: list[
     return True
 
 
-class _DicomClip:
-    """A DICOM cine (or single image) decoded with pydicom into windowed gray uint8.
-
-    8-bit monochrome pixels are returned as stored. Deeper pixels get the modality LUT
-    (RescaleSlope/Intercept), then the first VOI window (WindowCenter/WindowWidth, DICOM
-    linear formula) when the file has one, else a min-max stretch over the whole clip, so
-    frames of one clip stay comparable. MONOCHROME1 is inverted; colour becomes BT.601 luma.
-    """
-
-    def __init__(self, path: Path, max_frame_pixels: int):
-        import pydicom
-        from pydicom.errors import InvalidDicomError
-
-        try:
-            ds = pydicom.dcmread(path, force=True)
-        except (InvalidDicomError, OSError, ValueError, EOFError) as e:
-            raise VideoError("not_video", f"{path}: unreadable DICOM ({e})") from e
-        if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-            raise VideoError("no_pixel_data", f"{path}: DICOM without pixel data")
-        try:
-            rows, cols = int(ds.Rows), int(ds.Columns)
-        except (AttributeError, TypeError, ValueError) as e:
-            raise VideoError("not_video", f"{path}: DICOM without Rows/Columns") from e
-        _check_size(cols, rows, max_frame_pixels, path)
-        try:
-            pixels = ds.pixel_array
-        except (RuntimeError, NotImplementedError) as e:
-            syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-            name = getattr(syntax, "name", str(syntax))
-            raise VideoError(
-                "unsupported_dicom",
-                f"{path}: cannot decode transfer syntax {name!r}; install one of the "
-                f"pydicom pixel-data plugins it lists: {e}",
-            ) from e
-        except (ValueError, AttributeError, KeyError) as e:
-            raise VideoError("decode_error", f"{path}: bad DICOM pixel data ({e})") from e
-
-        n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-        colour = int(ds.get("SamplesPerPixel", 1)) > 1
-        if photometric == "PALETTE COLOR":
-            from pydicom.pixels import apply_color_lut
-
-            pixels, colour = apply_color_lut(pixels, ds), True
-        # Normalise to (F, H, W) or (F, H, W, 3).
-        if n_frames == 1 and pixels.ndim == (3 if colour else 2):
-            pixels = pixels[None]
-        self._pixels = pixels
-        self._colour = colour
-        self._invert = photometric == "MONOCHROME1"
-        self._window: tuple[float, float] | None = None
-        self._slope = float(ds.get("RescaleSlope", 1) or 1)
-        self._intercept = float(ds.get("RescaleIntercept", 0) or 0)
-        self._as_stored = colour or (pixels.dtype == np.uint8 and "WindowWidth" not in ds)
-        if not self._as_stored:
-            if "WindowCenter" in ds and "WindowWidth" in ds:
-                center, width = ds.WindowCenter, ds.WindowWidth
-                center = center[0] if isinstance(center, Sequence) else center
-                width = width[0] if isinstance(width, Sequence) else width
-                self._window = (float(center), max(float(width), 1.0))
-            else:
-                lo = float(pixels.min()) * self._slope + self._intercept
-                hi = float(pixels.max()) * self._slope + self._intercept
-                self._min_max = (lo, hi)
-        self.n_frames = pixels.shape[0]
-        self.height, self.width = int(pixels.shape[1]), int(pixels.shape[2])
-        self.fps = self._fps(ds)
-        patient_id = str(ds.get("PatientID", "") or "").strip()
-        study = str(ds.get("StudyInstanceUID", "") or ds.get("StudyDate", "") or "").strip()
-        self.patient_id = patient_id or None
-        self.study_id = study or None
-
-    @staticmethod
-    def _fps(ds: Any) -> float:
-        for key in ("CineRate", "RecommendedDisplayFrameRate"):
-            if ds.get(key):
-                return float(ds.get(key))
-        frame_time_ms = ds.get("FrameTime")
-        if frame_time_ms and float(frame_time_ms) > 0:
-            return 1000.0 / float(frame_time_ms)
-        return 0.0
-
-    def frame(self, i: int) -> np.ndarray:
-        """Gray uint8 (H, W) of frame ``i``."""
-        raw = self._pixels[i]  # (H, W) or (H, W, 3)
-        if self._colour:
-            rgb = raw.astype(np.uint32)
-            return ((rgb @ _LUMA_WEIGHTS + 128) >> 8).astype(np.uint8)
-        if self._as_stored:
-            gray = raw.astype(np.uint8, copy=True)
-        else:
-            value = raw.astype(np.float64) * self._slope + self._intercept
-            if self._window is not None:
-                center, width = self._window
-                scaled = ((value - (center - 0.5)) / (width - 1.0) + 0.5) * 255.0
-            else:
-                lo, hi = self._min_max
-                scaled = (value - lo) * (255.0 / (hi - lo)) if hi > lo else value * 0.0
-            gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-        return 255 - gray if self._invert else gray
-
-
 class VideoReader:
     """Gray uint8 frames of one clip, by frame index; a context manager.
 
@@ -361,10 +221,10 @@ class VideoReader:
         self.path = Path(path)
         self.warnings: list[str] = []
         self._container: av.container.InputContainer | None = None
-        self._dicom: _DicomClip | None = None
+        self._dicom: DicomClip | None = None
         _check_file(self.path)
         if is_dicom(self.path):
-            self._dicom = _DicomClip(self.path, max_frame_pixels)
+            self._dicom = DicomClip(self.path, max_frame_pixels)
             d = self._dicom
             self.info = VideoInfo(
                 d.n_frames, d.fps, d.width, d.height, "dicom", d.patient_id, d.study_id
@@ -394,7 +254,7 @@ class VideoReader:
         stream = self._container.streams.video[0]
         self._stream = stream
         ctx = stream.codec_context
-        _check_size(ctx.width, ctx.height, max_frame_pixels, self.path)
+        check_size(ctx.width, ctx.height, max_frame_pixels, self.path)
         self._max_frame_pixels = max_frame_pixels
         if threads > 1:
             stream.thread_type = "AUTO"
@@ -495,7 +355,7 @@ class VideoReader:
         yield from self._decode_packet(None)
 
     def _check_frame(self, frame: av.video.frame.VideoFrame) -> None:
-        _check_size(frame.width, frame.height, self._max_frame_pixels, self.path)
+        check_size(frame.width, frame.height, self._max_frame_pixels, self.path)
 
     def _start_key(self, index: int) -> int:
         """Packet position of the key frame to start decoding frame ``index`` from."""

@@ -13,9 +13,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from usv_ray.bundle import INGEST_CONTENT
-from usv_ray.config import IngestConfig, to_dict
+from usv_ray.config import IngestConfig, output_settings
 from usv_ray.errors import UsvRayError
+from usv_ray.ingest.annotations import is_inline
 from usv_ray.privacy import keyed_hash, patient_key
 from usv_ray.schemas import LABELS, UNKNOWN_LABEL
 
@@ -39,7 +39,7 @@ class VideoTask:
     study_id_hash: str | None  # keyed hash of (patient ID, study ID) when both are known
     study_id_raw: str | None  # only when patient_id is unknown until the DICOM is read
     label: int
-    annotations: str | None  # absolute path of the annotations JSON
+    annotations: str | None  # absolute path of the annotations JSON, or the JSON itself
     fingerprint: str  # same fingerprint as a journal entry: the work is already done
     # the fingerprint without a detector, when ``fingerprint`` names one: that work also
     # stands for an ingest without the detector, which keeps its automatic tracklets
@@ -77,12 +77,11 @@ def _file_stamp(path: Path) -> str:
 
 
 def _fingerprint(cfg: IngestConfig, *parts: str) -> str:
-    """The work's fingerprint: the settings that change what ingest writes and ``parts``.
-    How it runs (workers, CPUs, threads, row groups, a GPU) redoes nothing; the detector
-    counts for videos without annotations only (ingest.pipeline._detected)."""
-    values = to_dict(cfg)
-    content = {k: values[k] for k in (*INGEST_CONTENT, "max_frame_pixels")}
-    settings = json.dumps(content, sort_keys=True)
+    """The work's fingerprint: the settings that change what ingest writes
+    (:func:`~usv_ray.config.output_settings`) and ``parts``. How it runs (workers, CPUs,
+    threads, row groups, a GPU) redoes nothing; the detector counts for videos without
+    annotations only (ingest.pipeline._detected)."""
+    settings = json.dumps(output_settings(cfg), sort_keys=True)
     return hashlib.sha256("\x1f".join((settings, *parts)).encode()).hexdigest()[:32]
 
 
@@ -165,11 +164,15 @@ def read_manifest(
             continue
         seen[str(path)] = line
         annotations = row.get("annotations") or None
-        annotations_path = None
-        if annotations:
+        annotations_path, annotations_stamp = None, ""
+        if annotations and is_inline(annotations):  # the JSON in the cell itself
+            annotations_path = annotations
+            annotations_stamp = hashlib.sha256(annotations.encode()).hexdigest()
+        elif annotations:
             annotations_path = str(
                 Path(annotations) if os.path.isabs(annotations) else root / annotations
             )
+            annotations_stamp = _file_stamp(Path(annotations_path))
         label = parse_label(row.get("label"))
         study_id = row.get("study_id") or None
         task = VideoTask(
@@ -188,7 +191,7 @@ def read_manifest(
                 row.get("label", ""),
                 patient_key(key, patient_id) if patient_id else "",
                 study_id or "",
-                _file_stamp(Path(annotations_path)) if annotations_path else "",
+                annotations_stamp,
             ),
         )
         if label is None:

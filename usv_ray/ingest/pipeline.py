@@ -29,398 +29,27 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
-import numpy as np
-import pyarrow.parquet as pq
+import pyarrow as pa
 
-from usv_ray.bundle import claim_ingest_record
 from usv_ray.config import Config, ConfigError, DetectConfig, IngestConfig
-from usv_ray.detect.tracklets import AutoTracklet, AutoTracklets, Detect, View
-from usv_ray.frames import resize_gray, uniform_positions
-from usv_ray.ingest.annotations import AnnotationError, Tracklet, load_tracklets
-from usv_ray.ingest.decode import VideoError, VideoInfo, VideoReader
-from usv_ray.ingest.deid import crop_region, cut, fov_region, patch
+from usv_ray.ingest.deid import crop_region
 from usv_ray.ingest.manifest import (
     VideoTask,
-    error_row,
-    error_video_row,
     read_manifest,
-    redact,
-    study_key,
 )
-from usv_ray.io import ShardWriter, remove_stale_tmp, rows_to_table, write_json, write_table
-from usv_ray.privacy import keyed_hash, load_key, patient_key, record_keying
-from usv_ray.schemas import ERRORS, FRAMES, TRACKLETS, VIDEOS
+from usv_ray.ingest.report import describe
+from usv_ray.ingest.video import failed_video, ingest_video, write_journal
+from usv_ray.io import remove_stale_tmp, rows_to_table, write_table
+from usv_ray.layout import IngestFolder
+from usv_ray.privacy import load_key, record_keying
+from usv_ray.schemas import ERRORS, VIDEOS
 
 log = logging.getLogger(__name__)
 
-FOV_FRAMES = 16  # the first frames, whose maximum defines the field of view
-
-
-def sample_indices(n_frames: int, cfg: IngestConfig) -> list[int]:
-    """Frame indices kept for the ``frames`` table, uniformly spread over the video."""
-    if cfg.sampling == "all":
-        return list(range(n_frames))
-    if cfg.sampling == "equal" and n_frames < cfg.n_frames:
-        raise VideoError(
-            "too_short", f"{n_frames} frames, fewer than the {cfg.n_frames} of sampling=equal"
-        )
-    return uniform_positions(n_frames, min(n_frames, cfg.n_frames)).tolist()
-
-
-@dataclass
-class _Clip:
-    """A tracklet being filled while the video decodes."""
-
-    tracklet: Tracklet
-    indices: list[int]  # (T,) source frames, repeats allowed
-    patches: np.ndarray  # (T, H, W) uint8
-    filled: np.ndarray  # (T,) bool
-
-
-def _plan_tracklets(
-    task: VideoTask, info: VideoInfo, cfg: IngestConfig, errors: list[dict]
-) -> tuple[list[_Clip], bool]:
-    """The annotated tracklets to fill, and whether the annotations are whole: the file
-    read and every tracklet in it usable, so a frame's boxes are all of its nodules."""
-    if task.annotations is None:
-        return [], False
-    try:
-        tracklets = load_tracklets(task.annotations)
-    except AnnotationError as exc:
-        errors.append(
-            error_row(task.source, task.video_id, "annotations", "bad_annotations", str(exc))
-        )
-        return [], False
-    clips = []
-    for tracklet in tracklets:
-        if tracklet.last >= info.n_frames:
-            errors.append(
-                error_row(
-                    task.source,
-                    task.video_id,
-                    "annotations",
-                    "bad_annotations",
-                    f"tracklet {tracklet.tracklet_id!r} ends at frame {tracklet.last}, "
-                    f"the video has {info.n_frames}; tracklet skipped",
-                )
-            )
-            continue
-        count = cfg.tracklet_frames
-        clips.append(
-            _Clip(
-                tracklet,
-                tracklet.sample_frames(count),
-                np.zeros((count, cfg.patch_height, cfg.patch_width), np.uint8),
-                np.zeros(count, bool),
-            )
-        )
-    return clips, len(clips) == len(tracklets)
-
-
-def _frame_row(
-    task: VideoTask, pkey: str, image: np.ndarray, index: int, seq: int, n: int, boxes: list | None
-) -> dict:
-    return {
-        "video_id": task.video_id,
-        "patient_key": pkey,
-        "label": task.label,
-        "frame_index": index,
-        "seq_index": seq,
-        "seq_len": n,
-        "image": image.tobytes(),
-        "height": image.shape[0],
-        "width": image.shape[1],
-        "boxes": boxes,
-    }
-
-
-def _frame_boxes(clips: list[_Clip], index: int, view: View) -> list[list[float]]:
-    """The annotated boxes of frame ``index`` in the stored frame's pixels."""
-    boxes = [clip.tracklet.box_at(index) for clip in clips if clip.tracklet.covers(index)]
-    return view.to_stored(np.array(boxes)).tolist() if boxes else []
-
-
-def _decode_into_shards(
-    task: VideoTask,
-    reader: VideoReader,
-    cfg: IngestConfig,
-    pkey: str,
-    out: Path,
-    clips: list[_Clip],
-    annotated: bool,
-    detector: Detect | None = None,
-    detect: DetectConfig | None = None,
-) -> tuple[int, View, list[AutoTracklet]]:
-    """Decode the needed frames once: write the frames shard (with the annotated boxes of
-    each frame when the video's annotations are whole), fill the annotated tracklet clips,
-    and, given a ``detector`` (for a video without annotations), detect on every
-    ``detect.every``-th frame and track (:class:`~usv_ray.detect.tracklets.AutoTracklets`).
-
-    The field of view is learnt from the video's first ``FOV_FRAMES`` frames. Returns the
-    number of frame rows written, the view (the source region the frames show) and the
-    automatic tracklets.
-    """
-    info = reader.info
-    keep = crop_region(cfg.crop_box, info.width, info.height)
-    auto = None
-    if detector is not None:
-        shift = np.array(keep[:2] * 2, np.float64)  # source pixels -> the cropped frame's
-
-        def cut_patch(cropped: np.ndarray, box: np.ndarray) -> np.ndarray:
-            bounds = (0, 0, cropped.shape[1], cropped.shape[0])
-            return patch(cropped, box - shift, bounds, cfg.patch_height, cfg.patch_width)
-
-        auto = AutoTracklets(detector, detect, cfg.tracklet_frames, cut_patch)
-    every = detect.every if detect is not None else 1
-    wanted = sample_indices(info.n_frames, cfg)
-    wanted_set = set(wanted)
-    by_frame: dict[int, list[tuple[_Clip, int]]] = {}
-    for clip in clips:
-        for position, index in enumerate(clip.indices):
-            by_frame.setdefault(index, []).append((clip, position))
-    detected = set(range(0, info.n_frames, every)) if auto is not None else set()
-    # the field of view comes from the video's first frames, decoded for that when sampling
-    # skips them: the same frames whether or not a detector reads every frame
-    n_fov = min(FOV_FRAMES, info.n_frames) if cfg.trim_fov else 0
-    needed = sorted(wanted_set | set(by_frame) | detected | set(range(n_fov)))
-    size = cfg.frame_size
-    pending: list[tuple[int, np.ndarray]] = []  # decoded frames before the FOV is known
-    view = View(keep, size)
-    fov = None
-    seq = 0
-    path = out / "frames" / f"{task.video_id}.parquet"
-    with ShardWriter(path, FRAMES, cfg.rows_per_row_group) as shard:
-
-        def process(index: int, cropped: np.ndarray) -> None:
-            nonlocal seq
-            region = cut(cropped, fov) if fov is not None else cropped
-            if index in wanted_set:
-                boxes = _frame_boxes(clips, index, view) if annotated else None
-                image = resize_gray(region, size, size)
-                shard.add(_frame_row(task, pkey, image, index, seq, len(wanted), boxes))
-                seq += 1
-            if index in detected:
-                auto.add(index, region, cropped, view)
-
-        def flush_pending() -> None:
-            nonlocal fov, view
-            if pending:
-                fov = fov_region([frame for _, frame in pending], cfg.fov_threshold)
-            if fov is not None:
-                view = View(
-                    (keep[0] + fov[0], keep[1] + fov[1], keep[0] + fov[2], keep[1] + fov[3]), size
-                )
-            for item in pending:
-                process(*item)
-            pending.clear()
-
-        for index, gray in reader.frames(needed):  # gray: (H, W) uint8
-            for clip, position in by_frame.get(index, ()):
-                box = clip.tracklet.box_at(index)
-                clip.patches[position] = patch(gray, box, keep, cfg.patch_height, cfg.patch_width)
-                clip.filled[position] = True
-            cropped = cut(gray, keep)
-            if n_fov and fov is None and len(pending) < n_fov:  # still learning the view
-                pending.append((index, cropped.copy()))
-                if len(pending) == n_fov:
-                    flush_pending()
-            else:
-                process(index, cropped)
-        flush_pending()  # fewer frames decoded than planned
-    if seq != len(wanted):  # a partial decode: fix seq_len so it counts the rows there are
-        table = pq.read_table(path)
-        table = table.set_column(
-            table.schema.get_field_index("seq_len"),
-            "seq_len",
-            np.full(len(table), seq, np.int16),
-        )
-        write_table(table.cast(FRAMES), path)
-    return seq, view, auto.finish() if auto is not None else []
-
-
-def _annotated_row(clip: _Clip) -> dict:
-    """The tracklet-table fields of an annotated tracklet: its box on every frame it spans."""
-    tracklet = clip.tracklet
-    frames = list(range(tracklet.first, tracklet.last + 1))
-    return {
-        "tracklet": tracklet.tracklet_id,
-        "nodule": tracklet.nodule_id,
-        "frame_index": clip.indices,
-        "clip": clip.patches.tobytes(),
-        "n_frames_total": len(frames),
-        "source": "annotated",
-        "score": None,
-        "box_frames": frames,
-        "boxes": [list(tracklet.box_at(f)) for f in frames],
-    }
-
-
-def _automatic_row(tracklet: AutoTracklet, fingerprint: str) -> dict:
-    """The tracklet-table fields of a track the detector and tracker made. Its id names the
-    work's ``fingerprint`` (the detector's version and the tracker settings among it): the
-    tracks of another detector are other tracklets, never embeddings stored for old ones."""
-    return {
-        "tracklet": f"auto-{fingerprint}-{tracklet.track_id}",
-        "nodule": None,
-        "frame_index": tracklet.frame_index,
-        "clip": tracklet.patches.tobytes(),
-        "n_frames_total": tracklet.box_frames[-1] - tracklet.box_frames[0] + 1,
-        "source": "automatic",
-        "score": tracklet.score,
-        "box_frames": tracklet.box_frames,
-        "boxes": tracklet.boxes.tolist(),
-    }
-
-
-def _write_tracklets(
-    task: VideoTask,
-    key: bytes,
-    pkey: str,
-    skey: str | None,
-    clips: list[_Clip],
-    automatic: list[AutoTracklet],
-    out: Path,
-    cfg: IngestConfig,
-    errors: list[dict],
-) -> int:
-    parts = []
-    for clip in clips:
-        if not clip.filled.all():
-            errors.append(
-                error_row(
-                    task.source,
-                    task.video_id,
-                    "annotations",
-                    "tracklet_undecodable",
-                    f"tracklet {clip.tracklet.tracklet_id!r}: "
-                    f"{int((~clip.filled).sum())} of its frames could not be decoded; skipped",
-                )
-            )
-            continue
-        parts.append(_annotated_row(clip))
-    parts += [_automatic_row(tracklet, task.fingerprint) for tracklet in automatic]
-    rows = []
-    for part in parts:
-        nodule = part.pop("nodule")
-        rows.append(
-            {
-                "tracklet_id": keyed_hash(key, "tracklet", task.video_id, part.pop("tracklet")),
-                "video_id": task.video_id,
-                "patient_key": pkey,
-                "study_key": skey,
-                "nodule_id": keyed_hash(key, "nodule", pkey, nodule) if nodule else None,
-                "height": cfg.patch_height,
-                "width": cfg.patch_width,
-                **part,
-            }
-        )
-    path = out / "tracklets" / f"{task.video_id}.parquet"
-    if rows:
-        write_table(rows_to_table(rows, TRACKLETS), path)
-    else:
-        path.unlink(missing_ok=True)  # a rerun without tracklets leaves none behind
-    return len(rows)
-
-
-def _remove_shards(out: Path, video_id: str) -> None:
-    for folder in ("frames", "tracklets"):
-        (out / folder / f"{video_id}.parquet").unlink(missing_ok=True)
-
-
-def ingest_video(
-    task: VideoTask,
-    cfg: IngestConfig,
-    key: bytes,
-    out: str | Path,
-    detector: Detect | None = None,
-    detect: DetectConfig | None = None,
-) -> dict:
-    """Ingest one video: decode, de-identify, sample, write its shards and journal entry;
-    a video without annotations gets automatic tracklets from ``detector`` when one is given.
-
-    Never raises for a bad input: every problem becomes an error row. Returns the journal
-    entry ``{"fingerprint", "plain", "video": videos row, "errors": [errors rows]}``.
-    """
-    cv2.setNumThreads(1)  # one task per core: no thread pools competing inside a task
-    out = Path(out)
-    errors: list[dict] = []
-    raw_patient_id: str | None = None
-
-    def scrub(message: str) -> str:
-        # FFmpeg and pydicom messages may quote the path; paths may hold the patient ID
-        return redact(message.replace(task.path, task.source), raw_patient_id)
-
-    try:
-        with VideoReader(
-            task.path, threads=cfg.decode_threads, max_frame_pixels=cfg.max_frame_pixels
-        ) as reader:
-            info = reader.info
-            pkey, skey = task.patient_key, task.study_id_hash
-            if pkey is None:
-                if not info.patient_id:
-                    raise VideoError(
-                        "missing_patient_id",
-                        "no patient_id in the manifest and no PatientID in the file",
-                    )
-                raw_patient_id = info.patient_id
-                pkey = patient_key(key, info.patient_id)
-                skey = study_key(key, info.patient_id, task.study_id_raw or info.study_id)
-            clips, annotated = _plan_tracklets(task, info, cfg, errors)
-            tracking = detector if task.annotations is None else None
-            n_rows, view, automatic = _decode_into_shards(
-                task, reader, cfg, pkey, out, clips, annotated, tracking, detect
-            )
-            if n_rows == 0:
-                raise VideoError("no_frames", "no frame could be decoded")
-            errors.extend(
-                error_row(task.source, task.video_id, "decode", "partial_decode", scrub(w))
-                for w in reader.warnings
-            )
-            _write_tracklets(task, key, pkey, skey, clips, automatic, out, cfg, errors)
-        video = {
-            "video_id": task.video_id,
-            "patient_key": pkey,
-            "study_key": skey,
-            "label": task.label,
-            "source": scrub(task.source),
-            "n_frames": info.n_frames,
-            "fps": info.fps,
-            "width": info.width,
-            "height": info.height,
-            "codec": info.codec,
-            "status": "ok",
-            "error": None,
-            "view": list(view.region),
-            "annotated": annotated,
-        }
-    except VideoError as exc:
-        video, errors = _failed(task, out, exc.kind, scrub(exc.message), "decode", errors)
-    except Exception as exc:  # a bug or an exotic file: keep the archive going, say what
-        message = scrub(f"{type(exc).__name__}: {exc}")
-        video, errors = _failed(task, out, "ingest_error", message, "ingest", errors)
-    return _write_journal(out, task, video, errors)
-
-
-def _write_journal(out: Path, task: VideoTask, video: dict, errors: list[dict]) -> dict:
-    """Record a video as done (last, after its shards): its row, its errors, its inputs."""
-    plain = task.plain_fingerprint or task.fingerprint
-    entry = {"fingerprint": task.fingerprint, "plain": plain, "video": video, "errors": errors}
-    write_json(entry, out / "journal" / f"{task.video_id}.json")
-    return entry
-
-
-def _failed(
-    task: VideoTask, out: Path, kind: str, message: str, stage: str, errors: list[dict]
-) -> tuple[dict, list[dict]]:
-    _remove_shards(out, task.video_id)
-    errors = [e for e in errors if e["stage"] != "annotations"]  # moot without the video
-    errors.append(error_row(task.source, task.video_id, stage, kind, message))
-    return error_video_row(task, kind, message), errors
-
 
 class IngestWorker:
-    """Ray Data callable class: one manifest task (as JSON) in, a small status row out.
+    """The callable class of the ingest job (:func:`usv_ray.pool.run_batches`): manifest
+    tasks (as JSON) in, a small status row per video out.
 
     An actor pool of these keeps its workers warm (imports done once per actor, and the
     detector of ``cfg.detector`` loaded once) and each actor's queue full, so no CPU idles
@@ -433,15 +62,20 @@ class IngestWorker:
         if cfg.detector:
             import torch
 
-            from usv_ray.detect.bundle import load_detector_bundle
+            from usv_ray import bundle
 
             gpu = cfg.detector_gpu and torch.cuda.is_available()
-            self.detector = load_detector_bundle(cfg.detector, "cuda" if gpu else "cpu", gpu)
+            device = "cuda" if gpu else "cpu"
+            self.detector = bundle.load(cfg.detector, "detector", device=device, bf16=gpu)
 
-    def __call__(self, row: dict) -> dict:
-        task = VideoTask(**json.loads(row["task"]))
-        entry = ingest_video(task, self.cfg, self.key, self.out, self.detector, self.detect)
-        return {"video_id": task.video_id, "status": entry["video"]["status"]}
+    def __call__(self, batch: dict) -> pa.Table:
+        rows = {"video_id": [], "status": []}
+        for text in batch["task"]:
+            task = VideoTask(**json.loads(text))
+            entry = ingest_video(task, self.cfg, self.key, self.out, self.detector, self.detect)
+            rows["video_id"].append(task.video_id)
+            rows["status"].append(entry["video"]["status"])
+        return pa.table(rows)
 
 
 @dataclass(frozen=True)
@@ -454,6 +88,17 @@ class IngestSummary:
     errors: int  # rows in errors.parquet
     seconds: float
 
+    def text(self) -> str:
+        """What the command prints: the results in short and where they are."""
+        return (
+            f"ingest: {self.ok} videos ok, {self.failed} failed, {self.errors} error rows "
+            f"({self.ingested_now} decoded now) in {self.seconds:.1f} s\n"
+            f"  videos: {self.out / 'videos.parquet'}\n"
+            f"  errors: {self.out / 'errors.parquet'}\n"
+            f"  frames: {self.out / 'frames'}\n"
+            f"  tracklets: {self.out / 'tracklets'}"
+        )
+
 
 def _load_journal(folder: Path) -> dict[str, dict]:
     entries = {}
@@ -465,7 +110,7 @@ def _load_journal(folder: Path) -> dict[str, dict]:
     return entries
 
 
-def _is_done(entry: dict | None, task: VideoTask, out: Path) -> bool:
+def _is_done(entry: dict | None, task: VideoTask, out: IngestFolder) -> bool:
     """A journal entry for the same input and settings, whose frames shard is still there.
     Without a detector, an entry made with one also counts: a plain ingest keeps the
     automatic tracklets an earlier one made (a detector's ingest redoes plain entries)."""
@@ -476,29 +121,25 @@ def _is_done(entry: dict | None, task: VideoTask, out: Path) -> bool:
         same = entry.get("plain") == task.fingerprint
     if not same:
         return False
-    return (
-        entry["video"]["status"] != "ok" or (out / "frames" / f"{task.video_id}.parquet").exists()
-    )
+    return entry["video"]["status"] != "ok" or out.frames(task.video_id).exists()
 
 
-def _with_detector(cfg: Config, out: Path) -> tuple[Config, str]:
+def _with_detector(cfg: Config, out: IngestFolder) -> tuple[Config, str]:
     """``cfg`` with ``ingest.detector`` the absolute path of a detector bundle checked
     against the frame settings of the ingest folder ``out`` (Ray workers elsewhere read
     it, and must not find out late), and the bundle's version."""
-    from usv_ray.bundle import bundle_folder, check_ingest, read_bundle
-    from usv_ray.detect.bundle import KIND
-    from usv_ray.detect.tracklets import tracker_settings
+    from usv_ray import bundle
+    from usv_ray.ingest.automatic import tracker_settings
 
     try:  # settings out of range fail here, not as an error row per video
         tracker_settings(cfg.detect)
     except ValueError as exc:
         raise ConfigError(f"detect settings of the tracker: {exc}") from exc
-    folder, record = read_bundle(cfg.ingest.detector, KIND)
-    check_ingest(record["ingest"], out, f"the detector bundle {folder}")
-    folder = bundle_folder(folder).resolve()
-    log.info("videos without annotations get automatic tracklets from %s", record["version"])
-    ingest = dataclasses.replace(cfg.ingest, detector=str(folder))
-    return dataclasses.replace(cfg, ingest=ingest), record["version"]
+    detector = bundle.read(cfg.ingest.detector, "detector")
+    detector.check_data(out)
+    log.info("videos without annotations get automatic tracklets from %s", detector.version)
+    ingest = dataclasses.replace(cfg.ingest, detector=str(detector.folder.resolve()))
+    return dataclasses.replace(cfg, ingest=ingest), detector.version
 
 
 def _detected(task: VideoTask, version: str, cfg: Config) -> VideoTask:
@@ -507,11 +148,9 @@ def _detected(task: VideoTask, version: str, cfg: Config) -> VideoTask:
     videos, never the annotated ones."""
     if task.annotations is not None:
         return task
-    from usv_ray.config import to_dict
-    from usv_ray.detect.tracklets import TRACKING_SETTINGS
+    from usv_ray.ingest.automatic import tracking_settings
 
-    settings = {k: v for k, v in to_dict(cfg.detect).items() if k in TRACKING_SETTINGS}
-    stamp = json.dumps([task.fingerprint, version, settings], sort_keys=True)
+    stamp = json.dumps([task.fingerprint, version, tracking_settings(cfg.detect)], sort_keys=True)
     stamped = hashlib.sha256(stamp.encode()).hexdigest()[:32]
     return dataclasses.replace(task, fingerprint=stamped, plain_fingerprint=task.fingerprint)
 
@@ -519,28 +158,28 @@ def _detected(task: VideoTask, version: str, cfg: Config) -> VideoTask:
 def run_ingest(cfg: Config, manifest: str | Path, out: str | Path) -> IngestSummary:
     """Ingest every video of ``manifest`` into ``out`` on Ray, skipping finished work."""
     started = time.perf_counter()
-    out = Path(out)
+    folder = IngestFolder(out)
     try:
         crop_region(cfg.ingest.crop_box, 1, 1)  # fail fast on a bad crop box
     except ValueError as exc:
         raise ConfigError(f"ingest.{exc}") from exc
     key = load_key(cfg.privacy)
     tasks, row_errors, rejected = read_manifest(manifest, key, cfg.ingest)
-    claim_ingest_record(out, cfg.ingest)  # one folder, one set of frame settings
+    folder.claim(cfg.ingest)  # one folder, one set of frame settings
     if cfg.ingest.detector:
-        cfg, version = _with_detector(cfg, out)
+        cfg, version = _with_detector(cfg, folder)
         tasks = [_detected(task, version, cfg) for task in tasks]
-    for folder in ("frames", "tracklets", "journal"):
-        (out / folder).mkdir(parents=True, exist_ok=True)
-        remove_stale_tmp(out / folder)
-    remove_stale_tmp(out)
-    record_keying(out, cfg.privacy, key)  # for the report: dev or private key, never the key
-    journal = _load_journal(out / "journal")
+    for part in (folder.frames_dir, folder.tracklets_dir, folder.journal_dir):
+        part.mkdir(parents=True, exist_ok=True)
+        remove_stale_tmp(part)
+    remove_stale_tmp(folder.root)
+    record_keying(folder.root, cfg.privacy, key)  # for the report: which kind, never the key
+    journal = _load_journal(folder.journal_dir)
 
     for task, kind, message in rejected:
         if journal.get(task.video_id, {}).get("fingerprint") != task.fingerprint:
-            _write_journal(out, task, *_failed(task, out, kind, message, "manifest", []))
-    todo = [t for t in tasks if not _is_done(journal.get(t.video_id), t, out)]
+            write_journal(folder, task, *failed_video(task, folder, kind, message, "manifest", []))
+    todo = [t for t in tasks if not _is_done(journal.get(t.video_id), t, folder)]
     log.info(
         "manifest: %d videos to ingest, %d already done, %d rejected, %d bad rows",
         len(todo),
@@ -549,21 +188,22 @@ def run_ingest(cfg: Config, manifest: str | Path, out: str | Path) -> IngestSumm
         len(row_errors),
     )
     if todo:
-        rows = (_run_here if cfg.ingest.workers == 0 else _run_on_ray)(todo, cfg, key, out)
-        failed = 0
-        for done, row in enumerate(rows, start=1):
-            failed += row["status"] != "ok"
-            if done % 100 == 0 or done == len(todo):
+        done = failed = 0
+        for table in _ingest_job(todo, cfg, key, folder):
+            done += table.num_rows
+            failed += sum(status != "ok" for status in table["status"].to_pylist())
+            if done % 100 < table.num_rows or done == len(todo):
                 log.info("ingested %d/%d videos (%d failed)", done, len(todo), failed)
 
-    journal = _load_journal(out / "journal")
+    journal = _load_journal(folder.journal_dir)
     videos = sorted((e["video"] for e in journal.values()), key=lambda v: v["video_id"])
     errors = [e for vid in sorted(journal) for e in journal[vid]["errors"]] + row_errors
-    write_table(rows_to_table(videos, VIDEOS), out / "videos.parquet")
-    write_table(rows_to_table(errors, ERRORS), out / "errors.parquet")
+    write_table(rows_to_table(videos, VIDEOS), folder.videos)
+    write_table(rows_to_table(errors, ERRORS), folder.errors)
+    describe(folder.root)
     ok = sum(v["status"] == "ok" for v in videos)
     return IngestSummary(
-        out=out,
+        out=folder.root,
         videos=len(videos),
         ok=ok,
         failed=len(videos) - ok,
@@ -573,47 +213,44 @@ def run_ingest(cfg: Config, manifest: str | Path, out: str | Path) -> IngestSumm
     )
 
 
-def _run_here(todo: list[VideoTask], cfg: Config, key: bytes, out: Path) -> Iterator[dict]:
-    """``ingest.workers`` 0: every video in this process, one after another."""
-    worker = IngestWorker(cfg.ingest, key, str(out.resolve()), cfg.detect)
-    log.info("ingesting %d videos in this process", len(todo))
-    for task in todo:
-        yield worker({"task": json.dumps(dataclasses.asdict(task))})
+def _ingest_job(
+    todo: list[VideoTask], cfg: Config, key: bytes, out: IngestFolder
+) -> Iterator[pa.Table]:
+    """The videos on a pool of Ray actors (``ingest.workers``, else as many as fit), or
+    with ``ingest.workers`` 0 in this process, one after another."""
+    from usv_ray.pool import run_batches
 
-
-def _run_on_ray(todo: list[VideoTask], cfg: Config, key: bytes, out: Path) -> Iterator[dict]:
-    """The videos on a pool of Ray actors (``ingest.workers``, else as many as fit)."""
-    import ray
-
-    from usv_ray.runtime import ensure_ray
-
-    ensure_ray(cfg.ray)
-    workers = cfg.ingest.workers or int(
-        ray.cluster_resources().get("CPU", 1) // cfg.ingest.num_cpus_per_video
-    )
+    workers = cfg.ingest.workers
     gpus = 1 if cfg.ingest.detector and cfg.ingest.detector_gpu else 0
-    if gpus:  # one GPU per actor: as many actors as the cluster has GPUs, at most
-        available = int(ray.cluster_resources().get("GPU", 0))
-        if available == 0:
-            raise ConfigError(
-                "ingest.detector_gpu gives each ingest actor a GPU, and the cluster has none "
-                "now (an autoscaling cluster: bring up a GPU worker first): set it false to "
-                "detect on the CPUs"
-            )
-        workers = min(workers, available)
-    workers = max(1, min(workers, len(todo)))
-    log.info("ingesting %d videos with %d Ray workers", len(todo), workers)
+    if workers != 0:
+        import ray
+
+        from usv_ray.runtime import ensure_ray
+
+        ensure_ray(cfg.ray)
+        workers = workers or int(
+            ray.cluster_resources().get("CPU", 1) // cfg.ingest.num_cpus_per_video
+        )
+        if gpus:  # one GPU per actor: as many actors as the cluster has GPUs, at most
+            available = int(ray.cluster_resources().get("GPU", 0))
+            if available == 0:
+                raise ConfigError(
+                    "ingest.detector_gpu gives each ingest actor a GPU, and the cluster has "
+                    "none now (an autoscaling cluster: bring up a GPU worker first): set it "
+                    "false to detect on the CPUs"
+                )
+            workers = min(workers, available)
+        workers = max(1, min(workers, len(todo)))
+    where = "in this process" if workers == 0 else f"with {workers} Ray workers"
+    log.info("ingesting %d videos %s", len(todo), where)
     items = [{"task": json.dumps(dataclasses.asdict(t))} for t in todo]
-    dataset = ray.data.from_items(items, override_num_blocks=min(len(items), 4096)).map(
+    kwargs = {"cfg": cfg.ingest, "key": key, "out": str(out.root.resolve()), "detect": cfg.detect}
+    yield from run_batches(
         IngestWorker,
-        fn_constructor_kwargs={
-            "cfg": cfg.ingest,
-            "key": key,
-            "out": str(out.resolve()),
-            "detect": cfg.detect,
-        },
-        num_cpus=cfg.ingest.num_cpus_per_video,
-        num_gpus=gpus,
-        compute=ray.data.ActorPoolStrategy(size=workers),
+        kwargs,
+        items,
+        workers=workers,
+        ray=cfg.ray,
+        cpus=cfg.ingest.num_cpus_per_video,
+        gpus=gpus,
     )
-    yield from dataset.iter_rows()

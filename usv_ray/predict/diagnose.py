@@ -101,11 +101,11 @@ class Diagnoser:
     """
 
     def __init__(self, bundle: str, use_gpu: bool = False, precision: str = "fp32") -> None:
-        from usv_ray.classify.bundle import load_diagnosis_bundle
+        from usv_ray import bundle as bundles
 
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         bf16 = precision == "bf16" and device == "cuda"  # as the setting says: fp32 on a CPU
-        self.model = load_diagnosis_bundle(bundle, device, bf16=bf16)
+        self.model = bundles.load(bundle, "diagnosis", device=device, bf16=bf16)
 
     def diagnose(self, frames: str, tracklets: str | None) -> dict[str, Any]:
         """The diagnosis of one video (its ok row's values, tracklets nested)."""

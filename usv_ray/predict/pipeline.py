@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -39,7 +37,9 @@ import pyarrow.parquet as pq
 from usv_ray.config import Config
 from usv_ray.errors import UsvRayError
 from usv_ray.io import write_json, write_table
+from usv_ray.layout import IngestFolder, PredictFolder
 from usv_ray.predict.diagnose import ROW_SCHEMA
+from usv_ray.predict.report import describe
 from usv_ray.schemas import DIAGNOSES, TRACKLET_DIAGNOSES
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,21 @@ class PredictSummary:
     written: bool  # False: nothing new, the tables were left as they were
     seconds: float
 
+    def text(self) -> str:
+        """What the command prints: the results in short and where they are."""
+        what = (
+            f"{self.diagnosed_now} videos diagnosed now"
+            if self.written
+            else "nothing new, the tables are unchanged"
+        )
+        return (
+            f"predict: {self.videos} videos by {self.model_version} ({what}; "
+            f"{self.malignant} read malignant, {self.errors} not diagnosed) in "
+            f"{self.seconds:.0f} s\n"
+            f"  diagnoses: {self.out / 'diagnoses.parquet'}\n"
+            f"  tracklets: {self.out / 'tracklet_diagnoses.parquet'} ({self.tracklets} rows)"
+        )
+
 
 NOT_INGESTED = "not ingested: "  # the error of a video ingest could not read
 
@@ -71,19 +86,16 @@ def _read(path: Path, schema: pa.Schema) -> pd.DataFrame:
     return table.to_pandas()
 
 
-def _stale(data: Path, video_id: str, diagnosed_at: pd.Timestamp) -> bool:
+def _stale(data: IngestFolder, video_id: str, diagnosed_at: pd.Timestamp) -> bool:
     """Whether ingest wrote the video's frames or tracklets after it was diagnosed."""
     stamp = diagnosed_at.timestamp()
     return any(
         path.exists() and path.stat().st_mtime > stamp
-        for path in (
-            data / "frames" / f"{video_id}.parquet",
-            data / "tracklets" / f"{video_id}.parquet",
-        )
+        for path in (data.frames(video_id), data.tracklets(video_id))
     )
 
 
-def _todo(data: Path, videos: pd.DataFrame, done: pd.DataFrame) -> pd.DataFrame:
+def _todo(data: IngestFolder, videos: pd.DataFrame, done: pd.DataFrame) -> pd.DataFrame:
     """The videos to diagnose now: without a row of this version, written since, or that
     failed here rather than at ingest (a shard that could not be read, a lost worker): those
     are tried again on every run."""
@@ -116,13 +128,13 @@ def _not_readable(videos: pd.DataFrame, version: str, threshold: float) -> list[
     ]
 
 
-def _diagnose(cfg: Config, bundle: Path, data: Path, videos: pd.DataFrame) -> Iterator[pa.Table]:
-    """The Ray Data job over ``videos`` (ingested ok): a table of rows per batch, as they
-    come (``predict.workers`` 0: the same batches in this process)."""
-    import ray.data
-
+def _diagnose(
+    cfg: Config, bundle: Path, data: IngestFolder, videos: pd.DataFrame
+) -> Iterator[pa.Table]:
+    """The batch job over ``videos`` (ingested ok), on ``predict.workers`` actors each
+    holding the bundle (0: in this process): a table of rows per batch, as they come."""
+    from usv_ray.pool import run_batches
     from usv_ray.predict.diagnose import Diagnoser
-    from usv_ray.runtime import actor_cpus, ensure_ray
 
     p = cfg.predict
     items = [
@@ -130,37 +142,23 @@ def _diagnose(cfg: Config, bundle: Path, data: Path, videos: pd.DataFrame) -> It
             "video_id": row.video_id,
             "patient_key": row.patient_key,
             "study_key": row.study_key,
-            "frames": str(data / "frames" / f"{row.video_id}.parquet"),
-            "tracklets": str(path)
-            if (path := data / "tracklets" / f"{row.video_id}.parquet").exists()
-            else "",
+            "frames": str(data.frames(row.video_id)),
+            "tracklets": str(path) if (path := data.tracklets(row.video_id)).exists() else "",
         }
         for row in videos.itertuples(index=False)
     ]
-    if p.workers == 0:  # in this process: no actor start-up (a laptop's small night)
-        diagnoser = Diagnoser(str(bundle), p.use_gpu, p.precision)
-        for start in range(0, len(items), p.batch_size):
-            chunk = items[start : start + p.batch_size]
-            yield diagnoser({k: np.array([i[k] for i in chunk], dtype=object) for k in chunk[0]})
-            log.info("predict: diagnosed %d/%d videos", start + len(chunk), len(items))
-        return
-    ensure_ray(cfg.ray)
-    blocks = min(len(items), max(1, math.ceil(len(items) / p.batch_size)), 4096)
-    dataset = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
-        Diagnoser,
-        fn_constructor_kwargs={
-            "bundle": str(bundle),
-            "use_gpu": p.use_gpu,
-            "precision": p.precision,
-        },
-        batch_size=p.batch_size,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=p.workers),
-        num_cpus=actor_cpus(p.cpus_per_worker),
-        num_gpus=1 if p.use_gpu else 0,
-    )
+    kwargs = {"bundle": str(bundle), "use_gpu": p.use_gpu, "precision": p.precision}
     done, shown = 0, time.monotonic()
-    for table in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+    for table in run_batches(
+        Diagnoser,
+        kwargs,
+        items,
+        workers=p.workers,
+        ray=cfg.ray,
+        batch_size=p.batch_size,
+        cpus=p.cpus_per_worker,
+        gpus=1 if p.use_gpu else 0,
+    ):
         yield table
         done += table.num_rows
         if done == len(items) or time.monotonic() - shown > 20:
@@ -198,34 +196,34 @@ def run_predict(
     cfg: Config, model: str | Path, data: str | Path, out: str | Path
 ) -> PredictSummary:
     """Diagnose the videos of ``data`` that the bundle ``model`` has not diagnosed into ``out``."""
-    from usv_ray.bundle import check_ingest, read_bundle
+    from usv_ray import bundle
 
     started = time.perf_counter()
-    data, out = Path(data), Path(out)
-    folder, record = read_bundle(model, "diagnosis")
-    version, threshold = record["version"], float(record["operating_point"]["threshold"])
-    if not (data / "videos.parquet").exists():
-        raise PredictError(f"{data / 'videos.parquet'} not found: run `usv-ray ingest` first")
-    check_ingest(record["ingest"], data, f"the diagnosis bundle {folder}")
-    videos = pq.read_table(
-        data / "videos.parquet", columns=["video_id", "patient_key", "study_key", "status", "error"]
-    ).to_pandas()
-    diagnoses = _read(out / "diagnoses.parquet", DIAGNOSES)
-    tracklets = _read(out / "tracklet_diagnoses.parquet", TRACKLET_DIAGNOSES)
+    data, out = IngestFolder(data), PredictFolder(out)
+    diagnosis = bundle.read(model, "diagnosis")
+    version = diagnosis.version
+    threshold = float(diagnosis.record["operating_point"]["threshold"])
+    if not data.videos.exists():
+        raise PredictError(f"{data.videos} not found: run `usv-ray ingest` first")
+    diagnosis.check_data(data)
+    videos = data.read_videos(["video_id", "patient_key", "study_key", "status", "error"])
+    diagnoses = _read(out.diagnoses, DIAGNOSES)
+    tracklets = _read(out.tracklet_diagnoses, TRACKLET_DIAGNOSES)
     todo = _todo(data, videos, diagnoses[diagnoses["model_version"] == version])
     readable = todo[todo["status"] == "ok"]
     log.info(
         "predict: %d videos in %s, %d to diagnose with %s (%d members)",
         len(videos),
-        data,
+        data.root,
         len(todo),
         version,
-        len(record["members"]),
+        len(diagnosis.record["members"]),
     )
     if todo.empty:
         log.info("predict: nothing new for %s", version)
-        return _summary(out, version, diagnoses, tracklets, 0, False, started)
+        return _summary(out, data, version, diagnoses, tracklets, 0, False, started)
 
+    folder = diagnosis.folder
     parts = list(_diagnose(cfg, folder, data, readable)) if len(readable) else []
     failed = todo[todo["status"] != "ok"]
     if len(failed):
@@ -238,10 +236,11 @@ def run_predict(
     redone = set(todo["video_id"])
     diagnoses_table = _merge(diagnoses, new_videos, version, redone, DIAGNOSES)
     tracklets_table = _merge(tracklets, new_tracklets, version, redone, TRACKLET_DIAGNOSES)
-    write_table(tracklets_table, out / "tracklet_diagnoses.parquet")
-    write_table(diagnoses_table, out / "diagnoses.parquet")  # last: it marks the work done
+    write_table(tracklets_table, out.tracklet_diagnoses)
+    write_table(diagnoses_table, out.diagnoses)  # last: it marks the work done
     return _summary(
         out,
+        data,
         version,
         diagnoses_table.to_pandas(),
         tracklets_table.to_pandas(),
@@ -252,7 +251,8 @@ def run_predict(
 
 
 def _summary(
-    out: Path,
+    out: PredictFolder,
+    data: IngestFolder,
     version: str,
     diagnoses: pd.DataFrame,
     tracklets: pd.DataFrame,
@@ -264,7 +264,7 @@ def _summary(
     when it names another version latest (this one ran last: index and score read it)."""
     mine = diagnoses[diagnoses["model_version"] == version]
     summary = PredictSummary(
-        out,
+        out.root,
         version,
         len(mine),
         diagnosed_now,
@@ -274,7 +274,7 @@ def _summary(
         written,
         time.perf_counter() - started,
     )
-    recorded = out / "summary.json"
+    recorded = out.summary
     if not recorded.exists() or written or json.loads(recorded.read_text())["latest"] != version:
         versions = {
             v: {
@@ -284,5 +284,8 @@ def _summary(
             }
             for v, part in diagnoses.groupby("model_version")
         }
-        write_json({"latest": version, "versions": versions}, out / "summary.json")
+        write_json({"latest": version, "versions": versions}, out.summary)
+        describe(out.root, data.root)
+    elif not out.report.exists():  # a folder an older usv_ray wrote: its section now
+        describe(out.root, data.root)
     return summary

@@ -1,8 +1,5 @@
-"""Tracklet clips as the re-ID extractor sees them: read, sampled to T frames, resized.
-
-A tracklet row holds ``len(frame_index)`` patches of ``height x width`` (what ingest
-wrote); :func:`clip_array` samples ``clip_frames`` of them uniformly along the tracklet
-and resizes each to ``clip_height x clip_width``.
+"""Tracklet clips as the re-ID models train on them: read from the ingest folder, sampled
+to T frames and resized (:func:`usv_ray.frames.clip_array`), augmented per clip.
 """
 
 from __future__ import annotations
@@ -18,67 +15,14 @@ import torch
 from torch import Tensor
 
 from usv_ray.config import ReidConfig
-from usv_ray.frames import resize_gray, uniform_positions
+from usv_ray.frames import ClipShape, batch_clips
 from usv_ray.imaging import augment, normalise
-
-META_COLUMNS = ["tracklet_id", "video_id", "patient_key", "study_key", "nodule_id"]
-
-
-def tracklet_shards(data: Path) -> list[str]:
-    """The ``tracklets`` shards under an ingest output folder, sorted."""
-    return sorted(str(p) for p in (Path(data) / "tracklets").glob("*.parquet"))
+from usv_ray.layout import TRACKLET_META, IngestFolder
 
 
-def read_tracklet_table(data: Path, columns: Sequence[str] = META_COLUMNS) -> pa.Table:
-    """``columns`` of every tracklet of the archive (no clips unless asked), by tracklet_id.
-
-    Raises:
-        FileNotFoundError: when the folder holds no tracklet shards.
-    """
-    shards = tracklet_shards(data)
-    if not shards:
-        raise FileNotFoundError(f"no tracklets under {Path(data) / 'tracklets'}: run ingest first")
-    table = pa.concat_tables(pq.read_table(s, columns=list(columns)) for s in shards)
-    return table.sort_by("tracklet_id")
-
-
-def clip_problem(clip: bytes | None, frames: int, height: int, width: int) -> str | None:
-    """Why a stored tracklet clip cannot be read, or None when it can."""
-    if frames < 1 or height < 1 or width < 1:
-        return f"empty tracklet: {frames} frames of {height} x {width}"
-    if clip is None or len(clip) != frames * height * width:
-        size = 0 if clip is None else len(clip)
-        return f"tracklet clip of {size} bytes is not {frames} x {height} x {width} uint8"
-    return None
-
-
-def clip_array(clip: bytes, frames: int, height: int, width: int, cfg: ReidConfig) -> np.ndarray:
-    """One stored tracklet clip -> ``(cfg.clip_frames, clip_height, clip_width)`` uint8.
-
-    Raises:
-        ValueError: for a clip :func:`clip_problem` rejects.
-    """
-    if problem := clip_problem(clip, frames, height, width):
-        raise ValueError(problem)
-    patches = np.frombuffer(clip, np.uint8).reshape(frames, height, width)  # (T0, h, w)
-    return np.stack(
-        [
-            resize_gray(patches[p], cfg.clip_height, cfg.clip_width)
-            for p in uniform_positions(frames, cfg.clip_frames)
-        ]
-    )
-
-
-def batch_clips(batch: dict[str, np.ndarray], cfg: ReidConfig) -> np.ndarray:
-    """Tracklet rows (columns clip, frame_index, height, width) -> ``(B, T, H, W)`` uint8."""
-    return np.stack(
-        [
-            clip_array(c, len(f), int(h), int(w), cfg)
-            for c, f, h, w in zip(
-                batch["clip"], batch["frame_index"], batch["height"], batch["width"], strict=True
-            )
-        ]
-    )
+def clip_shape(cfg: ReidConfig) -> ClipShape:
+    """(T, H, W) of the clips ``cfg`` trains on."""
+    return (cfg.clip_frames, cfg.clip_height, cfg.clip_width)
 
 
 @dataclass(frozen=True)
@@ -101,9 +45,9 @@ def load_tracklets(data: Path, tracklet_ids: Sequence[str], cfg: ReidConfig) -> 
         KeyError: when an id is not in the archive's tracklets.
     """
     wanted = set(tracklet_ids)
-    columns = [*META_COLUMNS, "clip", "frame_index", "height", "width"]
+    columns = [*TRACKLET_META, "clip", "frame_index", "height", "width"]
     parts = []
-    for shard in tracklet_shards(data):
+    for shard in IngestFolder(data).tracklet_shards():
         table = pq.read_table(shard, columns=columns)
         mask = np.isin(table["tracklet_id"].to_numpy(zero_copy_only=False), list(wanted))
         if mask.any():
@@ -117,13 +61,8 @@ def load_tracklets(data: Path, tracklet_ids: Sequence[str], cfg: ReidConfig) -> 
         tracklet_ids=np.array(rows["tracklet_id"]),
         patient_keys=np.array(rows["patient_key"]),
         identities=np.array([n or "" for n in rows["nodule_id"]]),
-        clips=batch_clips(rows, cfg),
+        clips=batch_clips(rows, clip_shape(cfg)),
     )
-
-
-def model_input(clips: Tensor) -> Tensor:
-    """uint8 clips (B, T, H, W) -> the extractor's float input (B, 1, T, H, W)."""
-    return normalise(clips)[:, None]
 
 
 def augmented_input(clips: Tensor, generator: torch.Generator) -> Tensor:

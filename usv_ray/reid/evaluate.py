@@ -22,20 +22,9 @@ from torch import Tensor, nn
 from usv_ray.evaluate.delong import delong_auc, delong_test
 from usv_ray.evaluate.metrics import accuracy, bootstrap_ci, sensitivity, specificity
 from usv_ray.evaluate.tables import ci_text
-from usv_ray.reid.clips import TrackletSet, model_input
-from usv_ray.reid.models import ClassificationModel, VerificationModel
+from usv_ray.models.reid import ClassificationModel, VerificationModel, embed_clips
+from usv_ray.reid.clips import TrackletSet
 from usv_ray.reid.pairs import within_patient_pairs
-
-
-@torch.no_grad()
-def embed(extractor: nn.Module, clips: np.ndarray, batch_size: int, device: torch.device) -> Tensor:
-    """uint8 clips (N, T, H, W) -> unit-norm embeddings (N, 512) on the CPU, in eval mode."""
-    extractor.eval()
-    out = [
-        extractor(model_input(torch.from_numpy(clips[i : i + batch_size]).to(device))).cpu()
-        for i in range(0, len(clips), batch_size)
-    ]
-    return torch.cat(out) if out else torch.zeros(0, 512)
 
 
 @torch.no_grad()
@@ -68,7 +57,7 @@ def score_pairs(model: nn.Module, tracklets: TrackletSet, batch_size: int) -> Pa
     """Embed ``tracklets`` once and score all their within-patient pairs with ``model``."""
     device = next(model.parameters()).device
     i, j, same = within_patient_pairs(tracklets.patient_keys, tracklets.identities)
-    embeddings = embed(model.extractor, tracklets.clips, batch_size, device)
+    embeddings = embed_clips(model.extractor, tracklets.clips, batch_size, device)
     scores = pair_scores(model, embeddings, i, j)
     return Pairs(i, j, same, tracklets.patient_keys[i], scores)
 

@@ -1,4 +1,4 @@
-"""Patient-level splits and tracklet pairs for nodule re-identification (numpy).
+"""The re-ID split and tracklet pairs for nodule re-identification (numpy).
 
 Pairs never cross patients: the task is to tell which of one patient's tracklets show the
 same nodule, so a pair from two patients would be a trivially easy negative. Identities
@@ -18,51 +18,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from usv_ray.splits import split_patients
+
 if TYPE_CHECKING:
     import pandas as pd
 
     from usv_ray.config import ReidConfig
-
-SPLITS = ("train", "val", "test")
-
-
-def split_patients(
-    patient_keys: Sequence[str],
-    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
-    *,
-    seed: int,
-) -> dict[str, str]:
-    """``"train"``, ``"val"`` or ``"test"`` for every distinct patient key.
-
-    Sizes follow the largest-remainder rule: each split gets ``floor(fraction * n)``
-    patients, and the patients left over go one each to the splits with the largest
-    remainders, ties to the earlier split (train, val, test). So 10 patients give 8/1/1 and
-    24 give 19/3/2 (remainders .2/.4/.4: val wins the tie). Then an empty split takes one
-    patient from the largest split, so all three are non-empty. The patients (sorted, so
-    the input order does not matter; repeats are allowed) are shuffled with
-    ``np.random.default_rng(seed)`` and cut in that order.
-
-    Raises:
-        ValueError: fewer than 3 distinct patients, or ``fractions`` not three positive
-            numbers summing to 1.
-    """
-    if len(fractions) != 3 or min(fractions) <= 0 or not np.isclose(sum(fractions), 1.0):
-        raise ValueError(f"fractions must be three positive numbers summing to 1, got {fractions}")
-    patients = np.unique(np.asarray(patient_keys, dtype=object).astype(str))  # sorted
-    n = len(patients)
-    if n < 3:
-        raise ValueError(f"{n} patients cannot fill train, val and test (need at least 3)")
-    quotas = np.asarray(fractions, dtype=np.float64) * n  # (3,)
-    sizes = np.floor(quotas).astype(np.int64)  # (3,)
-    by_remainder = np.argsort(-(quotas - sizes), kind="stable")  # ties: earlier split first
-    sizes[by_remainder[: n - sizes.sum()]] += 1
-    for split in range(3):
-        if sizes[split] == 0:
-            sizes[split] += 1
-            sizes[np.argmax(sizes)] -= 1
-    shuffled = np.random.default_rng(seed).permutation(patients)
-    labels = np.repeat(SPLITS, sizes)  # (n,)
-    return dict(zip(shuffled.tolist(), labels.tolist(), strict=True))
 
 
 def split_tracklets(tracklets: pd.DataFrame, r: ReidConfig) -> pd.DataFrame:

@@ -4,11 +4,11 @@ the embeddings of every tracklet by the chosen model.
 
 Output layout under ``out``::
 
-    reid.json                   settings and data this folder was made from
+    reid.json                   settings and data this folder was made from; its summary
     splits.parquet              tracklet_id, patient_key, nodule_id, split
-    runs/reid_CM, runs/reid_VM  Ray Train runs (checkpoints)
-    models/CM.pt, models/VM.pt  the best weights of each model (by validation accuracy)
-    bundle/                     the re-ID bundle (usv_ray.reid.bundle): the models, the
+    runs/reid_CM, runs/reid_VM  Ray Train runs: checkpoints, and the best weights of each
+                                model (by validation accuracy) in models/
+    bundle/                     the re-ID bundle (usv_ray.bundle.reid): the models, the
                                 patch settings they read, and the tau the sweep records
     tables/table3.{md,csv}      ACC, SE, SP, AUC with 95% CIs, per model and split
     tables/delong.{md,csv}      paired DeLong test of CM vs VM, per split
@@ -23,7 +23,6 @@ made with other settings or data is refused rather than mixed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -33,11 +32,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from usv_ray.config import Config, to_dict
 from usv_ray.errors import UsvRayError
-from usv_ray.io import claim_folder, remove_stale_tmp, write_table
+from usv_ray.io import remove_stale_tmp, write_table
+from usv_ray.layout import IngestFolder, LayoutError, ReidFolder, StageRun, digest_rows
+from usv_ray.reid.report import describe
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +59,33 @@ class ReidSummary:
     bundle: dict  # the re-ID bundle's record (bundle/bundle.json)
     seconds: float
 
+    def text(self) -> str:
+        """What the command prints: the results in short and where they are."""
+        from usv_ray.evaluate.tables import to_markdown
+
+        table = self.table3[["model", "split", "pairs", "ACC", "SE", "SP", "AUC", "AUC_ci"]]
+        tests = "\n".join(
+            f"  DeLong {row.models} on {row.split}: AUC difference {100 * row.difference:.2f} "
+            f"points, p = {row.p_value:.3g}"
+            for row in self.delong.itertuples()
+        )
+        clustering = self.clustering[["method", "parameter", "value", "precision", "recall"]]
+        return (
+            f"re-ID: {self.tracklets} tracklets of {self.patients} patients in "
+            f"{self.seconds:.0f} s\n{to_markdown(table)}\n{tests}\n"
+            f"  clustering the test patients' tracklets (tuned on validation):\n"
+            f"{to_markdown(clustering.assign(f_score=self.clustering['f_score']))}\n"
+            f"  tables: {self.out / 'tables'}\n"
+            f"  plots: {self.out / 'plots'}\n"
+            f"  embeddings: {self.out / 'embeddings'}"
+        )
+
 
 def _annotated(data: Path) -> pd.DataFrame:
     """Tracklets with a known nodule identity (those without one cannot be paired)."""
-    from usv_ray.reid.clips import read_tracklet_table
-
     try:
-        table = read_tracklet_table(data).to_pandas()
-    except FileNotFoundError as exc:
+        table = IngestFolder(data).read_tracklets().to_pandas()
+    except LayoutError as exc:
         raise ReidError(str(exc)) from exc
     known = table[table["nodule_id"].notna()].reset_index(drop=True)
     if known.empty:
@@ -74,62 +95,49 @@ def _annotated(data: Path) -> pd.DataFrame:
     return known
 
 
-def _data_fingerprint(tracklets: pd.DataFrame) -> str:
+def data_fingerprint(tracklets: pd.DataFrame) -> str:
     """The annotated tracklets (and their patients and nodules) a folder was trained on."""
-    digest = hashlib.sha256()
-    for row in tracklets.itertuples(index=False):
-        digest.update(f"{row.tracklet_id},{row.patient_key},{row.nodule_id};".encode())
-    return digest.hexdigest()
-
-
-def _config_fingerprint(cfg: Config) -> str:
-    """The re-ID settings a folder's models and results depend on."""
-    return hashlib.sha256(json.dumps(to_dict(cfg.reid), sort_keys=True).encode()).hexdigest()
-
-
-def _fingerprint(cfg: Config, tracklets: pd.DataFrame) -> str:
-    """What the folder's results depend on: the re-ID settings and the annotated tracklets."""
-    combined = f"{_config_fingerprint(cfg)}/{_data_fingerprint(tracklets)}"
-    return hashlib.sha256(combined.encode()).hexdigest()
+    columns = ["tracklet_id", "patient_key", "nodule_id"]
+    return digest_rows(tracklets[columns].itertuples(index=False))
 
 
 def _bundle(
     cfg: Config,
     data: Path,
-    out: Path,
+    out: ReidFolder,
     tracklets: pd.DataFrame,
     files: dict[str, Path],
     table3: pd.DataFrame,
+    run: StageRun,
 ) -> dict:
-    """The re-ID bundle (``out/bundle``): every trained model, what it needs, its metrics."""
-    from usv_ray.bundle import read_ingest_record
-    from usv_ray.reid.bundle import PATCH_SETTINGS, write_reid_bundle
-    from usv_ray.reid.embed import CLIP_SETTINGS
+    """The re-ID bundle (``out/bundle``): every trained model, what it needs, its metrics;
+    the tau an earlier sweep recorded for a model that is still in it is kept."""
+    from usv_ray import bundle
+    from usv_ray.bundle.reid import KIND, PATCH_SETTINGS, kept_tau, model_file
 
     r = cfg.reid
-    ingest = read_ingest_record(data)
+    ingest = IngestFolder(data).settings()
     test = table3[table3["split"] == "test"].set_index("model")
     columns = ["pairs", "ACC", "SE", "SP", "AUC", "AUC_ci"]
     metrics = json.loads(test[columns].to_json(orient="index"))  # plain JSON values
     meta = {
         "ingest": {name: ingest[name] for name in PATCH_SETTINGS},
-        "clip": {name: getattr(r, name) for name in CLIP_SETTINGS},
         "embed_model": r.embed_model,
         "config": {"reid": to_dict(r)},
-        "config_fingerprint": _config_fingerprint(cfg),
-        "data_fingerprint": _data_fingerprint(tracklets),
+        "fingerprints": {"folder": run.fingerprint, "data": data_fingerprint(tracklets)},
         "trained_on": {
             "tracklets": len(tracklets),
             "patients": int(tracklets["patient_key"].nunique()),
         },
         "metrics": {"test pairs, percent, 95% CI": metrics},
+        "tau": kept_tau(out.bundle, files),
     }
-    return write_reid_bundle(out, files, meta)
+    named = {model_file(kind): path for kind, path in files.items()}
+    return bundle.write(out.bundle, KIND, named, meta).record
 
 
-def _train(cfg: Config, data: Path, out: Path, splits: pd.DataFrame) -> dict[str, Path]:
+def _train(cfg: Config, data: Path, out: ReidFolder, splits: pd.DataFrame) -> dict[str, Path]:
     """Train every model of ``reid.models`` not trained yet; their files by kind."""
-    from usv_ray.reid.embed import save_reid_model
     from usv_ray.reid.pairs import clamp_p, training_nodules
     from usv_ray.reid.training import fit_reid
 
@@ -151,12 +159,8 @@ def _train(cfg: Config, data: Path, out: Path, splits: pd.DataFrame) -> dict[str
         )
     files = {}
     for kind in r.models:
-        files[kind] = out / "models" / f"{kind}.pt"
-        if files[kind].exists():
-            log.info("re-ID: %s already trained (%s)", kind, files[kind])
-            continue
         log.info(
-            "re-ID: training %s on %d tracklets of %d nodules (%d validate) for %d epochs",
+            "re-ID: %s on %d tracklets of %d nodules (%d validate) for %d epochs",
             kind,
             len(train),
             n_identities,
@@ -164,10 +168,10 @@ def _train(cfg: Config, data: Path, out: Path, splits: pd.DataFrame) -> dict[str
             r.epochs,
         )
         started = time.perf_counter()
-        weights, trained = fit_reid(
-            r, kind, data, train["tracklet_id"], val["tracklet_id"], out / "runs", f"reid_{kind}"
+        trained = fit_reid(
+            r, kind, data, train["tracklet_id"], val["tracklet_id"], out.runs, f"reid_{kind}"
         )
-        save_reid_model(files[kind], kind, n_identities, weights, r)
+        files[kind] = trained.path
         log.info(
             "re-ID: %s trained in %.0f s (best validation %s %.3f, epoch %d)",
             kind,
@@ -180,13 +184,13 @@ def _train(cfg: Config, data: Path, out: Path, splits: pd.DataFrame) -> dict[str
 
 
 def _evaluate(
-    cfg: Config, data: Path, out: Path, splits: pd.DataFrame, files: dict[str, Path]
+    cfg: Config, data: Path, out: ReidFolder, splits: pd.DataFrame, files: dict[str, Path]
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Table 3 (per model and split), the DeLong comparisons, and the ROC plots."""
     from usv_ray.evaluate.plots import roc_plot
     from usv_ray.evaluate.tables import write_table as write_md_csv
+    from usv_ray.models import load
     from usv_ray.reid.clips import load_tracklets
-    from usv_ray.reid.embed import load_reid_model
     from usv_ray.reid.evaluate import (
         best_threshold,
         comparison,
@@ -196,7 +200,7 @@ def _evaluate(
     )
 
     r = cfg.reid
-    models = {kind: load_reid_model(path).model for kind, path in files.items()}
+    models = {kind: load(path)[0] for kind, path in files.items()}
     scored = {}
     for split in ("val", "test"):
         ids = splits.loc[splits["split"] == split, "tracklet_id"]
@@ -218,40 +222,60 @@ def _evaluate(
             f"seed {r.seed}"
         )
         curves = {k: (p.same.astype(np.int64), p.scores) for k, p in scored[split].items()}
-        roc_plot(curves, out / "plots" / f"roc_{split}.png", subtitle)
+        roc_plot(curves, out.plots / f"roc_{split}.png", subtitle)
     table3 = reid_table(rows)
     delong = pd.DataFrame(tests)
-    write_md_csv(table3, out / "tables" / "table3")
+    write_md_csv(table3, out.tables / "table3")
     if not delong.empty:
-        write_md_csv(delong, out / "tables" / "delong")
+        write_md_csv(delong, out.tables / "delong")
     return table3, delong
 
 
-def _embeddings(cfg: Config, data: Path, out: Path, model_file: Path) -> Path:
-    """Embed every tracklet of the archive (Ray Data, one model per actor) into embeddings/."""
-    import pyarrow.fs
-    import ray.data
-
-    from usv_ray.io import write_dataset
-    from usv_ray.reid.clips import tracklet_shards
-    from usv_ray.reid.embed import EMBED_COLUMNS, embed_dataset, load_reid_model
+def _embeddings(cfg: Config, data: Path, out: ReidFolder) -> Path:
+    """Embed every tracklet of the archive with the bundle's ``reid.embed_model`` (a batch
+    job, one model per actor) into embeddings/, and record it in the bundle so the index
+    takes them rather than embedding the archive again."""
+    from usv_ray import bundle
+    from usv_ray.bundle.reid import ReidModels, ShardEmbedder
+    from usv_ray.io import replace_folder
+    from usv_ray.pool import run_batches
+    from usv_ray.schemas import EMBEDDINGS
 
     r = cfg.reid
-    target = out / "embeddings"
-    model_id = load_reid_model(model_file).model_id
+    models = ReidModels.load(bundle.read(out.bundle, "reid"))
+    model_id = models.model_id(r.embed_model)
+    target = out.embeddings
     if target.exists():
         done = pq.read_table(target, columns=["model"])["model"].unique().to_pylist()
         if done == [model_id]:
             log.info("re-ID: embeddings by %s already written", model_id)
             return target
-    tracklets = ray.data.read_parquet(
-        tracklet_shards(data), filesystem=pyarrow.fs.LocalFileSystem()
-    ).select_columns(EMBED_COLUMNS)
-    embedded = embed_dataset(tracklets, model_file, r, r.workers, r.cpus_per_worker, r.use_gpu)
-    return write_dataset(embedded, target)
+    items = [{"shard": shard, "tracklets": ""} for shard in IngestFolder(data).tracklet_shards()]
+    kwargs = {"bundle": str(out.bundle.resolve()), "kind": r.embed_model}
+    rows = pa.concat_tables(
+        run_batches(
+            ShardEmbedder,
+            kwargs,
+            items,
+            workers=r.workers,
+            ray=cfg.ray,
+            batch_size=8,
+            cpus=r.cpus_per_worker,
+            gpus=1 if r.use_gpu else 0,
+        )
+    )
+    failed = rows.filter(pc.is_valid(rows["error"]))
+    for row in failed.to_pylist():
+        log.warning("re-ID: tracklet %s not embedded: %s", row["tracklet_id"], row["error"])
+    good = rows.filter(pc.is_null(rows["error"])).select(EMBEDDINGS.names).cast(EMBEDDINGS)
+    replace_folder(
+        target, lambda tmp: write_table(good.sort_by("tracklet_id"), tmp / "part.parquet")
+    )
+    models.bundle.rewrite(embeddings={model_id: str(target.resolve())})
+    return target
 
 
-def _clustering(out: Path, embeddings: Path, splits: pd.DataFrame, seed: int) -> pd.DataFrame:
+def _clustering(out: ReidFolder, embeddings: Path, splits: pd.DataFrame, seed: int) -> pd.DataFrame:
     """The clustering methods on the embeddings: tuned on "val", scored on "test"."""
     from usv_ray.cluster.compare import clustering_table
     from usv_ray.evaluate.tables import write_table as write_md_csv
@@ -266,30 +290,28 @@ def _clustering(out: Path, embeddings: Path, splits: pd.DataFrame, seed: int) ->
         rows["split"].to_numpy(),
         seed=seed,
     )
-    write_md_csv(table, out / "tables" / "table4_clustering")
+    write_md_csv(table, out.tables / "table4_clustering")
     return table
 
 
 def run_reid(cfg: Config, data: str | Path, out: str | Path) -> ReidSummary:
     """Train and evaluate the re-ID models on the tracklets of ``data`` into ``out``."""
-    from usv_ray.bundle import read_ingest_record
     from usv_ray.reid.pairs import split_tracklets
     from usv_ray.runtime import ensure_ray
 
-    started = time.perf_counter()
-    data, out, r = Path(data), Path(out), cfg.reid
+    data, out, r = Path(data), ReidFolder(out), cfg.reid
     if r.embed_model not in r.models:
         raise ReidError(f"reid.embed_model {r.embed_model} is not among reid.models {r.models}")
     tracklets = _annotated(data)
-    read_ingest_record(data)  # the bundle needs it: fail now, not after the training
-    if claim_folder(out / "reid.json", _fingerprint(cfg, tracklets), {"reid": to_dict(r)}):
-        log.info("resuming the re-ID run in %s", out)
-    remove_stale_tmp(out)
+    IngestFolder(data).settings()  # the bundle needs it: fail now, not after the training
+    run = StageRun(out.record, {"reid": r}, data=data_fingerprint(tracklets), data_folder=data)
+    run.claim()
+    remove_stale_tmp(out.root)
     try:
         splits = split_tracklets(tracklets, r)
     except ValueError as exc:
         raise ReidError(str(exc)) from exc
-    write_table(pa.Table.from_pandas(splits, preserve_index=False), out / "splits.parquet")
+    write_table(pa.Table.from_pandas(splits, preserve_index=False), out.splits)
     for split in ("train", "val", "test"):
         part = splits[splits["split"] == split]
         log.info(
@@ -302,16 +324,14 @@ def run_reid(cfg: Config, data: str | Path, out: str | Path) -> ReidSummary:
     ensure_ray(cfg.ray)
     files = _train(cfg, data, out, splits)
     table3, delong = _evaluate(cfg, data, out, splits, files)
-    bundle = _bundle(cfg, data, out, tracklets, files, table3)
-    embeddings = _embeddings(cfg, data, out, files[r.embed_model])
+    bundle = _bundle(cfg, data, out, tracklets, files, table3, run)
+    embeddings = _embeddings(cfg, data, out)
     clustering = _clustering(out, embeddings, splits, r.seed)
+    patients = int(tracklets["patient_key"].nunique())
+    seconds = run.finish(
+        {"tracklets": len(tracklets), "patients": patients, "bundle": bundle["version"]}
+    )
+    describe(out.root, data)
     return ReidSummary(
-        out,
-        len(tracklets),
-        int(tracklets["patient_key"].nunique()),
-        table3,
-        delong,
-        clustering,
-        bundle,
-        time.perf_counter() - started,
+        out.root, len(tracklets), patients, table3, delong, clustering, bundle, seconds
     )

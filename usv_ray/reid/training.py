@@ -11,7 +11,7 @@ Every worker reads the training tracklets' clips from the shared data folder int
 
 Rank 0 validates every ``val_every`` epochs on all within-patient pairs of the validation
 patients (accuracy at the best threshold, and AUC); the training runner
-(:mod:`usv_ray.train`) keeps the best epoch by ``reid.best`` and resumes after a kill.
+(:mod:`usv_ray.runner`) keeps the best epoch by ``reid.best`` and resumes after a kill.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ import pyarrow as pa
 import torch
 
 from usv_ray.config import ReidConfig, ReidModel
+from usv_ray.models.reid import build_reid_model
 from usv_ray.reid.clips import TrackletSet, augmented_input, load_tracklets
 from usv_ray.reid.losses import batch_hard_triplet, contrastive
-from usv_ray.reid.models import ClassificationModel, VerificationModel
-from usv_ray.train import TrainedModel, Worker, load_model, stage_settings, train_models
+from usv_ray.runner import RunSettings, TrainedModel, Worker, train_models
 
 EVAL_BATCH = 16  # clips per forward pass when embedding for validation
 
@@ -38,15 +38,6 @@ def identity_labels(tracklets: TrackletSet) -> np.ndarray:
     """(N,) int64 class of each tracklet's nodule: (patient, nodule) pairs numbered in order."""
     keys = np.char.add(np.char.add(tracklets.patient_keys.astype(str), "/"), tracklets.identities)
     return np.unique(keys, return_inverse=True)[1].astype(np.int64)
-
-
-def build_model(kind: ReidModel, n_identities: int) -> torch.nn.Module:
-    """A freshly initialised CM (over ``n_identities`` nodules) or VM."""
-    if kind == "CM":
-        return ClassificationModel(n_identities)
-    if kind == "VM":
-        return VerificationModel()
-    raise ValueError(f"unknown re-ID model {kind!r} (known: CM, VM)")
 
 
 def cm_steps(
@@ -77,7 +68,7 @@ def vm_steps(
     order = rng.permutation(len(anchor))
     share = len(order) // world
     mine = order[rank::world][:share]
-    size = cfg.pair_batch_size
+    size = cfg.batch_size
     steps = [
         (anchor[mine[s : s + size]], partner[mine[s : s + size]], same[mine[s : s + size]])
         for s in range(0, share, size)
@@ -133,7 +124,7 @@ def _validate(model: torch.nn.Module, val: TrackletSet) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class ReidTask:
-    """A re-ID model to train (a :class:`usv_ray.train.Task`): ``kind`` on the tracklets
+    """A re-ID model to train (a :class:`usv_ray.runner.Task`): ``kind`` on the tracklets
     of ``train_ids``, validated on all within-patient pairs of ``val_ids``."""
 
     cfg: ReidConfig
@@ -148,7 +139,7 @@ class ReidTask:
         return self.kind
 
     def build(self) -> torch.nn.Module:
-        return build_model(self.kind, self.n_identities)
+        return build_reid_model(self.kind, self.n_identities)
 
     def _tracklets(self, ids: Sequence[str]) -> TrackletSet:
         return load_tracklets(Path(self.data), ids, self.cfg)
@@ -184,7 +175,13 @@ class ReidTask:
         return _validate(model, data["val"])
 
     def meta(self) -> dict:
-        return {"kind": self.kind, "n_identities": self.n_identities}
+        c = self.cfg
+        clip = {
+            "clip_frames": c.clip_frames,
+            "clip_height": c.clip_height,
+            "clip_width": c.clip_width,
+        }
+        return {"model": self.kind, "n_identities": self.n_identities, "clip": clip}
 
 
 def fit_reid(
@@ -195,16 +192,14 @@ def fit_reid(
     val_ids: Sequence[str],
     storage: Path,
     name: str,
-) -> tuple[dict, TrainedModel]:
-    """Train ``kind`` with the training runner (resuming the run ``name`` under ``storage``).
-
-    Returns (the best weights by ``cfg.best``, how it was trained).
-    """
+) -> TrainedModel:
+    """Train ``kind`` with the training runner (resuming the run ``name`` under ``storage``):
+    its finished-model file holds the best weights by ``cfg.best``."""
     import pyarrow.compute as pc
 
-    from usv_ray.reid.clips import read_tracklet_table
+    from usv_ray.layout import IngestFolder
 
-    table = read_tracklet_table(Path(data), ["tracklet_id", "patient_key", "nodule_id"])
+    table = IngestFolder(data).read_tracklets(["tracklet_id", "patient_key", "nodule_id"])
     table = table.filter(pc.is_in(table["tracklet_id"], value_set=pa.array(list(train_ids))))
     n_identities = len(
         set(zip(*table.select(["patient_key", "nodule_id"]).to_pydict().values(), strict=True))
@@ -212,5 +207,4 @@ def fit_reid(
     task = ReidTask(
         cfg, kind, str(Path(data).resolve()), tuple(train_ids), tuple(val_ids), n_identities
     )
-    trained = train_models([task], stage_settings(cfg), storage, name)[task.key]
-    return load_model(trained.path)[0], trained
+    return train_models([task], RunSettings.of(cfg, cfg, cfg.seed), storage, name)[task.key]

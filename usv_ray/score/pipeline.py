@@ -14,14 +14,14 @@ lays it out (``data``, ``classify``, ``predict``, ``index``). Writes ``DIR/score
     summary.json                    the headline figures
 
 The comparison takes the detector's test patients' annotated videos: ingested again
-without their annotations (the detector and tracker make their tracklets; a manifest of
-them lies beside the archive's while it runs), and their annotated tracklets as they are,
-each indexed with the re-ID bundle.
+without their annotations (the detector and tracker make their tracklets), and their
+annotated tracklets as they are, each indexed with the re-ID bundle.
 
 No raw identifier or exam date reaches ``DIR/score``: rows are named by the first digits
 of their keyed ids (:mod:`usv_ray.score.keyed`). The raw ids are read from the archive's
-truth and written only into that temporary manifest, inside the archive folder that holds
-them anyway.
+truth and written only into the manifest of that second ingest, in a private temporary
+folder that mirrors the archive's paths (so the videos keep their ids) and is removed when
+it ends; the archive itself is only read.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ import pyarrow.parquet as pq
 
 from usv_ray.config import Config
 from usv_ray.errors import UsvRayError
+from usv_ray.layout import IngestFolder, PredictFolder, RunFolder
+from usv_ray.score.report import describe
 
 if TYPE_CHECKING:
     from usv_ray.score.keyed import KeyedTruth
@@ -62,6 +64,38 @@ class ScoreSummary:
     index_gap: pd.DataFrame  # empty without a detector
     seconds: float
 
+    def text(self) -> str:
+        """What the command prints: the results in short and where they are."""
+        from usv_ray.evaluate.tables import to_markdown
+
+        metrics = self.night_metrics.iloc[0]
+        night = (
+            f"tonight's {int(metrics['videos'])} videos against the truth: accuracy "
+            f"{metrics['accuracy']:.1f}, sensitivity {metrics['sensitivity']:.1f}, specificity "
+            f"{metrics['specificity']:.1f}, ROC AUC {metrics['roc_auc']:.1f} (%)"
+            if metrics["videos"]
+            else "no video tonight"
+        )
+        tracking = (
+            f"  automatic tracklets against the true boxes (%):\n"
+            f"{to_markdown(self.tracking, float_format='{:.1f}')}\n"
+            if len(self.tracking)
+            else ""
+        )
+        gap = (
+            f"  the index from automatic vs annotated tracklets, same videos:\n"
+            f"{to_markdown(self.index_gap, float_format='{:.1f}')}\n"
+            if len(self.index_gap)
+            else ""
+        )
+        return (
+            f"score: {night}\n  nodules seen tonight: {len(self.night_nodules)}\n"
+            f"  scoring a nodule, per-nodule ROC AUC (%):\n"
+            f"{to_markdown(self.nodule_scoring, float_format='{:.3g}')}\n"
+            f"{tracking}{gap}"
+            f"  tables: {self.out / 'tables'}"
+        )
+
 
 def _need(path: Path, stage: str) -> Path:
     if not path.exists():
@@ -69,11 +103,11 @@ def _need(path: Path, stage: str) -> Path:
     return path
 
 
-def _latest(predict: Path) -> tuple[str, pd.DataFrame, pd.DataFrame]:
+def _latest(predict: PredictFolder) -> tuple[str, pd.DataFrame, pd.DataFrame]:
     """The model version predict ran last, and its video and tracklet diagnoses."""
-    version = json.loads(_need(predict / "summary.json", "predict").read_text())["latest"]
-    videos = pq.read_table(predict / "diagnoses.parquet").to_pandas()
-    tracklets = pq.read_table(predict / "tracklet_diagnoses.parquet").to_pandas()
+    version = json.loads(_need(predict.summary, "predict").read_text())["latest"]
+    videos = pq.read_table(predict.diagnoses).to_pandas()
+    tracklets = pq.read_table(predict.tracklet_diagnoses).to_pandas()
     return (
         version,
         videos[(videos["model_version"] == version) & (videos["status"] == "ok")],
@@ -166,16 +200,16 @@ def _scoring_sets(
     return sets
 
 
-def _tracking(out: Path, truth: KeyedTruth, automatic: pd.DataFrame) -> pd.DataFrame:
+def _tracking(out: RunFolder, truth: KeyedTruth, automatic: pd.DataFrame) -> pd.DataFrame:
     """Tracking quality over every video the tracker ran on (the ingested videos without
     annotations), and over those of the patients the detector neither trained nor chose
     its epoch on; empty before there is a detector."""
     from usv_ray.score.tracks import tracking_quality
 
-    splits = out / "detect" / "splits.parquet"
+    splits = out.detect.splits
     if not splits.exists():
         return pd.DataFrame()
-    videos = pq.read_table(out / "data" / "videos.parquet").to_pandas()
+    videos = out.data.read_videos()
     ran = videos[(videos["status"] == "ok") & ~videos["annotated"]]
     seen = pq.read_table(splits).to_pandas()
     seen = set(seen.loc[seen["split"] != "test", "patient_key"])
@@ -190,7 +224,14 @@ def _tracking(out: Path, truth: KeyedTruth, automatic: pd.DataFrame) -> pd.DataF
     return pd.DataFrame(rows)
 
 
-def _index_gap(cfg: Config, archive: Path, out: Path, truth, raw) -> pd.DataFrame:
+def _mirror(archive: Path, videos: pd.Series, into: Path) -> None:
+    """Link the top folders of ``videos`` (paths relative to ``archive``) into ``into``, so a
+    manifest there names them by the same relative paths (and keyed ids) as the archive's."""
+    for top in sorted({Path(video).parts[0] for video in videos}):
+        (into / top).symlink_to((archive / top).resolve(), target_is_directory=True)
+
+
+def _index_gap(cfg: Config, archive: Path, out: RunFolder, truth, raw) -> pd.DataFrame:
     """The index from automatic tracklets against the index from annotated ones, on the
     same videos: the detector's test patients' annotated archive videos."""
     import csv
@@ -200,32 +241,33 @@ def _index_gap(cfg: Config, archive: Path, out: Path, truth, raw) -> pd.DataFram
 
     from usv_ray.index.pipeline import run_index
     from usv_ray.ingest.pipeline import run_ingest
-    from usv_ray.reid.clips import read_tracklet_table
     from usv_ray.score.tracks import index_agreement
 
-    splits = pq.read_table(out / "detect" / "splits.parquet").to_pandas()
+    splits = pq.read_table(out.detect.splits).to_pandas()
     test = set(splits.loc[splits["split"] == "test", "video_id"])
     rows = raw.videos.assign(video_id=truth.videos["video_id"].to_numpy())
     rows = rows[(rows["batch"] == "archive") & rows["video_id"].isin(test)]
-    gap = out / "score" / "gap"
+    gap = out.score.gap
     shutil.rmtree(gap, ignore_errors=True)  # made afresh: the detector or its split may change
-    annotated = gap / "annotated"
-    (annotated / "tracklets").mkdir(parents=True, exist_ok=True)
-    shutil.copy(out / "data" / "ingest.json", annotated / "ingest.json")
+    annotated = IngestFolder(gap / "annotated")
+    annotated.tracklets_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(out.data.record, annotated.record)
     for video_id in rows["video_id"]:
-        shard = out / "data" / "tracklets" / f"{video_id}.parquet"
+        shard = out.data.tracklets(video_id)
         if shard.exists():
-            shutil.copy(shard, annotated / "tracklets" / shard.name)
+            shutil.copy(shard, annotated.tracklets(video_id))
     # a few videos, ingested and indexed in this process (no actor start-up for them)
-    ingest = replace(cfg.ingest, detector=str(out / "detect" / "bundle"), workers=0)
+    ingest = replace(cfg.ingest, detector=str(out.detect.bundle), workers=0)
     cfg = replace(cfg, ingest=ingest, index=replace(cfg.index, workers=0))
-    # beside the archive's manifest, so the videos keep their ids; only while ingest runs
-    with tempfile.NamedTemporaryFile("w", suffix=".csv", dir=archive, newline="") as manifest:
-        writer = csv.writer(manifest)
-        writer.writerow(["video", "patient_id", "study_id"])
-        writer.writerows(rows[["video", "patient_id", "study_id"]].itertuples(index=False))
-        manifest.flush()
-        run_ingest(cfg, manifest.name, gap / "automatic")
+    automatic = IngestFolder(gap / "automatic")
+    with tempfile.TemporaryDirectory(prefix="usv-ray-score-") as private:
+        _mirror(archive, rows["video"], Path(private))
+        manifest = Path(private) / "manifest.csv"
+        with manifest.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["video", "patient_id", "study_id"])
+            writer.writerows(rows[["video", "patient_id", "study_id"]].itertuples(index=False))
+        run_ingest(cfg, manifest, automatic.root)
     table = []
     columns = [
         "tracklet_id",
@@ -236,37 +278,37 @@ def _index_gap(cfg: Config, archive: Path, out: Path, truth, raw) -> pd.DataFram
         "box_frames",
         "boxes",
     ]
-    for source, data in (("annotated", annotated), ("automatic", gap / "automatic")):
-        if not any((data / "tracklets").glob("*.parquet")):  # the detector found nothing
+    for source, data in (("annotated", annotated), ("automatic", automatic)):
+        if not data.tracklet_shards():  # the detector found nothing
             log.warning("score: no %s tracklet in the detector's test videos", source)
             table.append({"tracklets_from": source, "tracklets": 0})
             continue
-        run_index(cfg, data, out / "reid", gap / f"index_{source}")
-        nodules = pq.read_table(gap / f"index_{source}" / "nodules.parquet").to_pandas()
-        tracklets = read_tracklet_table(data, columns).to_pandas()
+        index = gap / f"index_{source}"
+        run_index(cfg, data.root, out.reid.bundle, index)
+        nodules = pq.read_table(index / "nodules.parquet").to_pandas()
+        tracklets = data.read_tracklets(columns).to_pandas()
         table.append({"tracklets_from": source, **index_agreement(nodules, tracklets, truth)})
     return pd.DataFrame(table)
 
 
 def run_score(cfg: Config, archive: str | Path, out: str | Path) -> ScoreSummary:
     """Score the night (and the ways to score a nodule) in ``out`` against ``archive``'s truth."""
-    from usv_ray.bundle import read_bundle
+    from usv_ray import bundle
     from usv_ray.evaluate.tables import write_table
     from usv_ray.io import write_json
     from usv_ray.privacy import load_key
-    from usv_ray.reid.clips import read_tracklet_table
     from usv_ray.score.keyed import keyed_truth
     from usv_ray.score.night import nodule_truth, oof_probs, scoring_comparison
     from usv_ray.score.tracks import tracklet_nodules
     from usv_ray.synth.truth import load_truth
 
     started = time.perf_counter()
-    archive, out = Path(archive), Path(out)
+    archive, out = Path(archive), RunFolder(out)
     raw = load_truth(archive)
     truth = keyed_truth(raw, load_key(cfg.privacy))
-    _, record = read_bundle(_need(out / "classify", "classify"), "diagnosis", verify=False)
-    folds = pq.read_table(out / "classify" / "folds.parquet").to_pandas()
-    version, diagnoses, tracklet_diagnoses = _latest(out / "predict")
+    record = bundle.read(_need(out.classify.root, "classify"), "diagnosis", verify=False).record
+    folds = pq.read_table(out.classify.folds).to_pandas()
+    version, diagnoses, tracklet_diagnoses = _latest(out.predict)
     if version != record["version"]:
         raise ScoreError(f"predict last ran {version}, the classify bundle is {record['version']}")
     columns = [
@@ -279,15 +321,13 @@ def run_score(cfg: Config, archive: str | Path, out: str | Path) -> ScoreSummary
         "box_frames",
         "boxes",
     ]
-    tracklets = read_tracklet_table(out / "data", columns).to_pandas()
-    nodules = pq.read_table(_need(out / "index" / "nodules.parquet", "index")).to_pandas()
+    tracklets = out.data.read_tracklets(columns).to_pandas()
+    nodules = pq.read_table(_need(out.index.nodules, "index")).to_pandas()
     nodules_truth = nodule_truth(nodules, tracklet_nodules(tracklets, truth), truth.nodules)
     automatic = tracklets[tracklets["source"] == "automatic"]
     tracking = _tracking(out, truth, automatic)
     gap = (
-        _index_gap(cfg, archive, out, truth, raw)
-        if (out / "detect" / "bundle").is_dir()
-        else pd.DataFrame()
+        _index_gap(cfg, archive, out, truth, raw) if out.detect.bundle.is_dir() else pd.DataFrame()
     )
 
     night = truth.videos[truth.videos["batch"] == "night"]
@@ -319,7 +359,7 @@ def run_score(cfg: Config, archive: str | Path, out: str | Path) -> ScoreSummary
     sets = _scoring_sets(nodules, tracklets, nodules_truth, scored, groups)
     comparison = scoring_comparison(sets)
 
-    tables = out / "score" / "tables"
+    tables = out.score.tables
     write_table(night_videos, tables / "night_videos", float_format="{:.1f}")
     write_table(night_metrics, tables / "night_metrics", float_format="{:.1f}")
     write_table(night_nodules, tables / "night_nodules", float_format="{:.1f}")
@@ -335,9 +375,10 @@ def run_score(cfg: Config, archive: str | Path, out: str | Path) -> ScoreSummary
         "tracking": tracking.to_dict("records"),
         "index_gap": gap.to_dict("records"),
     }
-    write_json(json.loads(pd.Series(summary).to_json()), out / "score" / "summary.json")
+    write_json(json.loads(pd.Series(summary).to_json()), out.score.summary)
+    describe(out.score.root, out.data.root)
     return ScoreSummary(
-        out / "score",
+        out.score.root,
         night_videos,
         night_metrics,
         night_nodules,

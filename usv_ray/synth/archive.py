@@ -1,6 +1,6 @@
 """Write a synthetic archive: videos (MP4 H.264 or DICOM cine), annotations, manifest.
 
-The layout follows DESIGN.md's input contract::
+The layout follows the README's manifest (a user's own archive's shape)::
 
     out/manifest.csv                     video, patient_id, study_id, label, annotations
     out/videos/<stem>.mp4 | <stem>.dcm   stems are anonymous hashes, never identities

@@ -13,6 +13,10 @@ Geometry, in pixels of the scanner frame:
   coordinate ``v`` moves from ``v_start`` to ``v_end`` (the plane slices through nodules,
   so their cross-sections grow and shrink) while the probe also slides along its own plane
   from ``q_start`` to ``q_end`` (tissue and nodules translate across the screen).
+
+One idea in one file, past 500 lines on purpose: the geometry (a nodule's cross-section
+and box in every frame of a sweep) and the draws that place it (patients, exams, nodules,
+tonight's follow-ups) are the ground truth together, and read as one derivation.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from datetime import date, timedelta
 
 import numpy as np
 
+from usv_ray.boxes import box_iou
 from usv_ray.config import SynthConfig
 
 S_MIN = 0.3  # a nodule is annotated once its cross-section is this fraction of its widest
@@ -377,15 +382,6 @@ def nodule_track(
     return NoduleTrack(scale, elev, cx, cy, half_w, half_h, view_angle, boxes, visible)
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two ``[x0, y0, x1, y1]`` boxes."""
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
 def tracklets(video: Video, track: NoduleTrack, nodule_id: str) -> list[dict]:
     """Annotator-style tracklets of one nodule: one per continuous visible run.
 
@@ -399,7 +395,7 @@ def tracklets(video: Video, track: NoduleTrack, nodule_id: str) -> list[dict]:
     for start, end in zip(starts, ends, strict=True):
         keys = [int(start)]
         for frame in range(start + 1, end):
-            if box_iou(track.boxes[frame], track.boxes[keys[-1]]) < IOU_NEW_KEYFRAME:
+            if box_iou([track.boxes[frame]], [track.boxes[keys[-1]]])[0, 0] < IOU_NEW_KEYFRAME:
                 keys.append(frame)
         if keys[-1] != end - 1:
             keys.append(int(end - 1))

@@ -2,8 +2,8 @@
 
 Targets (``--target``, :data:`usv_ray.tune.targets.TARGETS`):
 
-* ``cnn``: learning rate and batch size of the frame CNN (``classify.cnn_lr``,
-  ``classify.cnn_batch_size``), on one fold's training videos, validated on the share of
+* ``cnn``: learning rate and batch size of the frame CNN (``classify.cnn.lr``,
+  ``classify.cnn.batch_size``), on one fold's training videos, validated on the share of
   them that validates that fold's CNN in ``usv-ray classify``;
 * ``lstm``: learning rate and batch size of the variable-frame LSTM, on a classify
   folder's cached features (the same fold and validation videos);

@@ -22,9 +22,7 @@ another target or other settings is refused rather than mixed.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
-import json
 import logging
 import math
 import time
@@ -38,11 +36,10 @@ import yaml
 
 from usv_ray.config import Config, load_config, to_dict
 from usv_ray.errors import UsvRayError
-from usv_ray.io import atomic_path, claim_folder
+from usv_ray.io import atomic_path
+from usv_ray.layout import TuneFolder
 
 log = logging.getLogger(__name__)
-
-EXPERIMENT = "sweep"  # the Tune experiment's folder under out
 
 
 class TuneError(UsvRayError, ValueError):
@@ -61,23 +58,46 @@ class TuneSummary:
     best_config: Path  # best.yaml
     seconds: float
 
+    def text(self) -> str:
+        """What the command prints: the results in short and where they are."""
+        from usv_ray.evaluate.tables import to_markdown
+
+        best = ", ".join(f"{key}={value:.4g}" for key, value in self.best.items())
+        return (
+            f"tune {self.target}: {len(self.table)} trials in {self.seconds:.0f} s; best "
+            f"{best} ({self.metric} {self.best_value:.4g})\n"
+            f"{to_markdown(self.table, float_format='{:.4g}')}\n"
+            f"  results: {self.out / 'results.md'} (and .csv)\n"
+            f"  best config: {self.best_config} (use it as --config)"
+        )
+
+
+def _replace(section: Any, path: list[str], value: Any) -> Any:
+    """``section`` (a config dataclass) with the field at ``path`` set to ``value``, which
+    keeps the field's type (a Tune sample such as numpy's int64 becomes a plain int)."""
+    name, rest = path[0], path[1:]
+    current = getattr(section, name)
+    if rest:
+        return dataclasses.replace(section, **{name: _replace(current, rest, value)})
+    plain = value.item() if hasattr(value, "item") else value  # numpy scalars too
+    return dataclasses.replace(
+        section, **{name: plain if current is None else type(current)(plain)}
+    )
+
 
 def apply_params(cfg: Config, params: Mapping[str, Any]) -> Config:
-    """``cfg`` with each ``"section.key": value`` of ``params`` set (values keep the field's
-    type, so a Tune sample such as numpy's int64 becomes a plain int)."""
-    sections: dict[str, dict[str, Any]] = {}
+    """``cfg`` with each dotted key of ``params`` (``classify.cnn.lr``) set to its value."""
     for dotted, value in params.items():
-        section, _, key = dotted.partition(".")
-        current = getattr(getattr(cfg, section), key)
-        plain = value.item() if hasattr(value, "item") else value  # numpy scalars too
-        sections.setdefault(section, {})[key] = plain if current is None else type(current)(plain)
-    return dataclasses.replace(
-        cfg,
-        **{
-            name: dataclasses.replace(getattr(cfg, name), **values)
-            for name, values in sections.items()
-        },
-    )
+        cfg = _replace(cfg, dotted.split("."), value)
+    return cfg
+
+
+def param_value(cfg: Config, dotted: str) -> Any:
+    """The value of a dotted key of ``cfg``, as plain YAML data."""
+    value: Any = to_dict(cfg)
+    for part in dotted.split("."):
+        value = value[part]
+    return value
 
 
 def run_name(target: str) -> str:
@@ -113,11 +133,14 @@ def write_results(table: pd.DataFrame, out: Path) -> tuple[Path, Path]:
     return md, csv
 
 
-def claim(out: Path, target: str, settings: Mapping[str, Any]) -> bool:
-    """Claim ``out`` for this sweep (True: resuming one made with the same settings)."""
-    record = {"target": target, **settings}
-    digest = hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode())
-    return claim_folder(out / "tune.json", digest.hexdigest(), record)
+def claim(out: Path, target: Target) -> bool:
+    """Claim ``out`` for this sweep (True: resuming one made with the same settings), as
+    every stage claims its folder (:class:`usv_ray.layout.StageRun`)."""
+    from usv_ray.layout import StageRun
+
+    inputs = {"target": target.name, **target.inputs}
+    run = StageRun(TuneFolder(out).record, target.sections, inputs=inputs, data_folder=target.data)
+    return run.claim()
 
 
 def best_row(table: pd.DataFrame, metric: str, mode: str) -> pd.Series:
@@ -206,7 +229,7 @@ class TuneTrials:
 @dataclass(frozen=True)
 class GridLoop:
     """A target's points evaluated one after another in the driver, without Ray: for a
-    parameter that needs no training (RAY.md: a loop took 0.08 s where Tune took 25 s)."""
+    parameter that needs no training (a loop took 0.08 s where Tune took 25 s)."""
 
     evaluate: Callable[[dict[str, Any]], dict[str, Any]]  # one point -> its metrics
     # the best row's position from the metric column (a tie rule); None: the first best
@@ -224,7 +247,9 @@ class Target:
     metric: str  # a metric every point reports (last)
     mode: Literal["min", "max"]
     columns: tuple[str, ...]  # metrics shown in the results table
-    settings: dict[str, Any]  # what the sweep's results depend on (for claim)
+    sections: dict[str, Any]  # the config sections its results depend on (for claim)
+    inputs: dict[str, Any]  # and what else: its videos or tracklets, its grid
+    data: Path  # the folder it reads (recorded in tune.json, not part of the claim)
     trials: TuneTrials | GridLoop
     # writes what the trials read into ``out`` (variable_max: the capped caches); called
     # once the folder is claimed, so a folder of another sweep is never written to
@@ -307,7 +332,7 @@ def fit_sweep(
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator
 
-    path = (out / EXPERIMENT).resolve()
+    path = TuneFolder(out).experiment.resolve()
     resources = driver_resources(cfg) | ({"CPU": trials.cpus} if trials.in_trial else {})
     trainable = tune.with_resources(trials.trainable, resources)
     concurrent = max_concurrent(cfg, trials.cpus, trials.gpus)
@@ -341,7 +366,7 @@ def fit_sweep(
                 ),
             ),
             run_config=tune.RunConfig(
-                name=EXPERIMENT,
+                name=TuneFolder(out).experiment.name,
                 storage_path=str(path.parent),
                 callbacks=[_orphan_callback(), *callbacks],
                 verbose=1,
@@ -380,7 +405,7 @@ def check_finished(results: Any, expected: int, out: Path) -> None:
     if unfinished > 0:
         raise TuneError(
             f"the sweep was interrupted with {unfinished} trial(s) unfinished; its state is "
-            f"saved in {out / EXPERIMENT}: run the same command again to resume it"
+            f"saved in {TuneFolder(out).experiment}: run the same command again to resume it"
         )
 
 
@@ -418,11 +443,11 @@ def run_target(
     """Sweep ``target`` into ``out``: claim the folder, run (or resume) its points, write
     ``results.{csv,md}`` and ``best.yaml``; ``callbacks`` are extra Tune callbacks."""
     from usv_ray.runtime import ensure_ray
+    from usv_ray.tune.report import describe
 
     started = time.perf_counter()
     out = Path(out)
-    if claim(out, target.name, target.settings):
-        log.info("tune: resuming in %s", out)
+    claim(out, target)
     if target.prepare is not None:
         target.prepare()
     trials, names = target.trials, {}
@@ -439,10 +464,11 @@ def run_target(
         row = table.iloc[trials.pick(scores)]
     best = {key: row[names.get(key, key)] for key in target.param_space}
     best_config = write_best_config(cfg, best, out / "best.yaml")
-    plain = to_dict(apply_params(cfg, best))  # plain values, as in the YAML
-    best = {key: plain[key.split(".")[0]][key.split(".")[1]] for key in target.param_space}
+    chosen = apply_params(cfg, best)
+    best = {key: param_value(chosen, key) for key in target.param_space}  # as in the YAML
     if target.finish is not None:
         target.finish(best, float(row[target.metric]))
+    describe(out, target.data)
     return TuneSummary(
         out,
         target.name,

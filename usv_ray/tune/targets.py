@@ -5,7 +5,7 @@ folder; :func:`usv_ray.tune.sweep.run_target` runs it. This module imports the e
 the targets' modules, never the reverse.
 
 The training targets' points are Tune trials that launch the stage's own Ray Train run
-(``fit_cnns``, ``fit_lstms``, ``fit_reid``, all on :func:`usv_ray.train.train_models`, which adds
+(``fit_cnns``, ``fit_lstms``, ``fit_reid``, all on :func:`usv_ray.runner.train_models`, which adds
 ``TuneReportCallback`` inside a Tune trial). The CNN and re-ID runs report every epoch,
 so ASHA can stop poor trials; an LSTM run reports once per model, so its trial reports
 its validation metrics itself when the model is trained. The tau target
@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from usv_ray.config import Config, ConfigError, to_dict
+from usv_ray.config import Config, ConfigError
 from usv_ray.io import write_table
 from usv_ray.tune.sweep import (
     Target,
@@ -60,10 +60,12 @@ REID_COLUMNS = ("epoch", "best_val_acc", "val_acc", "val_auc", "train_loss")
 def _labelled_videos(data: Path) -> pd.DataFrame:
     """video_id, patient_key, label of the ingested videos with a label and frames."""
     from usv_ray.classify.pipeline import ClassifyError, labelled_videos
+    from usv_ray.layout import IngestFolder
 
-    if not (data / "videos.parquet").exists():
+    if not IngestFolder(data).videos.exists():
         raise TuneError(
-            f"{data / 'videos.parquet'} not found: the cnn target needs an ingest folder as --data"
+            f"{IngestFolder(data).videos} not found: the cnn target needs an ingest folder as "
+            "--data"
         )
     try:
         return labelled_videos(data)
@@ -138,31 +140,29 @@ def cnn_target(cfg: Config, data: Path, out: Path) -> Target:
     return Target(
         "cnn",
         {
-            "classify.cnn_lr": _log_uniform(cfg.tune.cnn_lr, "cnn_lr"),
-            "classify.cnn_batch_size": _choice(cfg.tune.cnn_batch_size, "cnn_batch_size"),
+            "classify.cnn.lr": _log_uniform(cfg.tune.cnn_lr, "cnn_lr"),
+            "classify.cnn.batch_size": _choice(cfg.tune.cnn_batch_size, "cnn_batch_size"),
         },
         "best_val_loss",
         "min",
         CLASSIFY_COLUMNS,
-        _settings(cfg, data, "classify", train_ids=train_ids, val_ids=val_ids),
+        *_settings(cfg, data, "classify", train_ids=train_ids, val_ids=val_ids),
         TuneTrials(
             trainable,
             "epoch",
-            c.cnn_epochs,
+            c.cnn.epochs,
             c.workers * c.cpus_per_worker,
             c.workers if c.use_gpu else 0,
         ),
     )
 
 
-def _settings(cfg: Config, data: Path, section: str, **extra: Any) -> dict[str, Any]:
-    """What a sweep's results depend on: its data, the stage's and the sweep's settings."""
-    return {
-        "data": str(data.resolve()),
-        section: to_dict(getattr(cfg, section)),
-        "tune": to_dict(cfg.tune),
-        **extra,
-    }
+def _settings(
+    cfg: Config, data: Path, section: str, **inputs: Any
+) -> tuple[dict[str, Any], dict[str, Any], Path]:
+    """What a sweep's results depend on: the stage's and the sweep's settings, its
+    ``inputs`` (the videos or tracklets it reads); and the folder it reads."""
+    return {section: getattr(cfg, section), "tune": cfg.tune}, inputs, data.resolve()
 
 
 # -- the LSTMs on cached features ---------------------------------------------------------
@@ -261,7 +261,7 @@ def lstm_trial(
             auc = roc_auc(label, prob)
     tune.report(
         {
-            "epoch": c.lstm_epochs - 1,
+            "epoch": c.lstm.epochs - 1,
             "best_val_loss": val_loss,  # the name the classify targets share
             "val_auc": auc,
             "val_acc": acc,
@@ -315,8 +315,8 @@ def _lstm_target(cfg: Config, data: Path, out: Path, kind: str) -> Target:
     prepare = None
     if kind == "lstm":
         space = {
-            "classify.lstm_lr": _log_uniform(t.lstm_lr, "lstm_lr"),
-            "classify.lstm_batch_size": _choice(t.lstm_batch_size, "lstm_batch_size"),
+            "classify.lstm.lr": _log_uniform(t.lstm_lr, "lstm_lr"),
+            "classify.lstm.batch_size": _choice(t.lstm_batch_size, "lstm_batch_size"),
         }
     elif kind == "equal_frames":
         counts = sorted(n for n in set(t.frame_counts) if n <= longest)
@@ -360,14 +360,14 @@ def _lstm_target(cfg: Config, data: Path, out: Path, kind: str) -> Target:
         "best_val_loss",
         "min",
         LSTM_COLUMNS,
-        _settings(cfg, data, "classify", videos=sorted(inputs.videos), ingest_cap=kind),
+        *_settings(cfg, data, "classify", videos=sorted(inputs.videos), ingest_cap=kind),
         TuneTrials(
             trainable,
             None,  # one report per trial: nothing for ASHA to stop
-            c.lstm_epochs,
-            max(c.lstm_workers, 1) * c.cpus_per_worker,
-            c.lstm_workers if c.use_gpu else 0,
-            in_trial=c.lstm_workers == 0,
+            c.lstm.epochs,
+            max(c.lstm.workers, 1) * c.cpus_per_worker,
+            c.lstm.workers if c.use_gpu else 0,
+            in_trial=c.lstm.workers == 0,
         ),
         prepare=prepare,
     )
@@ -398,13 +398,13 @@ def reid_target(cfg: Config, data: Path, out: Path) -> Target:
     """Learning rate and P (nodules per P x K batch) of the re-ID model."""
     from ray import tune
 
-    from usv_ray.reid.clips import read_tracklet_table
+    from usv_ray.layout import IngestFolder, LayoutError
     from usv_ray.reid.pairs import clamp_p, split_tracklets, training_nodules
 
     r = cfg.reid
     try:
-        table = read_tracklet_table(data).to_pandas()
-    except FileNotFoundError as exc:
+        table = IngestFolder(data).read_tracklets().to_pandas()
+    except LayoutError as exc:
         raise TuneError(str(exc)) from exc
     try:
         splits = split_tracklets(table, r)
@@ -431,7 +431,7 @@ def reid_target(cfg: Config, data: Path, out: Path) -> Target:
         "best_val_acc",
         "max",
         REID_COLUMNS,
-        _settings(cfg, data, "reid", train_ids=train_ids, val_ids=val_ids),
+        *_settings(cfg, data, "reid", train_ids=train_ids, val_ids=val_ids),
         TuneTrials(
             trainable,
             "epoch",

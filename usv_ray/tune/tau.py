@@ -1,7 +1,8 @@
 """The tau target: the clustering threshold of the nodule index (``index.tau``), swept on
 the re-ID stage's cached validation embeddings.
 
-No training, so no Tune trials (RAY.md: tau is not a training hyperparameter): a
+No training, so no Tune trials (tau is not a training hyperparameter: a loop took 0.08 s
+where Tune trials took 25 s): a
 :class:`~usv_ray.tune.sweep.GridLoop` clusters the validation patients' embeddings at each
 tau of ``tune.tau`` (:func:`usv_ray.cluster.threshold.cluster_patients`, ``index.method``)
 and scores the clusters against the annotated nodules with the pairwise F-score
@@ -35,7 +36,9 @@ COLUMNS = ("precision", "recall", "f_score", "clusters")
 def validation_embeddings(reid: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The validation tracklets with a known nodule in a re-ID folder:
     (embeddings (N, D) float32, patient_key (N,), nodule_id (N,)), by tracklet_id."""
-    splits_path, folder = reid / "splits.parquet", reid / "embeddings"
+    from usv_ray.layout import ReidFolder
+
+    splits_path, folder = ReidFolder(reid).splits, ReidFolder(reid).embeddings
     if not splits_path.exists() or not folder.exists():
         raise TuneError(
             f"{reid} holds no splits.parquet and embeddings/: the tau target needs a re-ID "
@@ -110,11 +113,13 @@ def tau_target(cfg: Config, data: Path, out: Path) -> Target:
     def finish(best: dict[str, Any], f_score: float) -> None:
         """Record the best tau in the re-ID bundle, with the model it was swept for."""
         from usv_ray.bundle import BundleError
-        from usv_ray.reid.bundle import record_tau
+        from usv_ray.bundle.reid import record_tau
+        from usv_ray.layout import ReidFolder
 
-        models = pq.read_table(data / "embeddings", columns=["model"])["model"].unique()
+        embeddings = ReidFolder(data).embeddings
+        models = pq.read_table(embeddings, columns=["model"])["model"].unique()
         if len(models) != 1:
-            raise TuneError(f"{data / 'embeddings'} holds the embeddings of {len(models)} models")
+            raise TuneError(f"{embeddings} holds the embeddings of {len(models)} models")
         try:
             folder = record_tau(data, models[0].as_py(), best[KEY], f_score, out)
         except BundleError as exc:  # a re-ID folder of an older usv_ray: best.yaml has it
@@ -128,13 +133,9 @@ def tau_target(cfg: Config, data: Path, out: Path) -> Target:
         "f_score",
         "max",
         COLUMNS,
-        {
-            "data": str(data.resolve()),
-            "tau": grid,
-            "method": index.method,
-            "seed": index.seed,
-            "tracklets": len(patients),
-        },
+        {"index": index},
+        {"tau": grid, "tracklets": len(patients)},
+        data.resolve(),
         GridLoop(evaluate, pick=best_on_grid, names={KEY: "tau"}),
         finish=finish,
     )

@@ -1,0 +1,53 @@
+"""Where everything is: the layer that knows every folder's layout.
+
+Stages meet here, at the schemas (:mod:`usv_ray.schemas`) and at the bundles
+(:mod:`usv_ray.bundle`), never in each other's modules:
+
+- :mod:`~usv_ray.layout.folders`: every folder's paths (an ingest folder, each stage's
+  output folder, a run of every stage);
+- :mod:`~usv_ray.layout.claim`: how a stage claims its ``--out`` (:class:`StageRun`: one
+  fingerprint policy, a record, the stage's summary);
+- :mod:`~usv_ray.layout.reference`: what each folder holds, for ``docs/folders.md``.
+"""
+
+from usv_ray.layout.claim import StageRun, digest_rows, fingerprint
+from usv_ray.layout.folders import (
+    INGEST_CONTENT,
+    TRACKLET_META,
+    ClassifyFolder,
+    DetectFolder,
+    Folder,
+    IndexFolder,
+    IngestFolder,
+    LayoutError,
+    Part,
+    PredictFolder,
+    ReidFolder,
+    RunFolder,
+    ScoreFolder,
+    StageFolder,
+    TuneFolder,
+    ingest_settings,
+)
+
+__all__ = [
+    "INGEST_CONTENT",
+    "TRACKLET_META",
+    "ClassifyFolder",
+    "DetectFolder",
+    "Folder",
+    "IndexFolder",
+    "IngestFolder",
+    "LayoutError",
+    "Part",
+    "PredictFolder",
+    "ReidFolder",
+    "RunFolder",
+    "ScoreFolder",
+    "StageFolder",
+    "StageRun",
+    "TuneFolder",
+    "digest_rows",
+    "fingerprint",
+    "ingest_settings",
+]
