@@ -46,3 +46,26 @@ def test_remove_stale_tmp(tmp_path):
     assert remove_stale_tmp(tmp_path) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["j.json"]
     assert remove_stale_tmp(tmp_path / "missing") == 0
+
+
+def test_a_temporary_file_of_a_live_run_is_its_own(tmp_path):
+    """Only a dead writer's temporary files are removed: one run never deletes another's."""
+    import os
+    import subprocess
+    import sys
+
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / f"x.parquet.tmp-{alive.pid}-abcd1234").write_bytes(b"being written")
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)  # fmt: skip
+        (tmp_path / f"y.parquet.tmp-{dead.stdout.strip()}-abcd1234").write_bytes(b"left")
+        (tmp_path / f"z.parquet.tmp-{os.getpid()}-abcd1234").write_bytes(b"mine")
+        assert remove_stale_tmp(tmp_path) == 1
+        names = sorted(p.name for p in tmp_path.iterdir())
+        assert names == [
+            f"x.parquet.tmp-{alive.pid}-abcd1234",
+            f"z.parquet.tmp-{os.getpid()}-abcd1234",
+        ]
+    finally:
+        alive.kill()

@@ -311,7 +311,7 @@ def test_ingest_job_runs_on_a_cluster_through_ray_job_submit(ray_head, tmp_path)
     info = _get_json(f"{ray_head.address}/api/jobs/{job_id}")
     assert info["status"] == "SUCCEEDED", info
     logs = _get_json(f"{ray_head.address}/api/jobs/{job_id}/logs")["logs"]
-    assert f"ingest: {len(rows)} videos ok, 0 failed" in logs, logs
+    assert f"{len(rows)} ok and 0 failed; this run decoded {len(rows)}," in logs, logs
 
     # what the job wrote, where it was told to
     videos = pq.read_table(out / "videos.parquet").to_pylist()

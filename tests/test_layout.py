@@ -4,6 +4,7 @@ folders' reference in docs/ is the one the layer draws."""
 
 import dataclasses
 import inspect
+import os
 import re
 from pathlib import Path
 
@@ -18,8 +19,8 @@ from usv_ray.config import (
     ReidConfig,
     TuneConfig,
 )
-from usv_ray.io import FolderClaimed
-from usv_ray.layout import IngestFolder, StageRun, fingerprint
+from usv_ray.io import FolderClaimed, file_record, write_json
+from usv_ray.layout import DamagedDataError, IngestFolder, StageRun, fingerprint
 from usv_ray.layout.reference import ENTRIES, reference
 
 DOCS = Path(__file__).parents[1] / "docs" / "folders.md"
@@ -37,9 +38,29 @@ def test_a_video_has_its_shards_where_the_layer_says(tmp_path):
     data = IngestFolder(tmp_path)
     assert data.frames("v1") == tmp_path / "frames" / "v1.parquet"
     assert data.tracklets("v1") == tmp_path / "tracklets" / "v1.parquet"
-    assert data.frame_shards(["b", "a"]) == [str(data.frames("a")), str(data.frames("b"))]
     with pytest.raises(FileNotFoundError, match="run `usv-ray ingest`"):
         data.read_videos()
+
+
+def test_a_shard_is_trusted_only_as_the_journal_recorded_it(tmp_path):
+    data = IngestFolder(tmp_path)
+    for name in ("a", "b"):
+        data.frames(name).parent.mkdir(exist_ok=True)
+        data.frames(name).write_bytes(b"frames of " + name.encode())
+        entry = {"shards": {"frames": file_record(data.frames(name)), "tracklets": None}}
+        write_json(entry, data.journal(name))
+    assert data.frame_shards(["b", "a"]) == [str(data.frames("a")), str(data.frames("b"))]
+
+    data.frames("a").write_bytes(b"frames of A")  # same size, other bytes
+    assert "damaged" in data.shard_problem("frames", "a")
+    data.frames("b").unlink()
+    assert data.shard_problem("frames", "b") == "its frames shard is missing"
+    with pytest.raises(DamagedDataError, match=r"2 shards .* \(a: its frames shard is damaged"):
+        data.frame_shards(["a", "b"])
+    # a rerun of ingest trusts a shard of the recorded size and time without hashing it
+    os.utime(data.frames("a"), ns=(0, data.journal_entry("a")["shards"]["frames"]["mtime_ns"]))
+    assert data.shard_problem("frames", "a", trust_unchanged=True) is None
+    assert data.shard_problem("frames", "a") is not None
 
 
 def _fields(section, mark=None):

@@ -28,3 +28,36 @@ def test_patient_key_is_keyed_stable_and_opaque():
     assert "0012345" not in a and len(a) == 32
     # domain separation: a study and a patient with the same text get different keys
     assert keyed_hash(b"k" * 16, "study", "x") != keyed_hash(b"k" * 16, "patient", "x")
+
+
+def test_a_data_folder_refuses_another_key_before_anything_is_read(tmp_path, monkeypatch):
+    import json
+
+    from usv_ray.privacy import KeyMismatchError, key_check, record_keying
+
+    monkeypatch.delenv("USV_RAY_SECRET", raising=False)
+    private = PrivacyConfig(key_file="k")
+    first = record_keying(tmp_path, private, b"the hospital's key, 32 bytes long")
+    assert first["check"] == key_check(b"the hospital's key, 32 bytes long")
+    assert "32 bytes" not in json.dumps(first)  # never the key
+    record_keying(tmp_path, private, b"the hospital's key, 32 bytes long")  # the same: fine
+    with pytest.raises(KeyMismatchError, match=r"another private key .*check value differs"):
+        record_keying(tmp_path, private, b"another key of another hospital")
+    with pytest.raises(KeyMismatchError, match="keyed with the private key, and this run has "):
+        record_keying(tmp_path, PrivacyConfig(dev_key=True), DEV_KEY)
+    assert json.loads((tmp_path / "keying.json").read_text()) == first  # left as it was
+
+
+def test_an_older_record_without_a_check_value_adopts_the_key_with_a_warning(tmp_path, caplog):
+    import json
+
+    from usv_ray.privacy import KeyMismatchError, record_keying
+
+    (tmp_path / "keying.json").write_text(json.dumps({"keys": ["development"]}))
+    with caplog.at_level("WARNING"):
+        record = record_keying(tmp_path, PrivacyConfig(dev_key=True), DEV_KEY)
+    assert "records no check value" in caplog.text and record["check"]
+    mixed = {"keys": ["development", "private"], "sources": []}
+    (tmp_path / "keying.json").write_text(json.dumps(mixed))
+    with pytest.raises(KeyMismatchError, match="both the development key and a private key"):
+        record_keying(tmp_path, PrivacyConfig(dev_key=True), DEV_KEY)

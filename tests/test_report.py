@@ -25,7 +25,7 @@ from usv_ray.evaluate.tables import write_table
 from usv_ray.index import report as index_report
 from usv_ray.ingest import report as ingest_report
 from usv_ray.predict import report as predict_report
-from usv_ray.privacy import DEV_KEY, SECRET_ENV, record_keying
+from usv_ray.privacy import DEV_KEY, SECRET_ENV, key_check, record_keying
 from usv_ray.reid import report as reid_report
 from usv_ray.report import ReportError, clinical_table, with_interval, write_report
 from usv_ray.score import report as score_report
@@ -352,14 +352,17 @@ def test_a_real_archives_run_says_what_it_is_and_how_it_was_keyed(tmp_path, monk
         assert "keyed them with a private key (from USV_RAY_SECRET)" in text
         assert "development key" not in text and secret not in text
     record = json.loads((tmp_path / "data" / "keying.json").read_text())
-    assert record == {"keys": ["private"], "sources": [SECRET_ENV]}
+    assert record == {
+        "keys": ["private"],
+        "sources": [SECRET_ENV],
+        "check": key_check(secret.encode()),  # a keyed check value, never the key
+    }
 
 
 @pytest.mark.parametrize(
     ("keys", "says"),
     [
         ((), "is not recorded here"),
-        ((DEV_KEY, b"another key, private and long enough"), "Warning: ingest runs"),
         ((DEV_KEY,), "This folder is not a demo"),
     ],
 )
@@ -373,6 +376,18 @@ def test_the_privacy_line_follows_what_ingest_recorded(tmp_path, monkeypatch, ke
     _classify(tmp_path)
     _, md_path = write_report(tmp_path)
     assert says in md_path.read_text()
+
+
+def test_a_folder_an_older_usv_ray_keyed_with_two_keys_is_flagged(tmp_path):
+    """Ingest now refuses a second key; a folder an older usv_ray keyed with both still
+    says so on the report."""
+    (tmp_path / "data").mkdir()
+    record = {"keys": ["development", "private"], "sources": ["privacy.dev_key", "k"]}
+    (tmp_path / "data" / "keying.json").write_text(json.dumps(record))
+    ingest_report.describe(tmp_path / "data")
+    _classify(tmp_path)
+    _, md_path = write_report(tmp_path)
+    assert "Warning: ingest runs" in md_path.read_text()
 
 
 def test_results_page_holds_the_tables_and_no_path_or_time(full_run):

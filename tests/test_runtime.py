@@ -102,7 +102,7 @@ def test_a_local_command_never_follows_a_recorded_address(tmp_path, monkeypatch,
     import ray
 
     from usv_ray.config import RayConfig
-    from usv_ray.runtime import ensure_ray
+    from usv_ray.runtime import RayStartError, ensure_ray
 
     stale = f"127.0.0.1:{_dead_port()}"
     (tmp_path / "ray").mkdir()
@@ -120,7 +120,7 @@ def test_a_local_command_never_follows_a_recorded_address(tmp_path, monkeypatch,
         raise Stop
 
     monkeypatch.setattr(ray, "init", init)
-    with caplog.at_level(logging.INFO, logger="usv_ray.runtime"), pytest.raises(Stop):
+    with caplog.at_level(logging.INFO, logger="usv_ray.runtime"), pytest.raises(RayStartError):
         ensure_ray(RayConfig(num_cpus=1))
     assert [call["address"] for call in calls] == ["local"]
     hook = calls[0]["runtime_env"]["worker_process_setup_hook"]

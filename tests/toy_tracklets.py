@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from usv_ray.config import IngestConfig
@@ -36,8 +37,9 @@ def write_toy_tracklets(
     seed: int = 0,
     unknown: int = 0,
 ) -> list[str]:
-    """One shard per patient under ``data/tracklets`` (and the folder's ingest.json);
-    returns the tracklet ids.
+    """One shard per video under ``data/tracklets`` (and the folder's ingest.json): a
+    patient's t-th video shows the t-th tracklet of each of its nodules; returns the
+    tracklet ids.
 
     ``unknown`` more tracklets per patient have no nodule_id.
     """
@@ -50,8 +52,8 @@ def write_toy_tracklets(
     out = Path(data) / "tracklets"
     out.mkdir(parents=True, exist_ok=True)
     ids = []
+    rows = []
     for p in range(patients):
-        rows = []
         for n in range(nodules + (1 if unknown else 0)):
             count = per_nodule if n < nodules else unknown
             for t in range(count):
@@ -75,5 +77,9 @@ def write_toy_tracklets(
                         "boxes": [[0.0, 0.0, 16.0, 32.0]] * frames,
                     }
                 )
-        pq.write_table(pa.Table.from_pylist(rows, schema=TRACKLETS), out / f"p{p:02d}.parquet")
+    table = pa.Table.from_pylist(rows, schema=TRACKLETS)
+    for video_id in sorted(set(table["video_id"].to_pylist())):
+        pq.write_table(
+            table.filter(pc.equal(table["video_id"], video_id)), out / f"{video_id}.parquet"
+        )
     return ids

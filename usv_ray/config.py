@@ -58,6 +58,15 @@ class RayConfig:
 
 
 @dataclass(frozen=True)
+class LockConfig:
+    """One run per folder: a stage holds its ``--out`` (ingest its data folder) while it
+    runs. A second run there refuses at once, or waits for the first to end."""
+
+    busy: Literal["refuse", "wait"] = runtime("refuse")
+    wait_s: float = runtime(3600.0)  # how long a run waits with busy: wait, at most
+
+
+@dataclass(frozen=True)
 class PrivacyConfig:
     key_file: str | None = None  # file holding the HMAC key; USV_RAY_SECRET wins when set
     dev_key: bool = False  # demo only: fall back to a fixed, public development key
@@ -271,6 +280,10 @@ class PredictConfig:
     use_gpu: bool = runtime(False)  # one GPU per actor when the cluster has them
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast on a GPU; fp32 on a CPU
     batch_size: int = runtime(8)  # videos per inference batch
+    # commit the rows in parts of this many videos, or after this many seconds, whichever
+    # comes first: a run stopped midway keeps what it committed
+    commit_every: int = runtime(256)
+    commit_every_s: float = runtime(120.0)
 
 
 @dataclass(frozen=True)
@@ -347,6 +360,7 @@ class TuneConfig:
 @dataclass(frozen=True)
 class Config:
     ray: RayConfig = field(default_factory=RayConfig)
+    lock: LockConfig = field(default_factory=LockConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)

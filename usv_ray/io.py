@@ -25,7 +25,23 @@ TMP_MARK = ".tmp-"
 
 
 def _tmp_path(path: Path) -> Path:
-    return path.with_name(f"{path.name}{TMP_MARK}{uuid.uuid4().hex[:8]}")
+    """A temporary name beside ``path`` that says whose it is: the writing process's id."""
+    return path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _writer_alive(tmp: Path) -> bool:
+    """Whether the process that writes the temporary file ``tmp`` still runs on this host
+    (names without a process id are an older usv_ray's: not alive)."""
+    pid = tmp.name.rpartition(TMP_MARK)[2].partition("-")[0]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 @contextlib.contextmanager
@@ -39,6 +55,27 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file, hex."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_record(path: str | Path) -> dict[str, Any] | None:
+    """``{"bytes", "sha256", "mtime_ns"}`` of a file (what is checked when it is read), None
+    when absent."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    stat = path.stat()
+    return {"bytes": stat.st_size, "sha256": file_digest(path), "mtime_ns": stat.st_mtime_ns}
 
 
 def write_table(table: pa.Table, path: str | Path) -> Path:
@@ -107,13 +144,15 @@ def write_json(data: Any, path: str | Path) -> Path:
 
 
 def remove_stale_tmp(folder: str | Path) -> int:
-    """Delete temporary files a killed run left in ``folder``; returns how many."""
+    """Delete temporary files a killed run left in ``folder``; returns how many. A file
+    whose writer still runs belongs to that run and is left alone (a run holds its folder,
+    :func:`usv_ray.layout.hold`, so such a writer is this run's own)."""
     folder = Path(folder)
     if not folder.is_dir():
         return 0
     import shutil
 
-    stale = [p for p in folder.iterdir() if TMP_MARK in p.name]
+    stale = [p for p in folder.iterdir() if TMP_MARK in p.name and not _writer_alive(p)]
     for path in stale:
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)  # a dataset folder (write_dataset)

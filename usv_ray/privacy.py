@@ -56,34 +56,103 @@ def load_key(cfg: PrivacyConfig) -> bytes:
     )
 
 
-KEYING_NAME = "keying.json"  # in ingest's output folder: which kind of key, never the key
+KEYING_NAME = "keying.json"  # in a data folder: which key keyed it, never the key
+CHECK_TEXT = "usv-ray: which key keyed this folder"
 
 
-def record_keying(out: str | Path, cfg: PrivacyConfig, key: bytes) -> dict[str, list[str]]:
-    """Record in ``out/keying.json`` which kind of key keyed the patients: the public
-    development key or a private one, and where it came from; never the key or anything
-    computed from it. Reruns into the same folder add their kind, so a folder keyed with
-    both says so (its patient keys do not match across the two)."""
+class KeyMismatchError(UsvRayError, ValueError):
+    """A data folder keyed with another key than the one given: its patients would get a
+    second set of patient keys."""
+
+
+def key_kind(key: bytes, cfg: PrivacyConfig) -> tuple[str, str]:
+    """(the kind of ``key``: ``development`` or ``private``, where it came from)."""
+    if key == DEV_KEY:
+        return "development", "privacy.dev_key"
+    return "private", SECRET_ENV if os.environ.get(SECRET_ENV) else "privacy.key_file"
+
+
+def key_check(key: bytes) -> str:
+    """A keyed check value of ``key``: the same key always gives the same value, and the
+    value says nothing of the key (an HMAC of a fixed text), so a folder can record it."""
+    return keyed_hash(key, "check", CHECK_TEXT)
+
+
+def _read_keying(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise KeyMismatchError(
+            f"{path} is damaged ({exc}): it says which key keyed the folder's patients; "
+            "restore it from a backup, or ingest into a new --out folder"
+        ) from exc
+    return record if isinstance(record, dict) else None
+
+
+def check_keying(folder: str | Path, cfg: PrivacyConfig, key: bytes) -> None:
+    """Refuse ``key`` for a data folder that another key keyed (its ``keying.json``).
+
+    Raises:
+        KeyMismatchError: naming the remedy; nothing has been read or written.
+    """
+    path = Path(folder) / KEYING_NAME
+    record = _read_keying(path)
+    if record is None:
+        return
+    kind, source = key_kind(key, cfg)
+    kinds = set(record.get("keys", []))
+    remedy = (
+        "run with the key that keyed it (USV_RAY_SECRET or privacy.key_file), or ingest into "
+        "a new --out folder: under two keys one patient gets two patient_keys"
+    )
+    if len(kinds) > 1:
+        raise KeyMismatchError(
+            f"{Path(folder)} holds patients keyed with both the development key and a private "
+            "key: re-ingest its videos into a new --out folder with the private key alone"
+        )
+    if kinds and kind not in kinds:
+        raise KeyMismatchError(
+            f"{Path(folder)} was keyed with the {next(iter(kinds))} key, and this run has the "
+            f"{kind} key (from {source}): {remedy}"
+        )
+    if record.get("check") not in (None, key_check(key)):
+        raise KeyMismatchError(
+            f"{Path(folder)} was keyed with another {kind} key than this run's (from "
+            f"{source}; the folder's check value differs): {remedy}"
+        )
+
+
+def record_keying(out: str | Path, cfg: PrivacyConfig, key: bytes) -> dict:
+    """Record in ``out/keying.json`` which key keys the folder's patients: its kind (the
+    public development key or a private one), where it came from, and its keyed check value
+    (:func:`key_check`), never the key. A folder of another key is refused
+    (:func:`check_keying`), so a folder never mixes two keys; a record an older usv_ray
+    wrote, without a check value, gets this key's, with a warning.
+
+    Raises:
+        KeyMismatchError: another key keyed the folder.
+    """
     from usv_ray.io import write_json
 
-    if key == DEV_KEY:
-        kind, source = "development", "privacy.dev_key"
-    else:
-        kind = "private"
-        source = SECRET_ENV if os.environ.get(SECRET_ENV) else "privacy.key_file"
+    check_keying(out, cfg, key)
     path = Path(out) / KEYING_NAME
-    record: dict[str, list[str]] = {"keys": [], "sources": []}
-    if path.is_file():
-        try:
-            previous = json.loads(path.read_text())
-            record = {name: list(previous.get(name, [])) for name in record}
-        except (OSError, json.JSONDecodeError):
-            pass  # rewritten below from this run alone
+    previous = _read_keying(path) or {}
+    if previous and "check" not in previous:
+        log.warning(
+            "%s records no check value of its key (an older usv_ray wrote it): recording this "
+            "run's; make sure it is the key that keyed the folder's patients",
+            path,
+        )
+    kind, source = key_kind(key, cfg)
     record = {
-        "keys": sorted({*record["keys"], kind}),
-        "sources": sorted({*record["sources"], source}),
+        "keys": [kind],
+        "sources": sorted({*previous.get("sources", []), source}),
+        "check": key_check(key),
     }
-    write_json(record, path)
+    if record != previous:
+        write_json(record, path)
     return record
 
 

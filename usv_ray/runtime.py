@@ -15,10 +15,15 @@ Three things every command gets from :func:`ensure_ray`:
   (:func:`set_verbose`) leaves them all on.
 - **The same settings in every worker**, from environment variables set before
   ``ray.init`` (a local Ray's workers inherit them) and the runtime environment.
+- **A failed start-up is one line.** A local Ray that does not start is a
+  :class:`RayStartError` naming the cause and the remedy, and every process the try
+  started (GCS, raylet, dashboard agent, ...) is stopped, by SIGKILL when SIGTERM is not
+  enough.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -39,6 +44,12 @@ CLUSTER_HOOK = "usv_ray.runtime.quiet_cluster_workers"
 class RayUnreachableError(UsvRayError, ConnectionError):
     """The Ray cluster named by ``--address`` / ``ray.address`` / ``RAY_ADDRESS`` does not
     answer: its message names the address, the cause and the remedy."""
+
+
+class RayStartError(UsvRayError, RuntimeError):
+    """A local Ray did not start (on a loaded machine its processes miss Ray's start-up
+    deadline): its message names the cause and the remedy; nothing it started is left
+    running."""
 
 
 # ---------------------------------------------------------------------------- verbosity
@@ -265,15 +276,59 @@ def _init(cfg: RayConfig, address: str | None) -> None:
         # A laptop is never preempted: Ray Train's preemption watcher only adds an actor
         # per run, whose creation logs an error-level object-store warning (ray #53727).
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    ray.init(
-        address="local",
-        num_cpus=cfg.num_cpus,
-        object_store_memory=cfg.object_store_mb * 2**20 if cfg.object_store_mb else None,
-        include_dashboard=False,
-        logging_config=logging_config,
-        runtime_env={"worker_process_setup_hook": LOCAL_HOOK, "env_vars": _worker_env()},
-    )
+    before = _children()
+    try:
+        ray.init(
+            address="local",
+            num_cpus=cfg.num_cpus,
+            object_store_memory=cfg.object_store_mb * 2**20 if cfg.object_store_mb else None,
+            include_dashboard=False,
+            logging_config=logging_config,
+            runtime_env={"worker_process_setup_hook": LOCAL_HOOK, "env_vars": _worker_env()},
+        )
+    except Exception as exc:  # Ray raises a bare Exception when its node times out
+        left = _stop_started(before)
+        cause = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RayStartError(
+            f"a local Ray did not start ({cause}; {left} processes it started were "
+            "stopped): on a loaded machine, retry when it is quieter; the night's stages "
+            "also run without Ray, in this process: --set ingest.workers=0 (or "
+            "predict.workers=0, index.workers=0)"
+        ) from exc
     log.info("started a local Ray with %s CPUs", ray.cluster_resources().get("CPU"))
+
+
+def _children() -> set[tuple[int, float]]:
+    """(pid, start time) of every process below this one."""
+    import psutil
+
+    found = set()
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            found.add((child.pid, child.create_time()))
+    return found
+
+
+def _stop_started(before: set[tuple[int, float]], grace_s: float = 3.0) -> int:
+    """Stop what a failed ``ray.init`` started: the processes below this one that were not
+    there ``before``, SIGTERM first, SIGKILL for those that ignore it (Ray's dashboard
+    agent does). Returns how many there were."""
+    import psutil
+
+    started = []
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if (child.pid, child.create_time()) not in before:
+                started.append(child)
+    for process in started:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    _, alive = psutil.wait_procs(started, timeout=grace_s)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(alive, timeout=grace_s)
+    return len(started)
 
 
 def actor_cpus(cpus: float) -> float:

@@ -1,4 +1,4 @@
-"""The pyarrow schema of every table that stages exchange (docs/folders.md names the files that hold them).
+"""The pyarrow schema of every table that stages exchange (docs/folders.md: the files).
 
 Stages talk only through these tables. Images are stored as raw uint8 bytes, row-major,
 with their shape in sibling columns, so any Parquet reader can rebuild them with

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from toy_bundle import write_toy_reid_bundle
@@ -22,7 +21,7 @@ from usv_ray.frames import clip_problem
 from usv_ray.index.pipeline import IndexBuildError, run_index
 from usv_ray.index.store import reid_embeddings
 from usv_ray.layout import IngestFolder, LayoutError
-from usv_ray.schemas import EMBEDDING_DIM, EMBEDDINGS, NODULES
+from usv_ray.schemas import EMBEDDING_DIM, EMBEDDINGS, NODULES, TRACKLETS
 
 PATCHES = IngestConfig(tracklet_frames=4, patch_height=32, patch_width=16)  # the toy archive's
 
@@ -52,7 +51,7 @@ def archive(ray_session, tmp_path_factory):
     """A toy archive split into exams: study 0 first, study 1 (the follow-ups) later."""
     root = tmp_path_factory.mktemp("index")
     write_toy_tracklets(root / "all", patients=3, nodules=2, per_nodule=4)
-    table = pq.read_table(root / "all" / "tracklets")
+    table = pq.read_table(root / "all" / "tracklets")  # a video's tracklets are of one study
     model = _model(root / "reid", seed=0)
     cfg = Config(
         ray=RayConfig(progress=False),
@@ -62,11 +61,18 @@ def archive(ray_session, tmp_path_factory):
     (data / "tracklets").mkdir(parents=True)
     IngestFolder(data).claim(PATCHES)
     for study in ("0", "1"):
-        part = table.filter(pc.ends_with(table["study_key"], study))
         (root / f"study{study}").mkdir()
-        pq.write_table(part, root / f"study{study}" / f"exam{study}.parquet")
-    shutil.copy(root / "study0" / "exam0.parquet", data / "tracklets")
+        for shard in sorted((root / "all" / "tracklets").iterdir()):
+            if pq.read_table(shard)["study_key"][0].as_py().endswith(study):
+                shutil.copy(shard, root / f"study{study}")
+    _add_exam(root / "study0", data)
     return {"root": root, "data": data, "model": model, "cfg": cfg, "out": root / "index"}
+
+
+def _add_exam(exam: Path, data: Path) -> None:
+    """Ingest an exam's videos: their tracklets shards appear in the data folder."""
+    for shard in exam.iterdir():
+        shutil.copy(shard, data / "tracklets")
 
 
 def _nodules(out: Path) -> dict:
@@ -99,7 +105,7 @@ def test_a_rerun_with_nothing_new_does_nothing(archive):
 def test_a_follow_up_exam_joins_the_nodules_it_shows(archive):
     out = archive["out"]
     before = _nodules(out)
-    shutil.copy(archive["root"] / "study1" / "exam1.parquet", archive["data"] / "tracklets")
+    _add_exam(archive["root"] / "study1", archive["data"])
     s = run_index(archive["cfg"], archive["data"], archive["model"], out)
     assert s.embedded_now == 12 and s.nodules == 6  # no new nodule: each follow-up joined
     assert s.scores["recall"] == 1.0 and s.scores["precision"] == 1.0
@@ -114,14 +120,13 @@ def test_a_follow_up_exam_joins_the_nodules_it_shows(archive):
 
 def test_bad_tracklets_are_error_rows_and_the_rest_is_indexed(archive):
     data, out = archive["data"], archive["out"]
-    rows = pq.read_table(archive["root"] / "study0" / "exam0.parquet").to_pylist()[:3]
+    rows = pq.read_table(archive["root"] / "study0").to_pylist()[:3]
     for i, row in enumerate(rows):  # a new patient: one good, one corrupt, one empty tracklet
-        row.update(tracklet_id=f"new{i}", patient_key="pk_new", study_key="snew")
+        row.update(tracklet_id=f"new{i}", video_id="vnew", patient_key="pk_new", study_key="snew")
     rows[1]["clip"] = rows[1]["clip"][:-5]
     rows[2].update(frame_index=[], clip=b"")
     pq.write_table(
-        pa.Table.from_pylist(rows, schema=pq.read_schema(data / "tracklets" / "exam0.parquet")),
-        data / "tracklets" / "exam2.parquet",
+        pa.Table.from_pylist(rows, schema=TRACKLETS), data / "tracklets" / "vnew.parquet"
     )
     s = run_index(archive["cfg"], data, archive["model"], out)
     assert s.embedded_now == 1 and s.patients == 4 and s.errors == 2

@@ -84,3 +84,10 @@ def test_an_archive_without_study_ids_is_one_exam():
     rows = score_nodules(nodules, tracklets, scored, "tracklets", 0.5, "dx-1")
     assert rows["malignancy_first"].tolist() == pytest.approx([0.2, 0.4])
     assert rows["turned_suspicious"].tolist() == [False, False]
+
+
+def test_an_empty_index_has_no_evidence_and_no_error():
+    nodules = pd.DataFrame({"nodule_uid": pd.Series([], dtype=str), "tracklet_ids": []})
+    tracklets = pd.DataFrame(columns=["tracklet_id", "video_id", "study_key"])
+    out = evidence(nodules, tracklets)
+    assert out.empty and out["n_videos"].dtype == np.int32 and out["n_studies"].dtype == np.int32

@@ -14,7 +14,7 @@ from usv_ray.config import Config, DetectConfig, IngestConfig, TrackConfig
 from usv_ray.ingest.annotations import load_tracklets
 from usv_ray.ingest.automatic import tracker_settings
 from usv_ray.ingest.manifest import VideoTask
-from usv_ray.ingest.pipeline import _detected, _is_done
+from usv_ray.ingest.pipeline import _detected, _same
 from usv_ray.ingest.video import ingest_video
 from usv_ray.layout import IngestFolder
 
@@ -129,7 +129,7 @@ def test_another_detector_makes_other_tracklets_never_the_old_ones_ids(video, tm
     assert len(ids[0]) == 1 and ids[0] != ids[1]  # the index embeds the new ones afresh
 
 
-def test_the_journal_rules_of_a_detector(tmp_path):
+def test_the_journal_rules_of_a_detector():
     """Another detector or tracker setting redoes the unannotated videos only; a training
     setting redoes nothing; an ingest without a detector keeps what one made."""
     plain = task("video.mp4")
@@ -145,14 +145,11 @@ def test_the_journal_rules_of_a_detector(tmp_path):
     trained = _detected(plain, "detect-1", Config(detect=DetectConfig(epochs=3, workers=4)))
     assert trained.fingerprint == detected.fingerprint
 
-    data = IngestFolder(tmp_path)
-    data.frames_dir.mkdir()
-    data.frames("vid").write_bytes(b"")
     made_plain = {"fingerprint": "fp", "plain": "fp", "video": {"status": "ok"}}
     made_detected = {**made_plain, "fingerprint": detected.fingerprint}
-    assert _is_done(made_plain, plain, data) and not _is_done(made_plain, detected, data)
-    assert _is_done(made_detected, detected, data) and _is_done(made_detected, plain, data)
-    assert not _is_done(made_detected, other[0], data)
+    assert _same(made_plain, plain) and not _same(made_plain, detected)
+    assert _same(made_detected, detected) and _same(made_detected, plain)
+    assert not _same(made_detected, other[0])
 
 
 def test_tracker_settings_out_of_range_are_refused_before_any_video():

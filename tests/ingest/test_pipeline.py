@@ -177,7 +177,8 @@ def test_ingest_survives_every_bad_input(ray_session, archive, tmp_path, caplog)
         "label_typo.mp4": "bad_label",
     }
     assert status["truncated.mp4"] in {"truncated", "not_video", "decode_error"}
-    assert summary.ok == 5 and summary.videos == 13 and summary.ingested_now == 11
+    assert summary.ok == 5 and summary.videos == 13
+    assert (summary.decoded_now, summary.failed_now, summary.skipped) == (5, 8, 0)
     errors = pq.read_table(out / "errors.parquet").to_pylist()
     kinds = sorted(e["kind"] for e in errors)
     for kind in ("duplicate_row", "bad_annotations", "missing_file", "bad_label", "not_video"):
@@ -222,7 +223,7 @@ def test_rerun_skips_finished_work_and_recovers_from_a_crash(ray_session, archiv
     errors_bytes = (out / "errors.parquet").read_bytes()
 
     again = run_ingest(_config(), archive, out)
-    assert again.ingested_now == 0
+    assert (again.decoded_now, again.failed_now, again.skipped) == (0, 0, 13)
     assert (out / "videos.parquet").read_bytes() == videos_bytes
     assert (out / "errors.parquet").read_bytes() == errors_bytes
 
@@ -237,7 +238,7 @@ def test_rerun_skips_finished_work_and_recovers_from_a_crash(ray_session, archiv
     if shard.exists():
         shutil.copy(shard, out / "frames" / f"{video_id}.parquet.tmp-deadbeef")
     resumed = run_ingest(_config(), archive, out)
-    assert resumed.ingested_now == 1
+    assert (resumed.decoded_now, resumed.skipped, resumed.repaired) == (1, 12, 0)
     assert not list(out.rglob("*.tmp-*"))
     assert (out / "videos.parquet").read_bytes() == videos_bytes
 
@@ -247,7 +248,7 @@ def test_rerun_skips_finished_work_and_recovers_from_a_crash(ray_session, archiv
     assert (out / "videos.parquet").read_bytes() == videos_bytes
     # ...and go to a folder of their own, where every video is redone
     changed = run_ingest(_config(n_frames=4), archive, tmp_path / "data4")
-    assert changed.ingested_now == 11
+    assert (changed.decoded_now, changed.failed_now, changed.skipped) == (5, 8, 0)
 
 
 @pytest.mark.ray

@@ -43,7 +43,8 @@ def _tables(out):
 def test_the_first_night_diagnoses_every_video(night):
     out = night["root"] / "predict"
     s = run_predict(CFG, night["bundle"], night["data"], out)
-    assert (s.videos, s.diagnosed_now, s.errors, s.tracklets) == (5, 5, 1, 8) and s.written
+    assert (s.videos, s.diagnosed, s.not_ingested, s.failed) == (5, 4, 1, 0) and s.written
+    assert (s.errors, s.tracklets, s.unchanged, s.resumed) == (1, 8, 0, 0)
     assert pq.read_schema(out / "diagnoses.parquet").equals(DIAGNOSES)
     assert pq.read_schema(out / "tracklet_diagnoses.parquet").equals(TRACKLET_DIAGNOSES)
     videos, tracklets = _tables(out)
@@ -60,7 +61,7 @@ def test_a_rerun_with_nothing_new_writes_nothing(night):
     out = night["root"] / "predict"
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
     s = run_predict(CFG, night["bundle"], night["data"], out)
-    assert s.diagnosed_now == 0 and not s.written and s.videos == 5
+    assert s.diagnosed == 0 and not s.written and s.videos == s.unchanged == 5
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()} == before
 
 
@@ -71,7 +72,7 @@ def test_a_new_video_and_a_reingested_one_are_all_that_is_diagnosed(night):
     write_toy_video(data, "v1", "p1", frames=5, seed=1, tracklets=3)  # re-ingested: a tracklet more
     write_videos_table(data, [*night["videos"], {"video_id": "v4", "patient_key": "p1"}])
     s = run_predict(CFG, night["bundle"], data, out)
-    assert s.diagnosed_now == 2 and s.videos == 6 and s.tracklets == 10
+    assert s.diagnosed == 2 and s.unchanged == 4 and s.videos == 6 and s.tracklets == 10
     new, tracklets = _tables(out)
     unchanged = ["broken", "v0", "v2", "v3"]
     kept = new.set_index("video_id").loc[unchanged, "diagnosed_at"]
@@ -88,7 +89,8 @@ def test_another_bundle_adds_its_own_version_beside_the_first(night):
     first, _ = _tables(out)
     other = write_toy_bundle(night["root"] / "cls2", seed=1)
     s = run_predict(CFG, other, night["data"], out)
-    assert s.diagnosed_now == 6 and s.model_version != first["model_version"][0]
+    assert (s.diagnosed, s.not_ingested) == (5, 1)
+    assert s.model_version != first["model_version"][0]
     both, _ = _tables(out)
     assert both.groupby("model_version").size().tolist() == [6, 6]
     earlier = both[both["model_version"] == first["model_version"][0]].reset_index(drop=True)

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from usv_ray.errors import UsvRayError
+from usv_ray.io import file_digest
 
 BUNDLE_FORMAT = 2  # 2: one record for every kind, every model in the runner's file format
 BUNDLE_FILE = "bundle.json"
@@ -59,15 +60,6 @@ def package_version() -> str:
 def now_utc() -> str:
     """The current time, UTC, to the second, ISO 8601 (``2026-12-04T21:07:00+00:00``)."""
     return datetime.now(UTC).replace(microsecond=0).isoformat()
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file, hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

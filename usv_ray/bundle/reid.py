@@ -214,31 +214,56 @@ EMBEDDED = pa.schema(
 
 class ShardEmbedder:
     """The callable class of an embedding job (:func:`usv_ray.pool.run_batches`): items
-    name a tracklets shard (``shard``) and the tracklets of it to embed (``tracklets``, a
-    JSON list; empty: all), and come back as :data:`EMBEDDED` rows, one per tracklet: its
-    embedding by the model ``kind`` of the re-ID bundle at ``bundle``, or why its clip
-    cannot be read. The model is loaded once per actor, on its GPU when it holds one.
+    name a tracklets shard (``shard``), the tracklets of it to embed (``tracklets``, a
+    JSON list; empty: all) and what ingest recorded of the shard (``recorded``: its size
+    and SHA-256 as JSON; empty: unchecked), and come back as :data:`EMBEDDED` rows, one per
+    tracklet: its embedding by the model ``kind`` of the re-ID bundle at ``bundle``, or why
+    it has none (a clip that cannot be read; ``damaged_shard: ...`` for each named tracklet
+    of a shard that is missing, damaged or unreadable). The model is loaded once per actor,
+    on its GPU when it holds one.
     """
 
     def __init__(self, bundle: str, kind: str, batch_size: int = 16) -> None:
         self.embedder = TrackletEmbedder(bundle, kind, batch_size)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+    def _read(self, item: dict) -> tuple[pa.Table | None, list[dict]]:
+        """(the shard's named tracklets, or None; rows of tracklets it cannot give)."""
         import json
 
         import pyarrow.compute as pc
-        import pyarrow.parquet as pq
 
+        from usv_ray.layout import DamagedDataError, read_checked
+
+        wanted = json.loads(item["tracklets"]) if item["tracklets"] else []
+        recorded = json.loads(item["recorded"]) if item.get("recorded") else None
+        try:
+            table = read_checked(item["shard"], recorded, [*EMBED_COLUMNS, "video_id"])
+        except DamagedDataError as exc:
+            video_id = Path(item["shard"]).stem
+            problem = f"damaged_shard: {exc}"
+            return None, [
+                {"tracklet_id": t, "video_id": video_id, "error": problem} for t in wanted
+            ]
+        if wanted:
+            keep = pa.array(wanted, pa.string())
+            table = table.filter(pc.is_in(table["tracklet_id"], value_set=keep))
+        return table, []
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         from usv_ray.frames import clip_problem
 
-        parts = []
-        for shard, wanted in zip(batch["shard"], batch["tracklets"], strict=True):
-            table = pq.read_table(shard, columns=[*EMBED_COLUMNS, "video_id"])
-            if wanted:
-                keep = pa.array(json.loads(wanted), pa.string())
-                table = table.filter(pc.is_in(table["tracklet_id"], value_set=keep))
-            parts.append(table)
-        rows = pa.concat_tables(parts, promote_options="permissive").to_pydict()
+        keys = [k for k in ("shard", "tracklets", "recorded") if k in batch]
+        parts, damaged = [], []
+        for values in zip(*(batch[k] for k in keys), strict=True):
+            table, lost = self._read(dict(zip(keys, values, strict=True)))
+            damaged += lost
+            if table is not None:
+                parts.append(table)
+        rows = (
+            pa.concat_tables(parts, promote_options="permissive").to_pydict()
+            if parts
+            else {name: [] for name in [*EMBED_COLUMNS, "video_id"]}
+        )
         problems = [
             clip_problem(c, len(f or []), h or 0, w or 0)
             for c, f, h, w in zip(
@@ -251,15 +276,16 @@ class ShardEmbedder:
             chosen = {k: np.array([rows[k][i] for i in good], dtype=object) for k in EMBED_COLUMNS}
             embedded = self.embedder(chosen)["embedding"].to_pylist()
             vectors = dict(zip(good, embedded, strict=True))
+        n = len(problems)
         return pa.table(
             {
-                "tracklet_id": rows["tracklet_id"],
-                "video_id": rows["video_id"],
-                "patient_key": rows["patient_key"],
-                "study_key": rows["study_key"],
-                "embedding": [vectors.get(i) for i in range(len(problems))],
-                "model": [self.embedder.model_id] * len(problems),
-                "error": problems,
+                "tracklet_id": rows["tracklet_id"] + [d["tracklet_id"] for d in damaged],
+                "video_id": rows["video_id"] + [d["video_id"] for d in damaged],
+                "patient_key": rows["patient_key"] + [""] * len(damaged),
+                "study_key": rows["study_key"] + [None] * len(damaged),
+                "embedding": [vectors.get(i) for i in range(n)] + [None] * len(damaged),
+                "model": [self.embedder.model_id] * (n + len(damaged)),
+                "error": problems + [d["error"] for d in damaged],
             },
             schema=EMBEDDED,
         )

@@ -441,7 +441,19 @@ def _bundle(
 
 def run_classify(cfg: Config, data: str | Path, out: str | Path) -> ClassifySummary:
     """Cross-validate every method on the ingested videos of ``data`` into ``out``, then
-    write the diagnosis bundle (``out/bundle``)."""
+    write the diagnosis bundle (``out/bundle``).
+
+    One run at a time in ``out`` (:func:`usv_ray.layout.hold`): another run's lock
+    refuses this one, or makes it wait (``lock.busy``).
+    """
+    from usv_ray.layout import hold
+
+    with hold(out, "classify", cfg.lock):
+        return _run_classify(cfg, data, out)
+
+
+def _run_classify(cfg: Config, data: str | Path, out: str | Path) -> ClassifySummary:
+    """The run of :func:`run_classify`, in the folder it holds."""
     from usv_ray.classify.folds import fold_table
     from usv_ray.runtime import ensure_ray
 

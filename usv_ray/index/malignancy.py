@@ -24,6 +24,10 @@ import pandas as pd
 def evidence(nodules: pd.DataFrame, tracklets: pd.DataFrame) -> pd.DataFrame:
     """``n_videos`` and ``n_studies`` of each nodule (a row of the index) from the tracklet
     table (tracklet_id, video_id, study_key); returns ``nodules`` with the two columns."""
+    if nodules.empty:  # a night where nothing could be embedded
+        return nodules.assign(n_videos=np.int32(0), n_studies=np.int32(0)).astype(
+            {"n_videos": np.int32, "n_studies": np.int32}
+        )
     members = nodules[["nodule_uid", "tracklet_ids"]].explode("tracklet_ids")
     members = members.merge(
         tracklets[["tracklet_id", "video_id", "study_key"]],

@@ -64,6 +64,7 @@ class IndexSummary:
     embedded_now: int  # tracklets this run added to the index's embeddings
     reused: int  # of those, taken from the re-ID run's embeddings by the same model
     errors: int  # error rows in errors.parquet
+    damaged: int  # of those, tracklets or videos of a missing or damaged shard (retried)
     rebuilt: bool  # the index was rebuilt (another model, tau or method)
     scores: dict | None  # pairwise precision / recall / F vs the annotated nodules
     scored: int  # nodules with a malignancy (scored from the diagnoses)
@@ -88,12 +89,18 @@ class IndexSummary:
             if self.scored
             else ""
         )
+        damaged = (
+            f"\n  {self.damaged} error rows are of damaged or missing shards: run `usv-ray "
+            "ingest` again with the night's manifest, then index again"
+            if self.damaged
+            else ""
+        )
         return (
             f"index: {self.nodules} nodules of {self.patients} patients from "
             f"{self.tracklets} tracklets ({self.embedded_now} embedded now"
             f"{f', {self.reused} of them by the re-ID run' if self.reused else ''}"
             f"{', rebuilt' if self.rebuilt else ''}, {self.errors} error rows) in "
-            f"{self.seconds:.0f} s{agreement}{malignancy}\n"
+            f"{self.seconds:.0f} s{agreement}{malignancy}{damaged}\n"
             f"  version: {self.index_version}\n"
             f"  index: {self.out / 'nodules.parquet'}\n"
             f"  errors: {self.out / 'errors.parquet'}"
@@ -206,16 +213,34 @@ def _index_table(
     return pa.Table.from_pylist(rows, schema=BASE_NODULES).to_pandas()
 
 
-def _error_rows(bad: pd.DataFrame, failed: dict[str, str]) -> list[dict]:
+DAMAGED = "damaged_shard"  # a shard that is missing or not what ingest wrote: retried
+
+
+def _error_rows(bad: pd.DataFrame, failed: dict[str, str], unreadable: dict[str, str]) -> list:
+    """The run's error rows: tracklets without an embedding (a clip that cannot be read, not
+    retried; one of a damaged shard, retried once ingest writes it again), shards that
+    cannot be read at all, and patients that failed."""
     rows = [
         {
             "source": r.tracklet_id,
             "video_id": r.video_id,
             "stage": "index",
-            "kind": "bad_tracklet",
-            "message": f"patient {r.patient_key}: {r.error}",
+            "kind": DAMAGED if r.error.startswith(f"{DAMAGED}: ") else "bad_tracklet",
+            "message": r.error.removeprefix(f"{DAMAGED}: ")
+            if r.error.startswith(f"{DAMAGED}: ")
+            else f"patient {r.patient_key}: {r.error}",
         }
         for r in bad.itertuples(index=False)
+    ]
+    rows += [
+        {
+            "source": video_id,
+            "video_id": video_id,
+            "stage": "index",
+            "kind": DAMAGED,
+            "message": f"{why}: its tracklets are left out until ingest writes the shard again",
+        }
+        for video_id, why in sorted(unreadable.items())
     ]
     rows += [
         {
@@ -229,6 +254,13 @@ def _error_rows(bad: pd.DataFrame, failed: dict[str, str]) -> list[dict]:
         for patient_key, message in sorted(failed.items())
     ]
     return rows
+
+
+BAD = ["tracklet_id", "video_id", "patient_key", "error"]  # embed_new's rows without one
+
+
+def _errors_table(errors: pd.DataFrame) -> pa.Table:
+    return pa.Table.from_pandas(errors, schema=ERRORS, preserve_index=False)
 
 
 def _scores(table: pa.Table, tracklets: pd.DataFrame) -> dict | None:
@@ -296,7 +328,25 @@ def run_index(
     diagnoses: str | Path | None = None,
 ) -> IndexSummary:
     """Bring the nodule index in ``out`` up to date with the tracklets of ``data``, each
-    nodule scored from the diagnoses in ``diagnoses`` (a ``usv-ray predict`` folder)."""
+    nodule scored from the diagnoses in ``diagnoses`` (a ``usv-ray predict`` folder).
+
+    One run at a time in ``out`` (:func:`usv_ray.layout.hold`): another run's lock
+    refuses this one, or makes it wait (``lock.busy``).
+    """
+    from usv_ray.layout import hold
+
+    with hold(out, "index", cfg.lock):
+        return _run_index(cfg, data, model, out, diagnoses)
+
+
+def _run_index(
+    cfg: Config,
+    data: str | Path,
+    model: str | Path,
+    out: str | Path,
+    diagnoses: str | Path | None = None,
+) -> IndexSummary:
+    """The run of :func:`run_index`, in the folder it holds."""
     started = time.perf_counter()
     data, out = IngestFolder(data), IndexFolder(out)
     models, c = _choose(cfg, data, model)
@@ -304,10 +354,13 @@ def run_index(
     model_id = models.model_id(c.model)
     version = index_version(model_id, models.clip_shape(c.model), c)
     scores_from = NO_DIAGNOSES if diagnoses is None else read_diagnoses(diagnoses, c.nodule_scoring)
+    unreadable: dict[str, str] = {}  # video_id -> why its tracklets shard cannot be read
     try:
-        tracklets = data.read_tracklets().to_pandas()
+        tracklets = data.read_tracklets(unreadable=unreadable).to_pandas()
     except LayoutError as exc:
         raise IndexBuildError(str(exc)) from exc
+    for video_id, why in sorted(unreadable.items()):
+        log.warning("index: video %s: %s; the rest of the night goes on", video_id, why)
     out.root.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(out.root)
     remove_stale_tmp(out.embeddings)
@@ -348,6 +401,17 @@ def run_index(
         changed = not table.equals(pq.read_table(out.nodules))
         if changed:  # the same nodules, scored from newer diagnoses
             write_table(table, out.nodules)
+        kept = old_errors[old_errors["kind"] == "bad_tracklet"] if old_errors is not None else None
+        errors = pd.DataFrame(
+            _error_rows(pd.DataFrame(columns=BAD), {}, unreadable)
+            + ([] if kept is None else kept.to_dict("records")),
+            columns=ERRORS.names,
+        )
+        if old_errors is None or not _errors_table(errors).equals(_errors_table(old_errors)):
+            write_table(_errors_table(errors), out.errors)
+            changed = True
+        else:
+            errors = old_errors
         log.info(
             "index: nothing new since the last run (%s)%s",
             version,
@@ -359,7 +423,7 @@ def run_index(
             version,
             table.to_pandas(),
             tracklets,
-            old_errors,
+            errors,
             0,
             0,
             False,
@@ -367,7 +431,7 @@ def run_index(
             changed,
         )
 
-    bad = pd.DataFrame(columns=["tracklet_id", "video_id", "patient_key", "error"])
+    bad = pd.DataFrame(columns=BAD)
     reused = (
         reid_embeddings(models.embeddings(c.model), model_id, new)
         if new
@@ -381,9 +445,10 @@ def run_index(
     rest = new - set(reused["tracklet_id"].to_pylist())
     if rest:
         log.info("index: embedding %d new tracklets with %s", len(rest), model_id)
-        bad = embed_new(cfg, data, out, models.bundle.folder.resolve(), rest, run)
+        todo_rows = tracklets[tracklets["tracklet_id"].isin(rest)]
+        bad = embed_new(cfg, data, out, models.bundle.folder.resolve(), todo_rows, run)
         for row in bad.itertuples(index=False):
-            log.warning("index: tracklet %s unreadable: %s", row.tracklet_id, row.error)
+            log.warning("index: tracklet %s not embedded: %s", row.tracklet_id, row.error)
     if new:
         store = read_store(out)
     embedding_of = dict(zip(store["tracklet_id"], store["embedding"], strict=True))
@@ -418,7 +483,7 @@ def run_index(
     table = _scored(nodules, tracklets, scores_from, c.nodule_scoring)
     write_table(table, out.nodules)
     errors = pd.DataFrame(
-        _error_rows(bad, failed)
+        _error_rows(bad, failed, unreadable)
         + (
             old_errors[old_errors["kind"] == "bad_tracklet"].to_dict("records")
             if old_errors is not None
@@ -426,7 +491,7 @@ def run_index(
         ),
         columns=ERRORS.names,
     )
-    write_table(pa.Table.from_pandas(errors, schema=ERRORS, preserve_index=False), out.errors)
+    write_table(_errors_table(errors), out.errors)
     embedded_now = len(new) - len(bad)
     return _summary(
         out,
@@ -466,6 +531,7 @@ def _summary(
         embedded_now,
         reused,
         0 if errors is None else len(errors),
+        0 if errors is None else int((errors["kind"] == DAMAGED).sum()),
         rebuilt,
         _scores(pa.Table.from_pandas(nodules, schema=NODULES, preserve_index=False), tracklets),
         int(nodules["malignancy"].notna().sum()),

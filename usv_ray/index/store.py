@@ -19,21 +19,34 @@ from usv_ray.schemas import EMBEDDINGS
 
 
 def embed_new(
-    cfg: Config, data: IngestFolder, out: IndexFolder, model: Path, new: set[str], run: int
+    cfg: Config,
+    data: IngestFolder,
+    out: IndexFolder,
+    model: Path,
+    new: pd.DataFrame,
+    run: int,
 ) -> pd.DataFrame:
-    """Embed the tracklets ``new`` into ``embeddings/<run>``; returns the unreadable ones
-    (tracklet_id, video_id, patient_key, error). On ``index.workers`` actors, or with 0 in
-    this process (no actor start-up: on a laptop, most of a small night's work)."""
+    """Embed the tracklets ``new`` (tracklet_id, video_id) into ``embeddings/<run>``, a part
+    per batch as it comes (a run stopped midway keeps what it embedded); returns those that
+    have no embedding (tracklet_id, video_id, patient_key, error). Each shard is checked
+    against what ingest recorded of it. On ``index.workers`` actors, or with 0 in this
+    process (no actor start-up: on a laptop, most of a small night's work)."""
     from usv_ray.bundle.reid import ShardEmbedder
     from usv_ray.pool import run_batches
 
     c = cfg.index
-    items = []
-    for shard in data.tracklet_shards():
-        ids = sorted(new.intersection(pq.read_table(shard, columns=["tracklet_id"])[0].to_pylist()))
-        if ids:
-            items.append({"shard": shard, "tracklets": json.dumps(ids)})
-    rows = pa.concat_tables(
+    items = [
+        {
+            "shard": str(data.tracklets(video_id)),
+            "tracklets": json.dumps(sorted(rows["tracklet_id"])),
+            "recorded": json.dumps(
+                ((data.journal_entry(video_id) or {}).get("shards") or {}).get("tracklets")
+            ),
+        }
+        for video_id, rows in new.groupby("video_id", sort=True)
+    ]
+    bad = []
+    for part, rows in enumerate(
         run_batches(
             ShardEmbedder,
             {"bundle": str(model), "kind": c.model, "batch_size": c.batch_size},
@@ -44,13 +57,16 @@ def embed_new(
             cpus=c.cpus_per_worker,
             gpus=1 if c.use_gpu else 0,
         )
-    )
-    errors = pc.is_valid(rows["error"])
-    good = rows.filter(pc.invert(errors)).select(EMBEDDINGS.names).cast(EMBEDDINGS)
-    if good.num_rows:
-        write_table(good.sort_by("tracklet_id"), out.embedding_run(run) / "part.parquet")
-    bad = rows.filter(errors).select(["tracklet_id", "video_id", "patient_key", "error"])
-    return bad.to_pandas()
+    ):
+        errors = pc.is_valid(rows["error"])
+        good = rows.filter(pc.invert(errors)).select(EMBEDDINGS.names).cast(EMBEDDINGS)
+        if good.num_rows:
+            part_file = out.embedding_run(run) / f"part-{part:05d}.parquet"
+            write_table(good.sort_by("tracklet_id"), part_file)
+        bad.append(rows.filter(errors).select(["tracklet_id", "video_id", "patient_key", "error"]))
+    if not bad:
+        return pd.DataFrame(columns=["tracklet_id", "video_id", "patient_key", "error"])
+    return pa.concat_tables(bad).to_pandas()
 
 
 def reid_embeddings(folder: Path | None, model_id: str, ids: set[str]) -> pa.Table:

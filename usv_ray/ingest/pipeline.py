@@ -40,7 +40,7 @@ from usv_ray.ingest.manifest import (
 from usv_ray.ingest.report import describe
 from usv_ray.ingest.video import failed_video, ingest_video, write_journal
 from usv_ray.io import remove_stale_tmp, rows_to_table, write_table
-from usv_ray.layout import IngestFolder
+from usv_ray.layout import SHARDS, IngestFolder
 from usv_ray.privacy import load_key, record_keying
 from usv_ray.schemas import ERRORS, VIDEOS
 
@@ -84,15 +84,20 @@ class IngestSummary:
     videos: int  # rows in videos.parquet
     ok: int
     failed: int
-    ingested_now: int  # videos decoded by this run (the rest were already done)
+    decoded_now: int  # videos this run decoded into shards
+    failed_now: int  # videos this run tried that failed (or the manifest rejected)
+    skipped: int  # videos already done by an earlier run, left as they were
+    repaired: int  # of those decoded now, done before but with a missing or damaged shard
     errors: int  # rows in errors.parquet
     seconds: float
 
     def text(self) -> str:
         """What the command prints: the results in short and where they are."""
+        repaired = f", {self.repaired} of them to repair damaged shards" if self.repaired else ""
         return (
-            f"ingest: {self.ok} videos ok, {self.failed} failed, {self.errors} error rows "
-            f"({self.ingested_now} decoded now) in {self.seconds:.1f} s\n"
+            f"ingest: {self.videos} videos in the folder, {self.ok} ok and {self.failed} failed; "
+            f"this run decoded {self.decoded_now}{repaired}, failed {self.failed_now}, skipped "
+            f"{self.skipped} already done; {self.errors} error rows, in {self.seconds:.1f} s\n"
             f"  videos: {self.out / 'videos.parquet'}\n"
             f"  errors: {self.out / 'errors.parquet'}\n"
             f"  frames: {self.out / 'frames'}\n"
@@ -110,18 +115,24 @@ def _load_journal(folder: Path) -> dict[str, dict]:
     return entries
 
 
-def _is_done(entry: dict | None, task: VideoTask, out: IngestFolder) -> bool:
-    """A journal entry for the same input and settings, whose frames shard is still there.
-    Without a detector, an entry made with one also counts: a plain ingest keeps the
-    automatic tracklets an earlier one made (a detector's ingest redoes plain entries)."""
+def _same(entry: dict | None, task: VideoTask) -> bool:
+    """A journal entry for the same input and settings. Without a detector, an entry made
+    with one also counts: a plain ingest keeps the automatic tracklets an earlier one made
+    (a detector's ingest redoes plain entries)."""
     if entry is None:
         return False
     same = entry.get("fingerprint") == task.fingerprint
     if not same and task.plain_fingerprint is None:
         same = entry.get("plain") == task.fingerprint
-    if not same:
-        return False
-    return entry["video"]["status"] != "ok" or out.frames(task.video_id).exists()
+    return same
+
+
+def _damaged(entry: dict, task: VideoTask, out: IngestFolder) -> list[str]:
+    """Why the shards of a video ingested ok cannot be trusted (none: they can)."""
+    if entry["video"]["status"] != "ok":
+        return []
+    found = (out.shard_problem(kind, task.video_id, entry, True) for kind in SHARDS)
+    return [problem for problem in found if problem]
 
 
 def _with_detector(cfg: Config, out: IngestFolder) -> tuple[Config, str]:
@@ -156,7 +167,19 @@ def _detected(task: VideoTask, version: str, cfg: Config) -> VideoTask:
 
 
 def run_ingest(cfg: Config, manifest: str | Path, out: str | Path) -> IngestSummary:
-    """Ingest every video of ``manifest`` into ``out`` on Ray, skipping finished work."""
+    """Ingest every video of ``manifest`` into ``out`` on Ray, skipping finished work.
+
+    One run at a time in ``out`` (:func:`usv_ray.layout.hold`): another run's lock
+    refuses this one, or makes it wait (``lock.busy``).
+    """
+    from usv_ray.layout import hold
+
+    with hold(out, "ingest", cfg.lock):
+        return _run_ingest(cfg, manifest, out)
+
+
+def _run_ingest(cfg: Config, manifest: str | Path, out: str | Path) -> IngestSummary:
+    """The run of :func:`run_ingest`, in the folder it holds."""
     started = time.perf_counter()
     folder = IngestFolder(out)
     try:
@@ -164,6 +187,8 @@ def run_ingest(cfg: Config, manifest: str | Path, out: str | Path) -> IngestSumm
     except ValueError as exc:
         raise ConfigError(f"ingest.{exc}") from exc
     key = load_key(cfg.privacy)
+    # another key than the folder's is refused before any video is read
+    record_keying(folder.root, cfg.privacy, key)
     tasks, row_errors, rejected = read_manifest(manifest, key, cfg.ingest)
     folder.claim(cfg.ingest)  # one folder, one set of frame settings
     if cfg.ingest.detector:
@@ -173,22 +198,32 @@ def run_ingest(cfg: Config, manifest: str | Path, out: str | Path) -> IngestSumm
         part.mkdir(parents=True, exist_ok=True)
         remove_stale_tmp(part)
     remove_stale_tmp(folder.root)
-    record_keying(folder.root, cfg.privacy, key)  # for the report: which kind, never the key
     journal = _load_journal(folder.journal_dir)
 
+    rejected_now = 0
     for task, kind, message in rejected:
         if journal.get(task.video_id, {}).get("fingerprint") != task.fingerprint:
+            rejected_now += 1
             write_journal(folder, task, *failed_video(task, folder, kind, message, "manifest", []))
-    todo = [t for t in tasks if not _is_done(journal.get(t.video_id), t, folder)]
+    todo, repaired = [], 0
+    for task in tasks:
+        entry = journal.get(task.video_id)
+        if not _same(entry, task):
+            todo.append(task)
+        elif damaged := _damaged(entry, task, folder):
+            log.warning("video %s: %s; ingesting it again", task.video_id, "; ".join(damaged))
+            todo.append(task)
+            repaired += 1
     log.info(
-        "manifest: %d videos to ingest, %d already done, %d rejected, %d bad rows",
+        "manifest: %d videos to ingest (%d to repair), %d already done, %d rejected, %d bad rows",
         len(todo),
+        repaired,
         len(tasks) - len(todo),
         len(rejected),
         len(row_errors),
     )
+    done = failed = 0
     if todo:
-        done = failed = 0
         for table in _ingest_job(todo, cfg, key, folder):
             done += table.num_rows
             failed += sum(status != "ok" for status in table["status"].to_pylist())
@@ -207,7 +242,10 @@ def run_ingest(cfg: Config, manifest: str | Path, out: str | Path) -> IngestSumm
         videos=len(videos),
         ok=ok,
         failed=len(videos) - ok,
-        ingested_now=len(todo),
+        decoded_now=done - failed,
+        failed_now=failed + rejected_now,
+        skipped=len(tasks) + len(rejected) - len(todo) - rejected_now,
+        repaired=repaired,
         errors=len(errors),
         seconds=time.perf_counter() - started,
     )

@@ -34,8 +34,8 @@ from usv_ray.ingest.manifest import (
     redact,
     study_key,
 )
-from usv_ray.io import ShardWriter, rows_to_table, write_json, write_table
-from usv_ray.layout import IngestFolder
+from usv_ray.io import ShardWriter, file_record, rows_to_table, write_json, write_table
+from usv_ray.layout import SHARDS, IngestFolder
 from usv_ray.privacy import keyed_hash, patient_key
 from usv_ray.schemas import FRAMES, TRACKLETS
 
@@ -390,9 +390,18 @@ def ingest_video(
 
 
 def write_journal(out: IngestFolder, task: VideoTask, video: dict, errors: list[dict]) -> dict:
-    """Record a video as done (last, after its shards): its row, its errors, its inputs."""
+    """Record a video as done (last, after its shards): its row, its errors, its inputs, and
+    each shard's size and SHA-256 (checked when a stage reads it: a damaged or missing shard
+    is named, and the next ingest of the video writes it again)."""
     plain = task.plain_fingerprint or task.fingerprint
-    entry = {"fingerprint": task.fingerprint, "plain": plain, "video": video, "errors": errors}
+    shards = {kind: file_record(out.shard(kind, task.video_id)) for kind in SHARDS}
+    entry = {
+        "fingerprint": task.fingerprint,
+        "plain": plain,
+        "video": video,
+        "errors": errors,
+        "shards": shards,
+    }
     write_json(entry, out.journal(task.video_id))
     return entry
 

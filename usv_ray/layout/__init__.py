@@ -10,11 +10,13 @@ Stages meet here, at the schemas (:mod:`usv_ray.schemas`) and at the bundles
 - :mod:`~usv_ray.layout.reference`: what each folder holds, for ``docs/folders.md``.
 """
 
-from usv_ray.layout.claim import StageRun, digest_rows, fingerprint
+from usv_ray.layout.claim import FolderBusy, StageRun, digest_rows, fingerprint, hold
 from usv_ray.layout.folders import (
     INGEST_CONTENT,
+    SHARDS,
     TRACKLET_META,
     ClassifyFolder,
+    DamagedDataError,
     DetectFolder,
     Folder,
     IndexFolder,
@@ -28,14 +30,18 @@ from usv_ray.layout.folders import (
     StageFolder,
     TuneFolder,
     ingest_settings,
+    read_checked,
 )
 
 __all__ = [
     "INGEST_CONTENT",
+    "SHARDS",
     "TRACKLET_META",
     "ClassifyFolder",
+    "DamagedDataError",
     "DetectFolder",
     "Folder",
+    "FolderBusy",
     "IndexFolder",
     "IngestFolder",
     "LayoutError",
@@ -49,5 +55,7 @@ __all__ = [
     "TuneFolder",
     "digest_rows",
     "fingerprint",
+    "hold",
     "ingest_settings",
+    "read_checked",
 ]

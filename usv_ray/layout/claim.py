@@ -1,17 +1,24 @@
-"""How a stage claims its ``--out`` folder: one fingerprint policy for every stage (the
+"""How a stage claims its ``--out`` folder: one run at a time (:func:`hold`, a lock file that
+a run which is gone leaves to be taken over), one fingerprint policy for every stage (the
 settings that change what it writes, :func:`usv_ray.config.output_settings`, with its
 inputs and data), a record that resumes the same work and refuses other work, and the
 stage's summary written into that record at its end (:class:`StageRun`)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
+import socket
+import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from usv_ray.errors import UsvRayError
 
 log = logging.getLogger(__name__)
 
@@ -106,3 +113,140 @@ class StageRun:
             content["summary"] = json.loads(json.dumps(summary, default=str))
         write_json(content, self.record)
         return seconds
+
+
+# ---------------------------------------------------------------------------- one run per folder
+
+LOCK_NAME = ".usv-ray.lock"
+HEARTBEAT_S = 30.0  # a live holder touches its lock this often
+# a lock of another host untouched this long is a run that is gone (its host or process)
+FOREIGN_STALE_S = 10 * HEARTBEAT_S
+
+
+class FolderBusy(UsvRayError, RuntimeError):
+    """Another run works in the folder this run would write."""
+
+
+def _holder_alive(holder: Mapping[str, Any], lock: Path) -> bool:
+    """Whether the run that wrote ``holder`` (its lock's content) still runs: on this host,
+    its process (the same pid, started at the same time); on another, a fresh heartbeat."""
+    import psutil
+
+    if holder.get("host") != socket.gethostname():
+        try:
+            return time.time() - lock.stat().st_mtime < FOREIGN_STALE_S
+        except FileNotFoundError:
+            return False
+    try:
+        process = psutil.Process(int(holder["pid"]))
+        return abs(process.create_time() - float(holder["process_started"])) < 1.0
+    except (psutil.Error, KeyError, TypeError, ValueError):
+        return False
+
+
+def _read_lock(lock: Path) -> dict[str, Any] | None:
+    """The lock's content; None when it is gone; {} when it cannot be read (a holder that
+    died while writing it)."""
+    try:
+        return json.loads(lock.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+
+
+class _Heartbeat(threading.Thread):
+    """Touches the lock while the run holds it, so runs on other hosts see it is alive."""
+
+    def __init__(self, lock: Path) -> None:
+        super().__init__(daemon=True, name="usv-ray-lock")
+        self.lock, self.stop = lock, threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(HEARTBEAT_S):
+            with contextlib.suppress(OSError):
+                os.utime(self.lock)
+
+
+@contextlib.contextmanager
+def hold(folder: str | Path, what: str, cfg: Any = None) -> Iterator[Path]:
+    """Hold ``folder`` for one run of ``what`` (a stage): a lock file in it, made atomically.
+
+    Another live run's lock makes this run refuse at once with one line (``lock.busy:
+    refuse``) or wait for it (``wait``, at most ``lock.wait_s`` seconds). A lock whose run
+    is gone (its process ended, or on another host its heartbeat stopped) is taken over,
+    with a warning. The lock goes when the run ends, however it ends.
+
+    Raises:
+        FolderBusy: naming the run that holds the folder, and what to do.
+    """
+    import psutil
+
+    busy = getattr(cfg, "busy", "refuse")
+    wait_s = float(getattr(cfg, "wait_s", 0.0))
+    folder = Path(folder)
+    created = not folder.exists()  # a run refused for its inputs leaves no folder behind
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK_NAME
+    me = {
+        "pid": os.getpid(),
+        "process_started": psutil.Process().create_time(),
+        "host": socket.gethostname(),
+        "stage": what,
+        "since": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+    deadline, said = time.monotonic() + wait_s, False
+    while True:
+        try:
+            handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileNotFoundError:  # the run we waited for made the folder, and removed it
+            folder.mkdir(parents=True, exist_ok=True)
+            created = True
+            continue
+        except FileExistsError:
+            holder = _read_lock(lock)
+            if holder is None:
+                continue  # released between the two calls: try again
+            if not holder or not _holder_alive(holder, lock):
+                log.warning(
+                    "%s: taking over the lock of a %s run that is gone (pid %s on %s, since %s)",
+                    folder,
+                    holder.get("stage", "usv-ray"),
+                    holder.get("pid", "?"),
+                    holder.get("host", "?"),
+                    holder.get("since", "?"),
+                )
+                with contextlib.suppress(FileNotFoundError):
+                    lock.unlink()
+                continue
+            who = (
+                f"a usv-ray {holder.get('stage', '?')} run (pid {holder.get('pid')} on "
+                f"{holder.get('host')}, since {holder.get('since')})"
+            )
+            if busy != "wait" or time.monotonic() >= deadline:
+                waited = f" after waiting {wait_s:g} s" if busy == "wait" else ""
+                raise FolderBusy(
+                    f"{folder} is in use by {who}{waited}: two runs in one folder would "
+                    "overwrite each other's work. Let it finish (or stop it) and run again, "
+                    "or set lock.busy=wait to wait for it"
+                ) from None
+            if not said:
+                log.info("%s is in use by %s: waiting for it (lock.busy=wait)", folder, who)
+                said = True
+            time.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
+            continue
+        with os.fdopen(handle, "w") as written:
+            json.dump(me, written)
+        break
+    heartbeat = _Heartbeat(lock)
+    heartbeat.start()
+    try:
+        yield lock
+    finally:
+        heartbeat.stop.set()
+        if (_read_lock(lock) or {}).get("pid") == me["pid"]:
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
+        if created:
+            with contextlib.suppress(OSError):  # not empty: the run wrote its results there
+                folder.rmdir()

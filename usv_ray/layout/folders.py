@@ -29,6 +29,11 @@ INGEST_CONTENT = (
     "patch_width",
 )
 TRACKLET_META = ["tracklet_id", "video_id", "patient_key", "study_key", "nodule_id"]
+SHARDS = ("frames", "tracklets")  # the shards of a video, each checked against its journal
+
+
+class DamagedDataError(UsvRayError, ValueError):
+    """Shards of a data folder are missing or damaged: what a training stage would read."""
 
 
 class LayoutError(UsvRayError, FileNotFoundError):
@@ -107,9 +112,92 @@ class IngestFolder(Folder):
         """The journal entry that marks a video done."""
         return self.journal_dir / f"{video_id}.json"
 
+    def shard(self, kind: str, video_id: str) -> Path:
+        """The ``frames`` or ``tracklets`` shard of a video."""
+        return self.frames(video_id) if kind == "frames" else self.tracklets(video_id)
+
+    def journal_entry(self, video_id: str) -> dict[str, Any] | None:
+        """What ingest recorded of a video (None: not ingested, or an unreadable entry)."""
+        import json
+
+        try:
+            entry = json.loads(self.journal(video_id).read_text())
+        except (OSError, ValueError):
+            return None
+        return entry if isinstance(entry, dict) else None
+
+    def shard_problem(
+        self,
+        kind: str,
+        video_id: str,
+        entry: dict[str, Any] | None = None,
+        trust_unchanged: bool = False,
+    ) -> str | None:
+        """Why the ``kind`` shard of a video cannot be trusted (missing, or not the file ingest
+        wrote: its size or its SHA-256 differs from what the journal recorded), or None when
+        it can. With ``trust_unchanged``, a shard whose size and modification time are the
+        recorded ones is not hashed (a rerun of ingest checks every shard this way; the
+        stages that read a shard hash it). A shard the journal says there is none of, or an
+        entry of an older ingest without digests, is only checked to exist when expected."""
+        from usv_ray.io import file_digest
+
+        entry = self.journal_entry(video_id) if entry is None else entry
+        recorded = (entry or {}).get("shards", {}).get(kind, "unrecorded")
+        path = self.shard(kind, video_id)
+        if recorded is None:
+            return None  # the video has no such shard
+        if not path.is_file():
+            return (
+                f"its {kind} shard is missing"
+                if recorded != "unrecorded" or kind == "frames"
+                else None
+            )
+        if recorded == "unrecorded":
+            return None
+        stat = path.stat()
+        if stat.st_size != recorded["bytes"]:
+            changed = True
+        elif trust_unchanged and stat.st_mtime_ns == recorded.get("mtime_ns"):
+            changed = False
+        else:
+            changed = file_digest(path) != recorded["sha256"]
+        if changed:
+            return (
+                f"its {kind} shard is damaged (not the file ingest wrote: size or SHA-256 differ)"
+            )
+        return None
+
+    def check_shards(self, video_ids: Iterable[str], kinds: Sequence[str] = SHARDS) -> None:
+        """Refuse to train on shards that are missing or damaged, naming them.
+
+        Raises:
+            DamagedDataError: the videos whose shards cannot be trusted, and the remedy.
+        """
+        problems = [
+            f"{video_id}: {problem}"
+            for video_id in sorted(video_ids)
+            for kind in kinds
+            if (problem := self.shard_problem(kind, video_id))
+        ]
+        if problems:
+            shown = "; ".join(problems[:3]) + (
+                f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+            )
+            raise DamagedDataError(
+                f"{len(problems)} shards of {self.root} cannot be trusted ({shown}): run `usv-ray "
+                "ingest` again with the manifests that hold these videos, which writes them again"
+            )
+
     def frame_shards(self, video_ids: Iterable[str]) -> list[str]:
-        """The frames shards of ``video_ids``, in video_id order."""
-        return [str(self.frames(video_id)) for video_id in sorted(video_ids)]
+        """The frames shards of ``video_ids``, in video_id order, checked against their
+        journal (what trains or is scored must be the frames ingest wrote).
+
+        Raises:
+            DamagedDataError: a shard is missing or damaged (see :meth:`check_shards`).
+        """
+        video_ids = sorted(video_ids)
+        self.check_shards(video_ids, ("frames",))
+        return [str(self.frames(video_id)) for video_id in video_ids]
 
     def tracklet_shards(self) -> list[str]:
         """Every tracklets shard, in video_id order."""
@@ -126,19 +214,38 @@ class IngestFolder(Folder):
         path = self.need(self.videos, "ingest")
         return pq.read_table(path, columns=None if columns is None else list(columns)).to_pandas()
 
-    def read_tracklets(self, columns: Sequence[str] = TRACKLET_META) -> pa.Table:
+    def read_tracklets(
+        self, columns: Sequence[str] = TRACKLET_META, unreadable: dict[str, str] | None = None
+    ) -> pa.Table:
         """``columns`` of every tracklet of the folder (no clips unless asked), by tracklet_id.
+
+        A shard that cannot be read (a damaged file) is left out: with ``unreadable`` given,
+        its video_id and why are added to it; without, it is an error.
 
         Raises:
             LayoutError: when the folder holds no tracklet shards.
+            DamagedDataError: an unreadable shard, when ``unreadable`` is not given.
         """
         import pyarrow.parquet as pq
 
         shards = self.tracklet_shards()
         if not shards:
             raise LayoutError(f"no tracklets under {self.tracklets_dir}: run ingest first")
-        table = pa.concat_tables(pq.read_table(s, columns=list(columns)) for s in shards)
-        return table.sort_by("tracklet_id")
+        tables = []
+        for shard in shards:
+            try:
+                tables.append(pq.read_table(shard, columns=list(columns)))
+            except (OSError, ValueError) as exc:  # pyarrow's errors of a damaged file
+                why = f"its tracklets shard cannot be read ({type(exc).__name__}: {exc})"
+                if unreadable is None:
+                    raise DamagedDataError(
+                        f"{shard}: {why}: run `usv-ray ingest` again with the manifest that "
+                        "holds the video"
+                    ) from exc
+                unreadable[Path(shard).stem] = why
+        if not tables:
+            return pa.schema([pa.field(c, pa.string()) for c in columns]).empty_table()
+        return pa.concat_tables(tables, promote_options="permissive").sort_by("tracklet_id")
 
     def settings(self) -> dict[str, Any]:
         """The ingest settings its frames and tracklets were made with (``ingest.json``).
@@ -186,6 +293,42 @@ class IngestFolder(Folder):
                 + "; ingest into a new --out folder (or delete this one) rather than mixing them"
             )
         write_json({"format": 1, "settings": settings}, self.record)
+
+
+def read_checked(
+    path: str | Path, recorded: dict[str, Any] | None, columns: Sequence[str] | None = None
+) -> pa.Table:
+    """A shard read once and checked against the size and SHA-256 its journal ``recorded``
+    (None: an older ingest's, checked only by reading it).
+
+    Raises:
+        DamagedDataError: the shard is missing, is not the file ingest wrote, or cannot be
+            read; the message says which and what to do.
+    """
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    remedy = "run `usv-ray ingest` again with the manifest that holds the video"
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise DamagedDataError(f"{Path(path).name} is missing ({exc.strerror}): {remedy}") from exc
+    if recorded is not None and (
+        len(data) != recorded["bytes"] or hashlib.sha256(data).hexdigest() != recorded["sha256"]
+    ):
+        raise DamagedDataError(
+            f"{Path(path).name} is damaged: not the file ingest wrote (size or SHA-256 "
+            f"differ): {remedy}"
+        )
+    try:
+        return pq.read_table(
+            pa.BufferReader(data), columns=None if columns is None else list(columns)
+        )
+    except (OSError, ValueError) as exc:  # pyarrow's errors of a damaged file
+        raise DamagedDataError(
+            f"{Path(path).name} cannot be read ({type(exc).__name__}: {exc}): {remedy}"
+        ) from exc
 
 
 def ingest_settings(cfg: Any) -> dict[str, Any]:
@@ -297,6 +440,22 @@ class PredictFolder(Folder):
     @property
     def report(self) -> Path:
         return self.root / "report.json"
+
+    @property
+    def parts_root(self) -> Path:
+        """The rows runs have committed and not yet merged, by bundle version."""
+        return self.root / "parts"
+
+    def parts_dir(self, version: str) -> Path:
+        """The rows a run of the bundle ``version`` has committed so far (merged at its end)."""
+        return self.parts_root / version
+
+    def parts(self, version: str) -> list[Path]:
+        """The committed parts of ``version``, in order."""
+        return sorted(self.parts_dir(version).glob("part-*.parquet"))
+
+    def part(self, version: str, number: int) -> Path:
+        return self.parts_dir(version) / f"part-{number:05d}.parquet"
 
 
 class IndexFolder(Folder):

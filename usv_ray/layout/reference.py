@@ -196,7 +196,14 @@ ENTRIES: dict[type[Folder], tuple[Entry, ...]] = {
         Entry(
             "summary.json",
             "model version",
-            "videos, errors, malignant readings; the version predict ran last",
+            "videos, errors, malignant readings; the version predict ran last, and what its "
+            "last run did",
+        ),
+        Entry(
+            "parts/<version>/",
+            "part",
+            "the rows a run has committed so far: a run stopped midway keeps them; merged "
+            "into the tables at its end",
         ),
         Entry("report.json", "folder", "its section of the report (`usv-ray report`)"),
     ),

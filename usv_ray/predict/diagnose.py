@@ -13,12 +13,12 @@ first to last frame; when the sampling left none there, the stored frame nearest
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 TRACKLET_RESULT = pa.struct(
@@ -66,14 +66,22 @@ def tracklet_spans(frame_index: np.ndarray, tracklet_frames: list[list[int]]) ->
     return spans
 
 
-def read_video(frames: str, tracklets: str | None) -> tuple[torch.Tensor, np.ndarray, pa.Table]:
+def read_video(
+    frames: str, tracklets: str | None, shards: dict | None = None
+) -> tuple[torch.Tensor, np.ndarray, pa.Table]:
     """A video's stored frames ``(T, 1, S, S)`` uint8 in frame order, their source indices
-    ``(T,)``, and its tracklets (tracklet_id, frame_index; empty without a shard).
+    ``(T,)``, and its tracklets (tracklet_id, frame_index; empty without a shard), each
+    shard checked against what ingest ``shards`` recorded of it (its journal's).
 
     Raises:
+        DamagedDataError: a shard missing, damaged or unreadable.
         ValueError: a shard with no frames, or frames of different or wrong sizes.
     """
-    table = pq.read_table(frames, columns=["frame_index", "seq_index", "image", "height", "width"])
+    from usv_ray.layout import read_checked
+
+    shards = shards or {}
+    columns = ["frame_index", "seq_index", "image", "height", "width"]
+    table = read_checked(frames, shards.get("frames"), columns)
     if table.num_rows == 0:
         raise ValueError("the frames shard holds no frame")
     table = table.sort_by("seq_index")
@@ -87,7 +95,7 @@ def read_video(frames: str, tracklets: str | None) -> tuple[torch.Tensor, np.nda
     pixels = np.frombuffer(b"".join(images), np.uint8).reshape(len(images), 1, *size)
     index = table["frame_index"].to_numpy()
     if tracklets:
-        tracks = pq.read_table(tracklets, columns=["tracklet_id", "frame_index"])
+        tracks = read_checked(tracklets, shards.get("tracklets"), ["tracklet_id", "frame_index"])
     else:
         tracks = pa.table({"tracklet_id": pa.array([], pa.string()), "frame_index": []})
     return torch.from_numpy(pixels.copy()), index, tracks
@@ -97,7 +105,8 @@ class Diagnoser:
     """Ray Data callable class: a batch of videos in, their diagnosis rows out.
 
     A batch holds ``video_id``, ``patient_key``, ``study_key``, ``frames`` (the frames
-    shard's path) and ``tracklets`` (the tracklets shard's path, "" without one).
+    shard's path), ``tracklets`` (the tracklets shard's path, "" without one) and
+    ``shards`` (what ingest recorded of them, as JSON; "" for none).
     """
 
     def __init__(self, bundle: str, use_gpu: bool = False, precision: str = "fp32") -> None:
@@ -107,10 +116,12 @@ class Diagnoser:
         bf16 = precision == "bf16" and device == "cuda"  # as the setting says: fp32 on a CPU
         self.model = bundles.load(bundle, "diagnosis", device=device, bf16=bf16)
 
-    def diagnose(self, frames: str, tracklets: str | None) -> dict[str, Any]:
+    def diagnose(
+        self, frames: str, tracklets: str | None, shards: dict | None = None
+    ) -> dict[str, Any]:
         """The diagnosis of one video (its ok row's values, tracklets nested)."""
         model = self.model
-        images, index, tracks = read_video(frames, tracklets)
+        images, index, tracks = read_video(frames, tracklets, shards)
         spans = tracklet_spans(index, tracks["frame_index"].to_pylist())
         video, parts = model.member_probs(images, spans)  # (M,), (S, M)
         raw = np.concatenate([[video.mean()], parts.mean(axis=1)])  # (1 + S,)
@@ -150,7 +161,9 @@ class Diagnoser:
                 "diagnosed_at": now,
             }
             try:
-                row.update(self.diagnose(batch["frames"][i], batch["tracklets"][i] or None))
+                recorded = batch["shards"][i] if "shards" in batch else ""
+                shards = json.loads(recorded) if recorded else None
+                row.update(self.diagnose(batch["frames"][i], batch["tracklets"][i] or None, shards))
             except Exception as exc:  # one unreadable video is an error row, not a failed job
                 row.update(status="error", error=f"{type(exc).__name__}: {exc}", tracklets=[])
             rows.append(row)

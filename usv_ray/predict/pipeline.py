@@ -13,7 +13,12 @@ actor, frames read from the Parquet shards. Layout of ``--out``::
 
 Incremental, as the index is: a rerun diagnoses only the videos this model version has not
 diagnosed, and those whose shards ingest rewrote since (a video re-ingested, tracklets added
-to it); with nothing new it writes nothing and the tables stay byte for byte the same.
+to it); with nothing new it writes nothing and the tables stay byte for byte the same. A
+run commits its rows in parts as it goes (``predict.commit_every`` videos or
+``commit_every_s`` seconds, under ``parts/``): a run stopped midway keeps them, and the
+next takes them as they are and redoes at most the part it was writing. Each shard is
+checked against what ingest recorded of it as it is read; a damaged or missing one is an
+error row naming why, tried again once ingest writes it again.
 Another bundle is another model version: its rows are added beside the earlier version's,
 never mixed with them. A video whose frames cannot be read is an error row (``status``
 error, ``error`` why), and is tried again once ingest rewrites it; a video that ingest
@@ -22,8 +27,10 @@ could not read is an error row too, so every video of the archive has a row.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +39,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from usv_ray.config import Config
@@ -54,7 +62,12 @@ class PredictSummary:
     out: Path
     model_version: str
     videos: int  # rows of this model version (every video of the data folder)
-    diagnosed_now: int  # videos this run diagnosed (or found unreadable)
+    diagnosed: int  # videos this run diagnosed
+    failed: int  # videos this run tried and could not read (a damaged shard, ...)
+    not_ingested: int  # videos this run found that ingest could not read
+    resumed: int  # videos a killed run had diagnosed and committed, taken as they were
+    unchanged: int  # videos diagnosed before and unchanged since: not read again
+    lost_shards: int  # videos diagnosed before whose frames shard is gone or damaged since
     errors: int  # error rows of this model version
     malignant: int  # videos of this model version that read malignant
     tracklets: int  # tracklet rows of this model version
@@ -64,14 +77,22 @@ class PredictSummary:
     def text(self) -> str:
         """What the command prints: the results in short and where they are."""
         what = (
-            f"{self.diagnosed_now} videos diagnosed now"
+            f"{self.diagnosed} diagnosed now, {self.failed} could not be read, "
+            f"{self.not_ingested} not ingested, {self.resumed} from a run that was stopped, "
+            f"{self.unchanged} unchanged"
             if self.written
-            else "nothing new, the tables are unchanged"
+            else f"nothing new, the tables are unchanged ({self.unchanged} videos)"
+        )
+        lost = (
+            f"\n  {self.lost_shards} diagnosed videos have lost their frames shard or hold a "
+            "damaged one since: ingest their manifest again to repair them"
+            if self.lost_shards
+            else ""
         )
         return (
             f"predict: {self.videos} videos by {self.model_version} ({what}; "
             f"{self.malignant} read malignant, {self.errors} not diagnosed) in "
-            f"{self.seconds:.0f} s\n"
+            f"{self.seconds:.0f} s{lost}\n"
             f"  diagnoses: {self.out / 'diagnoses.parquet'}\n"
             f"  tracklets: {self.out / 'tracklet_diagnoses.parquet'} ({self.tracklets} rows)"
         )
@@ -144,6 +165,8 @@ def _diagnose(
             "study_key": row.study_key,
             "frames": str(data.frames(row.video_id)),
             "tracklets": str(path) if (path := data.tracklets(row.video_id)).exists() else "",
+            # what ingest recorded of the shards: checked as they are read
+            "shards": json.dumps((data.journal_entry(row.video_id) or {}).get("shards")),
         }
         for row in videos.itertuples(index=False)
     ]
@@ -195,8 +218,56 @@ def _merge(
 def run_predict(
     cfg: Config, model: str | Path, data: str | Path, out: str | Path
 ) -> PredictSummary:
-    """Diagnose the videos of ``data`` that the bundle ``model`` has not diagnosed into ``out``."""
+    """Diagnose the videos of ``data`` that the bundle ``model`` has not diagnosed into ``out``.
+
+    One run at a time in ``out`` (:func:`usv_ray.layout.hold`): another run's lock
+    refuses this one, or makes it wait (``lock.busy``).
+    """
+    from usv_ray.layout import hold
+
+    with hold(out, "predict", cfg.lock):
+        return _run_predict(cfg, model, data, out)
+
+
+def _read_parts(out: PredictFolder, version: str) -> pa.Table:
+    """The rows a stopped run of ``version`` committed (Diagnoser rows), or none."""
+    files = out.parts(version)
+    if not files:
+        return ROW_SCHEMA.empty_table()
+    return pa.concat_tables(pq.read_table(f, schema=ROW_SCHEMA) for f in files)
+
+
+class _Committer:
+    """Commits a run's rows as they come, in parts of ``every`` videos or ``every_s``
+    seconds, whichever comes first: a run stopped midway keeps what it committed."""
+
+    def __init__(self, out: PredictFolder, version: str, every: int, every_s: float) -> None:
+        self.out, self.version = out, version
+        self.every, self.every_s = max(1, every), every_s
+        self.pending: list[pa.Table] = []
+        self.rows, self.last = 0, time.monotonic()
+        self.number = len(out.parts(version))
+
+    def add(self, table: pa.Table) -> None:
+        self.pending.append(table)
+        self.rows += table.num_rows
+        if self.rows >= self.every or time.monotonic() - self.last >= self.every_s:
+            self.commit()
+
+    def commit(self) -> None:
+        if self.pending:
+            rows = pa.concat_tables(self.pending).cast(ROW_SCHEMA)
+            write_table(rows, self.out.part(self.version, self.number))
+            self.number += 1
+        self.pending, self.rows, self.last = [], 0, time.monotonic()
+
+
+def _run_predict(
+    cfg: Config, model: str | Path, data: str | Path, out: str | Path
+) -> PredictSummary:
+    """The run of :func:`run_predict`, in the folder it holds."""
     from usv_ray import bundle
+    from usv_ray.io import remove_stale_tmp
 
     started = time.perf_counter()
     data, out = IngestFolder(data), PredictFolder(out)
@@ -206,48 +277,99 @@ def run_predict(
     if not data.videos.exists():
         raise PredictError(f"{data.videos} not found: run `usv-ray ingest` first")
     diagnosis.check_data(data)
+    remove_stale_tmp(out.root)
     videos = data.read_videos(["video_id", "patient_key", "study_key", "status", "error"])
     diagnoses = _read(out.diagnoses, DIAGNOSES)
     tracklets = _read(out.tracklet_diagnoses, TRACKLET_DIAGNOSES)
-    todo = _todo(data, videos, diagnoses[diagnoses["model_version"] == version])
+    # what a stopped run committed counts as done, unless ingest wrote the video since
+    resumed = _read_parts(out, version)
+    resumed_videos, _ = _split(resumed)
+    mine = diagnoses[diagnoses["model_version"] == version]
+    done = pd.concat([frame for frame in (mine, resumed_videos) if len(frame)] or [mine])
+    done = done.drop_duplicates("video_id", keep="last")
+    todo = _todo(data, videos, done)
+    resumed = resumed.filter(
+        pc.invert(pc.is_in(resumed["video_id"], pa.array(list(todo["video_id"]), pa.string())))
+    )
+    lost = _lost_shards(data, videos, set(todo["video_id"]))
     readable = todo[todo["status"] == "ok"]
     log.info(
-        "predict: %d videos in %s, %d to diagnose with %s (%d members)",
+        "predict: %d videos in %s, %d to diagnose with %s (%d members)%s",
         len(videos),
         data.root,
         len(todo),
         version,
         len(diagnosis.record["members"]),
+        f", {resumed.num_rows} committed by a run that was stopped" if resumed.num_rows else "",
     )
-    if todo.empty:
+    counts = {"resumed": resumed.num_rows, "unchanged": len(videos) - len(todo) - resumed.num_rows}
+    counts["lost_shards"] = len(lost)
+    if todo.empty and not resumed.num_rows:
         log.info("predict: nothing new for %s", version)
-        return _summary(out, data, version, diagnoses, tracklets, 0, False, started)
+        counts.update(diagnosed=0, failed=0, not_ingested=0)
+        return _summary(out, data, version, diagnoses, tracklets, counts, False, started)
 
-    folder = diagnosis.folder
-    parts = list(_diagnose(cfg, folder, data, readable)) if len(readable) else []
+    p = cfg.predict
+    committer = _Committer(out, version, p.commit_every, p.commit_every_s)
     failed = todo[todo["status"] != "ok"]
     if len(failed):
-        parts.append(
+        committer.add(
             pa.Table.from_pylist(_not_readable(failed, version, threshold), schema=ROW_SCHEMA)
         )
-    new_videos, new_tracklets = _split(pa.concat_tables(parts))
-    for row in new_videos[new_videos["status"] == "error"].itertuples(index=False):
+    if len(readable):
+        for table in _diagnose(cfg, diagnosis.folder, data, readable):
+            committer.add(table)
+    committer.commit()
+    rows = _read_parts(out, version)
+    new_videos, new_tracklets = _split(rows)
+    tried = new_videos[new_videos["video_id"].isin(set(readable["video_id"]))]
+    for row in tried[tried["status"] == "error"].itertuples(index=False):
         log.warning("predict: video %s not diagnosed: %s", row.video_id, row.error)
-    redone = set(todo["video_id"])
+    counts.update(
+        diagnosed=int((tried["status"] == "ok").sum()),
+        failed=int((tried["status"] == "error").sum()),
+        not_ingested=len(failed),
+    )
+    redone = set(new_videos["video_id"])
     diagnoses_table = _merge(diagnoses, new_videos, version, redone, DIAGNOSES)
     tracklets_table = _merge(tracklets, new_tracklets, version, redone, TRACKLET_DIAGNOSES)
     write_table(tracklets_table, out.tracklet_diagnoses)
     write_table(diagnoses_table, out.diagnoses)  # last: it marks the work done
+    shutil.rmtree(out.parts_dir(version), ignore_errors=True)  # merged: the parts are done
+    with contextlib.suppress(OSError):  # and their folder, when no other version's is left
+        out.parts_root.rmdir()
     return _summary(
         out,
         data,
         version,
         diagnoses_table.to_pandas(),
         tracklets_table.to_pandas(),
-        len(todo),
+        counts,
         True,
         started,
     )
+
+
+def _lost_shards(data: IngestFolder, videos: pd.DataFrame, todo: set[str]) -> list[str]:
+    """Videos ingested ok, not to be read tonight, whose frames shard is gone or is not the
+    file ingest wrote (its size, or its modification time and then its SHA-256, differ):
+    a diagnosis stays as it was, and the operator hears of it (ingest writes the shard
+    again)."""
+    ok = videos.loc[videos["status"] == "ok", "video_id"]
+    lost = [
+        v
+        for v in ok
+        if v not in todo and data.shard_problem("frames", v, trust_unchanged=True) is not None
+    ]
+    if lost:
+        log.warning(
+            "predict: %d diagnosed videos have lost their frames shard or hold a damaged one "
+            "since (e.g. %s): their diagnoses stay; ingest their manifest again to repair the "
+            "shards",
+            len(lost),
+            lost[0],
+        )
+    return lost
 
 
 def _summary(
@@ -256,7 +378,7 @@ def _summary(
     version: str,
     diagnoses: pd.DataFrame,
     tracklets: pd.DataFrame,
-    diagnosed_now: int,
+    counts: dict[str, int],
     written: bool,
     started: float,
 ) -> PredictSummary:
@@ -267,7 +389,12 @@ def _summary(
         out.root,
         version,
         len(mine),
-        diagnosed_now,
+        counts["diagnosed"],
+        counts["failed"],
+        counts["not_ingested"],
+        counts["resumed"],
+        counts["unchanged"],
+        counts["lost_shards"],
         int((mine["status"] == "error").sum()),
         int((mine["reading"] == "malignant").sum()),
         int((tracklets["model_version"] == version).sum()),
@@ -284,7 +411,7 @@ def _summary(
             }
             for v, part in diagnoses.groupby("model_version")
         }
-        write_json({"latest": version, "versions": versions}, out.summary)
+        write_json({"latest": version, "versions": versions, "last_run": counts}, out.summary)
         describe(out.root, data.root)
     elif not out.report.exists():  # a folder an older usv_ray wrote: its section now
         describe(out.root, data.root)

@@ -83,11 +83,13 @@ class ReidSummary:
 
 def _annotated(data: Path) -> pd.DataFrame:
     """Tracklets with a known nodule identity (those without one cannot be paired)."""
+    folder = IngestFolder(data)
     try:
-        table = IngestFolder(data).read_tracklets().to_pandas()
+        table = folder.read_tracklets().to_pandas()
     except LayoutError as exc:
         raise ReidError(str(exc)) from exc
     known = table[table["nodule_id"].notna()].reset_index(drop=True)
+    folder.check_shards(known["video_id"].unique(), ("tracklets",))
     if known.empty:
         raise ReidError(f"no tracklet in {data} has a nodule_id: re-ID needs annotated nodules")
     if len(table) > len(known):
@@ -295,7 +297,19 @@ def _clustering(out: ReidFolder, embeddings: Path, splits: pd.DataFrame, seed: i
 
 
 def run_reid(cfg: Config, data: str | Path, out: str | Path) -> ReidSummary:
-    """Train and evaluate the re-ID models on the tracklets of ``data`` into ``out``."""
+    """Train and evaluate the re-ID models on the tracklets of ``data`` into ``out``.
+
+    One run at a time in ``out`` (:func:`usv_ray.layout.hold`): another run's lock
+    refuses this one, or makes it wait (``lock.busy``).
+    """
+    from usv_ray.layout import hold
+
+    with hold(out, "reid", cfg.lock):
+        return _run_reid(cfg, data, out)
+
+
+def _run_reid(cfg: Config, data: str | Path, out: str | Path) -> ReidSummary:
+    """The run of :func:`run_reid`, in the folder it holds."""
     from usv_ray.reid.pairs import split_tracklets
     from usv_ray.runtime import ensure_ray
 

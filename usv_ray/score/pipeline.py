@@ -292,11 +292,23 @@ def _index_gap(cfg: Config, archive: Path, out: RunFolder, truth, raw) -> pd.Dat
 
 
 def run_score(cfg: Config, archive: str | Path, out: str | Path) -> ScoreSummary:
-    """Score the night (and the ways to score a nodule) in ``out`` against ``archive``'s truth."""
+    """Score the night (and the ways to score a nodule) in ``out`` against ``archive``'s truth.
+
+    One run at a time in ``out/score`` (:func:`usv_ray.layout.hold`): another run's lock
+    refuses this one, or makes it wait (``lock.busy``).
+    """
+    from usv_ray.layout import hold
+
+    with hold(Path(out) / "score", "score", cfg.lock):
+        return _run_score(cfg, archive, out)
+
+
+def _run_score(cfg: Config, archive: str | Path, out: str | Path) -> ScoreSummary:
+    """The run of :func:`run_score`, in the folder it holds."""
     from usv_ray import bundle
     from usv_ray.evaluate.tables import write_table
     from usv_ray.io import write_json
-    from usv_ray.privacy import load_key
+    from usv_ray.privacy import check_keying, load_key
     from usv_ray.score.keyed import keyed_truth
     from usv_ray.score.night import nodule_truth, oof_probs, scoring_comparison
     from usv_ray.score.tracks import tracklet_nodules
@@ -304,8 +316,10 @@ def run_score(cfg: Config, archive: str | Path, out: str | Path) -> ScoreSummary
 
     started = time.perf_counter()
     archive, out = Path(archive), RunFolder(out)
+    key = load_key(cfg.privacy)
+    check_keying(out.data.root, cfg.privacy, key)
     raw = load_truth(archive)
-    truth = keyed_truth(raw, load_key(cfg.privacy))
+    truth = keyed_truth(raw, key)
     record = bundle.read(_need(out.classify.root, "classify"), "diagnosis", verify=False).record
     folds = pq.read_table(out.classify.folds).to_pandas()
     version, diagnoses, tracklet_diagnoses = _latest(out.predict)

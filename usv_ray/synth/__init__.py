@@ -1,7 +1,8 @@
 """Deterministic synthetic breast ultrasound video archives (B-mode-like, with nodules).
 
-``write_archive(cfg, out)`` writes videos, per-video annotations and a manifest following
-the README's manifest (a user's own archive's shape), as a pure function of a :class:`~usv_ray.config.SynthConfig`;
+``write_archive(cfg, out)`` writes videos, per-video annotations and a manifest shaped as
+the README's (a user's own archive's), as a pure function of a
+:class:`~usv_ray.config.SynthConfig`;
 beside them a night batch of unlabelled exams (``out/night/``) when the config asks for
 one, and the hidden truth of both (``out/truth.json``), which only evaluation code reads,
 through :func:`load_truth`.

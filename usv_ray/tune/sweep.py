@@ -441,7 +441,21 @@ def run_target(
     cfg: Config, target: Target, out: str | Path, callbacks: Sequence[Any] = ()
 ) -> TuneSummary:
     """Sweep ``target`` into ``out``: claim the folder, run (or resume) its points, write
-    ``results.{csv,md}`` and ``best.yaml``; ``callbacks`` are extra Tune callbacks."""
+    ``results.{csv,md}`` and ``best.yaml``; ``callbacks`` are extra Tune callbacks.
+
+    One run at a time in ``out`` (:func:`usv_ray.layout.hold`): another run's lock
+    refuses this one, or makes it wait (``lock.busy``).
+    """
+    from usv_ray.layout import hold
+
+    with hold(out, "tune", cfg.lock):
+        return _run_target(cfg, target, out, callbacks)
+
+
+def _run_target(
+    cfg: Config, target: Target, out: str | Path, callbacks: Sequence[Any] = ()
+) -> TuneSummary:
+    """The run of :func:`run_target`, in the folder it holds."""
     from usv_ray.runtime import ensure_ray
     from usv_ray.tune.report import describe
 
