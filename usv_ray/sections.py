@@ -491,3 +491,52 @@ def stage_section(
         settings=settings_of(content) if record else (),
         items=items,
     )
+
+
+def write_training_section(
+    folder: Any,
+    title: str,
+    order: int,
+    names: tuple[Mapping[str, str], Mapping[str, Mapping[str, str]], Sequence[str]],
+    counts: tuple[str, str] | None,
+    data: str | Path | None,
+) -> Path:
+    """Write the section of a training stage's folder (classify, re-ID, detect: a
+    ``StageFolder``): its tables and plots, under ``names`` (the stage's titles, headings and
+    first tables), what it ran on (``counts``), the data it read and its record."""
+    titles, headings, first = names
+    items = [
+        *tables(folder.tables, folder.root, titles, headings, first),
+        *figures(folder.plots, folder.root, titles),
+    ]
+    section = stage_section(
+        title,
+        order,
+        data=data,
+        counts=counts,
+        record=stage_record(folder.record, folder.root),
+        items=items,
+    )
+    return write_section(section, folder.report)
+
+
+def write_summary_section(
+    folder: Any,
+    title: str,
+    order: int,
+    summary_title: str,
+    counts: tuple[str, str] | None,
+    data: str | Path | None,
+) -> Path:
+    """Write the section of a nightly stage's folder (predict, index): its ``summary.json``
+    as fields under ``summary_title``, what it ran on (``counts``) and the data it read."""
+    section = stage_section(
+        title,
+        order,
+        data=data,
+        counts=counts,
+        record=None,
+        keeps_record=False,
+        items=fields_of(folder.summary, folder.root, summary_title),
+    )
+    return write_section(section, folder.report)

@@ -48,7 +48,14 @@ from usv_ray.classify.report import describe
 from usv_ray.config import Config, to_dict
 from usv_ray.errors import UsvRayError
 from usv_ray.io import remove_stale_tmp, write_table
-from usv_ray.layout import ClassifyFolder, IngestFolder, LayoutError, StageRun, digest_rows
+from usv_ray.layout import (
+    ClassifyFolder,
+    IngestFolder,
+    LayoutError,
+    StageRun,
+    digest_rows,
+    holds,
+)
 from usv_ray.schemas import PREDICTIONS
 
 if TYPE_CHECKING:
@@ -439,6 +446,7 @@ def _bundle(
     return write_diagnosis_bundle(out, folds_in, meta)
 
 
+@holds("classify")
 def run_classify(cfg: Config, data: str | Path, out: str | Path) -> ClassifySummary:
     """Cross-validate every method on the ingested videos of ``data`` into ``out``, then
     write the diagnosis bundle (``out/bundle``).
@@ -446,14 +454,6 @@ def run_classify(cfg: Config, data: str | Path, out: str | Path) -> ClassifySumm
     One run at a time in ``out`` (:func:`usv_ray.layout.hold`): another run's lock
     refuses this one, or makes it wait (``lock.busy``).
     """
-    from usv_ray.layout import hold
-
-    with hold(out, "classify", cfg.lock):
-        return _run_classify(cfg, data, out)
-
-
-def _run_classify(cfg: Config, data: str | Path, out: str | Path) -> ClassifySummary:
-    """The run of :func:`run_classify`, in the folder it holds."""
     from usv_ray.classify.folds import fold_table
     from usv_ray.runtime import ensure_ray
 

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from usv_ray.config import Config, to_dict
 from usv_ray.detect.report import describe
-from usv_ray.layout import DetectFolder, IngestFolder, StageRun, digest_rows
+from usv_ray.layout import DetectFolder, IngestFolder, StageRun, digest_rows, holds
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,7 @@ def _evaluate(
     return table
 
 
+@holds("detect")
 def run_detect(cfg: Config, data: str | Path, out: str | Path) -> DetectSummary:
     """Train and evaluate the nodule detector on the annotated videos of ``data`` into
     ``out``, and write its bundle.
@@ -135,14 +136,6 @@ def run_detect(cfg: Config, data: str | Path, out: str | Path) -> DetectSummary:
     One run at a time in ``out`` (:func:`usv_ray.layout.hold`): another run's lock
     refuses this one, or makes it wait (``lock.busy``).
     """
-    from usv_ray.layout import hold
-
-    with hold(out, "detect", cfg.lock):
-        return _run_detect(cfg, data, out)
-
-
-def _run_detect(cfg: Config, data: str | Path, out: str | Path) -> DetectSummary:
-    """The run of :func:`run_detect`, in the folder it holds."""
     from usv_ray import bundle
     from usv_ray.bundle.detector import FILE, FRAME_SETTINGS, KIND
     from usv_ray.detect.data import annotated_videos, split_videos

@@ -36,12 +36,13 @@ import pyarrow.parquet as pq
 
 from usv_ray.config import Config, IndexConfig
 from usv_ray.errors import UsvRayError
+from usv_ray.index.errors import BAD, DAMAGED, error_frame, errors_table
 from usv_ray.index.nodules import Nodule, centroid, update_patient
 from usv_ray.index.report import describe
 from usv_ray.index.store import embed_new, read_store, reid_embeddings
 from usv_ray.io import remove_stale_tmp, write_json, write_table
-from usv_ray.layout import IndexFolder, IngestFolder, LayoutError
-from usv_ray.schemas import EMBEDDINGS, ERRORS, NODULES
+from usv_ray.layout import IndexFolder, IngestFolder, LayoutError, holds
+from usv_ray.schemas import EMBEDDINGS, NODULES
 
 log = logging.getLogger(__name__)
 # the index's own columns; the evidence and malignancy columns are added from them
@@ -213,56 +214,6 @@ def _index_table(
     return pa.Table.from_pylist(rows, schema=BASE_NODULES).to_pandas()
 
 
-DAMAGED = "damaged_shard"  # a shard that is missing or not what ingest wrote: retried
-
-
-def _error_rows(bad: pd.DataFrame, failed: dict[str, str], unreadable: dict[str, str]) -> list:
-    """The run's error rows: tracklets without an embedding (a clip that cannot be read, not
-    retried; one of a damaged shard, retried once ingest writes it again), shards that
-    cannot be read at all, and patients that failed."""
-    rows = [
-        {
-            "source": r.tracklet_id,
-            "video_id": r.video_id,
-            "stage": "index",
-            "kind": DAMAGED if r.error.startswith(f"{DAMAGED}: ") else "bad_tracklet",
-            "message": r.error.removeprefix(f"{DAMAGED}: ")
-            if r.error.startswith(f"{DAMAGED}: ")
-            else f"patient {r.patient_key}: {r.error}",
-        }
-        for r in bad.itertuples(index=False)
-    ]
-    rows += [
-        {
-            "source": video_id,
-            "video_id": video_id,
-            "stage": "index",
-            "kind": DAMAGED,
-            "message": f"{why}: its tracklets are left out until ingest writes the shard again",
-        }
-        for video_id, why in sorted(unreadable.items())
-    ]
-    rows += [
-        {
-            "source": patient_key,
-            "video_id": None,
-            "stage": "index",
-            "kind": "patient_failed",
-            "message": f"patient {patient_key}: {message}; its nodules are left as they were "
-            "(none on a first build or rebuild) and its new tracklets are retried on the next run",
-        }
-        for patient_key, message in sorted(failed.items())
-    ]
-    return rows
-
-
-BAD = ["tracklet_id", "video_id", "patient_key", "error"]  # embed_new's rows without one
-
-
-def _errors_table(errors: pd.DataFrame) -> pa.Table:
-    return pa.Table.from_pandas(errors, schema=ERRORS, preserve_index=False)
-
-
 def _scores(table: pa.Table, tracklets: pd.DataFrame) -> dict | None:
     """Pairwise precision / recall / F of the index vs the annotated nodule ids, and how
     often it lists the right number of nodules for a patient."""
@@ -320,6 +271,7 @@ def _choose(cfg: Config, data: IngestFolder, model: str | Path) -> tuple[Any, In
     return models, replace(c, tau=recorded)
 
 
+@holds("index")
 def run_index(
     cfg: Config,
     data: str | Path,
@@ -333,20 +285,6 @@ def run_index(
     One run at a time in ``out`` (:func:`usv_ray.layout.hold`): another run's lock
     refuses this one, or makes it wait (``lock.busy``).
     """
-    from usv_ray.layout import hold
-
-    with hold(out, "index", cfg.lock):
-        return _run_index(cfg, data, model, out, diagnoses)
-
-
-def _run_index(
-    cfg: Config,
-    data: str | Path,
-    model: str | Path,
-    out: str | Path,
-    diagnoses: str | Path | None = None,
-) -> IndexSummary:
-    """The run of :func:`run_index`, in the folder it holds."""
     started = time.perf_counter()
     data, out = IngestFolder(data), IndexFolder(out)
     models, c = _choose(cfg, data, model)
@@ -401,14 +339,9 @@ def _run_index(
         changed = not table.equals(pq.read_table(out.nodules))
         if changed:  # the same nodules, scored from newer diagnoses
             write_table(table, out.nodules)
-        kept = old_errors[old_errors["kind"] == "bad_tracklet"] if old_errors is not None else None
-        errors = pd.DataFrame(
-            _error_rows(pd.DataFrame(columns=BAD), {}, unreadable)
-            + ([] if kept is None else kept.to_dict("records")),
-            columns=ERRORS.names,
-        )
-        if old_errors is None or not _errors_table(errors).equals(_errors_table(old_errors)):
-            write_table(_errors_table(errors), out.errors)
+        errors = error_frame(pd.DataFrame(columns=BAD), {}, unreadable, old_errors)
+        if old_errors is None or not errors_table(errors).equals(errors_table(old_errors)):
+            write_table(errors_table(errors), out.errors)
             changed = True
         else:
             errors = old_errors
@@ -482,16 +415,8 @@ def _run_index(
     nodules = _index_table(by_patient, embedding_of, study_of, version)
     table = _scored(nodules, tracklets, scores_from, c.nodule_scoring)
     write_table(table, out.nodules)
-    errors = pd.DataFrame(
-        _error_rows(bad, failed, unreadable)
-        + (
-            old_errors[old_errors["kind"] == "bad_tracklet"].to_dict("records")
-            if old_errors is not None
-            else []
-        ),
-        columns=ERRORS.names,
-    )
-    write_table(_errors_table(errors), out.errors)
+    errors = error_frame(bad, failed, unreadable, old_errors)
+    write_table(errors_table(errors), out.errors)
     embedded_now = len(new) - len(bad)
     return _summary(
         out,

@@ -40,7 +40,7 @@ from usv_ray.ingest.manifest import (
 from usv_ray.ingest.report import describe
 from usv_ray.ingest.video import failed_video, ingest_video, write_journal
 from usv_ray.io import remove_stale_tmp, rows_to_table, write_table
-from usv_ray.layout import SHARDS, IngestFolder
+from usv_ray.layout import SHARDS, IngestFolder, holds
 from usv_ray.privacy import load_key, record_keying
 from usv_ray.schemas import ERRORS, VIDEOS
 
@@ -166,20 +166,13 @@ def _detected(task: VideoTask, version: str, cfg: Config) -> VideoTask:
     return dataclasses.replace(task, fingerprint=stamped, plain_fingerprint=task.fingerprint)
 
 
+@holds("ingest")
 def run_ingest(cfg: Config, manifest: str | Path, out: str | Path) -> IngestSummary:
     """Ingest every video of ``manifest`` into ``out`` on Ray, skipping finished work.
 
     One run at a time in ``out`` (:func:`usv_ray.layout.hold`): another run's lock
     refuses this one, or makes it wait (``lock.busy``).
     """
-    from usv_ray.layout import hold
-
-    with hold(out, "ingest", cfg.lock):
-        return _run_ingest(cfg, manifest, out)
-
-
-def _run_ingest(cfg: Config, manifest: str | Path, out: str | Path) -> IngestSummary:
-    """The run of :func:`run_ingest`, in the folder it holds."""
     started = time.perf_counter()
     folder = IngestFolder(out)
     try:

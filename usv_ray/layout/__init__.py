@@ -10,7 +10,7 @@ Stages meet here, at the schemas (:mod:`usv_ray.schemas`) and at the bundles
 - :mod:`~usv_ray.layout.reference`: what each folder holds, for ``docs/folders.md``.
 """
 
-from usv_ray.layout.claim import FolderBusy, StageRun, digest_rows, fingerprint, hold
+from usv_ray.layout.claim import FolderBusy, StageRun, digest_rows, fingerprint, hold, holds
 from usv_ray.layout.folders import (
     INGEST_CONTENT,
     SHARDS,
@@ -56,6 +56,7 @@ __all__ = [
     "digest_rows",
     "fingerprint",
     "hold",
+    "holds",
     "ingest_settings",
     "read_checked",
 ]

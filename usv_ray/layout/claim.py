@@ -7,20 +7,23 @@ stage's summary written into that record at its end (:class:`StageRun`)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import inspect
 import json
 import logging
 import os
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from usv_ray.errors import UsvRayError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def fingerprint(sections: Mapping[str, Any], inputs: Mapping[str, Any], data: str) -> str:
@@ -250,3 +253,22 @@ def hold(folder: str | Path, what: str, cfg: Any = None) -> Iterator[Path]:
         if created:
             with contextlib.suppress(OSError):  # not empty: the run wrote its results there
                 folder.rmdir()
+
+
+def holds(stage: str, subfolder: str = "") -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Decorate a stage's ``run_*(cfg, ..., out, ...)`` to :func:`hold` its ``out`` (or
+    ``out/subfolder``) for the whole run, as ``cfg.lock`` says."""
+
+    def decorate(run: Callable[..., T]) -> Callable[..., T]:
+        signature = inspect.signature(run)
+
+        @functools.wraps(run)
+        def held(*args: Any, **kwargs: Any) -> T:
+            bound = signature.bind(*args, **kwargs)
+            out = Path(bound.arguments["out"]) / subfolder
+            with hold(out, stage, bound.arguments["cfg"].lock):
+                return run(*args, **kwargs)
+
+        return held
+
+    return decorate

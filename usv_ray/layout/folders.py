@@ -1,6 +1,9 @@
 """Every folder's paths: an ingest folder (:class:`IngestFolder`), each stage's output folder,
 and a run of every stage (:class:`RunFolder`). A stage asks here for a video's frames
-shard, a tracklet shard, a table or its own output paths; nothing joins a path by hand."""
+shard, a tracklet shard, a table or its own output paths; nothing joins a path by hand.
+
+One idea in one file, over 500 lines on purpose: the whole layout reads in one place, and
+docs/folders.md is drawn from these classes (:mod:`usv_ray.layout.reference`)."""
 
 from __future__ import annotations
 

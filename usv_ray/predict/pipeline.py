@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 from usv_ray.config import Config
 from usv_ray.errors import UsvRayError
 from usv_ray.io import write_json, write_table
-from usv_ray.layout import IngestFolder, PredictFolder
+from usv_ray.layout import IngestFolder, PredictFolder, holds
 from usv_ray.predict.diagnose import ROW_SCHEMA
 from usv_ray.predict.report import describe
 from usv_ray.schemas import DIAGNOSES, TRACKLET_DIAGNOSES
@@ -215,20 +215,6 @@ def _merge(
     return pa.Table.from_pandas(merged, schema=schema, preserve_index=False)
 
 
-def run_predict(
-    cfg: Config, model: str | Path, data: str | Path, out: str | Path
-) -> PredictSummary:
-    """Diagnose the videos of ``data`` that the bundle ``model`` has not diagnosed into ``out``.
-
-    One run at a time in ``out`` (:func:`usv_ray.layout.hold`): another run's lock
-    refuses this one, or makes it wait (``lock.busy``).
-    """
-    from usv_ray.layout import hold
-
-    with hold(out, "predict", cfg.lock):
-        return _run_predict(cfg, model, data, out)
-
-
 def _read_parts(out: PredictFolder, version: str) -> pa.Table:
     """The rows a stopped run of ``version`` committed (Diagnoser rows), or none."""
     files = out.parts(version)
@@ -262,10 +248,15 @@ class _Committer:
         self.pending, self.rows, self.last = [], 0, time.monotonic()
 
 
-def _run_predict(
+@holds("predict")
+def run_predict(
     cfg: Config, model: str | Path, data: str | Path, out: str | Path
 ) -> PredictSummary:
-    """The run of :func:`run_predict`, in the folder it holds."""
+    """Diagnose the videos of ``data`` that the bundle ``model`` has not diagnosed into ``out``.
+
+    One run at a time in ``out`` (:func:`usv_ray.layout.hold`): another run's lock
+    refuses this one, or makes it wait (``lock.busy``).
+    """
     from usv_ray import bundle
     from usv_ray.io import remove_stale_tmp
 

@@ -34,13 +34,6 @@ def describe(out: str | Path, data: str | Path | None = None) -> Path:
     ``data``: the data folder it diagnosed. Returns the path. Predict calls it whenever it
     ends, after the summary (also when there was nothing new to diagnose)."""
     folder = PredictFolder(out)
-    section = sections.stage_section(
-        TITLE,
-        ORDER,
-        data=data,
-        counts=_counts(folder),
-        record=None,
-        keeps_record=False,
-        items=sections.fields_of(folder.summary, folder.root, SUMMARY_TITLE),
+    return sections.write_summary_section(
+        folder, TITLE, ORDER, SUMMARY_TITLE, _counts(folder), data
     )
-    return sections.write_section(section, folder.report)

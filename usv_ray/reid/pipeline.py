@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from usv_ray.config import Config, to_dict
 from usv_ray.errors import UsvRayError
 from usv_ray.io import remove_stale_tmp, write_table
-from usv_ray.layout import IngestFolder, LayoutError, ReidFolder, StageRun, digest_rows
+from usv_ray.layout import IngestFolder, LayoutError, ReidFolder, StageRun, digest_rows, holds
 from usv_ray.reid.report import describe
 
 log = logging.getLogger(__name__)
@@ -296,20 +296,13 @@ def _clustering(out: ReidFolder, embeddings: Path, splits: pd.DataFrame, seed: i
     return table
 
 
+@holds("reid")
 def run_reid(cfg: Config, data: str | Path, out: str | Path) -> ReidSummary:
     """Train and evaluate the re-ID models on the tracklets of ``data`` into ``out``.
 
     One run at a time in ``out`` (:func:`usv_ray.layout.hold`): another run's lock
     refuses this one, or makes it wait (``lock.busy``).
     """
-    from usv_ray.layout import hold
-
-    with hold(out, "reid", cfg.lock):
-        return _run_reid(cfg, data, out)
-
-
-def _run_reid(cfg: Config, data: str | Path, out: str | Path) -> ReidSummary:
-    """The run of :func:`run_reid`, in the folder it holds."""
     from usv_ray.reid.pairs import split_tracklets
     from usv_ray.runtime import ensure_ray
 

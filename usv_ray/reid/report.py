@@ -57,16 +57,5 @@ def describe(out: str | Path, data: str | Path | None = None) -> Path:
     tables, plots, splits and record; ``data``, the data folder it read, else the record's.
     Returns the path. Re-ID calls it at the end of its run, after its record."""
     folder = ReidFolder(out)
-    items = [
-        *sections.tables(folder.tables, folder.root, TITLES, HEADINGS, FIRST),
-        *sections.figures(folder.plots, folder.root, TITLES),
-    ]
-    section = sections.stage_section(
-        TITLE,
-        ORDER,
-        data=data,
-        counts=_counts(folder),
-        record=sections.stage_record(folder.record, folder.root),
-        items=items,
-    )
-    return sections.write_section(section, folder.report)
+    names = (TITLES, HEADINGS, FIRST)
+    return sections.write_training_section(folder, TITLE, ORDER, names, _counts(folder), data)

@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 
 from usv_ray.config import Config
 from usv_ray.errors import UsvRayError
-from usv_ray.layout import IngestFolder, PredictFolder, RunFolder
+from usv_ray.layout import IngestFolder, PredictFolder, RunFolder, holds
 from usv_ray.score.report import describe
 
 if TYPE_CHECKING:
@@ -291,20 +291,13 @@ def _index_gap(cfg: Config, archive: Path, out: RunFolder, truth, raw) -> pd.Dat
     return pd.DataFrame(table)
 
 
+@holds("score", "score")
 def run_score(cfg: Config, archive: str | Path, out: str | Path) -> ScoreSummary:
     """Score the night (and the ways to score a nodule) in ``out`` against ``archive``'s truth.
 
     One run at a time in ``out/score`` (:func:`usv_ray.layout.hold`): another run's lock
     refuses this one, or makes it wait (``lock.busy``).
     """
-    from usv_ray.layout import hold
-
-    with hold(Path(out) / "score", "score", cfg.lock):
-        return _run_score(cfg, archive, out)
-
-
-def _run_score(cfg: Config, archive: str | Path, out: str | Path) -> ScoreSummary:
-    """The run of :func:`run_score`, in the folder it holds."""
     from usv_ray import bundle
     from usv_ray.evaluate.tables import write_table
     from usv_ray.io import write_json

@@ -37,7 +37,7 @@ import yaml
 from usv_ray.config import Config, load_config, to_dict
 from usv_ray.errors import UsvRayError
 from usv_ray.io import atomic_path
-from usv_ray.layout import TuneFolder
+from usv_ray.layout import TuneFolder, holds
 
 log = logging.getLogger(__name__)
 
@@ -437,6 +437,7 @@ def loop_sweep(target: Target, loop: GridLoop) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@holds("tune")
 def run_target(
     cfg: Config, target: Target, out: str | Path, callbacks: Sequence[Any] = ()
 ) -> TuneSummary:
@@ -446,16 +447,6 @@ def run_target(
     One run at a time in ``out`` (:func:`usv_ray.layout.hold`): another run's lock
     refuses this one, or makes it wait (``lock.busy``).
     """
-    from usv_ray.layout import hold
-
-    with hold(out, "tune", cfg.lock):
-        return _run_target(cfg, target, out, callbacks)
-
-
-def _run_target(
-    cfg: Config, target: Target, out: str | Path, callbacks: Sequence[Any] = ()
-) -> TuneSummary:
-    """The run of :func:`run_target`, in the folder it holds."""
     from usv_ray.runtime import ensure_ray
     from usv_ray.tune.report import describe
 
