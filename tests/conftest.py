@@ -61,6 +61,11 @@ DEMO_OVERRIDES = (
     "ingest.workers=0",
     "predict.workers=0",
     "index.workers=0",
+    # the training runs too: each Ray Train run costs ~20 s of start-up here, and the
+    # runner's Ray Train path has its own tests (tests/runner, tests/classify, tests/reid)
+    "classify.workers=0",
+    "reid.workers=0",
+    "detect.workers=0",
     "ray.progress=false",
 )
 

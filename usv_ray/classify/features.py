@@ -80,7 +80,7 @@ def cache_features(
         fn_constructor_kwargs={"weights": str(weights), "fold": fold, "use_gpu": cfg.use_gpu},
         batch_size=64,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=cfg.workers),
+        compute=ray.data.ActorPoolStrategy(size=max(1, cfg.workers)),  # workers 0: train here
         num_cpus=actor_cpus(cfg.cpus_per_worker),
         num_gpus=1 if cfg.use_gpu else 0,
     )

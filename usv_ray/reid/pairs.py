@@ -49,15 +49,17 @@ def training_nodules(splits: pd.DataFrame) -> int:
 
 def clamp_p(r: ReidConfig, n_identities: int) -> ReidConfig:
     """``r`` with ``reid.p`` lowered to what ``n_identities`` training nodules fill: each
-    of ``reid.workers`` workers draws P distinct nodules per batch.
+    of ``reid.workers`` workers (one when it is 0: training in this process) draws P
+    distinct nodules per batch.
 
     Raises:
         ValueError: fewer than 2 nodules per worker (the triplet loss needs a negative).
     """
-    per_worker = n_identities // r.workers
+    workers = max(1, r.workers)
+    per_worker = n_identities // workers
     if per_worker < 2:
         raise ValueError(
-            f"{n_identities} training nodules for {r.workers} workers: the triplet loss needs "
+            f"{n_identities} training nodules for {workers} workers: the triplet loss needs "
             "at least 2 nodules per worker; add patients or use fewer reid.workers"
         )
     return r if r.p <= per_worker else dataclasses.replace(r, p=per_worker)
