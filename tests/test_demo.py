@@ -209,6 +209,11 @@ def test_demo_writes_both_bundles_and_indexes_with_the_swept_tau(demo_run):
     assert record["ingest"]["frame_size"] == 64 and record["calibrator"]["method"] == "platt"
     assert 0 <= record["operating_point"]["threshold"] <= 1
     assert record["operating_point"]["sensitivity"]["value"] >= 0.95  # on the OOF predictions
+    curve = record["operating_point"]["curve"]  # the whole trade-off, the bundle's row in it
+    assert len(curve) >= 9 and record["operating_point"]["threshold"] in [
+        row["threshold"] for row in curve
+    ]
+    assert (root / "classify" / "plots" / "operating_curve.png").exists()
     for table in ("calibration", "operating_point"):
         assert (root / "classify" / "tables" / f"{table}.md").exists()
     assert (root / "classify" / "plots" / "reliability_Variable-frame_CNNLSTM.png").exists()

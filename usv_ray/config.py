@@ -191,7 +191,9 @@ class ClassifyConfig:
     workers: int = runtime(1)
     cpus_per_worker: float = runtime(1.0)  # leave CPUs free for Ray Data to feed the workers
     use_gpu: bool = runtime(False)  # one GPU per worker when the cluster has them
-    pretrained: Literal["imagenet"] | None = None  # torchvision's cached weights, not fetched
+    # the frame CNN's starting trunk: a trunk bundle of `usv-ray pretrain` (its folder), or
+    # imagenet (torchvision's cached weights, never fetched); None: random initialisation
+    pretrained: str | None = None
     cnn: TrainConfig = field(default_factory=TrainConfig)  # the frame CNN; paper: 300
     # epochs, batch 256, lr 1e-5
     lstm: LstmConfig = field(default_factory=LstmConfig)
@@ -217,6 +219,9 @@ class ClassifyConfig:
     # the operating point: the threshold of calibrated P(malignant) that reaches this
     # sensitivity on the out-of-fold predictions; the bundle reads videos at it
     target_sensitivity: float = later(0.95)
+    # classify warns when the target sensitivity leaves the cross-fitted specificity below
+    # this: most benign videos would then read malignant
+    min_specificity: float = later(0.5)
 
 
 ReidModel = Literal["CM", "VM"]
@@ -320,7 +325,37 @@ class DetectConfig(TrainConfig):
     val_every: int = 1  # validate every N epochs (and at the last) on the validation patients
     checkpoint_every_s: float = runtime(60.0)  # as classify.checkpoint_every_s
     score_threshold: float = 0.05  # detections below are never kept (the tracker's low pass)
+    pretrained: str | None = None  # the detector's starting trunk, as classify.pretrained
     track: TrackConfig = later(default_factory=TrackConfig)  # noqa: RUF009 (a field)
+
+
+@dataclass(frozen=True)
+class PretrainConfig(TrainConfig):
+    """Self-supervised pretraining of the 2D trunk (``usv-ray pretrain``): contrastive, two
+    nearby frames of one video a positive pair, the other videos of the batch negatives."""
+
+    epochs: int = 20
+    lr: float = 1e-3  # AdamW
+    batch_size: int = 64  # videos per batch, per worker: 2 x this many views
+    optimizer: Optimizer = "adamw"
+    weight_decay: float = 1e-4
+    schedule: Schedule = "cosine"
+    seed: int = 0  # validation split, initialisation, pairs and augmentation
+    # at most this many stored frames apart: the two frames of a positive pair
+    max_gap: int = 3
+    temperature: float = 0.2  # of the contrastive loss (NT-Xent)
+    projection: int = 128  # the projection head's output; dropped from the trunk bundle
+    # share of the patients held out: their videos' contrastive loss picks the best epoch
+    val_fraction: float = 0.1
+    # which videos teach it: all of them, or (to measure what unlabelled ones add) only
+    # those without a label
+    videos: Literal["all", "unlabelled"] = "all"
+    workers: int = runtime(1)  # Ray Train workers (DDP); 0: in this process
+    cpus_per_worker: float = runtime(1.0)
+    use_gpu: bool = runtime(False)
+    channels_last: bool = runtime(False)
+    val_every: int = 1
+    checkpoint_every_s: float = runtime(60.0)
 
 
 TuneTarget = Literal["cnn", "lstm", "equal_frames", "variable_max", "reid", "tau"]
@@ -369,6 +404,7 @@ class Config:
     index: IndexConfig = field(default_factory=IndexConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     detect: DetectConfig = field(default_factory=DetectConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
 
 

@@ -1,11 +1,19 @@
 """What the diagnosis bundle records beside its weights: the final model's epoch count and
-the operating point with its cross-fitted readings."""
+the operating point with its cross-fitted readings, its whole trade-off, the warning when
+the target sensitivity costs too much specificity, and the curve a reader sees."""
 
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_curve
 
-from usv_ray.classify.bundle import chosen_epochs, operating_point
+from usv_ray.classify.bundle import (
+    TRADEOFF,
+    chosen_epochs,
+    operating_point,
+    operating_point_table,
+    weak_specificity,
+)
 from usv_ray.config import ClassifyConfig
 from usv_ray.evaluate.calibration import Calibrator
 from usv_ray.runner import save_model
@@ -59,3 +67,78 @@ def test_the_operating_point_reaches_the_target_and_its_cross_fitted_reading_is_
     for name in ("sensitivity", "specificity", "sensitivity_cross_fitted"):
         stats = hard[name]
         assert stats["low"] <= stats["value"] <= stats["high"]
+
+
+def _noisy_oof(n_patients: int = 60, shift: float = 1.0, seed: int = 1) -> pd.DataFrame:
+    """Two videos per patient in 3 folds; P = sigmoid(shift * label + noise): the classes
+    overlap, so sensitivity costs specificity."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(n_patients):
+        label = p % 2
+        for v in range(2):
+            z = shift * label + rng.normal()
+            rows.append(
+                {
+                    "video_id": f"v{p}-{v}",
+                    "patient_key": f"p{p}",
+                    "fold": p % 3,
+                    "prob": 1 / (1 + np.exp(-z)),
+                    "label": label,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_the_trade_off_agrees_with_scikit_learn_at_every_threshold():
+    oof = _noisy_oof()
+    cfg = ClassifyConfig(target_sensitivity=0.93, n_boot=50)
+    point = operating_point(cfg, oof, IDENTITY)
+    targets = [row["target_sensitivity"] for row in point["curve"]]
+    assert targets == sorted({*TRADEOFF, 0.93})  # the bundle's own target among them
+    fpr, tpr, thresholds = roc_curve(oof["label"], oof["prob"], drop_intermediate=False)
+    for row in point["curve"]:
+        # the highest of scikit-learn's thresholds whose TPR reaches the target
+        (at,) = np.flatnonzero(tpr >= row["target_sensitivity"])[:1]
+        assert row["threshold"] == pytest.approx(thresholds[at])
+        assert row["sensitivity"]["value"] == pytest.approx(tpr[at])
+        assert row["specificity"]["value"] == pytest.approx(1 - fpr[at])
+        reads = (IDENTITY.apply(oof["prob"].to_numpy()) >= row["threshold"]).mean()
+        assert row["positive_share"]["value"] == pytest.approx(reads)
+        for name, stats in row.items():
+            if isinstance(stats, dict):
+                assert stats["low"] <= stats["value"] <= stats["high"], name
+    # the bundle's own row is the point's top level: what the night reads at
+    (own,) = (row for row in point["curve"] if row["target_sensitivity"] == 0.93)
+    assert point["threshold"] == own["threshold"] and point["n_videos"] == len(oof)
+    table = operating_point_table(point)
+    assert (
+        table["chosen"].sum() == 1 and table.loc[table["chosen"], "target_sensitivity"].item() == 93
+    )
+    assert table["threshold"].is_monotonic_decreasing  # a higher target, a lower threshold
+
+
+@pytest.mark.filterwarnings("ignore:y_prob separates the classes")  # _oof does, by design
+def test_a_costly_target_warns_in_one_line_naming_both_numbers():
+    oof = _noisy_oof(shift=0.8)
+    cfg = ClassifyConfig(target_sensitivity=0.98, min_specificity=0.5, n_boot=50)
+    point = operating_point(cfg, oof, IDENTITY)
+    spec = point["specificity_cross_fitted"]["value"]
+    assert spec < 0.5
+    warning = weak_specificity(cfg, point)
+    assert warning is not None and "\n" not in warning
+    assert f"{100 * spec:.1f}%" in warning and "classify.min_specificity 50%" in warning
+    assert "target sensitivity 98%" in warning
+    # a target the data can afford, or a floor it clears, says nothing
+    assert weak_specificity(ClassifyConfig(min_specificity=0.0), point) is None
+    easy = ClassifyConfig(target_sensitivity=0.95, n_boot=50)
+    assert weak_specificity(easy, operating_point(easy, _oof(), IDENTITY)) is None
+
+
+def test_the_operating_curve_is_drawn_with_the_bundle_point(tmp_path):
+    from usv_ray.evaluate.plots import operating_curve_plot
+
+    cfg = ClassifyConfig(target_sensitivity=0.9, n_boot=20)
+    point = operating_point(cfg, _noisy_oof(), IDENTITY)
+    path = operating_curve_plot(point, 0.5, tmp_path / "operating_curve.png", "toy")
+    assert path.stat().st_size > 10_000

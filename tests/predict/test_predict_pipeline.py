@@ -16,7 +16,10 @@ from usv_ray.schemas import DIAGNOSES, TRACKLET_DIAGNOSES
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-CFG = Config(ray=RayConfig(progress=False), predict=PredictConfig(cpus_per_worker=0.5))
+# the first night diagnoses through Ray Data; the later ones in this process (predict.workers
+# 0: the same diagnoser without an actor pool's start-up in every test)
+RAY_CFG = Config(ray=RayConfig(progress=False), predict=PredictConfig(cpus_per_worker=0.5))
+CFG = Config(ray=RayConfig(progress=False), predict=PredictConfig(workers=0))
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +45,12 @@ def _tables(out):
 
 def test_the_first_night_diagnoses_every_video(night):
     out = night["root"] / "predict"
-    s = run_predict(CFG, night["bundle"], night["data"], out)
+    s = run_predict(RAY_CFG, night["bundle"], night["data"], out)
     assert (s.videos, s.diagnosed, s.not_ingested, s.failed) == (5, 4, 1, 0) and s.written
     assert (s.errors, s.tracklets, s.unchanged, s.resumed) == (1, 8, 0, 0)
+    # tonight's share read malignant; a bundle that records no expected share warns of none
+    assert s.tonight == 4 and s.tonight_malignant == s.malignant
+    assert s.expected_share is None and s.share_warning() is None
     assert pq.read_schema(out / "diagnoses.parquet").equals(DIAGNOSES)
     assert pq.read_schema(out / "tracklet_diagnoses.parquet").equals(TRACKLET_DIAGNOSES)
     videos, tracklets = _tables(out)

@@ -176,8 +176,15 @@ def test_split_tracklets_splits_the_annotated_by_patient():
 
 @pytest.mark.parametrize(
     ("p", "workers", "nodules", "expected"),
-    [(8, 1, 20, 8), (8, 1, 5, 5), (8, 2, 9, 4), (3, 2, 4, 2), (8, 2, 3, None), (2, 1, 1, None)]
-    + [(8, 0, 5, 5)],  # workers 0 trains in this process: one worker
+    [
+        (8, 1, 20, 8),
+        (8, 1, 5, 5),
+        (8, 2, 9, 4),
+        (3, 2, 4, 2),
+        (8, 2, 3, None),
+        (2, 1, 1, None),
+        (8, 0, 5, 5),  # workers 0 trains in this process: one worker
+    ],
 )
 def test_clamp_p(p, workers, nodules, expected):
     r = load_config(None, [f"reid.p={p}", f"reid.workers={workers}"]).reid

@@ -117,64 +117,128 @@ def _with_ci(
     return {"value": float(value), "low": low, "high": high}
 
 
+# the target sensitivities the bundle records the trade-off at, beside its own target
+TRADEOFF = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 1.0)
+
+
+def _reading_at(
+    target: float,
+    labels: np.ndarray,
+    raw: np.ndarray,
+    calibrated: np.ndarray,
+    folds: np.ndarray,
+    method: str,
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """(threshold of calibrated P at sensitivity ``target``, the 0/1 readings there, the
+    cross-fitted readings: each fold calibrated and read at the threshold chosen on the
+    other folds only)."""
+    from usv_ray.evaluate.calibration import fit_calibrator
+    from usv_ray.evaluate.calibration import operating_point as threshold_at
+
+    threshold = threshold_at(labels, calibrated, target)
+    held_out = np.zeros(len(labels), bool)
+    for k in np.unique(folds):
+        rest = folds != k
+        fitted = fit_calibrator(labels[rest], raw[rest], method)
+        cut = threshold_at(labels[rest], fitted.apply(raw[rest]), target)
+        held_out[~rest] = fitted.apply(raw[~rest]) >= cut
+    reading = calibrated >= threshold if math.isfinite(threshold) else np.zeros(len(labels), bool)
+    return threshold, reading, held_out
+
+
 def operating_point(
     cfg: ClassifyConfig, oof: pd.DataFrame, calibrator: Calibrator
 ) -> dict[str, Any]:
-    """The bundle's threshold of calibrated P at ``cfg.target_sensitivity`` on the
-    out-of-fold predictions ``oof`` (video_id, patient_key, fold, prob, label), the
-    sensitivity and specificity there (patient-bootstrap 95% CIs), and the same two
-    cross-fitted: each fold read at the threshold chosen on the other folds' calibrated P."""
-    from usv_ray.evaluate.calibration import fit_calibrator
-    from usv_ray.evaluate.calibration import operating_point as threshold_at
+    """The bundle's operating point on the out-of-fold predictions ``oof`` (video_id,
+    patient_key, fold, prob, label): the threshold of calibrated P at
+    ``cfg.target_sensitivity``, and the whole trade-off (``curve``: one row per target
+    sensitivity of :data:`TRADEOFF` and the bundle's own).
+
+    Each row holds the threshold, the sensitivity and specificity there and the share of
+    videos read malignant (``positive_share``), each with its patient-bootstrap 95% CI, in
+    sample and cross-fitted (each fold read at the threshold chosen on the other folds'
+    calibrated P: what a new patient will see). The bundle's own row is also the point's
+    top level, as the night reads it."""
     from usv_ray.evaluate.metrics import sensitivity, specificity
 
     labels = oof["label"].to_numpy()
     patients = oof["patient_key"].to_numpy()
     raw = oof["prob"].to_numpy().astype(np.float64)
     calibrated = calibrator.apply(raw)
-    threshold = threshold_at(labels, calibrated, cfg.target_sensitivity)
-    held_out = np.zeros(len(oof), bool)  # cross-fitted readings, fold by fold
     folds = oof["fold"].to_numpy()
-    for k in np.unique(folds):
-        rest = folds != k
-        fitted = fit_calibrator(labels[rest], raw[rest], cfg.calibration)
-        cut = threshold_at(labels[rest], fitted.apply(raw[rest]), cfg.target_sensitivity)
-        held_out[~rest] = fitted.apply(raw[~rest]) >= cut
-    reading = calibrated >= threshold if math.isfinite(threshold) else np.zeros(len(oof), bool)
-    point: dict[str, Any] = {
-        "target_sensitivity": cfg.target_sensitivity,
-        "threshold": threshold,
-        "n_videos": len(oof),
+    measures = {
+        "sensitivity": partial(sensitivity, threshold=0.5),  # the readings are 0/1 already
+        "specificity": partial(specificity, threshold=0.5),
+        "positive_share": lambda _labels, reading: float(np.mean(reading)),
     }
-    measures = {"sensitivity": sensitivity, "specificity": specificity}
-    for name, metric in measures.items():
-        bound = partial(metric, threshold=0.5)  # the readings are 0/1 already
-        point[name] = _with_ci(bound, labels, reading.astype(float), patients, cfg.seed, cfg.n_boot)
-        point[f"{name}_cross_fitted"] = _with_ci(
-            bound, labels, held_out.astype(float), patients, cfg.seed, cfg.n_boot
+    curve = []
+    for target in sorted({*TRADEOFF, cfg.target_sensitivity}):
+        threshold, reading, held_out = _reading_at(
+            target, labels, raw, calibrated, folds, cfg.calibration
         )
-    return point
+        row: dict[str, Any] = {"target_sensitivity": target, "threshold": threshold}
+        for name, metric in measures.items():
+            for suffix, readings in (("", reading), ("_cross_fitted", held_out)):
+                row[f"{name}{suffix}"] = _with_ci(
+                    metric, labels, readings.astype(float), patients, cfg.seed, cfg.n_boot
+                )
+        curve.append(row)
+    (own,) = (row for row in curve if row["target_sensitivity"] == cfg.target_sensitivity)
+    return {**own, "n_videos": len(oof), "curve": curve}
+
+
+def weak_specificity(cfg: ClassifyConfig, point: Mapping[str, Any]) -> str | None:
+    """The one-line warning when the bundle's target sensitivity leaves its cross-fitted
+    specificity below ``cfg.min_specificity``, naming both numbers; None when it does not."""
+    spec = point["specificity_cross_fitted"]
+    if not spec["value"] < cfg.min_specificity:  # NaN (one class) warns elsewhere
+        return None
+    better = [
+        row
+        for row in point["curve"]
+        if row["specificity_cross_fitted"]["value"] >= cfg.min_specificity
+    ]
+    remedy = (
+        f"sensitivity {100 * max(r['sensitivity_cross_fitted']['value'] for r in better):.0f}% "
+        "is the most any threshold keeps above it"
+        if better
+        else "no threshold keeps it above that"
+    )
+    return (
+        f"classify: at the target sensitivity {100 * cfg.target_sensitivity:g}% the bundle's "
+        f"specificity is {100 * spec['value']:.1f}% (95% CI {100 * spec['low']:.1f}-"
+        f"{100 * spec['high']:.1f}, cross-fitted, {point['n_videos']} videos), below "
+        f"classify.min_specificity {100 * cfg.min_specificity:g}%: most benign videos will "
+        f"read malignant; {remedy} (tables/operating_point lists the trade-off)"
+    )
 
 
 def operating_point_table(point: Mapping[str, Any]) -> pd.DataFrame:
-    """The operating point as a one-row table: values in percent with their 95% CIs."""
+    """The trade-off as a table, one row per target sensitivity (the bundle's own marked
+    ``chosen``): values in percent with their 95% CIs."""
     from usv_ray.evaluate.tables import ci_text
 
-    row: dict[str, Any] = {
-        "method": METHOD,
-        "n_videos": point["n_videos"],
-        "target_sensitivity": 100.0 * point["target_sensitivity"],
-        "threshold": point["threshold"],
-    }
-    for name in (
-        "sensitivity",
-        "specificity",
-        "sensitivity_cross_fitted",
-        "specificity_cross_fitted",
-    ):
-        row[name] = 100.0 * point[name]["value"]
-        row[f"{name}_ci"] = ci_text(point[name]["low"], point[name]["high"])
-    return pd.DataFrame([row])
+    rows = []
+    for point_row in point["curve"]:
+        row: dict[str, Any] = {
+            "method": METHOD,
+            "n_videos": point["n_videos"],
+            "chosen": point_row["target_sensitivity"] == point["target_sensitivity"],
+            "target_sensitivity": 100.0 * point_row["target_sensitivity"],
+            "threshold": point_row["threshold"],
+        }
+        for name in (
+            "sensitivity",
+            "specificity",
+            "sensitivity_cross_fitted",
+            "specificity_cross_fitted",
+            "positive_share_cross_fitted",
+        ):
+            value = point_row[name]
+            row[name] = 100.0 * value["value"]
+            row[f"{name}_ci"] = ci_text(value["low"], value["high"])
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------------------- write and load

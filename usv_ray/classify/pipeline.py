@@ -81,6 +81,7 @@ class ClassifySummary:
         """What the command prints: the results in short and where they are."""
         from usv_ray.evaluate.tables import to_markdown
 
+        point = self.bundle["operating_point"]
         table = self.table4[
             ["method", "n_videos", "accuracy", "sensitivity", "specificity", "roc_auc"]
         ]
@@ -92,8 +93,9 @@ class ClassifySummary:
             f"  predictions: {self.out / 'predictions'}\n"
             f"  bundle: {self.out / 'bundle'} ({self.bundle['version']}: "
             f"{len(self.bundle['members'])} members, {self.bundle['calibrator']['method']} "
-            f"calibration, threshold {self.bundle['operating_point']['threshold']:.3f} at "
-            f"sensitivity {self.bundle['operating_point']['target_sensitivity']:g})"
+            f"calibration, threshold {point['threshold']:.3f} at sensitivity "
+            f"{point['target_sensitivity']:g}: specificity "
+            f"{100 * point['specificity_cross_fitted']['value']:.1f}% cross-fitted)"
         )
 
 
@@ -398,11 +400,13 @@ def _bundle(
         calibration_table,
         operating_point,
         operating_point_table,
+        weak_specificity,
         write_diagnosis_bundle,
     )
     from usv_ray.classify.folds import FINAL_FOLD
     from usv_ray.evaluate.calibration import fit_calibrator
     from usv_ray.evaluate.metrics import METRICS
+    from usv_ray.evaluate.plots import operating_curve_plot
     from usv_ray.evaluate.tables import write_table as write_results
 
     c = cfg.classify
@@ -412,13 +416,18 @@ def _bundle(
     calibrator = fit_calibrator(oof["label"].to_numpy(), oof["prob"].to_numpy(), c.calibration)
     point = operating_point(c, oof, calibrator)
     write_results(operating_point_table(point), out.tables / "operating_point")
+    operating_curve_plot(
+        point, c.min_specificity, out.plots / "operating_curve.png", f"{VARIABLE} · {subtitle}"
+    )
     log.info(
         "operating point: calibrated P >= %.3f reads malignant (sensitivity %.1f%%, "
-        "specificity %.1f%% on the out-of-fold predictions)",
+        "specificity %.1f%% cross-fitted on the out-of-fold predictions)",
         point["threshold"],
-        100 * point["sensitivity"]["value"],
-        100 * point["specificity"]["value"],
+        100 * point["sensitivity_cross_fitted"]["value"],
+        100 * point["specificity_cross_fitted"]["value"],
     )
+    if warning := weak_specificity(c, point):
+        log.warning(warning)
     if c.final_model:
         _final_model(cfg, data, out, folds)
     ingest = IngestFolder(data).settings()
@@ -461,10 +470,15 @@ def run_classify(cfg: Config, data: str | Path, out: str | Path) -> ClassifySumm
     c = cfg.classify
     videos = labelled_videos(data)
     IngestFolder(data).settings()  # the bundle needs it: fail now, not after the training
-    if not 0 < c.target_sensitivity <= 1 or c.calibration_bins < 1:  # as for the bundle
+    if (
+        not 0 < c.target_sensitivity <= 1
+        or not 0 <= c.min_specificity <= 1
+        or c.calibration_bins < 1
+    ):  # as for the bundle
         raise ClassifyError(
-            "classify.target_sensitivity must be in (0, 1] and classify.calibration_bins at "
-            f"least 1, got {c.target_sensitivity} and {c.calibration_bins}"
+            "classify.target_sensitivity must be in (0, 1], classify.min_specificity in "
+            f"[0, 1] and classify.calibration_bins at least 1, got {c.target_sensitivity}, "
+            f"{c.min_specificity} and {c.calibration_bins}"
         )
     run = StageRun(out.record, {"classify": c}, data=data_fingerprint(videos), data_folder=data)
     run.claim()

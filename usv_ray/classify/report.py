@@ -24,7 +24,11 @@ TITLES = {
     "of the out-of-fold predictions, before and after calibration (cross-fitted: each fold "
     "calibrated on the others)",
     "operating_point": "Operating point of the diagnosis bundle: the threshold of calibrated "
-    "P(malignant) at the target sensitivity, and the specificity it costs",
+    "P(malignant) at each target sensitivity, the specificity it costs and the share of videos "
+    "it reads malignant (cross-fitted: each fold read at the threshold the others chose); the "
+    "bundle reads at the chosen row",
+    "operating_curve": "Operating point of the diagnosis bundle: sensitivity against "
+    "specificity, cross-fitted, with the bundle's own point",
 }
 HEADINGS = {
     "calibration": {
@@ -37,10 +41,12 @@ HEADINGS = {
         "ece_quantile_after": "ECE (equal-mass bins), after",
     },
     "operating_point": {
+        "chosen": "The bundle's",
         "target_sensitivity": "Target sensitivity, %",
         "threshold": "Threshold of calibrated P",
         "sensitivity_cross_fitted": "Sensitivity, cross-fitted, %",
         "specificity_cross_fitted": "Specificity, cross-fitted, %",
+        "positive_share_cross_fitted": "Read malignant, cross-fitted, %",
     },
 }
 

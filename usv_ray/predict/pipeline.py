@@ -73,6 +73,28 @@ class PredictSummary:
     tracklets: int  # tracklet rows of this model version
     written: bool  # False: nothing new, the tables were left as they were
     seconds: float
+    tonight: int = 0  # videos diagnosed tonight (this run and a stopped run it resumed)
+    tonight_malignant: int = 0  # of them, read malignant
+    # the share the bundle reads malignant at its threshold (cross-fitted out-of-fold:
+    # value, low, high), None for a bundle that does not record it
+    expected_share: dict | None = None
+
+    def share_warning(self) -> str | None:
+        """One line when tonight's share read malignant lies outside the share the bundle
+        expects by more than tonight's count explains (:func:`share_is_far`)."""
+        if not self.expected_share or not share_is_far(
+            self.tonight_malignant, self.tonight, self.expected_share
+        ):
+            return None
+        e = self.expected_share
+        return (
+            f"predict: {self.tonight_malignant} of {self.tonight} videos tonight "
+            f"({100 * self.tonight_malignant / self.tonight:.0f}%) read malignant; the bundle "
+            f"reads {100 * e['value']:.0f}% (95% CI {100 * e['low']:.0f}-{100 * e['high']:.0f}) "
+            "of its cross-validated videos malignant at its threshold: tonight's videos differ "
+            "from those it was trained on (another case mix, scanner or setting), or the "
+            "bundle does; check a sample of tonight's readings before acting on them"
+        )
 
     def text(self) -> str:
         """What the command prints: the results in short and where they are."""
@@ -89,13 +111,39 @@ class PredictSummary:
             if self.lost_shards
             else ""
         )
+        share = ""
+        if self.tonight:
+            share = (
+                f"\n  tonight: {self.tonight_malignant} of {self.tonight} read malignant "
+                f"({100 * self.tonight_malignant / self.tonight:.0f}%)"
+            )
+            if e := self.expected_share:
+                share += (
+                    f"; the bundle expects {100 * e['value']:.0f}% "
+                    f"({100 * e['low']:.0f}-{100 * e['high']:.0f})"
+                )
         return (
             f"predict: {self.videos} videos by {self.model_version} ({what}; "
             f"{self.malignant} read malignant, {self.errors} not diagnosed) in "
-            f"{self.seconds:.0f} s{lost}\n"
+            f"{self.seconds:.0f} s{share}{lost}\n"
             f"  diagnoses: {self.out / 'diagnoses.parquet'}\n"
             f"  tracklets: {self.out / 'tracklet_diagnoses.parquet'} ({self.tracklets} rows)"
         )
+
+
+def share_is_far(malignant: int, videos: int, expected: dict, alpha: float = 0.001) -> bool:
+    """Whether ``malignant`` of ``videos`` lies outside ``expected``'s interval (value, low,
+    high: shares) by more than chance: an exact binomial test against the nearer end
+    rejects at ``alpha``. Never with no videos."""
+    from scipy.stats import binomtest
+
+    if videos == 0:
+        return False
+    share = malignant / videos
+    if expected["low"] <= share <= expected["high"]:
+        return False
+    end = expected["low"] if share < expected["low"] else expected["high"]
+    return bool(binomtest(malignant, videos, min(max(end, 0.0), 1.0)).pvalue < alpha)
 
 
 NOT_INGESTED = "not ingested: "  # the error of a video ingest could not read
@@ -265,6 +313,7 @@ def run_predict(
     diagnosis = bundle.read(model, "diagnosis")
     version = diagnosis.version
     threshold = float(diagnosis.record["operating_point"]["threshold"])
+    expected = diagnosis.record["operating_point"].get("positive_share_cross_fitted")
     if not data.videos.exists():
         raise PredictError(f"{data.videos} not found: run `usv-ray ingest` first")
     diagnosis.check_data(data)
@@ -297,8 +346,8 @@ def run_predict(
     counts["lost_shards"] = len(lost)
     if todo.empty and not resumed.num_rows:
         log.info("predict: nothing new for %s", version)
-        counts.update(diagnosed=0, failed=0, not_ingested=0)
-        return _summary(out, data, version, diagnoses, tracklets, counts, False, started)
+        counts.update(diagnosed=0, failed=0, not_ingested=0, tonight=0, tonight_malignant=0)
+        return _summary(out, data, version, diagnoses, tracklets, counts, False, started, expected)
 
     p = cfg.predict
     committer = _Committer(out, version, p.commit_every, p.commit_every_s)
@@ -316,7 +365,10 @@ def run_predict(
     tried = new_videos[new_videos["video_id"].isin(set(readable["video_id"]))]
     for row in tried[tried["status"] == "error"].itertuples(index=False):
         log.warning("predict: video %s not diagnosed: %s", row.video_id, row.error)
+    tonight = new_videos[new_videos["status"] == "ok"]
     counts.update(
+        tonight=len(tonight),
+        tonight_malignant=int((tonight["reading"] == "malignant").sum()),
         diagnosed=int((tried["status"] == "ok").sum()),
         failed=int((tried["status"] == "error").sum()),
         not_ingested=len(failed),
@@ -338,6 +390,7 @@ def run_predict(
         counts,
         True,
         started,
+        expected,
     )
 
 
@@ -372,9 +425,11 @@ def _summary(
     counts: dict[str, int],
     written: bool,
     started: float,
+    expected: dict | None,
 ) -> PredictSummary:
     """The summary of ``version``'s rows; written to summary.json when the tables were, or
-    when it names another version latest (this one ran last: index and score read it)."""
+    when it names another version latest (this one ran last: index and score read it).
+    ``expected``: the share the bundle reads malignant (its record's), warned against."""
     mine = diagnoses[diagnoses["model_version"] == version]
     summary = PredictSummary(
         out.root,
@@ -391,7 +446,12 @@ def _summary(
         int((tracklets["model_version"] == version).sum()),
         written,
         time.perf_counter() - started,
+        counts["tonight"],
+        counts["tonight_malignant"],
+        expected,
     )
+    if warning := summary.share_warning():
+        log.warning(warning)
     recorded = out.summary
     if not recorded.exists() or written or json.loads(recorded.read_text())["latest"] != version:
         versions = {
@@ -402,7 +462,8 @@ def _summary(
             }
             for v, part in diagnoses.groupby("model_version")
         }
-        write_json({"latest": version, "versions": versions, "last_run": counts}, out.summary)
+        last_run = {**counts, "expected_share": expected}
+        write_json({"latest": version, "versions": versions, "last_run": last_run}, out.summary)
         describe(out.root, data.root)
     elif not out.report.exists():  # a folder an older usv_ray wrote: its section now
         describe(out.root, data.root)
