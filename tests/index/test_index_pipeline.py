@@ -53,10 +53,13 @@ def archive(ray_session, tmp_path_factory):
     write_toy_tracklets(root / "all", patients=3, nodules=2, per_nodule=4)
     table = pq.read_table(root / "all" / "tracklets")  # a video's tracklets are of one study
     model = _model(root / "reid", seed=0)
+    # embedding in this process (index.workers 0: no actor pool's start-up in every test);
+    # the first build, and another model's, embed through Ray Data (ray_cfg)
     cfg = Config(
         ray=RayConfig(progress=False),
-        index=IndexConfig(tau=_tau(model, table), workers=1, cpus_per_worker=0.5),
+        index=IndexConfig(tau=_tau(model, table), workers=0, cpus_per_worker=0.5),
     )
+    ray_cfg = dataclasses.replace(cfg, index=dataclasses.replace(cfg.index, workers=1))
     data = root / "data"
     (data / "tracklets").mkdir(parents=True)
     IngestFolder(data).claim(PATCHES)
@@ -66,7 +69,14 @@ def archive(ray_session, tmp_path_factory):
             if pq.read_table(shard)["study_key"][0].as_py().endswith(study):
                 shutil.copy(shard, root / f"study{study}")
     _add_exam(root / "study0", data)
-    return {"root": root, "data": data, "model": model, "cfg": cfg, "out": root / "index"}
+    return {
+        "root": root,
+        "data": data,
+        "model": model,
+        "cfg": cfg,
+        "ray_cfg": ray_cfg,
+        "out": root / "index",
+    }
 
 
 def _add_exam(exam: Path, data: Path) -> None:
@@ -81,7 +91,7 @@ def _nodules(out: Path) -> dict:
 
 
 def test_first_build_finds_each_patients_nodules(archive):
-    s = run_index(archive["cfg"], archive["data"], archive["model"], archive["out"])
+    s = run_index(archive["ray_cfg"], archive["data"], archive["model"], archive["out"])
     assert (s.patients, s.tracklets, s.nodules, s.embedded_now, s.reused) == (3, 12, 6, 12, 0)
     assert s.scores["precision"] == s.scores["recall"] == 1.0  # the toy truth, exactly
     assert s.scores["patients_right_count"] == s.scores["patients"] == 3
@@ -150,7 +160,7 @@ def test_another_tau_reclusters_without_embedding(archive):
 
 def test_another_model_rebuilds_from_new_embeddings(archive):
     other = _model(archive["root"] / "other", seed=1)
-    s = run_index(archive["cfg"], archive["data"], other, archive["out"])
+    s = run_index(archive["ray_cfg"], archive["data"], other, archive["out"])
     assert s.rebuilt and s.embedded_now == 25  # every readable tracklet (27 less the 2 bad), again
     embedded = pq.read_table(archive["out"] / "embeddings").column("model").unique()
     assert embedded.to_pylist() == [s.index_version.split(" clip")[0]]
