@@ -305,6 +305,31 @@ def test_the_detector_trains_on_one_gpu_and_detects_in_bf16(gpu_ray, tmp_path):
     assert len(bf16) == 16 and gap < 0.05
 
 
+@pytest.mark.ray
+@pytest.mark.slow
+def test_the_trunk_pretrains_on_one_gpu_in_bf16_channels_last(gpu_ray, tmp_path):
+    from usv_ray.config import PretrainConfig
+    from usv_ray.models.contrastive import trunk_weights
+    from usv_ray.pretrain.task import FRAME_COLUMNS, PretrainTask
+    from usv_ray.runner import RunSettings, frames_dataset, load_model, train_models
+
+    ids = write_toy_frames(tmp_path / "data", n_videos=8, frames=6)
+    shards = sorted(str(p) for p in (tmp_path / "data" / "frames").iterdir())
+    cfg = PretrainConfig(
+        epochs=2, batch_size=4, precision="bf16", channels_last=True, projection=16, **ON_GPU
+    )
+    sets = {"train": frames_dataset(shards[:6], FRAME_COLUMNS),
+            "val": frames_dataset(shards[6:], FRAME_COLUMNS)}  # fmt: skip
+    settings = RunSettings.of(cfg, cfg, cfg.seed)
+    run = train_models([PretrainTask(cfg, len(ids) - 2)], settings, tmp_path / "runs", "trunk",
+                       lambda _: sets, lambda _: ["train"])["trunk"]  # fmt: skip
+    weights, meta = load_model(run.path)
+    figure(f"trunk pretrained on 1 GPU in bf16, channels-last at {run.samples_per_s:.0f} "
+           f"pairs/s; best validation loss {run.best_value:.3f}")  # fmt: skip
+    assert meta["model"] == "ContrastiveTrunk" and math.isfinite(run.best_value)
+    assert all(torch.isfinite(v.float()).all() for v in trunk_weights(weights).values())
+
+
 # -----------------------------------------------------------------------------
 # bf16 against fp32, forward
 

@@ -34,6 +34,7 @@ BIN = Path(sys.executable).parent  # the environment's bin: ray, and the jobs' `
         ("train_classifier.py", ("--data", "--out", "--config", "--set")),
         ("train_reid.py", ("--data", "--out", "--config", "--set")),
         ("train_detector.py", ("--data", "--out", "--config", "--set")),
+        ("pretrain.py", ("--data", "--out", "--config", "--set")),
         ("predict.py", ("--model", "--data", "--out", "--config", "--set")),
         ("index_archive.py", ("--model", "--data", "--diagnoses", "--out", "--config")),
     ],

@@ -25,6 +25,7 @@ from usv_ray.evaluate.tables import write_table
 from usv_ray.index import report as index_report
 from usv_ray.ingest import report as ingest_report
 from usv_ray.predict import report as predict_report
+from usv_ray.pretrain import report as pretrain_report
 from usv_ray.privacy import DEV_KEY, SECRET_ENV, key_check, record_keying
 from usv_ray.reid import report as reid_report
 from usv_ray.report import ReportError, clinical_table, with_interval, write_report
@@ -153,6 +154,22 @@ def _detect(out: Path) -> None:
     detect_report.describe(folder, _read_data(out))
 
 
+def _pretrain(out: Path) -> None:
+    folder = out / "pretrain"
+    table = pd.DataFrame({"epoch": [1, 2], "val_loss": [2.31, 1.87], "best": [False, True]})
+    write_table(table, folder / "tables" / "pretraining")
+    splits = pd.DataFrame(
+        {
+            "video_id": [f"v{i}" for i in range(6)],
+            "patient_key": [PATIENT_KEYS[i // 2] for i in range(6)],
+            "split": ["train"] * 4 + ["val"] * 2,
+        }
+    )
+    _parquet(folder / "splits.parquet", splits)
+    _json(folder / "pretrain.json", {"fingerprint": "5e1f" + "3" * 60, "pretrain": {"epochs": 2}})
+    pretrain_report.describe(folder, _read_data(out))
+
+
 def _predict(out: Path) -> None:
     versions = {"diagnosis-abc": {"videos": 11, "errors": 1, "malignant": 4}}
     _json(out / "predict" / "summary.json", {"latest": "diagnosis-abc", "versions": versions})
@@ -188,6 +205,7 @@ def full_run(tmp_path: Path) -> Path:
     out = tmp_path / "demo"
     _archive(out)
     _data(out)
+    _pretrain(out)
     _classify(out)
     _reid(out)
     _detect(out)
@@ -237,7 +255,7 @@ def test_both_files_hold_every_stage_labelled(full_run: Path) -> None:
         assert "80.0 (40.0\u2013100.0)" in text  # tonight's accuracy with its interval
         assert "config detect/detect.json 0de7ec72222" in text
     # every table and figure carries its source and its stage's data/config label
-    assert md.count("*source: ") == 13 and page.count('<p class="label">source: ') == 13
+    assert md.count("*source: ") == 14 and page.count('<p class="label">source: ') == 14
     roc_label = re.search(r"\*source: classify/plots/roc\.png · (.*)\*", md).group(1)
     assert "8 videos of 4 patients" in roc_label and "125bd5994e52" in roc_label
     assert "&lt; 0.001" in page and "&lt; 0.001" in md  # not rounded to 0.00; "<" escaped
@@ -250,7 +268,7 @@ def test_both_files_hold_every_stage_labelled(full_run: Path) -> None:
         (full_run / "classify/plots/roc.png").read_bytes(),
         (full_run / "reid/plots/roc_test.png").read_bytes(),
     }
-    assert page.count('<table class="dataframe data">') == 14  # 10 tables, 4 settings
+    assert page.count('<table class="dataframe data">') == 16  # 11 tables, 5 settings
     # Markdown: images linked relative to the report, and the links resolve
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     assert links == ["classify/plots/roc.png", "reid/plots/roc_test.png"]
@@ -266,6 +284,7 @@ def test_both_files_hold_every_stage_labelled(full_run: Path) -> None:
             (),
             (
                 "Data",
+                "Self-supervised pretraining",
                 "Classification",
                 "Nodule re-identification",
                 "Nodule detection",
@@ -278,6 +297,7 @@ def test_both_files_hold_every_stage_labelled(full_run: Path) -> None:
         (
             (_data, _classify),
             (
+                "Self-supervised pretraining",
                 "Nodule re-identification",
                 "Nodule detection",
                 "Diagnoses",
@@ -286,7 +306,10 @@ def test_both_files_hold_every_stage_labelled(full_run: Path) -> None:
                 "Tuning sweeps",
             ),
         ),
-        ((_data, _reid, _tune, _detect, _predict, _score), ("Classification", "Nodule index")),
+        (
+            (_data, _pretrain, _reid, _tune, _detect, _predict, _score),
+            ("Classification", "Nodule index"),
+        ),
     ],
 )
 def test_missing_stages_say_not_run(tmp_path: Path, stages, not_run) -> None:
@@ -502,6 +525,7 @@ def test_sections_in_the_order_their_stages_give(full_run: Path) -> None:
     titles = re.findall(r"^## (.*)$", md_path.read_text(), flags=re.M)
     assert titles == [
         "Data",
+        pretrain_report.TITLE,
         classify_report.TITLE,
         reid_report.TITLE,
         detect_report.TITLE,
@@ -633,10 +657,10 @@ def test_chromium_shows_tables_and_images(full_run: Path, tmp_path: Path) -> Non
     # the page as a person sees it: the two figures (pure red, pure blue) are on screen
     shot = tmp_path / "report.png"
     _run_chromium(
-        tmp_path / "profile", "--window-size=1280,2400", f"--screenshot={shot}", html_path.as_uri()
+        tmp_path / "profile", "--window-size=1280,3200", f"--screenshot={shot}", html_path.as_uri()
     )
     pixels = np.asarray(Image.open(shot).convert("RGB"))  # (H, W, 3)
-    assert pixels.shape == (2400, 1280, 3)
+    assert pixels.shape == (3200, 1280, 3)
     for color in (RED, BLUE):
         assert np.all(pixels == color, axis=-1).sum() > 10_000, f"no {color} image on screen"
     figure = np.all(pixels == RED, axis=-1) | np.all(pixels == BLUE, axis=-1)

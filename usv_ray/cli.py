@@ -95,6 +95,14 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from usv_ray.pretrain.pipeline import run_pretrain
+
+    cfg = build_config(args)
+    print(run_pretrain(cfg, args.data, args.out).text())
+    return 0
+
+
 def cmd_detect(args: argparse.Namespace) -> int:
     from usv_ray.detect.pipeline import run_detect
 
@@ -183,6 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--manifest", required=True, help="manifest.csv of the archive")
     ingest.add_argument("--out", required=True, help="data folder (tables and shards)")
     ingest.set_defaults(func=cmd_ingest)
+
+    pretrain = stages.add_parser(
+        "pretrain", help="pretrain the frame trunk on every ingested frame, no label read"
+    )
+    _common(pretrain, None)
+    pretrain.add_argument("--data", required=True, help="data folder that ingest wrote")
+    pretrain.add_argument("--out", required=True, help="folder of the trunk and its bundle")
+    pretrain.set_defaults(func=cmd_pretrain)
 
     classify = stages.add_parser(
         "classify", help="cross-validate the variable-frame CNN-LSTM and its baselines"

@@ -26,7 +26,7 @@ from usv_ray.runner import (
     TrainedModel,
     Worker,
     classifier_scores,
-    in_order,
+    frames_dataset,
     numpy_collate,
     shuffled_batches,
     train_models,
@@ -80,11 +80,13 @@ class CnnTask:
         return self.fold.key
 
     def build(self) -> torch.nn.Module:
-        from usv_ray.models.frame_cnn import FrameCNN, cached_imagenet_weights, load_imagenet
+        from usv_ray.bundle.trunk import starting_trunk
+        from usv_ray.models.frame_cnn import FrameCNN
 
         model = FrameCNN()
-        if self.cfg.pretrained == "imagenet":
-            load_imagenet(model, cached_imagenet_weights())
+        trunk = starting_trunk(self.cfg.pretrained)  # classify.pretrained: a trunk, imagenet
+        if trunk is not None:
+            model.backbone.load_state_dict(trunk, strict=True)
         return model
 
     def open(self, worker: Worker) -> tuple[Any, Any]:
@@ -133,24 +135,14 @@ def fit_cnns(
     fold's state. Calling again with the same name resumes at the (fold, epoch) where the
     last call stopped; when every fold is finished it starts no Ray Train run at all.
     """
-    import pyarrow.fs
-    import ray.data
-
-    from usv_ray.models.frame_cnn import imagenet_weights_path
-
-    # an explicit filesystem: path resolution would otherwise import fsspec's HTTP support
-    local = pyarrow.fs.LocalFileSystem()
+    from usv_ray.bundle.trunk import check_pretrained
 
     def frames(video_ids: Sequence[str]) -> ray.data.Dataset:
-        # read once, keep in the object store: re-reading the shards every epoch cost
-        # ~20 s per epoch on a 2-core machine, whatever their size
-        shards = IngestFolder(data).frame_shards(video_ids)
-        dataset = in_order(ray.data.read_parquet(shards, filesystem=local))
-        return dataset.select_columns(FRAME_COLUMNS).materialize()
+        return frames_dataset(IngestFolder(data).frame_shards(video_ids), FRAME_COLUMNS)
 
     def datasets(todo: Sequence[CnnTask]) -> dict[str, ray.data.Dataset]:
-        if cfg.pretrained == "imagenet":
-            imagenet_weights_path()  # a missing cache fails here, not inside a worker
+        # a missing cache or a trunk of other frames fails here, not inside a worker
+        check_pretrained(cfg.pretrained, data, "classify.pretrained")
         sets = {}
         for task in todo:
             sets[f"train_{task.key}"] = frames(task.fold.train_ids)

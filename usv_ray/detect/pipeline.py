@@ -138,6 +138,7 @@ def run_detect(cfg: Config, data: str | Path, out: str | Path) -> DetectSummary:
     """
     from usv_ray import bundle
     from usv_ray.bundle.detector import FILE, FRAME_SETTINGS, KIND
+    from usv_ray.bundle.trunk import check_pretrained
     from usv_ray.detect.data import annotated_videos, split_videos
     from usv_ray.detect.training import DetectorTask, frames_dataset
     from usv_ray.io import write_table
@@ -146,6 +147,7 @@ def run_detect(cfg: Config, data: str | Path, out: str | Path) -> DetectSummary:
 
     data, out = Path(data), DetectFolder(out)
     ingest = IngestFolder(data).settings()
+    check_pretrained(cfg.detect.pretrained, data, "detect.pretrained")
     frames = {name: ingest[name] for name in FRAME_SETTINGS}
     splits = split_videos(annotated_videos(data), cfg.detect)
     videos = digest_rows(splits[["video_id", "patient_key", "split"]].itertuples(index=False))

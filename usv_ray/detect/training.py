@@ -47,9 +47,14 @@ class DetectorTask:
         return "detector"
 
     def build(self) -> torch.nn.Module:
+        from usv_ray.bundle.trunk import starting_trunk
         from usv_ray.models.detector import build_detector
 
-        return build_detector(self.meta())
+        model = build_detector(self.meta())
+        trunk = starting_trunk(self.cfg.pretrained)  # detect.pretrained: a trunk, imagenet
+        if trunk is not None:
+            model.load_trunk(trunk)
+        return model
 
     def open(self, worker: Worker) -> tuple[Any, Any]:
         return worker.dataset("train"), worker.dataset("val") if worker.rank == 0 else None
@@ -88,17 +93,12 @@ class DetectorTask:
 
 def frames_dataset(data: Any, video_ids: Iterable[str]) -> Any:
     """The frames (with their boxes) of ``video_ids``, read once and kept in the object
-    store, in read order (see :func:`usv_ray.runner.in_order`)."""
-    import pyarrow.fs
-    import ray.data
-
+    store, in read order (:func:`usv_ray.runner.frames_dataset`)."""
     from usv_ray.detect.data import FRAME_COLUMNS
     from usv_ray.layout import IngestFolder
-    from usv_ray.runner import in_order
+    from usv_ray.runner import frames_dataset as read
 
-    shards = IngestFolder(data).frame_shards(video_ids)
-    dataset = ray.data.read_parquet(shards, filesystem=pyarrow.fs.LocalFileSystem())
-    return in_order(dataset).select_columns(FRAME_COLUMNS).materialize()
+    return read(IngestFolder(data).frame_shards(video_ids), FRAME_COLUMNS)
 
 
 def example_frames(truth: list[np.ndarray], count: int = 8) -> list[int]:

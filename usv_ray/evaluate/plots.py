@@ -355,3 +355,87 @@ def reliability_plot(
     # Below the axes: a badly calibrated curve can reach any corner of the square.
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8)
     return save_figure(fig, path)
+
+
+def operating_curve_plot(
+    point: Mapping, min_specificity: float, path: str | os.PathLike[str], subtitle: str
+) -> Path:
+    """The diagnosis bundle's trade-off: cross-fitted sensitivity against specificity at
+    each target sensitivity of ``point["curve"]`` (patient-bootstrap 95% CIs as bars), the
+    bundle's own point marked with its threshold, and ``min_specificity`` as a line.
+
+    ``point`` is the bundle's operating point (:func:`usv_ray.classify.bundle.operating_point`).
+    """
+    fig, ax = new_figure("Operating point: sensitivity against specificity", subtitle)
+    rows = point["curve"]
+    spec = np.array([row["specificity_cross_fitted"]["value"] for row in rows])
+    sens = np.array([row["sensitivity_cross_fitted"]["value"] for row in rows])
+    if not np.isfinite(spec).any() or not np.isfinite(sens).any():
+        _no_predictions(ax)
+        return save_figure(fig, path)
+
+    def bars(name: str, values: np.ndarray) -> np.ndarray:  # (2, T) distances to the CI
+        low = np.array([row[name]["low"] for row in rows])
+        high = np.array([row[name]["high"] for row in rows])
+        return np.nan_to_num(np.stack([values - low, high - values]).clip(min=0))
+
+    ax.errorbar(
+        spec,
+        sens,
+        xerr=bars("specificity_cross_fitted", spec),
+        yerr=bars("sensitivity_cross_fitted", sens),
+        marker="o",
+        markersize=4,
+        linewidth=1.5,
+        capsize=2,
+        color="#0072B2",
+        label=f"cross-fitted, {point['n_videos']} videos (95% CIs)",
+    )
+    own = point["specificity_cross_fitted"]["value"], point["sensitivity_cross_fitted"]["value"]
+    ax.plot(
+        *own,
+        marker="*",
+        markersize=16,
+        color="#D55E00",
+        linestyle="none",
+        label=f"the bundle: P >= {point['threshold']:.3f} (target sensitivity "
+        f"{100 * point['target_sensitivity']:g}%)",
+    )
+    ax.axvline(
+        min_specificity,
+        color="0.4",
+        linestyle="--",
+        linewidth=1,
+        label=f"classify.min_specificity {100 * min_specificity:g}%",
+    )
+    unit_square(ax, "specificity (cross-fitted)", "sensitivity (cross-fitted)")
+    ax.set_xlim(1.01, -0.01)  # as a ROC curve runs: specificity falls to the right
+    ax.legend(loc="lower left", fontsize=8)
+    return save_figure(fig, path)
+
+
+def loss_curve_plot(
+    epochs: npt.ArrayLike,
+    curves: Mapping[str, npt.ArrayLike],
+    best_epoch: int,
+    path: str | os.PathLike[str],
+    title: str,
+    subtitle: str,
+) -> Path:
+    """Losses per epoch (``curves``: name -> one value per epoch of ``epochs``), the epoch a
+    model kept (``best_epoch``, counted as ``epochs`` are) marked with a line."""
+    fig, ax = new_figure(title, subtitle)
+    epochs = np.asarray(epochs)
+    if epochs.size == 0:
+        _no_predictions(ax)
+        return save_figure(fig, path)
+    for name, values in curves.items():
+        ax.plot(epochs, np.asarray(values, dtype=float), marker="o", markersize=4, label=name)
+    ax.axvline(
+        best_epoch, color="0.4", linestyle="--", linewidth=1, label=f"kept: epoch {best_epoch}"
+    )
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)

@@ -423,6 +423,17 @@ class DetectFolder(StageFolder):
         return self.root / "splits.parquet"
 
 
+class PretrainFolder(StageFolder):
+    """What ``usv-ray pretrain`` writes."""
+
+    STAGE = "pretrain"
+    TITLE = "pretrain (`PRE`)"
+
+    @property
+    def splits(self) -> Path:
+        return self.root / "splits.parquet"
+
+
 class PredictFolder(Folder):
     """What ``usv-ray predict`` writes."""
 
@@ -565,6 +576,7 @@ class RunFolder(Folder):
     # every stage folder of a run, in the order of the report's sections
     PARTS = (
         Part("data", "Data", 0),
+        Part("pretrain", "Self-supervised pretraining of the frame trunk", 5),
         Part("classify", "Classification (benign / malignant per video)", 10),
         Part("reid", "Nodule re-identification (same nodule or not, within a patient)", 20),
         Part("detect", "Nodule detection (the detector that makes automatic tracklets)", 30),
@@ -587,6 +599,10 @@ class RunFolder(Folder):
     @property
     def data(self) -> IngestFolder:
         return IngestFolder(self.root / "data")
+
+    @property
+    def pretrain(self) -> PretrainFolder:
+        return PretrainFolder(self.root / "pretrain")
 
     @property
     def classify(self) -> ClassifyFolder:

@@ -16,6 +16,7 @@ from usv_ray.layout.folders import (
     IndexFolder,
     IngestFolder,
     PredictFolder,
+    PretrainFolder,
     ReidFolder,
     ScoreFolder,
     TuneFolder,
@@ -100,14 +101,16 @@ ENTRIES: dict[type[Folder], tuple[Entry, ...]] = {
         Entry(
             "tables/operating_point.{md,csv}",
             "method",
-            "the threshold that reaches `classify.target_sensitivity`, its sensitivity and "
-            "specificity (95% CIs), on the out-of-fold predictions and cross-fitted",
+            "the trade-off: per target sensitivity (`classify.target_sensitivity` among "
+            "them, marked chosen) the threshold, its sensitivity and specificity and the "
+            "share read malignant (95% CIs), on the out-of-fold predictions and cross-fitted",
         ),
         Entry(
             "plots/",
             "figure",
             "ROC and PR curves; per method a confusion matrix, the probabilities of TP / TN "
-            "/ FP / FN, and a reliability diagram",
+            "/ FP / FN, and a reliability diagram; `operating_curve.png`, the bundle's "
+            "sensitivity against specificity with its chosen point",
         ),
         Entry("bundle/", "folder", "the diagnosis bundle (README: Bundles)"),
         Entry("features/fold=<k>/", "frame", "the feature cache: 512-d feature and P(malignant)"),
@@ -179,6 +182,26 @@ ENTRIES: dict[type[Folder], tuple[Entry, ...]] = {
         Entry("detect.json", "folder", "the settings and data it was made from; its summary"),
         Entry("report.json", "folder", "its section of the report (`usv-ray report`)"),
     ),
+    PretrainFolder: (
+        Entry(
+            "bundle/",
+            "folder",
+            "the trunk bundle (`trunk.pt`, the frame settings, the method and its settings, "
+            "the data fingerprint): `--set classify.pretrained=PRE/bundle` or "
+            "`detect.pretrained=PRE/bundle`",
+        ),
+        Entry(
+            "tables/pretraining.{md,csv}",
+            "epoch",
+            "training loss, and on the held-out patients' videos the contrastive loss and "
+            "the pair accuracy (the share of views whose nearest view is their pair)",
+        ),
+        Entry("plots/losses.png", "figure", "the same losses, drawn, the kept epoch marked"),
+        Entry("splits.parquet", "video", "video_id, patient_key, split (train / val)"),
+        Entry("runs/trunk/", "Train run", "checkpoints, and `models/trunk.pt` (with its head)"),
+        Entry("pretrain.json", "folder", "the settings and data it was made from; its summary"),
+        Entry("report.json", "folder", "its section of the report (`usv-ray report`)"),
+    ),
     PredictFolder: (
         Entry(
             "diagnoses.parquet",
@@ -197,7 +220,8 @@ ENTRIES: dict[type[Folder], tuple[Entry, ...]] = {
             "summary.json",
             "model version",
             "videos, errors, malignant readings; the version predict ran last, and what its "
-            "last run did",
+            "last run did: tonight's videos and how many read malignant, beside the share "
+            "the bundle expects (`expected_share`)",
         ),
         Entry(
             "parts/<version>/",

@@ -1,8 +1,9 @@
 """Every network of the project, shared by the stages that train them and the bundles that
 run them: the frame CNN and its ResNet-18 trunk (:mod:`~usv_ray.models.frame_cnn`), the
 LSTMs over frame features (:mod:`~usv_ray.models.lstm`), the 3D CNNs
-(:mod:`~usv_ray.models.video`), the re-ID models (:mod:`~usv_ray.models.reid`) and the
-nodule detectors (:mod:`~usv_ray.models.detector`).
+(:mod:`~usv_ray.models.video`), the re-ID models (:mod:`~usv_ray.models.reid`), the
+nodule detectors (:mod:`~usv_ray.models.detector`) and the trunk's self-supervised
+pretraining network (:mod:`~usv_ray.models.contrastive`).
 
 A finished-model file (:mod:`usv_ray.runner.files`) records in its metadata which network it
 holds (``model``) and its shape; :func:`build` makes that network afresh from it, ready for
@@ -43,6 +44,12 @@ def _reid(meta: Mapping[str, Any]) -> nn.Module:
     return build_reid_model(meta["model"], meta.get("n_identities", 0))
 
 
+def _contrastive(meta: Mapping[str, Any]) -> nn.Module:
+    from usv_ray.models.contrastive import ContrastiveTrunk
+
+    return ContrastiveTrunk(meta["projection"])
+
+
 def _detector(meta: Mapping[str, Any]) -> nn.Module:
     from usv_ray.models.detector import build_detector
 
@@ -60,6 +67,7 @@ BUILDERS: dict[str, Callable[[Mapping[str, Any]], nn.Module]] = {
     "VM": _reid,
     "centernet": _detector,
     "fcos": _detector,
+    "ContrastiveTrunk": _contrastive,
 }
 
 

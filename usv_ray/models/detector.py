@@ -53,6 +53,24 @@ class CenterNet(nn.Module):
         nn.init.constant_(self.heatmap[-1].bias, -math.log((1 - 0.1) / 0.1))  # prior 0.1
         self.score_threshold, self.max_detections = score_threshold, max_detections
 
+    def load_trunk(self, trunk: Mapping[str, Tensor]) -> None:
+        """Start from a gray ResNet-18's weights (:func:`gray_resnet18`'s keys): its conv1,
+        bn1 and layers 1-3 are the stem and the levels here; layer4 is not used."""
+        names = {"conv1": "stem.0", "bn1": "stem.1"}
+        mine = {}
+        for key, value in trunk.items():
+            head, _, rest = key.partition(".")
+            if head in names:
+                mine[f"{names[head]}.{rest}"] = value
+            elif head in ("layer1", "layer2", "layer3"):
+                mine[key] = value
+        levels = ("stem", "layer1", "layer2", "layer3")
+        wanted = {k for k in self.state_dict() if k.split(".")[0] in levels}
+        if set(mine) != wanted:
+            differ = sorted(set(mine) ^ wanted)[:4]
+            raise RuntimeError(f"not a gray ResNet-18 trunk: {differ} differ")
+        self.load_state_dict(mine, strict=False)
+
     def _maps(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         c1 = self.layer1(self.stem(images))  # (B, 64, S/4, S/4)
         c2 = self.layer2(c1)  # (B, 128, S/8, S/8)
@@ -156,6 +174,11 @@ class Fcos(nn.Module):
             detections_per_img=max_detections,
             topk_candidates=100,
         )
+
+    def load_trunk(self, trunk: Mapping[str, Tensor]) -> None:
+        """Start from a gray ResNet-18's weights (:func:`gray_resnet18`'s keys): the FPN's
+        body is that ResNet."""
+        self.model.backbone.body.load_state_dict(trunk, strict=True)
 
     def forward(self, images: Tensor, boxes: list[Tensor] | None = None) -> Tensor | Detections:
         frames = list(images)  # [(1, S, S)] * B

@@ -95,24 +95,31 @@ def frame_cnn_meta() -> dict:
     }
 
 
-def load_imagenet(model: FrameCNN, state_dict: Mapping[str, Tensor]) -> FrameCNN:
-    """Load a torchvision ResNet-18 ImageNet state dict into ``model``'s backbone, in place.
+def gray_imagenet(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A torchvision ResNet-18 ImageNet state dict as :func:`gray_resnet18`'s weights.
 
     conv1's RGB kernels are summed into the single gray channel: a gray frame copied into
     R, G and B gives ``sum_c W_c * x = (sum_c W_c) * x``, so the summed kernel responds to
     the gray frame exactly as the RGB network responds to its three-channel copy (up to
     ImageNet's per-channel normalization, which differs only slightly between channels).
-    The 1000-class ``fc`` is dropped; the new fc head keeps its random init. Nothing is
-    downloaded here: pass e.g. ``torchvision.models.ResNet18_Weights.DEFAULT.get_state_dict()``
-    where the weights are available.
-
-    Raises:
-        RuntimeError: if a backbone key is missing or unexpected (strict loading).
+    The 1000-class ``fc`` is dropped. Nothing is downloaded here: pass e.g.
+    ``torchvision.models.ResNet18_Weights.DEFAULT.get_state_dict()`` where the weights are
+    available.
     """
     adapted = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
     conv1 = adapted["conv1.weight"]  # (64, 3, 7, 7), or already (64, 1, 7, 7)
     adapted["conv1.weight"] = conv1.sum(dim=1, keepdim=True)  # (64, 1, 7, 7)
-    model.backbone.load_state_dict(adapted, strict=True)
+    return adapted
+
+
+def load_imagenet(model: FrameCNN, state_dict: Mapping[str, Tensor]) -> FrameCNN:
+    """Load a torchvision ResNet-18 ImageNet state dict into ``model``'s backbone, in place
+    (:func:`gray_imagenet`); the fc head keeps its random init.
+
+    Raises:
+        RuntimeError: if a backbone key is missing or unexpected (strict loading).
+    """
+    model.backbone.load_state_dict(gray_imagenet(state_dict), strict=True)
     return model
 
 

@@ -37,7 +37,13 @@ sees its own shard in order, but which blocks reach which worker is decided as t
 (``streaming_split``), so DDP runs are not bit-reproducible.
 """
 
-from usv_ray.runner.data import classifier_scores, in_order, numpy_collate, shuffled_batches
+from usv_ray.runner.data import (
+    classifier_scores,
+    frames_dataset,
+    in_order,
+    numpy_collate,
+    shuffled_batches,
+)
 from usv_ray.runner.files import load_model, model_path, save_model, training_log
 from usv_ray.runner.fit import train_models
 from usv_ray.runner.loop import (
@@ -60,6 +66,7 @@ __all__ = [
     "Worker",
     "classifier_scores",
     "cpu_weights",
+    "frames_dataset",
     "in_order",
     "load_model",
     "model_path",

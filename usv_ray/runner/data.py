@@ -3,7 +3,7 @@ and the validation scores of a classifier."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -35,6 +35,18 @@ def shuffled_batches(shard: Any, batch_size: int, collate: Callable[[dict], Any]
         local_shuffle_buffer_size=4 * batch_size,
         local_shuffle_seed=seed,
     )
+
+
+def frames_dataset(shards: Sequence[str], columns: Sequence[str]) -> Any:
+    """The ``columns`` of the Parquet frame ``shards`` as a Ray Dataset, read once and kept
+    in the object store (re-reading the shards every epoch cost ~20 s per epoch on a 2-core
+    machine, whatever their size), in read order (:func:`in_order`)."""
+    import pyarrow.fs
+    import ray.data
+
+    # an explicit filesystem: path resolution would otherwise import fsspec's HTTP support
+    dataset = ray.data.read_parquet(list(shards), filesystem=pyarrow.fs.LocalFileSystem())
+    return in_order(dataset).select_columns(list(columns)).materialize()
 
 
 def in_order(dataset: Any) -> Any:

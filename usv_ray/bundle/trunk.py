@@ -1,0 +1,74 @@
+"""The trunk bundle of ``usv-ray pretrain``: a gray ResNet-18 pretrained without labels,
+the starting point of the frame CNN (``classify.pretrained``) and of the detector
+(``detect.pretrained``).
+
+Its record names ``trunk.pt`` (the trunk's weights, the projection head dropped), the
+ingest settings of the frames it learnt from (a model that starts from it must read frames
+made the same way), the method and its settings, the data fingerprint and its validation
+figures. :func:`starting_trunk` turns a ``pretrained`` setting into the weights a model
+starts from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from usv_ray.bundle.record import Bundle, BundleError
+
+KIND = "trunk"
+FILE = "trunk.pt"
+# the ingest settings that make the frames it learnt from: the stored frames' own
+FRAME_SETTINGS = ("frame_size", "crop_box", "trim_fov", "fov_threshold")
+IMAGENET = "imagenet"  # the other value a `pretrained` setting takes
+TRUNK_META = {"model": "gray_resnet18", "in_channels": 1, "feature_dim": 512}  # trunk.pt's
+
+
+def trunk_weights(bundle: Bundle) -> dict[str, torch.Tensor]:
+    """The trunk's state dict (:func:`usv_ray.models.frame_cnn.gray_resnet18`'s keys)."""
+    from usv_ray.runner import load_model
+
+    weights, _ = load_model(bundle.path(FILE))
+    return weights
+
+
+def check_pretrained(pretrained: str | None, data: Any, setting: str) -> Bundle | None:
+    """Check the ``setting`` (``classify.pretrained``, ``detect.pretrained``) before any
+    training: None passes; ``imagenet`` needs torchvision's local cache; a path must hold a
+    trunk bundle made from frames like those of the ingest folder ``data``. Returns the
+    bundle, or None.
+
+    Raises:
+        BundleError: no imagenet cache, no trunk bundle there, a damaged one, or one of
+            other frame settings.
+    """
+    from usv_ray.bundle.record import read
+    from usv_ray.models.frame_cnn import imagenet_weights_path
+
+    try:
+        if pretrained == IMAGENET:
+            imagenet_weights_path()
+        if pretrained in (None, IMAGENET):
+            return None
+        bundle = read(pretrained, KIND)
+        bundle.check_data(data)
+    except (BundleError, FileNotFoundError) as exc:
+        raise BundleError(f"{setting}: {exc}") from exc
+    return bundle
+
+
+def starting_trunk(pretrained: str | None) -> dict[str, torch.Tensor] | None:
+    """The trunk weights a model starts from for a ``pretrained`` setting: None (random
+    initialisation), ``imagenet`` (torchvision's cached ResNet-18, its RGB conv1 summed to
+    gray), or a trunk bundle's folder (read and verified)."""
+    if pretrained is None:
+        return None
+    if pretrained == IMAGENET:
+        from usv_ray.models.frame_cnn import cached_imagenet_weights, gray_imagenet
+
+        return gray_imagenet(cached_imagenet_weights())
+    from usv_ray.bundle.record import read
+
+    return trunk_weights(read(Path(pretrained), KIND))
