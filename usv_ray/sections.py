@@ -9,7 +9,9 @@ fields. :mod:`usv_ray.report` renders every ``report.json`` it finds and knows n
 Every path in a section is relative to the stage folder, so a folder moved or copied
 elsewhere still renders. This module is the model and the machinery every stage shares
 (listing a folder's tables and figures, flattening a record's settings, the general column
-headings); a stage's own titles, headings and counts live in its ``report`` module.
+headings); a stage's own titles, headings and counts live in its ``report`` module. One
+idea in one file, past 500 lines on purpose: the section model and its reader and writer
+change together.
 """
 
 from __future__ import annotations

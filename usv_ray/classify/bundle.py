@@ -26,6 +26,7 @@ bundle's own calibrator and threshold are fitted on every fold.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from functools import partial
@@ -44,6 +45,7 @@ from usv_ray.evaluate.calibration import Calibrator
 from usv_ray.layout import ClassifyFolder
 
 METHOD = VARIABLE  # the method a bundle holds
+log = logging.getLogger(__name__)
 
 
 def member_files(out: ClassifyFolder, fold: int) -> dict[str, Path]:
@@ -239,6 +241,38 @@ def operating_point_table(point: Mapping[str, Any]) -> pd.DataFrame:
             row[f"{name}_ci"] = ci_text(value["low"], value["high"])
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def calibrate(
+    cfg: ClassifyConfig, scored: pd.DataFrame, out: ClassifyFolder, subtitle: str
+) -> tuple[Calibrator, dict[str, Any]]:
+    """The bundle's calibrator and operating point from the out-of-fold predictions
+    ``scored`` (every method's; the bundle's method is fitted): writes
+    ``tables/calibration``, ``tables/operating_point`` and ``plots/operating_curve.png``,
+    logs the point, and warns when its specificity is below ``cfg.min_specificity``."""
+    from usv_ray.evaluate.calibration import fit_calibrator
+    from usv_ray.evaluate.plots import operating_curve_plot
+    from usv_ray.evaluate.tables import write_table as write_results
+
+    calibration = calibration_table(cfg, scored, out.plots, subtitle)
+    write_results(calibration, out.tables / "calibration", float_format="{:.3f}")
+    oof = scored[scored["method"] == METHOD]
+    calibrator = fit_calibrator(oof["label"].to_numpy(), oof["prob"].to_numpy(), cfg.calibration)
+    point = operating_point(cfg, oof, calibrator)
+    write_results(operating_point_table(point), out.tables / "operating_point")
+    operating_curve_plot(
+        point, cfg.min_specificity, out.plots / "operating_curve.png", f"{METHOD} · {subtitle}"
+    )
+    log.info(
+        "operating point: calibrated P >= %.3f reads malignant (sensitivity %.1f%%, "
+        "specificity %.1f%% cross-fitted on the out-of-fold predictions)",
+        point["threshold"],
+        100 * point["sensitivity_cross_fitted"]["value"],
+        100 * point["specificity_cross_fitted"]["value"],
+    )
+    if warning := weak_specificity(cfg, point):
+        log.warning(warning)
+    return calibrator, point
 
 
 # ---------------------------------------------------------------------------- write and load

@@ -396,38 +396,13 @@ def _bundle(
     """Calibration and operating-point tables, the final model if asked, and the bundle."""
     from usv_ray.bundle import now_utc
     from usv_ray.bundle.diagnosis import FRAME_SETTINGS
-    from usv_ray.classify.bundle import (
-        calibration_table,
-        operating_point,
-        operating_point_table,
-        weak_specificity,
-        write_diagnosis_bundle,
-    )
+    from usv_ray.classify.bundle import calibrate, write_diagnosis_bundle
     from usv_ray.classify.folds import FINAL_FOLD
-    from usv_ray.evaluate.calibration import fit_calibrator
     from usv_ray.evaluate.metrics import METRICS
-    from usv_ray.evaluate.plots import operating_curve_plot
-    from usv_ray.evaluate.tables import write_table as write_results
 
     c = cfg.classify
-    calibration = calibration_table(c, scored, out.plots, subtitle)
-    write_results(calibration, out.tables / "calibration", float_format="{:.3f}")
     oof = scored[scored["method"] == VARIABLE]
-    calibrator = fit_calibrator(oof["label"].to_numpy(), oof["prob"].to_numpy(), c.calibration)
-    point = operating_point(c, oof, calibrator)
-    write_results(operating_point_table(point), out.tables / "operating_point")
-    operating_curve_plot(
-        point, c.min_specificity, out.plots / "operating_curve.png", f"{VARIABLE} · {subtitle}"
-    )
-    log.info(
-        "operating point: calibrated P >= %.3f reads malignant (sensitivity %.1f%%, "
-        "specificity %.1f%% cross-fitted on the out-of-fold predictions)",
-        point["threshold"],
-        100 * point["sensitivity_cross_fitted"]["value"],
-        100 * point["specificity_cross_fitted"]["value"],
-    )
-    if warning := weak_specificity(c, point):
-        log.warning(warning)
+    calibrator, point = calibrate(c, scored, out, subtitle)
     if c.final_model:
         _final_model(cfg, data, out, folds)
     ingest = IngestFolder(data).settings()
