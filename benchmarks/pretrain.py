@@ -23,6 +23,7 @@ its trunk, so the gain it sees may be smaller or larger. Run:
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import tempfile
@@ -120,6 +121,7 @@ def main() -> int:
     from usv_ray.models.frame_cnn import gray_resnet18
     from usv_ray.pretrain.pipeline import run_pretrain
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

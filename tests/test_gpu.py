@@ -321,7 +321,8 @@ def test_the_trunk_pretrains_on_one_gpu_in_bf16_channels_last(gpu_ray, tmp_path)
     sets = {"train": frames_dataset(shards[:6], FRAME_COLUMNS),
             "val": frames_dataset(shards[6:], FRAME_COLUMNS)}  # fmt: skip
     settings = RunSettings.of(cfg, cfg, cfg.seed)
-    run = train_models([PretrainTask(cfg, len(ids) - 2)], settings, tmp_path / "runs", "trunk",
+    task = PretrainTask(cfg, train_frames=(len(ids) - 2) * 6)
+    run = train_models([task], settings, tmp_path / "runs", "trunk",
                        lambda _: sets, lambda _: ["train"])["trunk"]  # fmt: skip
     weights, meta = load_model(run.path)
     figure(f"trunk pretrained on 1 GPU in bf16, channels-last at {run.samples_per_s:.0f} "

@@ -105,7 +105,7 @@ class Rank(Worker):
 
 def test_every_rank_draws_as_many_batches_of_distinct_videos_as_the_others():
     cfg = PretrainConfig(batch_size=4)
-    task = PretrainTask(cfg, train_videos=20, validated=False)
+    task = PretrainTask(cfg, train_frames=20, validated=False)
     shards = {0: ToyDataset(videos=7, frames=3), 1: ToyDataset(videos=3, frames=2, seed=1)}
     counts = []
     for rank, shard in shards.items():
@@ -116,11 +116,11 @@ def test_every_rank_draws_as_many_batches_of_distinct_videos_as_the_others():
         assert all(a.shape == b.shape and a.dtype == torch.uint8 for a, b in batches)
         again = list(task.batches(data, epoch=0, worker=worker))
         assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again, strict=True))
-    assert counts == [task.steps(2)] * 2 == [3, 3]  # 20 videos / (4 x 2 ranks), rounded up
+    assert counts == [task.steps(2)] * 2 == [3, 3]  # 20 frames / (4 x 2 ranks), rounded up
 
 
 def test_a_rank_with_one_video_is_a_clear_error():
-    task = PretrainTask(PretrainConfig(), train_videos=2)
+    task = PretrainTask(PretrainConfig(), train_frames=2)
     with pytest.raises(ValueError, match="needs two"):
         task.open(Rank(0, 1, {"train": ToyDataset(videos=1, frames=3)}))
 
@@ -130,7 +130,7 @@ def test_a_killed_pretraining_run_resumes_exactly(monkeypatch, tmp_path):
     cfg = PretrainConfig(
         epochs=2, batch_size=4, workers=0, checkpoint_every_s=0, lr=1e-3, projection=16
     )
-    task = PretrainTask(cfg, train_videos=6)
+    task = PretrainTask(cfg, train_frames=18)
     sets = {"train": ToyDataset(videos=6, frames=3), "val": ToyDataset(videos=4, frames=2)}
 
     def fit(storage):

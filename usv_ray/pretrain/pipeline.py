@@ -183,7 +183,7 @@ def run_pretrain(cfg: Config, data: str | Path, out: str | Path) -> PretrainSumm
         p.epochs,
     )
     ensure_ray(cfg.ray)
-    task = PretrainTask(p, len(train), validated=bool(val))
+    task = PretrainTask(p, n_frames, validated=bool(val))
 
     def datasets(_):
         sets = {"train": frames_dataset(data.frame_shards(train), FRAME_COLUMNS)}

@@ -12,6 +12,7 @@ Each rank holds its shard of the frames in memory (the stored frames: 64 px x 16
 150 videos is 10 MB; 224 px x 32 frames x 10,000 videos is 16 GB, over the workers). Every
 rank draws the same number of batches per epoch (DDP), from its own videos, in an order
 drawn from ``(seed, epoch, rank)``: a resumed epoch draws what the uninterrupted one drew.
+An epoch holds as many anchors as there are training frames.
 
 Validation (rank 0) is label-free: the loss and the pair accuracy (the share of views
 whose nearest view is their positive) of held-out patients' videos, with pairs and
@@ -81,10 +82,10 @@ def pair_rows(frames: Frames, videos: np.ndarray, max_gap: int, rng: np.random.G
 @dataclass(frozen=True)
 class PretrainTask:
     """The contrastive trunk (a :class:`usv_ray.runner.Task`): trained on ``train``'s
-    frames of ``train_videos`` videos, validated on ``val``'s."""
+    ``train_frames`` frames, validated on ``val``'s."""
 
     cfg: PretrainConfig
-    train_videos: int
+    train_frames: int
     validated: bool = True  # False: no held-out patients, no ``val`` dataset
     key: str = "trunk"
 
@@ -105,8 +106,9 @@ class PretrainTask:
         return train, val
 
     def steps(self, world: int) -> int:
-        """Batches per epoch on each of ``world`` ranks: one pass over the training videos."""
-        return max(1, -(-self.train_videos // (self.cfg.batch_size * world)))
+        """Batches per epoch on each of ``world`` ranks: as many anchors as training frames,
+        so that every stored frame is, on average, an anchor once an epoch."""
+        return max(1, -(-self.train_frames // (self.cfg.batch_size * world)))
 
     def batches(self, data: tuple[Frames, Any], epoch: int, worker: Worker) -> Iterator[Any]:
         train = data[0]
