@@ -81,6 +81,28 @@ def test_ray_developer_logs_are_off_at_their_source_unless_verbose(ray_loggers, 
     assert ("RAY_DATA_LOG_LEVEL" in os.environ) is not verbose  # inherited by workers
 
 
+def test_ray_datas_false_hang_alarm_is_dropped_and_its_other_warnings_kept():
+    from usv_ray.runtime import quiet_ray_logs, set_verbose
+
+    set_verbose(False)
+    quiet_ray_logs()
+    quiet_ray_logs()  # twice: one filter
+    dataset = logging.getLogger("ray.data.dataset")
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    dataset.addHandler(handler)
+    try:
+        dataset.warning(
+            "Warning: The Ray cluster currently does not have any available CPUs. The "
+            "Dataset job will hang unless more CPUs are freed up."
+        )
+        dataset.warning("a warning of its own")
+    finally:
+        dataset.removeHandler(handler)
+    assert seen == ["a warning of its own"] and len(dataset.filters) == 1
+
+
 def test_worker_hooks_are_importable_by_name():
     """worker_process_setup_hook takes "module.function": a wrong name crash-loops workers."""
     import importlib

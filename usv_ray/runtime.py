@@ -87,6 +87,12 @@ def quiet_ray_logs() -> None:
     - Ray Train logs every ``ray.train.report`` with the whole report and checkpoint path.
     - Ray's progress-bar relay warns once that "tqdm is not installed" when a worker's Ray
       Data shows a bar: the product shows its own progress lines, and needs no tqdm.
+    - Ray Data warns that "the Ray cluster currently does not have any available CPUs. The
+      Dataset job will hang" whenever a dataset is iterated while every CPU is held at
+      that instant: a Train worker that holds a laptop's every CPU (the demo's) reading
+      its training frames, which are materialized before the run and need no CPU task, or
+      the next read started a moment after the last. It never hangs there, and the line
+      only alarms.
 
     Ray's warnings and errors are kept; the product's own steps and results are logged
     by ``usv_ray`` loggers and are untouched.
@@ -99,6 +105,16 @@ def quiet_ray_logs() -> None:
         logging.getLogger("ray.data").setLevel(os.environ["RAY_DATA_LOG_LEVEL"])
     logging.getLogger(train_report_logger_name()).setLevel(logging.WARNING)
     logging.getLogger("ray.experimental.tqdm_ray").setLevel(logging.ERROR)
+    dataset_log = logging.getLogger("ray.data.dataset")
+    if not any(isinstance(f, _NoCpuWarning) for f in dataset_log.filters):
+        dataset_log.addFilter(_NoCpuWarning())
+
+
+class _NoCpuWarning(logging.Filter):
+    """Drops Ray Data's "no available CPUs ... will hang" warning (see quiet_ray_logs)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "does not have any available CPUs" not in record.getMessage()
 
 
 def train_logging_config() -> object:

@@ -6,10 +6,12 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from classify.toy_frames import TOY_INGEST, write_toy_frames  # tests/classify/toy_frames.py
 
+from usv_ray import bundle
 from usv_ray.bundle import BundleError
 from usv_ray.bundle.trunk import check_pretrained, starting_trunk
 from usv_ray.config import ClassifyConfig, DetectConfig, IngestConfig, load_config
@@ -67,6 +69,9 @@ def test_the_trunk_bundle_learnt_from_every_video_without_a_label(pretrained):
     assert record["metrics"]["validation"]["val_loss"] > 0
     assert (out / "tables" / "pretraining.md").exists() and (out / "report.json").exists()
     assert set(starting_trunk(str(out / "bundle"))) == set(gray_resnet18().state_dict())
+    trunk = bundle.load(out / "bundle", "trunk")  # the one load() of every kind
+    frames = np.random.default_rng(0).integers(0, 255, (3, 32, 32), dtype=np.uint8)
+    assert trunk(frames).shape == (3, 512) and trunk.version == record["version"]
     assert "pretrain: trained" in s.text() and "classify.pretrained=" in s.text()
 
 
@@ -97,12 +102,12 @@ def test_the_frame_cnn_and_the_detector_start_from_the_trunk(pretrained):
     from usv_ray.classify.cnn import CnnFold, CnnTask
     from usv_ray.detect.training import DetectorTask
 
-    bundle = str(pretrained["root"] / "pre" / "bundle")
-    trunk = starting_trunk(bundle)
-    cnn = CnnTask(ClassifyConfig(pretrained=bundle), CnnFold(0, (), ())).build()
+    folder = str(pretrained["root"] / "pre" / "bundle")
+    trunk = starting_trunk(folder)
+    cnn = CnnTask(ClassifyConfig(pretrained=folder), CnnFold(0, (), ())).build()
     assert torch.equal(cnn.backbone.conv1.weight, trunk["conv1.weight"])
     assert torch.equal(cnn.backbone.layer4[1].bn2.running_var, trunk["layer4.1.bn2.running_var"])
-    detector = DetectorTask(DetectConfig(pretrained=bundle), 32).build()
+    detector = DetectorTask(DetectConfig(pretrained=folder), 32).build()
     assert torch.equal(detector.stem[0].weight, trunk["conv1.weight"])
     assert torch.equal(detector.layer3[0].conv1.weight, trunk["layer3.0.conv1.weight"])
     fresh = CnnTask(ClassifyConfig(), CnnFold(0, (), ())).build()
@@ -110,12 +115,12 @@ def test_the_frame_cnn_and_the_detector_start_from_the_trunk(pretrained):
 
 
 def test_a_trunk_of_other_frames_or_none_at_all_is_a_clear_error(pretrained, tmp_path):
-    bundle = str(pretrained["root"] / "pre" / "bundle")
-    check_pretrained(bundle, pretrained["root"] / "data", "classify.pretrained")  # the same
+    folder = str(pretrained["root"] / "pre" / "bundle")
+    check_pretrained(folder, pretrained["root"] / "data", "classify.pretrained")  # the same
     other = tmp_path / "data64"
     IngestFolder(other).claim(IngestConfig(frame_size=64))
     with pytest.raises(BundleError, match=r"classify.pretrained: .*ingest.frame_size: 64 there"):
-        check_pretrained(bundle, other, "classify.pretrained")
+        check_pretrained(folder, other, "classify.pretrained")
     with pytest.raises(BundleError, match=r"detect\.pretrained: no model bundle"):
         check_pretrained(str(tmp_path / "nowhere"), other, "detect.pretrained")
     diagnosis = tmp_path / "diagnosis"

@@ -4,7 +4,8 @@ One record for every kind (:class:`~usv_ray.bundle.record.Bundle`: kind, format,
 files with their digests, the ingest settings it needs, metrics), written by
 :func:`write` and checked by :func:`read`, and one :func:`load` that returns a ready
 model for every kind: :class:`~usv_ray.bundle.diagnosis.DiagnosisModel`,
-:class:`~usv_ray.bundle.reid.ReidModels`, :class:`~usv_ray.bundle.detector.DetectorModel`.
+:class:`~usv_ray.bundle.reid.ReidModels`, :class:`~usv_ray.bundle.detector.DetectorModel`,
+:class:`~usv_ray.bundle.trunk.TrunkModel`.
 """
 
 from __future__ import annotations
@@ -62,11 +63,18 @@ def _detector(bundle: Bundle, device: Any, bf16: bool) -> Any:
     return DetectorModel.load(bundle, device, bf16)
 
 
+def _trunk(bundle: Bundle, device: Any, bf16: bool) -> Any:
+    from usv_ray.bundle.trunk import TrunkModel
+
+    return TrunkModel.load(bundle, device, bf16)
+
+
 # a bundle's kind -> what makes its ready model
 LOADERS: dict[str, Callable[[Bundle, Any, bool], Any]] = {
     "diagnosis": _diagnosis,
     "reid": _reid,
     "detector": _detector,
+    "trunk": _trunk,
 }
 
 

@@ -11,9 +11,11 @@ starts from.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from usv_ray.bundle.record import Bundle, BundleError
@@ -24,6 +26,43 @@ FILE = "trunk.pt"
 FRAME_SETTINGS = ("frame_size", "crop_box", "trim_fov", "fov_threshold")
 IMAGENET = "imagenet"  # the other value a `pretrained` setting takes
 TRUNK_META = {"model": "gray_resnet18", "in_channels": 1, "feature_dim": 512}  # trunk.pt's
+
+
+@dataclass
+class TrunkModel:
+    """A loaded trunk bundle: ``model(frames)`` -> the 512-d feature of each frame."""
+
+    bundle: Bundle
+    model: torch.nn.Module  # eval mode
+    device: torch.device
+    bf16: bool = False  # under bf16 autocast (a GPU's)
+
+    @property
+    def record(self) -> dict:
+        return self.bundle.record
+
+    @property
+    def version(self) -> str:
+        return self.bundle.version
+
+    @torch.no_grad()
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        """Features ``(B, 512)`` float32 of stored-size uint8 frames ``(B, S, S)``."""
+        from usv_ray.imaging import normalise
+
+        images = normalise(torch.from_numpy(np.ascontiguousarray(frames))[:, None])
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            features = self.model(images.to(self.device))
+        return features.float().cpu().numpy()
+
+    @classmethod
+    def load(cls, bundle: Bundle, device: str | torch.device = "cpu", bf16: bool = False):
+        """The trunk of ``bundle`` on ``device`` (bf16: under bf16 autocast)."""
+        from usv_ray.models.frame_cnn import gray_resnet18
+
+        model = gray_resnet18()
+        model.load_state_dict(trunk_weights(bundle), strict=True)
+        return cls(bundle, model.to(device).eval(), torch.device(device), bf16)
 
 
 def trunk_weights(bundle: Bundle) -> dict[str, torch.Tensor]:
