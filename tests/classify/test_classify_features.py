@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -61,3 +62,11 @@ def test_cache_features_embeds_every_frame_once(ray_session, tmp_path):
     keys = sorted(zip(table["video_id"].to_pylist(), table["seq_index"].to_pylist(), strict=True))
     assert keys == sorted((v, s) for v in ids for s in range(3))  # each frame exactly once
     assert [p.name for p in (tmp_path / "features").iterdir()] == ["fold=1"]  # no temporaries
+    # classify.workers 0 (training in this process) embeds in this process: the same cache
+    here = ClassifyConfig(workers=0)
+    again = cache_features(here, tmp_path / "data", ids, weights, 1, tmp_path / "here")
+    rows = ["video_id", "seq_index"]
+    in_process = pq.read_table(again).to_pandas().sort_values(rows).reset_index(drop=True)
+    on_ray = table.to_pandas().sort_values(rows).reset_index(drop=True)
+    assert pq.read_schema(next(again.iterdir())).equals(table.schema)
+    pd.testing.assert_frame_equal(in_process, on_ray, check_exact=False, atol=1e-6)

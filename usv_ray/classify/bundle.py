@@ -216,8 +216,8 @@ def weak_specificity(cfg: ClassifyConfig, point: Mapping[str, Any]) -> str | Non
 
 
 def operating_point_table(point: Mapping[str, Any]) -> pd.DataFrame:
-    """The trade-off as a table, one row per target sensitivity (the bundle's own marked
-    ``chosen``): values in percent with their 95% CIs."""
+    """The trade-off as a table, one row per target sensitivity (the bundle's own has
+    ``chosen`` "yes"): values in percent with their 95% CIs."""
     from usv_ray.evaluate.tables import ci_text
 
     rows = []
@@ -225,7 +225,9 @@ def operating_point_table(point: Mapping[str, Any]) -> pd.DataFrame:
         row: dict[str, Any] = {
             "method": METHOD,
             "n_videos": point["n_videos"],
-            "chosen": point_row["target_sensitivity"] == point["target_sensitivity"],
+            "chosen": "yes"
+            if point_row["target_sensitivity"] == point["target_sensitivity"]
+            else "",
             "target_sensitivity": 100.0 * point_row["target_sensitivity"],
             "threshold": point_row["threshold"],
         }

@@ -41,7 +41,7 @@ HEADINGS = {
         "ece_quantile_after": "ECE (equal-mass bins), after",
     },
     "operating_point": {
-        "chosen": "The bundle's",
+        "chosen": "The bundle reads here",
         "target_sensitivity": "Target sensitivity, %",
         "threshold": "Threshold of calibrated P",
         "sensitivity_cross_fitted": "Sensitivity, cross-fitted, %",
