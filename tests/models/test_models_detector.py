@@ -87,3 +87,19 @@ def test_the_centernet_head_learns_a_toy_nodule():
     with torch.no_grad():
         found = [(b.numpy(), s.numpy()) for b, s in model.eval()(normalise(test))]
     assert detection_ap([t.numpy() for t in truth], found)["ap50"] > 0.7
+
+
+@pytest.mark.parametrize(
+    ("kind", "conv1"),
+    [("centernet", "stem.0.weight"), ("fcos", "model.backbone.body.conv1.weight")],
+)
+def test_a_detector_starts_from_a_gray_resnet18_trunk(kind, conv1):
+    from usv_ray.models.frame_cnn import gray_resnet18
+
+    torch.manual_seed(1)
+    trunk = gray_resnet18().state_dict()
+    detector = build_detector({"model": kind, "input_size": 64})
+    detector.load_trunk(trunk)
+    assert torch.equal(detector.state_dict()[conv1], trunk["conv1.weight"])
+    with pytest.raises(RuntimeError):
+        detector.load_trunk({k: v for k, v in trunk.items() if not k.startswith("layer1")})
