@@ -349,6 +349,21 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return data
 
 
+def videos_by_split(path: Path, splits: Sequence[str]) -> tuple[str, int] | None:
+    """A splits table (video_id, patient_key, split) counted per split in words ("train 4
+    videos of 2 patients; val ..."), and its number of videos; None when there is no table
+    (yet)."""
+    table = parquet_columns(path, ["patient_key", "split"])
+    if table is None:
+        return None
+    words = "; ".join(
+        f"{split} {int((table['split'] == split).sum())} videos of "
+        f"{table.loc[table['split'] == split, 'patient_key'].nunique()} patients"
+        for split in splits
+    )
+    return words, len(table)
+
+
 def parquet_columns(path: Path, columns: Sequence[str]) -> pd.DataFrame | None:
     """``columns`` of a Parquet table, or None when there is no table (yet)."""
     import pyarrow.parquet as pq

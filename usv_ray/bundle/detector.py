@@ -13,12 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from usv_ray.bundle.record import Bundle
+from usv_ray.bundle.record import STORED_FRAME_SETTINGS, Bundle
 
 KIND = "detector"
 FILE = "detector.pt"
-# the ingest settings that make the frames it reads: the stored frames' own
-FRAME_SETTINGS = ("frame_size", "crop_box", "trim_fov", "fov_threshold")
+FRAME_SETTINGS = STORED_FRAME_SETTINGS  # the ingest settings of the frames it reads
 
 
 @dataclass

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from usv_ray.bundle.record import Bundle
+from usv_ray.bundle.record import STORED_FRAME_SETTINGS, Bundle
 from usv_ray.evaluate.calibration import Calibrator
 
 KIND = "diagnosis"
 # the ingest settings a diagnosis bundle needs its frames made with
-FRAME_SETTINGS = ("sampling", "n_frames", "frame_size", "crop_box", "trim_fov", "fov_threshold")
+FRAME_SETTINGS = ("sampling", "n_frames", *STORED_FRAME_SETTINGS)
 FEATURE_CHUNK = 256  # frames through a member's CNN at once
 
 

@@ -42,6 +42,11 @@ BUNDLE_FILE = "bundle.json"
 BUNDLE_DIR = "bundle"  # a training stage's bundle, under its --out
 
 
+# the ingest settings that make the stored frames (crop, field of view, size): what a model
+# that reads stored frames needs its data ingested with
+STORED_FRAME_SETTINGS = ("frame_size", "crop_box", "trim_fov", "fov_threshold")
+
+
 class BundleError(UsvRayError, ValueError):
     """A bundle that cannot be used: not found, of an unknown format or kind, a model
     file missing or damaged, or data made with other ingest settings."""

@@ -18,12 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from usv_ray.bundle.record import Bundle, BundleError
+from usv_ray.bundle.record import STORED_FRAME_SETTINGS, Bundle, BundleError
 
 KIND = "trunk"
 FILE = "trunk.pt"
-# the ingest settings that make the frames it learnt from: the stored frames' own
-FRAME_SETTINGS = ("frame_size", "crop_box", "trim_fov", "fov_threshold")
+FRAME_SETTINGS = STORED_FRAME_SETTINGS  # the ingest settings of the frames it learnt from
 IMAGENET = "imagenet"  # the other value a `pretrained` setting takes
 TRUNK_META = {"model": "gray_resnet18", "in_channels": 1, "feature_dim": 512}  # trunk.pt's
 

@@ -123,27 +123,36 @@ def _with_ci(
 TRADEOFF = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 1.0)
 
 
+def _fold_calibrations(
+    labels: np.ndarray, raw: np.ndarray, folds: np.ndarray, method: str
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per fold: (its rows, the other folds' P and its own P, both calibrated by a
+    calibrator fitted on the other folds only). Fitted once, read at every target."""
+    from usv_ray.evaluate.calibration import fit_calibrator
+
+    parts = []
+    for k in np.unique(folds):
+        mine = folds == k
+        fitted = fit_calibrator(labels[~mine], raw[~mine], method)
+        parts.append((mine, fitted.apply(raw[~mine]), fitted.apply(raw[mine])))
+    return parts
+
+
 def _reading_at(
     target: float,
     labels: np.ndarray,
-    raw: np.ndarray,
     calibrated: np.ndarray,
-    folds: np.ndarray,
-    method: str,
+    fold_calibrations: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
 ) -> tuple[float, np.ndarray, np.ndarray]:
     """(threshold of calibrated P at sensitivity ``target``, the 0/1 readings there, the
     cross-fitted readings: each fold calibrated and read at the threshold chosen on the
-    other folds only)."""
-    from usv_ray.evaluate.calibration import fit_calibrator
+    other folds only, :func:`_fold_calibrations`)."""
     from usv_ray.evaluate.calibration import operating_point as threshold_at
 
     threshold = threshold_at(labels, calibrated, target)
     held_out = np.zeros(len(labels), bool)
-    for k in np.unique(folds):
-        rest = folds != k
-        fitted = fit_calibrator(labels[rest], raw[rest], method)
-        cut = threshold_at(labels[rest], fitted.apply(raw[rest]), target)
-        held_out[~rest] = fitted.apply(raw[~rest]) >= cut
+    for mine, rest, own in fold_calibrations:
+        held_out[mine] = own >= threshold_at(labels[~mine], rest, target)
     reading = calibrated >= threshold if math.isfinite(threshold) else np.zeros(len(labels), bool)
     return threshold, reading, held_out
 
@@ -167,7 +176,7 @@ def operating_point(
     patients = oof["patient_key"].to_numpy()
     raw = oof["prob"].to_numpy().astype(np.float64)
     calibrated = calibrator.apply(raw)
-    folds = oof["fold"].to_numpy()
+    fold_calibrations = _fold_calibrations(labels, raw, oof["fold"].to_numpy(), cfg.calibration)
     measures = {
         "sensitivity": partial(sensitivity, threshold=0.5),  # the readings are 0/1 already
         "specificity": partial(specificity, threshold=0.5),
@@ -175,9 +184,7 @@ def operating_point(
     }
     curve = []
     for target in sorted({*TRADEOFF, cfg.target_sensitivity}):
-        threshold, reading, held_out = _reading_at(
-            target, labels, raw, calibrated, folds, cfg.calibration
-        )
+        threshold, reading, held_out = _reading_at(target, labels, calibrated, fold_calibrations)
         row: dict[str, Any] = {"target_sensitivity": target, "threshold": threshold}
         for name, metric in measures.items():
             for suffix, readings in (("", reading), ("_cross_fitted", held_out)):

@@ -30,18 +30,11 @@ HEADINGS = {
 
 def _counts(folder: DetectFolder) -> tuple[str, str] | None:
     """What the detector trained and was tested on (its splits table)."""
-    splits = sections.parquet_columns(folder.splits, ["patient_key", "split"])
-    if splits is None:
+    counted = sections.videos_by_split(folder.splits, ("train", "val", "test"))
+    if counted is None:
         return None
-    parts = [
-        f"{split} {int((splits['split'] == split).sum())} videos of "
-        f"{splits.loc[splits['split'] == split, 'patient_key'].nunique()} patients"
-        for split in ("train", "val", "test")
-    ]
-    return (
-        "annotated videos split by patient: " + "; ".join(parts),
-        f"{len(splits)} annotated videos",
-    )
+    words, videos = counted
+    return f"annotated videos split by patient: {words}", f"{videos} annotated videos"
 
 
 def describe(out: str | Path, data: str | Path | None = None) -> Path:

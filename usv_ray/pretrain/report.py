@@ -30,18 +30,11 @@ HEADINGS = {
 
 def _counts(folder: PretrainFolder) -> tuple[str, str] | None:
     """What the trunk learnt from (its splits table)."""
-    splits = sections.parquet_columns(folder.splits, ["patient_key", "split"])
-    if splits is None:
+    counted = sections.videos_by_split(folder.splits, ("train", "val"))
+    if counted is None:
         return None
-    parts = [
-        f"{split} {int((splits['split'] == split).sum())} videos of "
-        f"{splits.loc[splits['split'] == split, 'patient_key'].nunique()} patients"
-        for split in ("train", "val")
-    ]
-    return (
-        "every ingested video, no label read, split by patient: " + "; ".join(parts),
-        f"{len(splits)} videos",
-    )
+    words, videos = counted
+    return f"every ingested video, no label read, split by patient: {words}", f"{videos} videos"
 
 
 def describe(out: str | Path, data: str | Path | None = None) -> Path:
