@@ -154,7 +154,6 @@ def run_pretrain(cfg: Config, data: str | Path, out: str | Path) -> PretrainSumm
     run.claim()
     train = videos.loc[videos["split"] == "train", "video_id"].tolist()
     val = videos.loc[videos["split"] == "val", "video_id"].tolist()
-    n_frames = sum(pq.read_metadata(shard).num_rows for shard in data.frame_shards(train))
     patients = int(videos["patient_key"].nunique())
     try:
         existing = bundle.read(out.bundle, KIND)
@@ -166,13 +165,16 @@ def run_pretrain(cfg: Config, data: str | Path, out: str | Path) -> PretrainSumm
     }:
         log.info("pretrain: nothing new in %s, the trunk %s stands", data.root, existing.version)
         seconds = time.perf_counter() - started
+        frames_read = existing.record["trained_on"]["frames"]
         return PretrainSummary(
-            out.root, len(videos), patients, n_frames, existing.record, False, seconds
+            out.root, len(videos), patients, frames_read, existing.record, False, seconds
         )
     if len(train) < 2:
         raise PretrainError(
             f"{len(train)} training video: contrastive pretraining needs two; ingest more"
         )
+    train_shards = data.frame_shards(train)  # checked against the journal: hashed once
+    n_frames = sum(pq.read_metadata(shard).num_rows for shard in train_shards)
     write_table(pa.Table.from_pandas(videos, preserve_index=False), out.splits)
     log.info(
         "pretrain: %d videos of %d patients (%d held out), %d frames, %d epochs",
@@ -186,7 +188,7 @@ def run_pretrain(cfg: Config, data: str | Path, out: str | Path) -> PretrainSumm
     task = PretrainTask(p, n_frames, validated=bool(val))
 
     def datasets(_):
-        sets = {"train": frames_dataset(data.frame_shards(train), FRAME_COLUMNS)}
+        sets = {"train": frames_dataset(train_shards, FRAME_COLUMNS)}
         if val:
             sets["val"] = frames_dataset(data.frame_shards(val), FRAME_COLUMNS)
         return sets
