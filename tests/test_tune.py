@@ -165,6 +165,7 @@ REID = [
     "reid.clip_width=8",
     "reid.k=2",
     "reid.cpus_per_worker=0.5",
+    "reid.workers=0",  # each trial trains in its own actor: no Train start-up per trial
     "tune.num_samples=2",
     "tune.max_concurrent=1",
     "tune.reid_p=[2]",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,19 +51,25 @@ def _ray_train_loop(config: dict) -> dict:
     return run_tasks(config["tasks"], settings, worker, config["models"])
 
 
+def _in_tune_trial() -> bool:
+    """Whether this process runs a Ray Tune trial (Tune's own test, which its
+    ``TuneReportCallback`` makes too: a session with no Train rank)."""
+    if "ray.tune" not in sys.modules:  # nothing here imported Tune: no trial
+        return False
+    from ray.tune.trainable.trainable_fn_utils import _in_tune_session
+
+    return bool(_in_tune_session())
+
+
 def _tune_callbacks() -> list:
     """``[TuneReportCallback()]`` when this run is launched from a Ray Tune trial, else ``[]``.
 
     With Ray Train V2 a Train run inside a Tune trial reaches Tune only through this
-    callback (every report of rank 0 becomes a Tune result); it refuses to exist outside a
-    Tune session, which is how a plain run tells the two apart.
+    callback (every report of rank 0 becomes a Tune result).
     """
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    try:
-        return [TuneReportCallback()]
-    except RuntimeError:  # not in a Tune session
-        return []
+    return [TuneReportCallback()] if _in_tune_trial() else []
 
 
 def _fit(
@@ -140,7 +147,7 @@ def train_models(
         data = datasets(todo) if datasets is not None else {}
         config = {"tasks": todo, "settings": settings, "models": models}
         if settings.workers == 0:
-            worker = Worker(settings, Path(storage) / name, data)
+            worker = Worker(settings, Path(storage) / name, data, every_epoch=_in_tune_trial())
             done = run_tasks(todo, settings, worker, models)
         else:
             names = sorted({d for task in todo for d in split(task)})

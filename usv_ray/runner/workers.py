@@ -27,11 +27,17 @@ class Worker:
     """Where the runner's loop runs: rank ``rank`` of ``world``, on ``device``.
 
     This base class is the in-process worker (``workers: 0``): rank 0 of 1, the datasets
-    given to it whole, checkpoints written to ``run`` in the layout Ray Train uses.
+    given to it whole, checkpoints written to ``run`` in the layout Ray Train uses. Inside a
+    Ray Tune trial (``every_epoch``) it reports every epoch's metrics to Tune itself, as a
+    Train run does through ``TuneReportCallback``, so ASHA sees them.
     """
 
     def __init__(
-        self, settings: RunSettings, run: Path | None = None, datasets: Mapping | None = None
+        self,
+        settings: RunSettings,
+        run: Path | None = None,
+        datasets: Mapping | None = None,
+        every_epoch: bool = False,
     ) -> None:
         self.rank, self.world = 0, 1
         self.device = torch.device("cpu")
@@ -39,6 +45,7 @@ class Worker:
         self._datasets = dict(datasets or {})
         self.channels_last = settings.channels_last
         self.every_s = settings.checkpoint_every_s
+        self.every_epoch = every_epoch
         self._last = time.monotonic()
 
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -66,26 +73,27 @@ class Worker:
         now = time.monotonic() if now is None else now
         return finished or now - self._last >= self.every_s
 
-    every_epoch = False  # report epochs that do not checkpoint too (a Tune trial's ASHA)
-
     def checkpoint_due(self, finished: bool) -> bool:
         """:meth:`due`, the same on every rank (rank 0's decision)."""
         return self.due(finished)
 
     def report(self, metrics: dict, state: dict, step: int, *, checkpoint: bool) -> None:
-        """Checkpoint ``state`` as ``epoch_<step>``, keeping only the latest (this worker
-        reports to no one else)."""
-        if not checkpoint:
-            return
-        target = self.run / f"epoch_{step:04d}"
-        with tempfile.TemporaryDirectory(dir=_mkdir(self.run)) as folder:
-            torch.save(state, Path(folder) / STATE_FILE)
-            shutil.rmtree(target, ignore_errors=True)
-            Path(folder).rename(target)
-        for old in self.run.glob("epoch_*"):
-            if old != target:
-                shutil.rmtree(old, ignore_errors=True)
-        self._last = time.monotonic()
+        """Checkpoint ``state`` as ``epoch_<step>``, keeping only the latest; then, inside a
+        Tune trial, report ``metrics`` to it (Tune may end the trial there)."""
+        if checkpoint:
+            target = self.run / f"epoch_{step:04d}"
+            with tempfile.TemporaryDirectory(dir=_mkdir(self.run)) as folder:
+                torch.save(state, Path(folder) / STATE_FILE)
+                shutil.rmtree(target, ignore_errors=True)
+                Path(folder).rename(target)
+            for old in self.run.glob("epoch_*"):
+                if old != target:
+                    shutil.rmtree(old, ignore_errors=True)
+            self._last = time.monotonic()
+        if self.every_epoch:
+            from ray import tune
+
+            tune.report(metrics)
 
 
 class RayTrainWorker(Worker):

@@ -225,6 +225,28 @@ class TuneTrials:
     # the trial's own actor trains (without Ray Train): it reserves ``cpus`` itself
     in_trial: bool = False
 
+    @classmethod
+    def of(
+        cls,
+        trainable: Callable[[dict], None],
+        time_attr: str | None,
+        epochs: int,
+        workers: int,
+        cpus_per_worker: float,
+        use_gpu: bool,
+    ) -> TuneTrials:
+        """The trials of a stage that trains with ``workers`` Ray Train workers of
+        ``cpus_per_worker`` CPUs (and a GPU each with ``use_gpu``), or in the trial's own
+        actor for ``workers: 0`` (on its CPUs: the in-process runner uses no GPU)."""
+        return cls(
+            trainable,
+            time_attr,
+            epochs,
+            max(workers, 1) * cpus_per_worker,
+            workers if use_gpu else 0,
+            in_trial=workers == 0,
+        )
+
 
 @dataclass(frozen=True)
 class GridLoop:

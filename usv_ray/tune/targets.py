@@ -147,13 +147,7 @@ def cnn_target(cfg: Config, data: Path, out: Path) -> Target:
         "min",
         CLASSIFY_COLUMNS,
         *_settings(cfg, data, "classify", train_ids=train_ids, val_ids=val_ids),
-        TuneTrials(
-            trainable,
-            "epoch",
-            c.cnn.epochs,
-            c.workers * c.cpus_per_worker,
-            c.workers if c.use_gpu else 0,
-        ),
+        TuneTrials.of(trainable, "epoch", c.cnn.epochs, c.workers, c.cpus_per_worker, c.use_gpu),
     )
 
 
@@ -361,13 +355,13 @@ def _lstm_target(cfg: Config, data: Path, out: Path, kind: str) -> Target:
         "min",
         LSTM_COLUMNS,
         *_settings(cfg, data, "classify", videos=sorted(inputs.videos), ingest_cap=kind),
-        TuneTrials(
+        TuneTrials.of(
             trainable,
             None,  # one report per trial: nothing for ASHA to stop
             c.lstm.epochs,
-            max(c.lstm.workers, 1) * c.cpus_per_worker,
-            c.lstm.workers if c.use_gpu else 0,
-            in_trial=c.lstm.workers == 0,
+            c.lstm.workers,
+            c.cpus_per_worker,
+            c.use_gpu,
         ),
         prepare=prepare,
     )
@@ -432,13 +426,7 @@ def reid_target(cfg: Config, data: Path, out: Path) -> Target:
         "max",
         REID_COLUMNS,
         *_settings(cfg, data, "reid", train_ids=train_ids, val_ids=val_ids),
-        TuneTrials(
-            trainable,
-            "epoch",
-            r.epochs,
-            r.workers * r.cpus_per_worker,
-            r.workers if r.use_gpu else 0,
-        ),
+        TuneTrials.of(trainable, "epoch", r.epochs, r.workers, r.cpus_per_worker, r.use_gpu),
     )
 
 
