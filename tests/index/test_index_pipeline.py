@@ -16,6 +16,7 @@ from toy_tracklets import write_toy_tracklets
 from usv_ray import bundle
 from usv_ray.bundle import BundleError
 from usv_ray.bundle.reid import TrackletEmbedder, kept_tau, record_tau
+from usv_ray.cluster.constraints import cannot_links
 from usv_ray.config import Config, IndexConfig, IngestConfig, RayConfig
 from usv_ray.frames import clip_problem
 from usv_ray.index.pipeline import IndexBuildError, run_index
@@ -154,7 +155,14 @@ def test_another_tau_reclusters_without_embedding(archive):
     loose = dataclasses.replace(cfg, index=dataclasses.replace(cfg.index, tau=2.0))
     s = run_index(loose, archive["data"], archive["model"], archive["out"])
     assert s.rebuilt and s.embedded_now == 0
-    assert s.nodules == s.patients == 4  # tau 2 (the largest distance): one nodule each
+    # tau 2 (the largest distance) links every pair: only what the videos say keeps two
+    # tracklets apart (seen in the same frames), so each patient's nodules are as many as
+    # its most crowded frame shows, and none holds a cannot-link pair
+    tracklets = pq.read_table(archive["data"] / "tracklets").to_pandas()
+    apart = cannot_links(tracklets)
+    nodules = _nodules(archive["out"]).values()
+    assert s.patients == 4 and 4 < s.nodules < len(tracklets)
+    assert apart and not any(pair <= set(n["tracklet_ids"]) for n in nodules for pair in apart)
     assert {r["index_version"] for r in _nodules(archive["out"]).values()} == {s.index_version}
 
 

@@ -95,3 +95,43 @@ def test_centroid_is_the_normalised_mean():
     c = centroid(Nodule("u", ("a", "b"), None, None, NOW), embedding_of)
     np.testing.assert_allclose(c, unit(45)[0], atol=1e-6)
     assert c.dtype == np.float32
+
+
+@pytest.mark.parametrize("method", ["closure", "algorithm1"])
+def test_tracklets_seen_together_are_never_one_nodule(method):
+    # a first build: b and c, both near a, were seen in the same frames of one video
+    embedding_of, study_of = world({"a": 0, "b": 4, "c": 6}, {"a": "s1", "b": "s1", "c": "s1"})
+    apart = {frozenset(("b", "c"))}
+    nodules = update_patient(
+        "pk", [], ["a", "b", "c"], embedding_of, study_of, TAU, method, NOW, cannot=apart
+    )
+    groups = [set(n.tracklet_ids) for n in nodules]
+    assert not any({"b", "c"} <= group for group in groups) and len(nodules) == 2
+    assert update_patient("pk", [], ["a", "b", "c"], embedding_of, study_of, TAU, method, NOW)[
+        0
+    ].tracklet_ids == ("a", "b", "c")  # without the cannot-link: one nodule
+
+
+def test_a_new_tracklet_joins_the_nearest_nodule_it_may_join():
+    embedding_of, study_of = world(
+        {"a": 0, "c": 12, "new": 3, "twin": 2}, {t: "s" for t in ("a", "c", "new", "twin")}
+    )
+    existing = [
+        Nodule("uid-a", ("a",), "s", "s", BEFORE),
+        Nodule("uid-c", ("c",), "s", "s", BEFORE),
+    ]
+    # new is nearest to a, but was seen beside a: it joins c (9 degrees, within tau)
+    nodules = update_patient(
+        "pk", existing, ["new"], embedding_of, study_of, TAU, "closure", NOW,
+        cannot={frozenset(("new", "a"))},
+    )  # fmt: skip
+    by_uid = {n.nodule_uid: n.tracklet_ids for n in nodules}
+    assert by_uid == {"uid-a": ("a",), "uid-c": ("c", "new")}
+    # two new tracklets seen together, both nearest to a: the nearer joins a; the other
+    # may not join a any more, and joins c
+    nodules = update_patient(
+        "pk", existing, ["new", "twin"], embedding_of, study_of, TAU, "closure", NOW,
+        cannot={frozenset(("new", "twin"))},
+    )  # fmt: skip
+    by_uid = {n.nodule_uid: n.tracklet_ids for n in nodules}
+    assert by_uid == {"uid-a": ("a", "twin"), "uid-c": ("c", "new")}

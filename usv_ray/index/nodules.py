@@ -11,6 +11,11 @@ that a clinician or another system has recorded stays valid:
 2. the new tracklets that reach no existing nodule are clustered among themselves
    (``closure`` or ``algorithm1``) into new nodules.
 
+Two tracklets visible in the same frames of one video are two nodules (a cannot-link,
+:mod:`usv_ray.cluster.constraints`): a new tracklet never joins a nodule holding a
+tracklet it cannot-links (it joins the nearest nodule within tau that it may join), and
+the clustering of step 2 never puts such a pair together.
+
 On a first build (no existing nodules) step 2 alone is the clustering of the patient.
 A new tracklet that lies within tau of two existing nodules joins the nearer one; the two
 stay apart (merging them would retire a uid).
@@ -19,12 +24,13 @@ stay apart (merging them would retire a uid).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
 import numpy as np
 
+from usv_ray.cluster.constraints import constrained_algorithm1, constrained_closure, pairs_of
 from usv_ray.cluster.threshold import algorithm1, closure
 from usv_ray.config import ClusterMethod
 
@@ -57,11 +63,16 @@ def _study(study_of: Mapping[str, str | None], tracklet_ids: Sequence[str], pick
 
 
 def _cluster(
-    embeddings: np.ndarray, tau: float, method: ClusterMethod, seed: int
+    embeddings: np.ndarray, tau: float, method: ClusterMethod, seed: int, cannot: np.ndarray
 ) -> np.ndarray:  # (N,) int64 labels
-    if method == "closure":
-        return closure(embeddings, tau)
-    return algorithm1(embeddings, tau, np.random.default_rng(seed))
+    """``method`` on a patient's rows, with the cannot-link pairs ``cannot`` (K, 2) kept
+    apart (the compiled clustering where there are none)."""
+    rng = np.random.default_rng(seed)
+    if len(cannot):
+        if method == "closure":
+            return constrained_closure(embeddings, tau, cannot)
+        return constrained_algorithm1(embeddings, tau, cannot, rng)
+    return closure(embeddings, tau) if method == "closure" else algorithm1(embeddings, tau, rng)
 
 
 def update_patient(
@@ -74,11 +85,14 @@ def update_patient(
     method: ClusterMethod,
     now: datetime,
     seed: int = 0,
+    cannot: Collection[frozenset[str]] = (),
 ) -> list[Nodule]:
     """``nodules`` with the tracklets ``new_ids`` added (see the module docstring).
 
     ``embedding_of`` maps every member and new tracklet to its L2-normalised embedding,
-    ``study_of`` to its study key. Nodules that gain nothing come back unchanged.
+    ``study_of`` to its study key; ``cannot`` holds the cannot-link pairs of tracklet ids
+    (:func:`usv_ray.cluster.constraints.cannot_links`). Nodules that gain nothing come
+    back unchanged.
 
     Raises:
         ValueError: for an embedding that is not finite.
@@ -93,19 +107,37 @@ def update_patient(
     owner = np.repeat(np.arange(len(nodules)), [len(n.tracklet_ids) for n in nodules])
     member_vecs, new_vecs = vectors[: len(members)], vectors[len(members) :]  # (M, D), (N, D)
 
+    apart: dict[str, set[str]] = {}  # tracklet -> the tracklets it cannot-links
+    for pair in cannot:
+        a, b = tuple(pair)
+        apart.setdefault(a, set()).add(b)
+        apart.setdefault(b, set()).add(a)
+    holds = [set(n.tracklet_ids) for n in nodules]  # each nodule's members, as they grow
     joined: dict[int, list[str]] = {}  # nodule position -> new tracklets that joined it
     pending = np.arange(len(new_ids))
     while len(pending) and len(member_vecs):
         distance = 1.0 - new_vecs[pending] @ member_vecs.T  # (pending, M)
+        for row, i in enumerate(pending):  # never into a nodule it cannot-links a member of
+            others = apart.get(new_ids[i])
+            for position, held in enumerate(holds if others else ()):
+                if held & others:
+                    distance[row, owner == position] = np.inf
         nearest = distance.argmin(axis=1)
-        hits = distance[np.arange(len(pending)), nearest] <= tau
-        if not hits.any():
+        hits = np.flatnonzero(distance[np.arange(len(pending)), nearest] <= tau)
+        if not len(hits):
             break
-        for i, m in zip(pending[hits], nearest[hits], strict=True):
-            joined.setdefault(int(owner[m]), []).append(new_ids[i])
-        member_vecs = np.concatenate([member_vecs, new_vecs[pending[hits]]])
-        owner = np.concatenate([owner, owner[nearest[hits]]])
-        pending = pending[~hits]
+        took = []
+        for row in hits[np.argsort(distance[hits, nearest[hits]], kind="stable")]:
+            i, position = pending[row], int(owner[nearest[row]])
+            if holds[position] & apart.get(new_ids[i], set()):
+                continue  # a nearer new tracklet it cannot-links joined first: next round
+            joined.setdefault(position, []).append(new_ids[i])
+            holds[position].add(new_ids[i])
+            took.append(row)
+        took = np.asarray(took, dtype=np.int64)
+        member_vecs = np.concatenate([member_vecs, new_vecs[pending[took]]])
+        owner = np.concatenate([owner, owner[nearest[took]]])
+        pending = np.delete(pending, took)
 
     updated = []
     for position, nodule in enumerate(nodules):
@@ -118,7 +150,8 @@ def update_patient(
         updated.append(replace(nodule, tracklet_ids=tracklets, last_study=last, updated_at=now))
 
     if len(pending):
-        labels = _cluster(new_vecs[pending], tau, method, seed)
+        rest = [new_ids[i] for i in pending]
+        labels = _cluster(new_vecs[pending], tau, method, seed, pairs_of(rest, cannot))
         for label in np.unique(labels):
             founders = sorted(new_ids[i] for i in pending[labels == label])
             first, last = _study(study_of, founders, min), _study(study_of, founders, max)

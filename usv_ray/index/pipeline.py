@@ -34,6 +34,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from usv_ray.cluster.constraints import cannot_links
 from usv_ray.config import Config, IndexConfig
 from usv_ray.errors import UsvRayError
 from usv_ray.index.errors import BAD, DAMAGED, error_frame, errors_table
@@ -41,7 +42,7 @@ from usv_ray.index.nodules import Nodule, centroid, update_patient
 from usv_ray.index.report import describe
 from usv_ray.index.store import embed_new, read_store, reid_embeddings
 from usv_ray.io import remove_stale_tmp, write_json, write_table
-from usv_ray.layout import IndexFolder, IngestFolder, LayoutError, holds
+from usv_ray.layout import TRACKLET_META, IndexFolder, IngestFolder, LayoutError, holds
 from usv_ray.schemas import EMBEDDINGS, NODULES
 
 log = logging.getLogger(__name__)
@@ -294,7 +295,9 @@ def run_index(
     scores_from = NO_DIAGNOSES if diagnoses is None else read_diagnoses(diagnoses, c.nodule_scoring)
     unreadable: dict[str, str] = {}  # video_id -> why its tracklets shard cannot be read
     try:
-        tracklets = data.read_tracklets(unreadable=unreadable).to_pandas()
+        # box_frames: the frames each covers, for the cannot-links
+        columns = [*TRACKLET_META, "box_frames"]
+        tracklets = data.read_tracklets(columns, unreadable=unreadable).to_pandas()
     except LayoutError as exc:
         raise IndexBuildError(str(exc)) from exc
     for video_id, why in sorted(unreadable.items()):
@@ -394,6 +397,8 @@ def run_index(
     for tracklet_id in sorted(set(embedding_of) - indexed):
         if tracklet_id in patient_of:  # still in the archive
             todo.setdefault(patient_of[tracklet_id], []).append(tracklet_id)
+    # tonight's videos' tracklets seen side by side: never one nodule
+    cannot = cannot_links(tracklets[tracklets["patient_key"].isin(todo)])
     now = datetime.now(UTC).replace(microsecond=0)
     failed = {}
     for patient_key, new_ids in todo.items():
@@ -408,6 +413,7 @@ def run_index(
                 c.method,
                 now,
                 c.seed,
+                cannot,
             )
         except Exception as exc:  # one patient's failure is an error row, not a failed run
             log.warning("index: patient %s failed: %s", patient_key, exc)
