@@ -213,7 +213,12 @@ class ClassifyConfig:
     # The diagnosis bundle (bundle/): the k fold models as an ensemble, and with final_model
     # one more CNN + LSTM trained on every labelled patient for the epochs the folds chose
     final_model: bool = later(False)
-    # fitted on out-of-fold predictions
+    # share of the labelled patients (label-stratified) that no member trains on: the
+    # calibrator and the operating point are fitted on the members' mean P of their videos,
+    # which is what the bundle deploys. 0: fitted on the out-of-fold P of single fold models
+    # instead, which reads more videos malignant than it promises (benchmarks/RESULTS.md:
+    # worth it from about 50 share patients; fewer make the threshold swing)
+    calibration_share: float = 0.0
     calibration: Literal["platt", "isotonic"] = later("platt")
     calibration_bins: int = later(10)  # bins of the reliability diagrams and calibration errors
     # the operating point: the threshold of calibrated P(malignant) that reaches this

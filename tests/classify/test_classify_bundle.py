@@ -8,12 +8,15 @@ import pytest
 from sklearn.metrics import roc_curve
 
 from usv_ray.classify.bundle import (
+    METHOD,
     TRADEOFF,
     chosen_epochs,
     operating_point,
     operating_point_table,
     weak_specificity,
+    write_calibrated_bundle,
 )
+from usv_ray.classify.folds import calibration_share
 from usv_ray.config import ClassifyConfig
 from usv_ray.evaluate.calibration import Calibrator
 from usv_ray.runner import save_model
@@ -141,3 +144,61 @@ def test_the_operating_curve_is_drawn_with_the_bundle_point(tmp_path):
     point = operating_point(cfg, _noisy_oof(), IDENTITY)
     path = operating_curve_plot(point, 0.5, tmp_path / "operating_curve.png", "toy")
     assert path.stat().st_size > 10_000
+
+
+def test_the_calibration_share_holds_whole_patients_of_both_classes_out():
+    videos = pd.DataFrame(
+        {
+            "video_id": [f"v{i}" for i in range(40)],
+            "patient_key": [f"p{i // 2}" for i in range(40)],
+            "label": [(i // 2) % 2 for i in range(40)],
+        }
+    )
+    share = calibration_share(videos, ClassifyConfig(calibration_share=0.2))
+    assert share["label"].nunique() == 2 and share["patient_key"].nunique() == 4  # a fifth of 20
+    kept = videos[~videos["video_id"].isin(share["video_id"])]
+    assert not set(kept["patient_key"]) & set(share["patient_key"])  # no patient split
+    assert calibration_share(videos, ClassifyConfig()).empty  # 0: the out-of-fold way
+    with pytest.raises(ValueError, match=r"in \[0, 0.5\]"):
+        calibration_share(videos, ClassifyConfig(calibration_share=0.7))
+    with pytest.raises(ValueError, match="one class only"):
+        calibration_share(videos.assign(label=1), ClassifyConfig(calibration_share=0.2))
+
+
+@pytest.mark.filterwarnings("ignore::usv_ray.evaluate.metrics.MetricWarning")
+def test_a_calibration_share_calibrates_what_the_bundle_deploys(tmp_path):
+    """With a share, the calibrator and threshold are fitted on the members' mean P of its
+    videos (what a night reads), and the folder keeps what they were fitted on."""
+    from toy_bundle import INGEST, write_toy_bundle, write_toy_video, write_videos_table
+
+    from usv_ray import bundle
+    from usv_ray.bundle.diagnosis import read_video
+    from usv_ray.layout import ClassifyFolder, IngestFolder
+
+    data = tmp_path / "data"
+    IngestFolder(data).claim(INGEST)
+    rows = [{"video_id": f"v{i}", "patient_key": f"p{i // 2}"} for i in range(12)]
+    for i, row in enumerate(rows):
+        write_toy_video(data, row["video_id"], row["patient_key"], frames=5, seed=i)
+    write_videos_table(data, rows)
+    share = pd.DataFrame(rows).assign(label=[(i // 2) % 2 for i in range(12)])
+    toy = write_toy_bundle(tmp_path / "cls", members=2)  # the members' files, as classify left them
+    meta = {"ingest": bundle.read(toy, "diagnosis").record["ingest"]}
+    out = ClassifyFolder(tmp_path / "cls")
+    scored = _oof().assign(method=METHOD)
+    cfg = ClassifyConfig(folds=3, n_boot=20, calibration_share=0.2)
+    record = write_calibrated_bundle(cfg, data, out, [0, 1], meta, scored, share, "toy")
+
+    read = pd.read_parquet(out.calibration_share)
+    model = bundle.load(out.bundle, "diagnosis")
+    for row in read.itertuples():
+        images, _, _ = read_video(str(IngestFolder(data).frames(row.video_id)), None)
+        members = model.member_probs(images)[0]
+        np.testing.assert_allclose(row.member_probs, members, rtol=1e-6)
+        assert row.prob == pytest.approx(members.mean())
+    assert sorted(read["fold"].unique()) == [0, 1, 2]  # the share's patients, cross-fitted
+    assert read.groupby("patient_key")["fold"].nunique().max() == 1
+    assert "12 videos of 6 patients that no member trained on" in record["calibrator_fitted_on"]
+    assert record["calibrator"]["n_videos"] == 12 and record["operating_point"]["n_videos"] == 12
+    assert len(record["members"]) == 2
+    assert bundle.read(out.bundle, "diagnosis").version == record["version"]

@@ -7,9 +7,10 @@ import torch
 from toy_bundle import SIZE, write_toy_bundle, write_toy_data
 
 from usv_ray.bundle import load
+from usv_ray.bundle.diagnosis import read_video
 from usv_ray.imaging import normalise
 from usv_ray.models.lstm import pad_features
-from usv_ray.predict.diagnose import ROW_SCHEMA, Diagnoser, read_video, tracklet_spans
+from usv_ray.predict.diagnose import ROW_SCHEMA, Diagnoser, tracklet_spans
 
 
 @pytest.fixture(scope="module")

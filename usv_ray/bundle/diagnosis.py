@@ -4,7 +4,8 @@ read a video (:class:`DiagnosisModel`).
 Its record (written by :mod:`usv_ray.classify.bundle`) names the members (each fold's frame
 CNN and variable-frame LSTM, and the final pair), the calibrator, the operating point and
 its whole trade-off. A video's raw P(malignant) is the mean of the members' P, their
-standard deviation its spread; the calibrated P is read at the threshold.
+standard deviation its spread; the calibrated P is read at the threshold. A video's stored
+frames (and tracklets) are read for it by :func:`read_video`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from usv_ray.bundle.record import STORED_FRAME_SETTINGS, Bundle
@@ -22,6 +24,41 @@ KIND = "diagnosis"
 # the ingest settings a diagnosis bundle needs its frames made with
 FRAME_SETTINGS = ("sampling", "n_frames", *STORED_FRAME_SETTINGS)
 FEATURE_CHUNK = 256  # frames through a member's CNN at once
+
+
+def read_video(
+    frames: str, tracklets: str | None, shards: dict | None = None
+) -> tuple[torch.Tensor, np.ndarray, pa.Table]:
+    """A video's stored frames ``(T, 1, S, S)`` uint8 in frame order, their source indices
+    ``(T,)``, and its tracklets (tracklet_id, frame_index; empty without a shard), each
+    shard checked against what ingest ``shards`` recorded of it (its journal's).
+
+    Raises:
+        DamagedDataError: a shard missing, damaged or unreadable.
+        ValueError: a shard with no frames, or frames of different or wrong sizes.
+    """
+    from usv_ray.layout import read_checked
+
+    shards = shards or {}
+    columns = ["frame_index", "seq_index", "image", "height", "width"]
+    table = read_checked(frames, shards.get("frames"), columns)
+    if table.num_rows == 0:
+        raise ValueError("the frames shard holds no frame")
+    table = table.sort_by("seq_index")
+    heights, widths = set(table["height"].to_pylist()), set(table["width"].to_pylist())
+    if len(heights) != 1 or len(widths) != 1:
+        raise ValueError(f"frames of several sizes: heights {heights}, widths {widths}")
+    size = (heights.pop(), widths.pop())
+    images = table["image"].to_pylist()
+    if any(len(image) != size[0] * size[1] for image in images):
+        raise ValueError(f"a frame's bytes do not make {size[0]} x {size[1]} pixels")
+    pixels = np.frombuffer(b"".join(images), np.uint8).reshape(len(images), 1, *size)
+    index = table["frame_index"].to_numpy()
+    if tracklets:
+        tracks = read_checked(tracklets, shards.get("tracklets"), ["tracklet_id", "frame_index"])
+    else:
+        tracks = pa.table({"tracklet_id": pa.array([], pa.string()), "frame_index": []})
+    return torch.from_numpy(pixels.copy()), index, tracks
 
 
 @dataclass

@@ -16,12 +16,15 @@ the layout and its checks):
 - the ingest settings the frames must have been made with, the config and data
   fingerprints, the cross-validated metrics with their intervals.
 
-The calibrator is fitted on single fold models' predictions and applied to the members'
-mean, which is a little less extreme: the reliability of the ensemble is what the night's
-predictions against later biopsies will show. The figures in ``tables/calibration`` and
-``tables/operating_point`` are cross-fitted (each fold calibrated, and its threshold
-chosen, on the other folds only), so they estimate what a new patient will see; the
-bundle's own calibrator and threshold are fitted on every fold.
+By default the calibrator is fitted on single fold models' predictions and applied to the
+members' mean, which is less extreme: on a night of 150 new synthetic patients that reads
+more videos malignant than the bundle promises (benchmarks/operating_point.py). With
+``classify.calibration_share`` a label-stratified share of the patients trains no member;
+the calibrator and the operating point are then fitted on the members' mean P of their
+videos (:func:`share_predictions`), what the bundle deploys. The figures in
+``tables/operating_point`` are cross-fitted (each fold, of the out-of-fold predictions or
+of the share's patients, read at the threshold chosen on the others), so they estimate
+what a new patient will see; the bundle's own calibrator and threshold are fitted on all.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from usv_ray import bundle
 from usv_ray.bundle.diagnosis import KIND
@@ -252,39 +256,120 @@ def operating_point_table(point: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def share_predictions(
+    cfg: ClassifyConfig, data: Path, bundle_path: Path, share: pd.DataFrame
+) -> pd.DataFrame:
+    """The videos of the calibration share (video_id, patient_key, label) read by every
+    member of the bundle at ``bundle_path``: with ``member_probs`` (M,), ``prob`` their mean
+    (what the bundle deploys) and ``fold``, the share's patients in label-stratified folds
+    for the cross-fitted figures (``classify.folds`` of them, fewer for a small share)."""
+    from usv_ray.bundle.diagnosis import read_video
+    from usv_ray.classify.folds import assign_folds
+    from usv_ray.layout import IngestFolder
+
+    model = bundle.load(bundle_path, KIND)
+    folder = IngestFolder(data)
+    members = []
+    for video_id in share["video_id"]:
+        entry = folder.journal_entry(video_id) or {}
+        images, _, _ = read_video(str(folder.frames(video_id)), None, entry.get("shards"))
+        members.append(model.member_probs(images)[0])
+    k = min(cfg.folds, share["patient_key"].nunique())
+    fold_of = assign_folds(share["video_id"], share["patient_key"], share["label"], k, cfg.seed)
+    return share.assign(
+        member_probs=[m.astype(np.float32) for m in members],
+        prob=[float(np.mean(m)) for m in members],
+        fold=share["video_id"].map(fold_of).astype(np.int8),
+    )
+
+
 def calibrate(
-    cfg: ClassifyConfig, scored: pd.DataFrame, out: ClassifyFolder, subtitle: str
-) -> tuple[Calibrator, dict[str, Any]]:
-    """The bundle's calibrator and operating point from the out-of-fold predictions
-    ``scored`` (every method's; the bundle's method is fitted): writes
-    ``tables/calibration``, ``tables/operating_point`` and ``plots/operating_curve.png``,
-    logs the point, and warns when its specificity is below ``cfg.min_specificity``."""
+    cfg: ClassifyConfig,
+    scored: pd.DataFrame,
+    out: ClassifyFolder,
+    subtitle: str,
+    share: pd.DataFrame | None = None,
+) -> tuple[Calibrator, dict[str, Any], str]:
+    """The bundle's calibrator, operating point and what they were fitted on: the
+    calibration ``share``'s members' mean P (:func:`share_predictions`), else the
+    out-of-fold predictions in ``scored`` of the bundle's method. Writes
+    ``tables/calibration`` (every method's out-of-fold P), ``tables/operating_point`` and
+    ``plots/operating_curve.png``, logs the point, and warns when its specificity is below
+    ``cfg.min_specificity``."""
     from usv_ray.evaluate.calibration import fit_calibrator
     from usv_ray.evaluate.plots import operating_curve_plot
     from usv_ray.evaluate.tables import write_table as write_results
 
     calibration = calibration_table(cfg, scored, out.plots, subtitle)
     write_results(calibration, out.tables / "calibration", float_format="{:.3f}")
-    oof = scored[scored["method"] == METHOD]
-    calibrator = fit_calibrator(oof["label"].to_numpy(), oof["prob"].to_numpy(), cfg.calibration)
-    point = operating_point(cfg, oof, calibrator)
+    if share is None:
+        fitted = scored[scored["method"] == METHOD]
+        fitted_on = f"out-of-fold predictions of {len(fitted)} videos of {METHOD}"
+    else:
+        fitted = share
+        fitted_on = (
+            f"the members' mean P of {len(share)} videos of {share['patient_key'].nunique()} "
+            "patients that no member trained on (classify.calibration_share)"
+        )
+    probs = fitted["prob"].to_numpy().astype(np.float64)
+    calibrator = fit_calibrator(fitted["label"].to_numpy(), probs, cfg.calibration)
+    point = operating_point(cfg, fitted, calibrator)
     write_results(operating_point_table(point), out.tables / "operating_point")
     operating_curve_plot(
         point, cfg.min_specificity, out.plots / "operating_curve.png", f"{METHOD} · {subtitle}"
     )
     log.info(
         "operating point: calibrated P >= %.3f reads malignant (sensitivity %.1f%%, "
-        "specificity %.1f%% cross-fitted on the out-of-fold predictions)",
+        "specificity %.1f%% cross-fitted on %s)",
         point["threshold"],
         100 * point["sensitivity_cross_fitted"]["value"],
         100 * point["specificity_cross_fitted"]["value"],
+        fitted_on,
     )
     if warning := weak_specificity(cfg, point):
         log.warning(warning)
-    return calibrator, point
+    return calibrator, point, fitted_on
 
 
 # ---------------------------------------------------------------------------- write and load
+
+
+def write_calibrated_bundle(
+    cfg: ClassifyConfig,
+    data: Path,
+    out: ClassifyFolder,
+    folds: Sequence[int],
+    meta: Mapping[str, Any],
+    scored: pd.DataFrame,
+    share: pd.DataFrame,
+    subtitle: str,
+) -> dict[str, Any]:
+    """Calibrate (:func:`calibrate`) and write the bundle of the members of ``folds``, with
+    ``meta``. With a calibration ``share``, a first bundle of the members reads its videos
+    (:func:`share_predictions`, written to ``calibration_share.parquet``); the calibrated
+    bundle replaces it. Returns the record."""
+    from usv_ray.bundle import now_utc
+    from usv_ray.io import write_table
+
+    read = None
+    if len(share):
+        log.info(
+            "calibration share: reading its %d videos of %d patients with every member",
+            len(share),
+            share["patient_key"].nunique(),
+        )
+        members_only = {"calibrator": Calibrator("identity", {}, 0, 0).to_dict()}
+        write_diagnosis_bundle(out, folds, {**meta, **members_only, "operating_point": {}})
+        read = share_predictions(cfg, data, out.bundle, share)
+        write_table(pa.Table.from_pandas(read, preserve_index=False), out.calibration_share)
+    calibrator, point, fitted_on = calibrate(cfg, scored, out, subtitle, read)
+    calibration = {
+        "calibrator": calibrator.to_dict(),
+        "calibrator_fitted_on": fitted_on,
+        "calibrator_made_at": now_utc(),
+        "operating_point": point,
+    }
+    return write_diagnosis_bundle(out, folds, {**meta, **calibration})
 
 
 def write_diagnosis_bundle(

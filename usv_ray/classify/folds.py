@@ -4,6 +4,7 @@ Features for fold k must come from a CNN trained without fold k's patients, so t
 a video is a function of its patient alone. Folds are stratified by label as far as whole
 patients allow (scikit-learn's StratifiedGroupKFold), and seeded.
 
+:func:`calibration_share` holds patients out of every fold to calibrate the bundle on;
 :func:`fold_table` and :func:`fold_split` are the splits ``usv-ray classify`` trains on;
 ``usv-ray tune`` calls the same two, so a sweep validates on the videos the stage does.
 """
@@ -128,3 +129,29 @@ def fold_split(
         train["video_id"], train["patient_key"], train["label"], c.val_fraction, c.seed
     )
     return tuple(v for v in train["video_id"] if v not in held), tuple(sorted(held))
+
+
+def calibration_share(videos: pd.DataFrame, c: ClassifyConfig) -> pd.DataFrame:
+    """The labelled ``videos`` (video_id, patient_key, label) of the patients held out of
+    every fold and member to calibrate the bundle on: a label-stratified
+    ``classify.calibration_share`` of the patients (``classify.seed``); none for 0.
+
+    Raises ValueError for a share outside [0, 0.5], or one without both classes.
+    """
+    if not 0 <= c.calibration_share <= 0.5:
+        raise ValueError(
+            f"classify.calibration_share must be in [0, 0.5], got {c.calibration_share}"
+        )
+    if c.calibration_share == 0:
+        return videos.iloc[:0]
+    held = validation_videos(
+        videos["video_id"], videos["patient_key"], videos["label"], c.calibration_share, c.seed
+    )
+    share = videos[videos["video_id"].isin(held)].reset_index(drop=True)
+    if share["label"].nunique() < 2:
+        raise ValueError(
+            f"the calibration share ({share['patient_key'].nunique()} patients) holds one "
+            "class only: a threshold needs benign and malignant videos; raise "
+            "classify.calibration_share or set it to 0"
+        )
+    return share

@@ -389,20 +389,19 @@ def _bundle(
     data: Path,
     out: ClassifyFolder,
     folds: pd.DataFrame,
+    share: pd.DataFrame,
     scored: pd.DataFrame,
     subtitle: str,
     run: StageRun,
 ) -> dict:
-    """Calibration and operating-point tables, the final model if asked, and the bundle."""
-    from usv_ray.bundle import now_utc
+    """The final model if asked, then the bundle, calibrated on the calibration ``share``
+    when there is one, else out of fold."""
     from usv_ray.bundle.diagnosis import FRAME_SETTINGS
-    from usv_ray.classify.bundle import calibrate, write_diagnosis_bundle
+    from usv_ray.classify.bundle import write_calibrated_bundle
     from usv_ray.classify.folds import FINAL_FOLD
     from usv_ray.evaluate.metrics import METRICS
 
     c = cfg.classify
-    oof = scored[scored["method"] == VARIABLE]
-    calibrator, point = calibrate(c, scored, out, subtitle)
     if c.final_model:
         _final_model(cfg, data, out, folds)
     ingest = IngestFolder(data).settings()
@@ -421,13 +420,9 @@ def _bundle(
             "malignant": int(folds["label"].sum()),
         },
         "metrics": {"percent, out-of-fold, patient-bootstrap 95% CI": metrics},
-        "calibrator": calibrator.to_dict(),
-        "calibrator_fitted_on": f"out-of-fold predictions of {len(oof)} videos of {VARIABLE}",
-        "calibrator_made_at": now_utc(),
-        "operating_point": point,
     }
     folds_in = [*range(c.folds), *([FINAL_FOLD] if c.final_model else [])]
-    return write_diagnosis_bundle(out, folds_in, meta)
+    return write_calibrated_bundle(c, data, out, folds_in, meta, scored, share, subtitle)
 
 
 @holds("classify")
@@ -438,7 +433,7 @@ def run_classify(cfg: Config, data: str | Path, out: str | Path) -> ClassifySumm
     One run at a time in ``out`` (:func:`usv_ray.layout.hold`): another run's lock
     refuses this one, or makes it wait (``lock.busy``).
     """
-    from usv_ray.classify.folds import fold_table
+    from usv_ray.classify.folds import calibration_share, fold_table
     from usv_ray.runtime import ensure_ray
 
     data, out = Path(data), ClassifyFolder(out)
@@ -459,7 +454,8 @@ def run_classify(cfg: Config, data: str | Path, out: str | Path) -> ClassifySumm
     run.claim()
     remove_stale_tmp(out.features)
     try:
-        folds = fold_table(videos, c)
+        share = calibration_share(videos, c)
+        folds = fold_table(videos[~videos["video_id"].isin(share["video_id"])], c)
     except ValueError as exc:
         raise ClassifyError(str(exc)) from exc
     write_table(pa.Table.from_pandas(folds, preserve_index=False), out.folds)
@@ -485,7 +481,7 @@ def run_classify(cfg: Config, data: str | Path, out: str | Path) -> ClassifySumm
         f"{c.folds}-fold CV, CNN {c.cnn.epochs} ep, LSTM {c.lstm.epochs} ep, seed {c.seed}"
     )
     _plots(cfg, frame, out, subtitle)
-    bundle = _bundle(cfg, data, out, folds, frame, subtitle, run)
+    bundle = _bundle(cfg, data, out, folds, share, frame, subtitle, run)
     patients = int(folds["patient_key"].nunique())
     seconds = run.finish({"videos": len(folds), "patients": patients, "bundle": bundle["version"]})
     describe(out.root, data)

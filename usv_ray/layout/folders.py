@@ -396,6 +396,10 @@ class ClassifyFolder(StageFolder):
     def predictions(self) -> Path:
         return self.root / "predictions" / "predictions.parquet"
 
+    @property
+    def calibration_share(self) -> Path:
+        return self.root / "calibration_share.parquet"
+
 
 class ReidFolder(StageFolder):
     """What ``usv-ray reid`` writes."""

@@ -120,6 +120,12 @@ ENTRIES: dict[type[Folder], tuple[Entry, ...]] = {
             "checkpoints, and the finished models (`runs/cnn/models/fold=<k>.pt`)",
         ),
         Entry("folds.parquet", "video", "video_id, patient_key, label, fold"),
+        Entry(
+            "calibration_share.parquet",
+            "video",
+            "with `classify.calibration_share`: the held-out videos the calibrator and "
+            "threshold were fitted on (video_id, patient_key, label, the members' P and mean)",
+        ),
         Entry("classify.json", "folder", "the settings and data it was made from; its summary"),
         Entry("report.json", "folder", "its section of the report (`usv-ray report`)"),
     ),

@@ -7,7 +7,8 @@ video's frames, and over the frames each tracklet spans, and returns one row per
 with its tracklets nested. A video whose frames cannot be read is an error row; the rest
 of the batch is diagnosed.
 
-A tracklet's frames are the stored frames whose source index lies within the tracklet's
+A video's frames come from :func:`usv_ray.bundle.diagnosis.read_video`. A tracklet's
+frames are the stored frames whose source index lies within the tracklet's
 first to last frame; when the sampling left none there, the stored frame nearest its middle.
 """
 
@@ -66,41 +67,6 @@ def tracklet_spans(frame_index: np.ndarray, tracklet_frames: list[list[int]]) ->
     return spans
 
 
-def read_video(
-    frames: str, tracklets: str | None, shards: dict | None = None
-) -> tuple[torch.Tensor, np.ndarray, pa.Table]:
-    """A video's stored frames ``(T, 1, S, S)`` uint8 in frame order, their source indices
-    ``(T,)``, and its tracklets (tracklet_id, frame_index; empty without a shard), each
-    shard checked against what ingest ``shards`` recorded of it (its journal's).
-
-    Raises:
-        DamagedDataError: a shard missing, damaged or unreadable.
-        ValueError: a shard with no frames, or frames of different or wrong sizes.
-    """
-    from usv_ray.layout import read_checked
-
-    shards = shards or {}
-    columns = ["frame_index", "seq_index", "image", "height", "width"]
-    table = read_checked(frames, shards.get("frames"), columns)
-    if table.num_rows == 0:
-        raise ValueError("the frames shard holds no frame")
-    table = table.sort_by("seq_index")
-    heights, widths = set(table["height"].to_pylist()), set(table["width"].to_pylist())
-    if len(heights) != 1 or len(widths) != 1:
-        raise ValueError(f"frames of several sizes: heights {heights}, widths {widths}")
-    size = (heights.pop(), widths.pop())
-    images = table["image"].to_pylist()
-    if any(len(image) != size[0] * size[1] for image in images):
-        raise ValueError(f"a frame's bytes do not make {size[0]} x {size[1]} pixels")
-    pixels = np.frombuffer(b"".join(images), np.uint8).reshape(len(images), 1, *size)
-    index = table["frame_index"].to_numpy()
-    if tracklets:
-        tracks = read_checked(tracklets, shards.get("tracklets"), ["tracklet_id", "frame_index"])
-    else:
-        tracks = pa.table({"tracklet_id": pa.array([], pa.string()), "frame_index": []})
-    return torch.from_numpy(pixels.copy()), index, tracks
-
-
 class Diagnoser:
     """Ray Data callable class: a batch of videos in, their diagnosis rows out.
 
@@ -120,6 +86,8 @@ class Diagnoser:
         self, frames: str, tracklets: str | None, shards: dict | None = None
     ) -> dict[str, Any]:
         """The diagnosis of one video (its ok row's values, tracklets nested)."""
+        from usv_ray.bundle.diagnosis import read_video
+
         model = self.model
         images, index, tracks = read_video(frames, tracklets, shards)
         spans = tracklet_spans(index, tracks["frame_index"].to_pylist())
