@@ -15,9 +15,17 @@ patients are labelled? A linear probe, measured in one run.
    draws where the pretrained trunk wins.
 
 A linear probe measures what the frozen trunk's features hold; the frame CNN fine-tunes
-its trunk, so the gain it sees may be smaller or larger. Run:
-``.venv/bin/python benchmarks/pretrain.py`` (synthetic: about 15 minutes on 2 cores),
-``--pocus`` for the real videos.
+its trunk, so the gain it sees may be smaller or larger.
+
+``--ray-vs-bare``: instead, pretraining images/s (anchors, as the runner counts them)
+through Ray Train with 1 worker (``usv-ray pretrain``'s steady epochs, Ray's start-up left
+out) against a bare PyTorch loop over the same frames held in memory: the same
+contrastive trunk and initial weights, AdamW, batch, pairs, B-mode views and thread count;
+its epochs run before and after the fit, so their median brackets it (target: at least
+0.85).
+
+Run: ``.venv/bin/python benchmarks/pretrain.py`` (synthetic: about 15 minutes on 2 cores),
+``--pocus`` for the real videos, ``--ray-vs-bare`` for the speed (about 5 minutes).
 """
 
 from __future__ import annotations
@@ -87,6 +95,93 @@ def probe(
     return {name: np.asarray(values) for name, values in aucs.items()}
 
 
+def bare_epochs(data, p, epochs: int, threads: int) -> list[float]:
+    """Images/s of ``epochs`` epochs of a bare contrastive loop on the training frames of
+    ``data``, as ``usv-ray pretrain`` with the settings ``p`` trains (the first epoch pays
+    the warm-up)."""
+    from usv_ray.imaging import bmode_views
+    from usv_ray.models.contrastive import ContrastiveTrunk, nt_xent
+    from usv_ray.pretrain.pipeline import pretrain_videos
+    from usv_ray.pretrain.task import Frames, pair_rows
+
+    videos = pretrain_videos(data, p)
+    train = videos.loc[videos["split"] == "train", "video_id"].tolist()
+    images, rows, start = [], [], 0
+    for shard in data.frame_shards(train):
+        table = pq.read_table(shard, columns=["seq_index", "image", "height", "width"])
+        table = table.sort_by("seq_index").to_pydict()
+        h, w = table["height"][0], table["width"][0]
+        images.append(np.frombuffer(b"".join(table["image"]), np.uint8).reshape(-1, h, w))
+        rows.append(np.arange(start, start + len(images[-1])))
+        start += len(images[-1])
+    frames = Frames(np.concatenate(images), rows)
+    torch.set_num_threads(threads)
+    torch.manual_seed(p.seed)
+    model = ContrastiveTrunk(p.projection).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    size = min(p.batch_size, len(rows))
+    steps = max(1, -(-len(frames.images) // size))  # as many anchors as frames
+    rates = []
+    for epoch in range(epochs):
+        rng = np.random.default_rng([p.seed, epoch, 0])
+        generator = torch.Generator().manual_seed(p.seed + epoch)
+        passes = -(-steps * size // len(rows))
+        order = np.concatenate([rng.permutation(len(rows)) for _ in range(passes)])
+        started, anchors = time.perf_counter(), 0
+        for step in range(steps):
+            batch = order[step * size : (step + 1) * size]
+            first, second = pair_rows(frames, batch, p.max_gap, rng)
+            pair = torch.from_numpy(np.concatenate([frames.images[first], frames.images[second]]))
+            z = model(bmode_views(pair[:, None], generator))  # (2B, projection)
+            loss, _ = nt_xent(*z.chunk(2), p.temperature)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            loss.item()  # the runner reads the loss every step too
+            anchors += len(first)
+        rates.append(anchors / (time.perf_counter() - started))
+    return rates[1:]
+
+
+def ray_vs_bare(args: argparse.Namespace, root: Path, data) -> int:
+    """Print Ray Train's pretraining images/s against the bare loop's; 1 when under 0.85."""
+    import ray
+
+    from usv_ray.config import load_config
+    from usv_ray.layout import PretrainFolder
+    from usv_ray.pretrain.pipeline import run_pretrain
+    from usv_ray.runner import load_model
+
+    threads = args.threads
+    cfg = load_config(
+        DEMO,
+        [
+            f"pretrain.epochs={args.epochs}",
+            "pretrain.workers=1",
+            f"pretrain.cpus_per_worker={threads}",
+            f"pretrain.val_every={args.epochs}",  # validation is not part of the timed epochs
+            f"ray.num_cpus={threads + 2}",  # Ray Data reads beside the worker
+            "ray.progress=false",
+        ],
+    )
+    bare = bare_epochs(data, cfg.pretrain, 3, threads)
+    out = PretrainFolder(root / "pre")
+    run_pretrain(cfg, data.root, out.root)
+    ray.shutdown()
+    bare += bare_epochs(data, cfg.pretrain, 3, threads)  # after: the two bracket the fit
+    _, meta = load_model(out.runs / "trunk" / "models" / "trunk.pt")
+    ray_rate = float(meta["samples_per_s"])  # the median of its steady epochs
+    bare_rate = float(np.median(bare))
+    ratio = ray_rate / bare_rate
+    print(
+        f"\n## Pretraining speed, {threads} threads: Ray Train 1 worker {ray_rate:.1f} images/s "
+        f"(median of its steady epochs), bare loop {bare_rate:.1f} images/s (median of "
+        f"{len(bare)} epochs around the fit): ratio {ratio:.2f} (target at least 0.85: "
+        f"{'met' if ratio >= 0.85 else 'MISSED'})"
+    )
+    return 0 if ratio >= 0.85 else 1
+
+
 def archive(args: argparse.Namespace, root: Path):
     """The ingest folder of the synthetic archive or of real_pocus."""
     from usv_ray.config import load_config
@@ -114,6 +209,8 @@ def main() -> int:
     parser.add_argument("--budgets", type=int, nargs="+", default=[6, 12, 24])
     parser.add_argument("--draws", type=int, default=200, help="draws of labelled patients")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ray-vs-bare", action="store_true", help="the speed check instead")
+    parser.add_argument("--threads", type=int, default=2, help="--ray-vs-bare: torch threads")
     args = parser.parse_args()
 
     from usv_ray.bundle.trunk import starting_trunk
@@ -126,6 +223,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         data = archive(args, root)
+        if args.ray_vs_bare:
+            return ray_vs_bare(args, root, data)
         started = time.perf_counter()
         pre = load_config(
             DEMO,

@@ -221,6 +221,11 @@ def test_demo_writes_both_bundles_and_indexes_with_the_swept_tau(demo_run):
     ((model_id, swept),) = reid["tau"].items()
     best = load_config(root / "tune" / "tau" / "best.yaml")
     assert swept["tau"] == best.index.tau and model_id.startswith("CM ")
+    # the whole curve and the tau's patient-bootstrap interval travel with it
+    assert [row["tau"] for row in swept["curve"]] == sorted(best.tune.tau)
+    interval = swept["interval"]
+    assert interval["resamples"] > 0 and interval["tau_low"] <= interval["tau_high"]
+    assert swept["validation"]["tracklets"] > 0
     nodules = pq.read_table(root / "index" / "nodules.parquet")
     assert f"{model_id} clip" in nodules["index_version"][0].as_py()
 

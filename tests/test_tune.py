@@ -25,6 +25,7 @@ from usv_ray.schemas import EMBEDDINGS
 from usv_ray.tune import TuneError, run_tune
 from usv_ray.tune.sweep import apply_params, grid_points
 from usv_ray.tune.targets import TARGETS, _lengths, _lstm_inputs, reid_trial
+from usv_ray.tune.tau import edge_warning, tau_interval, validation_embeddings
 
 pytestmark = [pytest.mark.ray]
 
@@ -134,6 +135,38 @@ def test_tau_sweep_finds_the_separating_tau(tmp_path, capsys):
     # the same folder with other settings is refused rather than mixed
     with pytest.raises(Exception, match="other settings"):
         run_tune(load_config(None, ["tune.tau=[0.3]"]), "tau", tmp_path / "reid", tmp_path / "tune")
+
+
+def test_the_chosen_taus_interval_comes_from_resampled_patients(tmp_path):
+    write_toy_reid_folder(tmp_path / "reid")
+    embeddings, patients, nodules = validation_embeddings(tmp_path / "reid")
+    grid = [0.2, 0.5, 0.95]
+    kwargs = {"method": "closure", "seed": 0, "n_boot": 50}
+    interval = tau_interval(grid, embeddings, patients, nodules, **kwargs)
+    # every patient separates at 0.5 only: every resample chooses it, with F 1
+    assert interval == {"tau_low": 0.5, "tau_high": 0.5, "f_low": 1.0, "f_high": 1.0,
+                        "resamples": 50}  # fmt: skip
+    assert tau_interval(grid, embeddings, patients, nodules, **kwargs) == interval  # seeded
+    # with one patient's nodules shuffled, resamples disagree: the interval widens
+    noisy = nodules.copy()
+    noisy[patients == patients[0]] = np.random.default_rng(1).permutation(
+        noisy[patients == patients[0]]
+    )
+    wider = tau_interval(grid, embeddings, patients, noisy, **kwargs)
+    assert wider["f_low"] < 1.0
+
+
+def test_a_tau_at_the_edge_or_a_flat_curve_warns():
+    grid = [0.1, 0.2, 0.4]
+
+    def curve(*f):
+        return [{"tau": t, "f_score": v} for t, v in zip(grid, f, strict=True)]
+
+    assert edge_warning(grid, curve(0.5, 0.9, 0.6), 0.2) is None
+    assert "smallest of the grid" in edge_warning(grid, curve(0.9, 0.5, 0.4), 0.1)
+    assert "largest of the grid" in edge_warning(grid, curve(0.4, 0.5, 0.9), 0.4)
+    assert "do not separate" in edge_warning(grid, curve(0.6, 0.6, 0.6), 0.2)
+    assert edge_warning(grid, curve(np.nan, np.nan, np.nan), 0.2) is None  # no pairs: no claim
 
 
 def test_tau_sweep_needs_a_reid_folder(tmp_path):

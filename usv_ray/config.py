@@ -395,6 +395,7 @@ class TuneConfig:
     # nodule's a few hundredths further (a briefly trained one, thousandths): an even grid
     # of 0.01 steps there merged nodules.
     tau: tuple[float, ...] = tuple(float(f"{0.001 * 1.25**i:.2g}") for i in range(31))
+    tau_n_boot: int = 200  # patient resamples behind the chosen tau's interval
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,13 @@ and scores the clusters against the annotated nodules with the pairwise F-score
 the tied values: :func:`usv_ray.cluster.compare.best_on_grid`) is recorded in the re-ID
 folder's bundle for the model whose embeddings were swept, where ``usv-ray index`` takes
 it from, and goes to ``index.tau`` in best.yaml.
+
+Beside it the bundle records the whole curve (precision, recall and F at every tau) and
+how far the choice can be trusted: a bootstrap over the validation patients
+(:func:`tau_interval`: the 2.5-97.5 percentiles of the tau each resample would choose, and
+of its F). A tau at either end of the grid, or a curve whose best F is no better than
+clustering nothing or everything together, means the model's same and different pairs do
+not separate on the grid: the sweep warns rather than pass such a tau on silently.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -87,6 +95,77 @@ def score_tau(
     }
 
 
+def tau_interval(
+    grid: list[float],
+    embeddings: np.ndarray,
+    patients: np.ndarray,
+    nodules: np.ndarray,
+    *,
+    method: str,
+    seed: int,
+    n_boot: int,
+) -> dict[str, Any]:
+    """Resample the validation patients ``n_boot`` times (with replacement; a patient drawn
+    twice counts as two) and choose tau on each as the sweep does: the 2.5-97.5 percentiles
+    of the chosen tau (``tau_low``, ``tau_high``) and of the F-score there (``f_low``,
+    ``f_high``), and how many resamples had a pair to score (``resamples``)."""
+    from usv_ray.cluster.compare import best_on_grid
+
+    unique = np.unique(patients)
+    rows = {p: np.flatnonzero(patients == p) for p in unique}
+    rng = np.random.default_rng(seed)
+    taus, scores = [], []
+    for _ in range(n_boot):
+        drawn = rng.choice(unique, size=len(unique), replace=True)
+        take = np.concatenate([rows[p] for p in drawn])
+        renamed = np.repeat(np.arange(len(drawn)), [len(rows[p]) for p in drawn]).astype(object)
+        curve = [
+            score_tau(t, embeddings[take], renamed, nodules[take], method=method, seed=seed)[
+                "f_score"
+            ]
+            for t in grid
+        ]
+        if np.isnan(curve).all():
+            continue  # no pair in this resample
+        best = best_on_grid(curve)
+        taus.append(grid[best])
+        scores.append(curve[best])
+    if not taus:
+        return {"resamples": 0}
+    tau_low, tau_high = np.percentile(taus, [2.5, 97.5])
+    f_low, f_high = np.percentile(scores, [2.5, 97.5])
+    return {
+        "tau_low": float(tau_low),
+        "tau_high": float(tau_high),
+        "f_low": float(f_low),
+        "f_high": float(f_high),
+        "resamples": len(taus),
+    }
+
+
+def edge_warning(grid: list[float], curve: list[dict[str, float]], tau: float) -> str | None:
+    """The one-line warning when the chosen ``tau`` sits at an end of the ``grid``, or the
+    best F of the ``curve`` is no better than that at both ends (no tau separates the
+    model's same and different pairs); None otherwise."""
+    f = np.asarray([row["f_score"] for row in curve], dtype=np.float64)
+    if len(grid) < 2 or np.isnan(f).all():
+        return None
+    best = float(np.nanmax(f))
+    if tau in (grid[0], grid[-1]):
+        where = "smallest" if tau == grid[0] else "largest"
+        return (
+            f"tune tau: the best tau {tau:g} is the {where} of the grid ({grid[0]:g}-"
+            f"{grid[-1]:g}): the best may lie beyond it, or the model's same and different "
+            "nodules do not separate; widen tune.tau, or train the re-ID model further"
+        )
+    if best <= max(np.nan_to_num(f[0], nan=-1), np.nan_to_num(f[-1], nan=-1)):
+        return (
+            f"tune tau: no tau clusters better than the ends of the grid (F {best:.3f}): the "
+            "model's same and different nodules do not separate on its validation patients"
+        )
+    return None
+
+
 def tau_target(cfg: Config, data: Path, out: Path) -> Target:
     """``index.tau`` over the grid ``tune.tau``, on the re-ID folder ``data``'s
     validation embeddings; the results table has one row per tau, in increasing order."""
@@ -111,21 +190,52 @@ def tau_target(cfg: Config, data: Path, out: Path) -> Target:
         )
 
     def finish(best: dict[str, Any], f_score: float) -> None:
-        """Record the best tau in the re-ID bundle, with the model it was swept for."""
+        """Record the best tau in the re-ID bundle, with the model it was swept for, the
+        curve and the tau's interval; warn when the curve does not separate."""
         from usv_ray.bundle import BundleError
         from usv_ray.bundle.reid import record_tau
         from usv_ray.layout import ReidFolder
 
-        embeddings = ReidFolder(data).embeddings
-        models = pq.read_table(embeddings, columns=["model"])["model"].unique()
+        tau = best[KEY]
+        stored = ReidFolder(data).embeddings
+        models = pq.read_table(stored, columns=["model"])["model"].unique()
         if len(models) != 1:
-            raise TuneError(f"{embeddings} holds the embeddings of {len(models)} models")
+            raise TuneError(f"{stored} holds the embeddings of {len(models)} models")
+        results = pd.read_csv(out / "results.csv")  # the sweep's, one row per tau
+        curve = results[["tau", *COLUMNS]].to_dict("records")
+        interval = tau_interval(
+            grid,
+            embeddings,
+            patients,
+            nodules,
+            method=index.method,
+            seed=index.seed,
+            n_boot=cfg.tune.tau_n_boot,
+        )
+        log.info(
+            "tune tau: tau %g, F %.3f on %d validation tracklets of %d patients; over %d "
+            "patient resamples the chosen tau spans %s and its F %s",
+            tau,
+            f_score,
+            len(patients),
+            len(set(patients.tolist())),
+            interval["resamples"],
+            f"{interval['tau_low']:g}-{interval['tau_high']:g}" if interval["resamples"] else "-",
+            f"{interval['f_low']:.3f}-{interval['f_high']:.3f}" if interval["resamples"] else "-",
+        )
+        if warning := edge_warning(grid, curve, tau):
+            log.warning(warning)
+        extra = {
+            "interval": interval,
+            "curve": curve,
+            "validation": {"tracklets": len(patients), "patients": len(set(patients.tolist()))},
+        }
         try:
-            folder = record_tau(data, models[0].as_py(), best[KEY], f_score, out)
+            folder = record_tau(data, models[0].as_py(), tau, f_score, out, **extra)
         except BundleError as exc:  # a re-ID folder of an older usv_ray: best.yaml has it
-            log.warning("tune tau: tau %g is in best.yaml only: %s", best[KEY], exc)
+            log.warning("tune tau: tau %g is in best.yaml only: %s", tau, exc)
             return
-        log.info("tune tau: tau %g recorded for %s in %s", best[KEY], models[0], folder)
+        log.info("tune tau: tau %g recorded for %s in %s", tau, models[0], folder)
 
     return Target(
         "tau",
