@@ -202,3 +202,4 @@ def test_a_calibration_share_calibrates_what_the_bundle_deploys(tmp_path):
     assert record["calibrator"]["n_videos"] == 12 and record["operating_point"]["n_videos"] == 12
     assert len(record["members"]) == 2
     assert bundle.read(out.bundle, "diagnosis").version == record["version"]
+    assert not (out.root / "share_members").exists()  # the members' reading left nothing

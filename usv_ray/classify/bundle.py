@@ -345,9 +345,12 @@ def write_calibrated_bundle(
     subtitle: str,
 ) -> dict[str, Any]:
     """Calibrate (:func:`calibrate`) and write the bundle of the members of ``folds``, with
-    ``meta``. With a calibration ``share``, a first bundle of the members reads its videos
-    (:func:`share_predictions`, written to ``calibration_share.parquet``); the calibrated
-    bundle replaces it. Returns the record."""
+    ``meta``. With a calibration ``share``, the members read its videos first
+    (:func:`share_predictions`, written to ``calibration_share.parquet``) from a bundle of
+    them in a temporary folder beside ``bundle/``, so that ``bundle/`` never holds an
+    uncalibrated one. Returns the record."""
+    import shutil
+
     from usv_ray.bundle import now_utc
     from usv_ray.io import write_table
 
@@ -358,9 +361,15 @@ def write_calibrated_bundle(
             len(share),
             share["patient_key"].nunique(),
         )
-        members_only = {"calibrator": Calibrator("identity", {}, 0, 0).to_dict()}
-        write_diagnosis_bundle(out, folds, {**meta, **members_only, "operating_point": {}})
-        read = share_predictions(cfg, data, out.bundle, share)
+        members = out.root / "share_members"  # a crash leaves it: the next run replaces it
+        shutil.rmtree(members, ignore_errors=True)
+        uncalibrated = {
+            "calibrator": Calibrator("identity", {}, 0, 0).to_dict(),
+            "operating_point": {},
+        }
+        write_diagnosis_bundle(out, folds, {**meta, **uncalibrated}, members)
+        read = share_predictions(cfg, data, members, share)
+        shutil.rmtree(members)
         write_table(pa.Table.from_pandas(read, preserve_index=False), out.calibration_share)
     calibrator, point, fitted_on = calibrate(cfg, scored, out, subtitle, read)
     calibration = {
@@ -376,10 +385,12 @@ def write_diagnosis_bundle(
     out: ClassifyFolder,
     folds: Sequence[int],
     meta: Mapping[str, Any],
+    folder: Path | None = None,
 ) -> dict[str, Any]:
-    """Write ``out/bundle`` from the classify folder ``out``: the members of ``folds`` (fold
-    numbers, :data:`FINAL_FOLD` for the final model), and ``meta`` (ingest settings,
-    config, fingerprints, metrics, calibrator, operating point). Returns its record."""
+    """Write ``out/bundle`` (or ``folder``) from the classify folder ``out``: the members of
+    ``folds`` (fold numbers, :data:`FINAL_FOLD` for the final model), and ``meta`` (ingest
+    settings, config, fingerprints, metrics, calibrator, operating point). Returns its
+    record."""
     files, members = {}, []
     for fold in folds:
         name = fold_name(fold)
@@ -389,7 +400,7 @@ def write_diagnosis_bundle(
             member[part] = f"{part}_{name}.pt"
         members.append(member)
     return bundle.write(
-        out.bundle,
+        folder or out.bundle,
         KIND,
         files,
         {**meta, "method": METHOD, "members": members},

@@ -460,11 +460,15 @@ def run_classify(cfg: Config, data: str | Path, out: str | Path) -> ClassifySumm
         raise ClassifyError(str(exc)) from exc
     write_table(pa.Table.from_pandas(folds, preserve_index=False), out.folds)
     log.info(
-        "classify: %d videos of %d patients (%d malignant) in %d patient-level folds",
+        "classify: %d videos of %d patients (%d malignant) in %d patient-level folds%s",
         len(folds),
         folds["patient_key"].nunique(),
         int(folds["label"].sum()),
         c.folds,
+        f"; {len(share)} videos of {share['patient_key'].nunique()} patients held out of "
+        "every member to calibrate on"
+        if len(share)
+        else "",
     )
 
     ensure_ray(cfg.ray)
