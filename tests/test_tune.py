@@ -127,6 +127,12 @@ def test_tau_sweep_finds_the_separating_tau(tmp_path, capsys):
     assert build_config(build_parser().parse_args([*argv, "--out", "o"])).index.tau == 0.5
     for name in ("results.csv", "results.md", "tune.json"):
         assert (tmp_path / "tune" / name).exists()
+    # the chosen tau's interval over patient resamples: every resample chooses 0.5 here
+    (row,) = pd.read_csv(tmp_path / "tune" / "tau_interval.csv").to_dict("records")
+    assert (row["tau"], row["tau_low"], row["tau_high"], row["f_low"]) == (0.5, 0.5, 0.5, 1.0)
+    assert (row["tracklets"], row["patients"], row["resamples"]) == (36, 4, 200)
+    report = (tmp_path / "tune" / "report.json").read_text()
+    assert "tau_interval.csv" in report and "Patient resamples" in report
     # the command line on the same folder sweeps again, to the same result
     argv = ["tune", "--target", "tau", "--data", str(tmp_path / "reid")]
     argv += ["--out", str(tmp_path / "tune"), "--set", "tune.tau=[0.95, 0.2, 0.5]"]

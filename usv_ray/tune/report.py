@@ -11,7 +11,11 @@ from usv_ray.layout import RunFolder, TuneFolder
 TITLE = "Tuning sweep: {target}"
 ORDER = RunFolder.part("tune").order
 FIRST = ("results",)
-TITLES = {"results": "Sweep results, one row per trial"}
+TITLES = {
+    "results": "Sweep results, one row per trial",
+    "tau_interval": "The chosen tau, and the tau and F each patient resample would choose "
+    "(2.5-97.5 percentiles)",
+}
 BEST_TITLE = "Best configuration (a YAML the other commands accept with --config)"
 # a sweep's columns depend on its target: its own names (no general headings), but for
 # tau's pairwise scores
@@ -22,6 +26,17 @@ HEADINGS = {
         "f_score": "Pairwise F",
         "clusters": "Clusters",
         "status": "Status",
+    },
+    "tau_interval": {
+        "tau": "tau",
+        "f_score": "Pairwise F",
+        "tau_low": "tau, 2.5%",
+        "tau_high": "tau, 97.5%",
+        "f_low": "F, 2.5%",
+        "f_high": "F, 97.5%",
+        "resamples": "Patient resamples",
+        "tracklets": "Validation tracklets",
+        "patients": "Validation patients",
     },
 }
 

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 KEY = "index.tau"
 COLUMNS = ("precision", "recall", "f_score", "clusters")
+INTERVAL = "tau_interval"  # the sweep folder's table of the chosen tau and its interval
 
 
 def validation_embeddings(reid: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -201,6 +202,9 @@ def tau_target(cfg: Config, data: Path, out: Path) -> Target:
         models = pq.read_table(stored, columns=["model"])["model"].unique()
         if len(models) != 1:
             raise TuneError(f"{stored} holds the embeddings of {len(models)} models")
+        from usv_ray.evaluate.tables import write_table as write_results
+
+        validation = {"tracklets": len(patients), "patients": len(set(patients.tolist()))}
         results = pd.read_csv(out / "results.csv")  # the sweep's, one row per tau
         curve = results[["tau", *COLUMNS]].to_dict("records")
         interval = tau_interval(
@@ -225,11 +229,12 @@ def tau_target(cfg: Config, data: Path, out: Path) -> Target:
         )
         if warning := edge_warning(grid, curve, tau):
             log.warning(warning)
-        extra = {
-            "interval": interval,
-            "curve": curve,
-            "validation": {"tracklets": len(patients), "patients": len(set(patients.tolist()))},
-        }
+        write_results(
+            pd.DataFrame([{"tau": tau, "f_score": f_score, **interval, **validation}]),
+            out / INTERVAL,
+            float_format="{:.4g}",
+        )
+        extra = {"interval": interval, "curve": curve, "validation": validation}
         try:
             folder = record_tau(data, models[0].as_py(), tau, f_score, out, **extra)
         except BundleError as exc:  # a re-ID folder of an older usv_ray: best.yaml has it
