@@ -49,18 +49,18 @@ def run_batches(
         for start in range(0, len(items), batch_size):
             yield here(columns(items[start : start + batch_size]))
         return
-    import ray.data
+    from ray import data as ray_data  # not `import ray.data`: it would rebind ``ray``
 
     from usv_ray.runtime import actor_cpus, ensure_ray
 
     ensure_ray(ray)
     blocks = min(len(items), max(1, math.ceil(len(items) / batch_size)), MAX_BLOCKS)
-    dataset = ray.data.from_items(list(items), override_num_blocks=blocks).map_batches(
+    dataset = ray_data.from_items(list(items), override_num_blocks=blocks).map_batches(
         job,
         fn_constructor_kwargs=dict(kwargs),
         batch_size=batch_size,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=workers),
+        compute=ray_data.ActorPoolStrategy(size=workers),
         num_cpus=actor_cpus(cpus),
         num_gpus=gpus,
     )
