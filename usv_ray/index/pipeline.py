@@ -398,7 +398,9 @@ def run_index(
         if tracklet_id in patient_of:  # still in the archive
             todo.setdefault(patient_of[tracklet_id], []).append(tracklet_id)
     # tonight's videos' tracklets seen side by side: never one nodule
-    cannot = cannot_links(tracklets[tracklets["patient_key"].isin(todo)])
+    cannot: dict[str, set[frozenset[str]]] = {}  # patient -> its pairs: each sees only its own
+    for pair in cannot_links(tracklets[tracklets["patient_key"].isin(todo)]):
+        cannot.setdefault(patient_of[next(iter(pair))], set()).add(pair)
     now = datetime.now(UTC).replace(microsecond=0)
     failed = {}
     for patient_key, new_ids in todo.items():
@@ -413,7 +415,7 @@ def run_index(
                 c.method,
                 now,
                 c.seed,
-                cannot,
+                cannot.get(patient_key, set()),
             )
         except Exception as exc:  # one patient's failure is an error row, not a failed run
             log.warning("index: patient %s failed: %s", patient_key, exc)
