@@ -109,27 +109,24 @@ def readings(table: pd.DataFrame, record: dict, share: int, draws: int, seed: in
     raw = table["prob_raw"].to_numpy(np.float64)
     members = np.stack(table["member_probs"].to_numpy()).astype(np.float64)  # (V, M)
     votes = calibrator.apply(members.ravel()).reshape(members.shape) >= threshold  # (V, M)
+    fixed = {  # the readings that need no share: (V,) each
+        "bundle": table["read"].to_numpy(np.float64),
+        "one member": votes.mean(1),
+        "majority of members": (2 * votes.sum(1) > votes.shape[1]).astype(np.float64),
+    }
     patients = table["patient_key"].to_numpy()
     unique = np.unique(patients)
     rng = np.random.default_rng(seed)
-    out: dict[str, list[dict[str, float]]] = {
-        "bundle": [],
-        "one member": [],
-        "majority of members": [],
-        "share": [],
-    }
+    out: dict[str, list[dict[str, float]]] = {name: [] for name in [*fixed, "share"]}
     for _ in range(draws):
-        drawn = np.isin(patients, rng.choice(unique, size=share, replace=False))
+        drawn = np.zeros(len(labels), bool)
         while len(np.unique(labels[drawn])) < 2:  # a share needs both classes to fit
             drawn = np.isin(patients, rng.choice(unique, size=share, replace=False))
         rest = ~drawn
         fitted = fit_calibrator(labels[drawn], raw[drawn], method)
         own = threshold_at(labels[drawn], fitted.apply(raw[drawn]), target)
-        out["bundle"].append(_measures(labels[rest], table["read"].to_numpy()[rest]))
-        out["one member"].append(_measures(labels[rest], votes[rest].mean(1)))
-        out["majority of members"].append(
-            _measures(labels[rest], (2 * votes[rest].sum(1) > votes.shape[1]).astype(float))
-        )
+        for name, reading in fixed.items():
+            out[name].append(_measures(labels[rest], reading[rest]))
         out["share"].append(_measures(labels[rest], fitted.apply(raw[rest]) >= own))
     return {name: pd.DataFrame(rows) for name, rows in out.items()}
 
