@@ -26,7 +26,14 @@ import numpy as np
 
 from usv_ray.evaluate.metrics import MetricWarning
 
-__all__ = ["CountAgreement", "PairScores", "count_agreement", "pair_counts", "pairwise_scores"]
+__all__ = [
+    "CountAgreement",
+    "PairScores",
+    "count_agreement",
+    "pair_counts",
+    "pair_counts_by_patient",
+    "pairwise_scores",
+]
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,33 @@ def pair_counts(truth: np.ndarray, pred: np.ndarray, patients: np.ndarray) -> tu
     predicted = _pairs_within(patient, cluster)  # TP + FP
     true = _pairs_within(patient, nodule)  # TP + FN
     return tp, predicted - tp, true - tp
+
+
+def pair_counts_by_patient(
+    truth: np.ndarray, pred: np.ndarray, patients: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The patients and their ``(P, 3)`` counts ``tp, fp, fn`` (arguments as
+    :func:`pair_counts`, whose counts are these summed): what a bootstrap over patients
+    resamples."""
+    truth, pred, patients = _arrays(truth, pred, patients)
+    names, patient = np.unique(patients, return_inverse=True)
+    counts = np.zeros((names.size, 3), dtype=np.int64)
+    if truth.size == 0:
+        return names, counts
+    patient = patient.reshape(-1).astype(np.int64)
+    nodule, cluster = _codes(truth, "truth"), _codes(pred, "pred")
+
+    def within(*keys: np.ndarray) -> np.ndarray:  # (P,) pairs agreeing on keys, per patient
+        _, first, sizes = np.unique(
+            np.stack([patient, *keys], axis=1), axis=0, return_index=True, return_counts=True
+        )
+        return np.bincount(patient[first], weights=sizes * (sizes - 1) // 2, minlength=names.size)
+
+    tp = within(nodule, cluster)
+    counts[:, 0] = tp
+    counts[:, 1] = within(cluster) - tp
+    counts[:, 2] = within(nodule) - tp
+    return names, counts
 
 
 def _ratio(numerator: int, denominator: int, what: str) -> float:

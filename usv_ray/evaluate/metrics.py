@@ -35,6 +35,7 @@ __all__ = [
     "f1",
     "pr_curve",
     "precision",
+    "ratio_ci",
     "roc_auc",
     "roc_curve",
     "sensitivity",
@@ -369,6 +370,42 @@ def bootstrap_ci(
         return float("nan"), float("nan")
     resamples = _group_resamples(group_index, int(n_boot), rng)
     return _percentile_ci(metric, labels, probs, resamples, level)
+
+
+def ratio_ci(
+    numerators: ArrayLike,
+    denominators: ArrayLike,
+    *,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    rng: np.random.Generator,
+) -> tuple[float, float]:
+    """Percentile bootstrap ``(low, high)`` of ``sum(numerators) / sum(denominators)`` over
+    groups (patients) drawn with replacement: ``(G,)`` per-group counts, such as a patient's
+    pairs joined rightly and all its pairs. Replicates with a zero denominator are dropped;
+    with fewer than half left (or no group), ``(NaN, NaN)`` and a MetricWarning.
+    """
+    _check_bootstrap(n_boot, level)
+    num, den = (np.asarray(a, dtype=np.float64).reshape(-1) for a in (numerators, denominators))
+    if num.shape != den.shape:
+        raise ValueError(f"one numerator per denominator, got {num.size} and {den.size}")
+    if num.size == 0:
+        warnings.warn("bootstrap of no group; returning (NaN, NaN)", MetricWarning, 2)
+        return float("nan"), float("nan")
+    weights = rng.multinomial(num.size, np.full(num.size, 1.0 / num.size), size=int(n_boot))
+    top, bottom = weights @ num, weights @ den  # (B,) sums of each resample
+    valid = top[bottom > 0] / bottom[bottom > 0]
+    if 2 * valid.size < int(n_boot):
+        warnings.warn(
+            f"only {valid.size} of {n_boot} bootstrap replicates have a denominator; "
+            "returning (NaN, NaN)",
+            MetricWarning,
+            stacklevel=2,
+        )
+        return float("nan"), float("nan")
+    tail = 50.0 * (1.0 - level)
+    low, high = np.percentile(valid, [tail, 100.0 - tail])
+    return float(low), float(high)
 
 
 def summarize(
