@@ -255,5 +255,12 @@ def test_demo_scores_the_night_against_the_hidden_truth(demo_run):
     scoring = pd.read_csv(tables / "nodule_scoring.csv")
     assert set(scoring["scoring"]) == {"tracklets", "videos"}
     assert "the archive, out-of-fold" in set(scoring["nodules_of"])
+    pairs = pd.read_csv(tables / "index_pairs.csv").set_index("tracklets")
+    assert list(pairs.index) == ["all", "annotated", "automatic"]
+    tracklets = pd.read_parquet(root / "data" / "tracklets")
+    assert pairs.loc["all", "indexed"] == len(tracklets)  # every tracklet, both sources
+    assert pairs.loc["annotated", "indexed"] + pairs.loc["automatic", "indexed"] == len(tracklets)
+    figures = pd.read_csv(tables / "index_nodules.csv")
+    assert len(figures) == 3 and figures["count"].str.fullmatch(r"\d+ of \d+").all()
     html = (root / "report.html").read_text()
     assert "The night against the hidden truth" in html and "Reliability diagram" in html

@@ -13,6 +13,7 @@ from usv_ray.cluster.metrics import (
     PairScores,
     count_agreement,
     pair_counts,
+    pair_counts_by_patient,
     pairwise_scores,
 )
 from usv_ray.evaluate.metrics import MetricWarning
@@ -148,3 +149,23 @@ def test_count_agreement_matches_brute_force():
 def test_count_agreement_of_nothing():
     got = count_agreement([], [], [])
     assert (got.patients, got.exact, got.clusters) == (0, 0, 0) and math.isnan(got.mean_error)
+
+
+def test_counts_by_patient_are_sklearns_pair_confusion_per_patient():
+    from sklearn.metrics.cluster import pair_confusion_matrix
+
+    rng = np.random.default_rng(2)
+    patients = rng.choice(["p1", "p2", "p3"], size=50)
+    truth, pred = rng.integers(0, 4, size=50), rng.integers(0, 3, size=50)
+    names, counts = pair_counts_by_patient(truth, pred, patients)
+    assert names.tolist() == ["p1", "p2", "p3"]
+    for name, (tp, fp, fn) in zip(names, counts, strict=True):
+        rows = patients == name
+        matrix = pair_confusion_matrix(truth[rows], pred[rows])
+        assert (2 * tp, 2 * fp, 2 * fn) == (matrix[1, 1], matrix[0, 1], matrix[1, 0])
+    assert tuple(counts.sum(axis=0)) == pair_counts(truth, pred, patients)
+
+
+def test_counts_by_patient_of_nothing():
+    names, counts = pair_counts_by_patient(np.array([]), np.array([]), np.array([]))
+    assert names.size == 0 and counts.shape == (0, 3)

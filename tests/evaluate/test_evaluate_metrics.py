@@ -18,6 +18,7 @@ from usv_ray.evaluate.metrics import (
     f1,
     pr_curve,
     precision,
+    ratio_ci,
     roc_auc,
     roc_curve,
     sensitivity,
@@ -380,3 +381,26 @@ def test_summarize_matches_bootstrap_ci_per_metric():
         )
         assert summary[name] == {"value": bound(y_true, y_prob), "low": low, "high": high}
         assert low <= summary[name]["value"] <= high
+
+
+def test_ratio_ci_is_the_ratio_of_sums_over_resampled_patients():
+    hits = np.array([3, 0, 2, 5, 1, 4])  # per patient: pairs joined rightly, of all pairs
+    pairs = np.array([4, 2, 2, 6, 3, 4])
+    low, high = ratio_ci(hits, pairs, n_boot=400, rng=np.random.default_rng(3))
+    rng = np.random.default_rng(3)
+    weights = rng.multinomial(6, np.full(6, 1 / 6), size=400)  # the same draws, by hand
+    values = [(w * hits).sum() / (w * pairs).sum() for w in weights]
+    assert np.allclose((low, high), np.percentile(values, [2.5, 97.5]), rtol=0, atol=1e-12)
+    assert low <= hits.sum() / pairs.sum() <= high
+
+
+def test_ratio_ci_drops_resamples_without_a_denominator():
+    # one patient of two has no pair: a quarter of resamples draw it twice and are dropped
+    low, high = ratio_ci([1, 0], [2, 0], rng=np.random.default_rng(0))
+    assert low == high == 0.5
+    with pytest.warns(MetricWarning, match="denominator"):
+        assert np.isnan(ratio_ci([0, 0], [0, 0], rng=np.random.default_rng(0))).all()
+    with pytest.warns(MetricWarning, match="no group"):
+        assert np.isnan(ratio_ci([], [], rng=np.random.default_rng(0))).all()
+    with pytest.raises(ValueError, match="one numerator per denominator"):
+        ratio_ci([1, 2], [3], rng=np.random.default_rng(0))

@@ -286,6 +286,16 @@ ENTRIES: dict[type[Folder], tuple[Entry, ...]] = {
             "per-nodule AUC of each way to score a nodule",
         ),
         Entry(
+            "tables/index_pairs.{md,csv}",
+            "set of tracklets",
+            "the index over every tracklet: pairwise scores (all, annotated, automatic)",
+        ),
+        Entry(
+            "tables/index_nodules.{md,csv}",
+            "figure",
+            "the index: right nodule counts; tonight, uids kept and wrong merges",
+        ),
+        Entry(
             "tables/tracking.{md,csv}",
             "set of videos",
             "the automatic tracklets against the true boxes",

@@ -187,29 +187,26 @@ def linking_quality(
 
 def f_difference(a: pd.Series, b: pd.Series, *, n_boot: int = 1000, seed: int = 0) -> dict:
     """Pairwise F of index ``b`` minus index ``a`` (their :attr:`Linking.counts`, one set of
-    patients), in points, with its interval from one resample of patients for both."""
-    from usv_ray.evaluate.tables import ci_text
-
+    patients) in points, with its 95% interval (``f_difference_low``, ``_high``) from one
+    resample of patients for both."""
     patients = a.index.union(b.index)
-    empty = (0, 0, 0)
+    nan = float("nan")
+    if not len(patients):
+        return {"f_difference": nan, "f_difference_low": nan, "f_difference_high": nan}
 
     def table(counts: pd.Series) -> np.ndarray:  # (P, 3) tp, fp, fn
-        return np.array([counts.get(p, empty) for p in patients], dtype=np.float64).reshape(-1, 3)
+        return np.array([counts.get(p, (0, 0, 0)) for p in patients], dtype=np.float64)
 
-    def f(counts: np.ndarray) -> np.ndarray:  # (..., 3) -> (...)
+    def f(counts: np.ndarray) -> np.ndarray:  # (..., 3) -> (...) in points
+        tp, fp, fn = counts[..., 0], counts[..., 1], counts[..., 2]
         with np.errstate(invalid="ignore", divide="ignore"):
-            tp, fp, fn = counts[..., 0], counts[..., 1], counts[..., 2]
             return 100 * 2 * tp / (2 * tp + fp + fn)
 
     first, second = table(a), table(b)
-    value = float(f(second.sum(0)) - f(first.sum(0))) if len(patients) else float("nan")
-    if not len(patients):
-        return {"f_difference": value, "f_difference_ci": float("nan")}
+    value = float(f(second.sum(0)) - f(first.sum(0)))
     rng = np.random.default_rng(seed)
     weights = rng.multinomial(len(patients), np.full(len(patients), 1 / len(patients)), n_boot)
     diffs = f(weights @ second) - f(weights @ first)  # (B,)
     diffs = diffs[~np.isnan(diffs)]
-    if 2 * diffs.size < n_boot:
-        return {"f_difference": value, "f_difference_ci": float("nan")}
-    low, high = np.percentile(diffs, [2.5, 97.5])
-    return {"f_difference": value, "f_difference_ci": ci_text(low / 100, high / 100)}
+    low, high = np.percentile(diffs, [2.5, 97.5]) if 2 * diffs.size >= n_boot else (nan, nan)
+    return {"f_difference": value, "f_difference_low": float(low), "f_difference_high": float(high)}

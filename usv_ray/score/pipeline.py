@@ -9,11 +9,15 @@ lays it out (``data``, ``classify``, ``predict``, ``index``). Writes ``DIR/score
     tables/night_nodules.{md,csv}   each nodule seen tonight: P first and now, the truth
     tables/nodule_scoring.{md,csv}  per-nodule AUC of each way to score a nodule
     tables/tracking.{md,csv}        the automatic tracklets against the true boxes
+    tables/index_pairs.{md,csv}     the index over every tracklet: pairwise scores by source
+    tables/index_nodules.{md,csv}   the index: right nodule counts, uids kept, wrong merges
     tables/index_gap.{md,csv}       the index from automatic tracklets vs from annotated ones
     gap/                            the ingest and the two indexes that comparison made
     summary.json                    the headline figures
 
-The comparison takes the detector's test patients' annotated videos: ingested again
+The index is held against the truth over every tracklet it holds (:mod:`usv_ray.score.linking`:
+an automatic tracklet shows the nodule its boxes match), each figure with a 95% interval
+over patients. The comparison takes the detector's test patients' annotated videos: ingested again
 without their annotations (the detector and tracker make their tracklets), and their
 annotated tracklets as they are, each indexed with the re-ID bundle.
 
@@ -61,6 +65,8 @@ class ScoreSummary:
     night_nodules: pd.DataFrame
     nodule_scoring: pd.DataFrame
     tracking: pd.DataFrame  # empty without automatic tracklets
+    index_pairs: pd.DataFrame  # pairwise scores: all, annotated and automatic tracklets
+    index_nodules: pd.DataFrame  # right counts; tonight: uids kept, wrong merges
     index_gap: pd.DataFrame  # empty without a detector
     seconds: float
 
@@ -92,6 +98,9 @@ class ScoreSummary:
             f"score: {night}\n  nodules seen tonight: {len(self.night_nodules)}\n"
             f"  scoring a nodule, per-nodule ROC AUC (%):\n"
             f"{to_markdown(self.nodule_scoring, float_format='{:.3g}')}\n"
+            f"  the index against the truth, every tracklet (%, 95% intervals over patients):\n"
+            f"{to_markdown(self.index_pairs, float_format='{:.1f}')}\n"
+            f"{to_markdown(self.index_nodules, float_format='{:.1f}')}\n"
             f"{tracking}{gap}"
             f"  tables: {self.out / 'tables'}"
         )
@@ -241,7 +250,7 @@ def _index_gap(cfg: Config, archive: Path, out: RunFolder, truth, raw) -> pd.Dat
 
     from usv_ray.index.pipeline import run_index
     from usv_ray.ingest.pipeline import run_ingest
-    from usv_ray.score.tracks import index_agreement
+    from usv_ray.score.linking import f_difference, linking_quality
 
     splits = pq.read_table(out.detect.splits).to_pandas()
     test = set(splits.loc[splits["split"] == "test", "video_id"])
@@ -268,7 +277,7 @@ def _index_gap(cfg: Config, archive: Path, out: RunFolder, truth, raw) -> pd.Dat
             writer.writerow(["video", "patient_id", "study_id"])
             writer.writerows(rows[["video", "patient_id", "study_id"]].itertuples(index=False))
         run_ingest(cfg, manifest, automatic.root)
-    table = []
+    table, counts = [], {}
     columns = [
         "tracklet_id",
         "video_id",
@@ -287,7 +296,19 @@ def _index_gap(cfg: Config, archive: Path, out: RunFolder, truth, raw) -> pd.Dat
         run_index(cfg, data.root, out.reid.bundle, index)
         nodules = pq.read_table(index / "nodules.parquet").to_pandas()
         tracklets = data.read_tracklets(columns).to_pandas()
-        table.append({"tracklets_from": source, **index_agreement(nodules, tracklets, truth)})
+        linking = linking_quality(nodules, tracklets, truth)
+        right = linking.nodules.iloc[0]
+        table.append(
+            {
+                "tracklets_from": source,
+                **linking.pairs.iloc[0].drop("tracklets").to_dict(),
+                "right_count": right["share"],
+                "right_count_ci": right["share_ci"],
+            }
+        )
+        counts[source] = linking.counts
+    if len(counts) == 2:  # the automatic index's F against the annotated one's, paired
+        table[-1].update(f_difference(counts["annotated"], counts["automatic"]))
     return pd.DataFrame(table)
 
 
@@ -303,6 +324,7 @@ def run_score(cfg: Config, archive: str | Path, out: str | Path) -> ScoreSummary
     from usv_ray.io import write_json
     from usv_ray.privacy import check_keying, load_key
     from usv_ray.score.keyed import keyed_truth
+    from usv_ray.score.linking import linking_quality
     from usv_ray.score.night import nodule_truth, oof_probs, scoring_comparison
     from usv_ray.score.tracks import tracklet_nodules
     from usv_ray.synth.truth import load_truth
@@ -338,6 +360,14 @@ def run_score(cfg: Config, archive: str | Path, out: str | Path) -> ScoreSummary
     )
 
     night = truth.videos[truth.videos["batch"] == "night"]
+    videos = out.data.read_videos()
+    linking = linking_quality(
+        nodules,
+        tracklets,
+        truth,
+        videos=videos[videos["status"] == "ok"],
+        tonight=set(night["video_id"]),
+    )
     threshold = float(record["operating_point"]["threshold"])
     night_videos = _night_videos(night, diagnoses)
     night_metrics = _night_metrics(night, diagnoses, threshold)
@@ -371,6 +401,8 @@ def run_score(cfg: Config, archive: str | Path, out: str | Path) -> ScoreSummary
     write_table(night_metrics, tables / "night_metrics", float_format="{:.1f}")
     write_table(night_nodules, tables / "night_nodules", float_format="{:.1f}")
     write_table(comparison, tables / "nodule_scoring", float_format="{:.3g}")
+    write_table(linking.pairs, tables / "index_pairs", float_format="{:.1f}")
+    write_table(linking.nodules, tables / "index_nodules", float_format="{:.1f}")
     for name, table in (("tracking", tracking), ("index_gap", gap)):
         if len(table):
             write_table(table, tables / name, float_format="{:.1f}")
@@ -380,6 +412,8 @@ def run_score(cfg: Config, archive: str | Path, out: str | Path) -> ScoreSummary
         "night": night_metrics.iloc[0].to_dict(),
         "nodule_scoring": comparison.to_dict("records"),
         "tracking": tracking.to_dict("records"),
+        "index_pairs": linking.pairs.to_dict("records"),
+        "index_nodules": linking.nodules.to_dict("records"),
         "index_gap": gap.to_dict("records"),
     }
     write_json(json.loads(pd.Series(summary).to_json()), out.score.summary)
@@ -391,6 +425,8 @@ def run_score(cfg: Config, archive: str | Path, out: str | Path) -> ScoreSummary
         night_nodules,
         comparison,
         tracking,
+        linking.pairs,
+        linking.nodules,
         gap,
         time.perf_counter() - started,
     )

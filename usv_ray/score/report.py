@@ -15,12 +15,18 @@ FIRST = (
     "night_videos",
     "night_nodules",
     "nodule_scoring",
+    "index_pairs",
+    "index_nodules",
     "tracking",
     "index_gap",
 )
 TITLES = {
     "tracking": "Automatic tracklets against the true boxes of every frame of every video the "
     "tracker ran on: of the patients the detector never saw, and of all",
+    "index_pairs": "The nodule index against the truth over every tracklet it holds: pairs of "
+    "one patient's tracklets, all of them and by source (95% intervals over patients)",
+    "index_nodules": "The nodule index against the truth: patients with the right nodule "
+    "count, and tonight, nodules that joined their earlier uid or were merged into another",
     "index_gap": "The nodule index from automatic tracklets against the index from annotated "
     "ones, on the same videos (the detector's test patients)",
     "night_videos": "Tonight's videos: each diagnosis beside the hidden truth",
@@ -29,6 +35,19 @@ TITLES = {
     "hidden truth",
     "nodule_scoring": "Scoring a nodule: per-nodule ROC AUC of pooling its tracklets' or its "
     "videos' P(malignant), from models that never saw the patient where there are such",
+}
+PAIRS = {
+    "tracklets": "Tracklets",
+    "indexed": "Indexed",
+    "on_a_nodule": "On a true nodule",
+    "patients": "Patients",
+    "pairs": "True pairs",
+    "precision": "Pairwise precision, %",
+    "precision_ci": "95% CI",
+    "recall": "Pairwise recall, %",
+    "recall_ci": "95% CI",
+    "f": "Pairwise F, %",
+    "f_ci": "95% CI",
 }
 HEADINGS = {
     "night_videos": {
@@ -54,18 +73,21 @@ HEADINGS = {
         "id_switches": "ID switches",
         "mota": "MOTA, %",
     },
+    "index_pairs": PAIRS,
+    "index_nodules": {
+        "figure": "Figure",
+        "share": "Share, %",
+        "share_ci": "95% CI",
+        "count": "Count",
+    },
     "index_gap": {
         "tracklets_from": "Tracklets from",
-        "tracklets": "Tracklets",
-        "tracklets_on_a_nodule": "On a true nodule",
-        "nodules_listed": "Nodules listed",
-        "nodules_true": "True nodules",
-        "pairwise_precision": "Pairwise precision, %",
-        "pairwise_recall": "Pairwise recall, %",
-        "pairwise_f": "Pairwise F, %",
-        "patients": "Patients",
-        "patients_right_count": "Right nodule count",
-        "count_error": "Mean count error",
+        **PAIRS,
+        "right_count": "Right nodule count, %",
+        "right_count_ci": "95% CI",
+        "f_difference": "F vs annotated, points",
+        "f_difference_low": "low",
+        "f_difference_high": "high",
     },
     "night_nodules": {
         "patient": "Patient",

@@ -1,5 +1,5 @@
-"""Automatic tracklets against the hidden truth: tracking quality, each tracklet's true
-nodule, and the nodule index built from them against the one built from annotations.
+"""Automatic tracklets against the hidden truth: tracking quality and each tracklet's true
+nodule (what :mod:`usv_ray.score.linking` holds an index against).
 
 Every video of the synthetic archive has true boxes in every frame where a nodule is
 visible, so the tracker's output is scored frame by frame (:mod:`usv_ray.evaluate.tracking`:
@@ -85,43 +85,3 @@ def tracklet_nodules(tracklets: pd.DataFrame, truth: KeyedTruth) -> pd.DataFrame
     if automatic.empty:
         return annotated.reset_index(drop=True)
     return pd.concat([annotated, tracking_quality(truth, automatic)[1]], ignore_index=True)
-
-
-def index_agreement(nodules: pd.DataFrame, tracklets: pd.DataFrame, truth: KeyedTruth) -> dict:
-    """How an index (rows of nodules.parquet) of ``tracklets`` (tracklet_id, video_id,
-    patient_key, source, nodule_id, box_frames, boxes) agrees with the truth: pairwise
-    precision, recall and F over the tracklets that show a true nodule, and for how many
-    patients it lists as many nodules as their videos truly show."""
-    import warnings
-
-    from usv_ray.cluster.metrics import pairwise_scores
-    from usv_ray.evaluate.metrics import MetricWarning
-
-    truth_of = tracklet_nodules(tracklets, truth).set_index("tracklet_id")["nodule_id"]
-    members = nodules[["patient_key", "nodule_uid", "tracklet_ids"]].explode("tracklet_ids")
-    members["nodule_id"] = members["tracklet_ids"].map(truth_of)
-    shown = members.dropna(subset=["nodule_id"])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", MetricWarning)
-        scores = pairwise_scores(
-            shown["nodule_id"].to_numpy(),
-            shown["nodule_uid"].to_numpy(),
-            shown["patient_key"].to_numpy(),
-        )
-    videos = tracklets.drop_duplicates("video_id")[["video_id", "patient_key"]]
-    true = truth.boxes.merge(videos, on="video_id").groupby("patient_key")["nodule_id"].nunique()
-    listed = nodules.groupby("patient_key")["nodule_uid"].nunique()
-    counts = pd.concat([true.rename("true"), listed.rename("listed")], axis=1).fillna(0)
-    error = (counts["listed"] - counts["true"]).abs()
-    return {
-        "tracklets": len(tracklets),
-        "tracklets_on_a_nodule": len(shown),
-        "nodules_listed": int(counts["listed"].sum()),
-        "nodules_true": int(counts["true"].sum()),
-        "pairwise_precision": 100 * scores.precision,
-        "pairwise_recall": 100 * scores.recall,
-        "pairwise_f": 100 * scores.f_score,
-        "patients": len(counts),
-        "patients_right_count": int((error == 0).sum()),
-        "count_error": float(error.mean()) if len(counts) else float("nan"),
-    }
