@@ -25,7 +25,7 @@ test: install
 	tools/ensure_chromium.sh
 	$(VENV)/bin/python -m pytest --durations=20
 
-test-learning: install  # the full-size demo learns: a demo's time (~17 min), outside make test
+test-learning: install  # the full-size demo and CM learn (~25 min), outside make test
 	$(VENV)/bin/python -m pytest -m learning -s tests/test_learning.py
 
 lint: install
