@@ -26,14 +26,14 @@ from usv_ray.classify.pipeline import VARIABLE
 pytestmark = [pytest.mark.learning, pytest.mark.slow, pytest.mark.ray]
 
 REID_ARCHIVE = [
-    "synth.patients=60",
+    "synth.patients=72",
     "synth.max_studies=3",
     "synth.max_videos_per_study=3",
     "synth.annotated_fraction=1.0",
     "synth.night_followups=0",
     "synth.night_new_patients=0",
     "reid.models=[CM]",
-    "reid.split=[0.5,0.2,0.3]",
+    "reid.split=[0.45,0.2,0.35]",
     "ray.progress=false",
 ]
 

@@ -415,18 +415,30 @@ def test_dicom_detected_by_magic_not_extension(tmp_path: Path) -> None:
         assert reader.info.codec == "dicom"
 
 
-def test_dicom_errors(tmp_path: Path) -> None:
-    from pydicom.uid import JPEGLSLossless
+def test_dicom_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydicom.uid import MPEG4HP41, JPEGLSLossless
 
     with pytest.raises(VideoError) as caught:
         VideoReader(make_dicom(tmp_path / "nopix.dcm", None))
     assert caught.value.kind == "no_pixel_data"
 
+    # H.264 in DICOM: no pixel-data decoder in pydicom
+    path = make_dicom(tmp_path / "h264.dcm", _gray_clip(2, 8, 8), transfer_syntax=MPEG4HP41)
+    with pytest.raises(VideoError) as caught:
+        VideoReader(path)
+    assert caught.value.kind == "unsupported_dicom" and "MPEG-4" in caught.value.message
+
+    class Missing:  # what pydicom reports where the syntax's plugin is not installed
+        is_available = False
+        missing_dependencies = ("pyjpegls - requires numpy and pyjpegls",)
+
+    monkeypatch.setattr("pydicom.pixels.get_decoder", lambda syntax: Missing())
     path = make_dicom(tmp_path / "ls.dcm", _gray_clip(2, 8, 8), transfer_syntax=JPEGLSLossless)
     with pytest.raises(VideoError) as caught:
         VideoReader(path)
     assert caught.value.kind == "unsupported_dicom"
-    assert "pyjpegls" in caught.value.message or "pylibjpeg" in caught.value.message
+    assert "JPEG-LS Lossless" in caught.value.message and "pyjpegls" in caught.value.message
+    monkeypatch.undo()
 
     with pytest.raises(VideoError) as caught:
         VideoReader(make_dicom(tmp_path / "big.dcm", _gray_clip(2, 48, 64)), max_frame_pixels=100)

@@ -426,8 +426,7 @@ class VideoReader:
         if not targets:
             return
         if self._dicom is not None:
-            for i in targets:
-                yield i, self._dicom.frame(i)
+            yield from self._dicom.frames(targets)
             return
         if self._container is None:
             raise ValueError("VideoReader is closed")

@@ -1,9 +1,9 @@
-"""A DICOM cine (or single image) as gray uint8 frames, decoded with pydicom
-(:class:`DicomClip`)."""
+"""A DICOM cine (or single image) as gray uint8 frames, decoded frame by frame with pydicom
+and its pixel-data plugins (:class:`DicomClip`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,71 +13,60 @@ from usv_ray.ingest.clip import LUMA_WEIGHTS, VideoError, check_size
 
 
 class DicomClip:
-    """A DICOM cine (or single image) decoded with pydicom into windowed gray uint8.
+    """A DICOM cine (or single image) decoded with pydicom, frame by frame, into windowed
+    gray uint8.
+
+    Every transfer syntax a PACS sends for ultrasound decodes: uncompressed, Deflated and
+    RLE by pydicom itself, JPEG Baseline, Extended and Lossless by pylibjpeg-libjpeg,
+    JPEG-LS by pyjpegls, JPEG 2000 by pylibjpeg-openjpeg. Only the frames asked for are
+    read from the file and decoded, one at a time (pydicom's frame-level decoding), so a
+    video's memory is one frame's, whatever its length (a Deflated file, rare, is inflated
+    whole first). YBR colour comes out as RGB, PALETTE
+    COLOR through its lookup table.
 
     8-bit monochrome pixels are returned as stored. Deeper pixels get the modality LUT
     (RescaleSlope/Intercept), then the first VOI window (WindowCenter/WindowWidth, DICOM
-    linear formula) when the file has one, else a min-max stretch over the whole clip, so
-    frames of one clip stay comparable. MONOCHROME1 is inverted; colour becomes BT.601 luma.
+    linear formula) when the file has one, else a min-max stretch over the whole clip (one
+    extra pass over its frames), so frames of one clip stay comparable. MONOCHROME1 is
+    inverted; colour becomes BT.601 luma.
     """
 
     def __init__(self, path: Path, max_frame_pixels: int):
         import pydicom
         from pydicom.errors import InvalidDicomError
 
+        self._path = path
         try:
-            ds = pydicom.dcmread(path, force=True)
+            ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
+            has_pixels = _has_pixel_data(path)
         except (InvalidDicomError, OSError, ValueError, EOFError) as e:
             raise VideoError("not_video", f"{path}: unreadable DICOM ({e})") from e
-        if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        if not has_pixels:
             raise VideoError("no_pixel_data", f"{path}: DICOM without pixel data")
         try:
             rows, cols = int(ds.Rows), int(ds.Columns)
         except (AttributeError, TypeError, ValueError) as e:
             raise VideoError("not_video", f"{path}: DICOM without Rows/Columns") from e
         check_size(cols, rows, max_frame_pixels, path)
-        try:
-            pixels = ds.pixel_array
-        except (RuntimeError, NotImplementedError) as e:
-            syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-            name = getattr(syntax, "name", str(syntax))
-            raise VideoError(
-                "unsupported_dicom",
-                f"{path}: cannot decode transfer syntax {name!r}; install one of the "
-                f"pydicom pixel-data plugins it lists: {e}",
-            ) from e
-        except (ValueError, AttributeError, KeyError) as e:
-            raise VideoError("decode_error", f"{path}: bad DICOM pixel data ({e})") from e
-
-        n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+        _check_decoder(ds, path)
+        self._ds = ds
         photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-        colour = int(ds.get("SamplesPerPixel", 1)) > 1
-        if photometric == "PALETTE COLOR":
-            from pydicom.pixels import apply_color_lut
-
-            pixels, colour = apply_color_lut(pixels, ds), True
-        # Normalise to (F, H, W) or (F, H, W, 3).
-        if n_frames == 1 and pixels.ndim == (3 if colour else 2):
-            pixels = pixels[None]
-        self._pixels = pixels
-        self._colour = colour
+        self._palette = photometric == "PALETTE COLOR"
+        self._colour = int(ds.get("SamplesPerPixel", 1)) > 1 or self._palette
         self._invert = photometric == "MONOCHROME1"
         self._window: tuple[float, float] | None = None
+        self._min_max: tuple[float, float] | None = None
         self._slope = float(ds.get("RescaleSlope", 1) or 1)
         self._intercept = float(ds.get("RescaleIntercept", 0) or 0)
-        self._as_stored = colour or (pixels.dtype == np.uint8 and "WindowWidth" not in ds)
-        if not self._as_stored:
-            if "WindowCenter" in ds and "WindowWidth" in ds:
-                center, width = ds.WindowCenter, ds.WindowWidth
-                center = center[0] if isinstance(center, Sequence) else center
-                width = width[0] if isinstance(width, Sequence) else width
-                self._window = (float(center), max(float(width), 1.0))
-            else:
-                lo = float(pixels.min()) * self._slope + self._intercept
-                hi = float(pixels.max()) * self._slope + self._intercept
-                self._min_max = (lo, hi)
-        self.n_frames = pixels.shape[0]
-        self.height, self.width = int(pixels.shape[1]), int(pixels.shape[2])
+        deep = int(ds.get("BitsAllocated", 8) or 8) > 8
+        self._as_stored = self._colour or (not deep and "WindowWidth" not in ds)
+        if not self._as_stored and "WindowCenter" in ds and "WindowWidth" in ds:
+            center, width = ds.WindowCenter, ds.WindowWidth
+            center = center[0] if isinstance(center, Sequence) else center
+            width = width[0] if isinstance(width, Sequence) else width
+            self._window = (float(center), max(float(width), 1.0))
+        self.n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+        self.height, self.width = rows, cols
         self.fps = self._fps(ds)
         patient_id = str(ds.get("PatientID", "") or "").strip()
         study = str(ds.get("StudyInstanceUID", "") or ds.get("StudyDate", "") or "").strip()
@@ -94,9 +83,50 @@ class DicomClip:
             return 1000.0 / float(frame_time_ms)
         return 0.0
 
-    def frame(self, i: int) -> np.ndarray:
-        """Gray uint8 (H, W) of frame ``i``."""
-        raw = self._pixels[i]  # (H, W) or (H, W, 3)
+    def _decoded(self, indices: list[int]) -> Iterator[np.ndarray]:
+        """The stored pixels of ``indices`` (sorted), one frame at a time: (H, W) or
+        (H, W, 3) RGB; VideoError("decode_error") for a frame that does not decode."""
+        from pydicom.pixels import apply_color_lut, iter_pixels
+
+        frames = iter_pixels(self._source(), indices=indices)
+        for i in indices:
+            try:
+                pixels = next(frames)
+            except StopIteration:
+                raise VideoError(
+                    "decode_error", f"{self._path}: frame {i} of {self.n_frames} is missing"
+                ) from None
+            except (ValueError, RuntimeError, AttributeError, KeyError, EOFError) as e:
+                raise VideoError("decode_error", f"{self._path}: frame {i}: {e}") from e
+            if self._palette:  # 8- or 16-bit tables: 16-bit entries keep their top byte
+                pixels = apply_color_lut(pixels, self._ds)
+                pixels = pixels >> 8 if pixels.dtype.itemsize > 1 else pixels
+            yield pixels
+
+    def _source(self) -> Path | Any:
+        """What frames are read from: the file, so that only the frames asked for are read;
+        a Deflated file inflated whole (its frames cannot be reached in the compressed
+        stream)."""
+        import pydicom
+        from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+        meta = getattr(self._ds, "file_meta", None)
+        if getattr(meta, "TransferSyntaxUID", None) != DeflatedExplicitVRLittleEndian:
+            return self._path
+        return pydicom.dcmread(self._path, force=True)
+
+    def frames(self, indices: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+        """Gray uint8 (H, W) of each of ``indices`` (sorted, in range), decoded one by one."""
+        if not self._as_stored and self._window is None and self._min_max is None:
+            lo, hi = np.inf, -np.inf  # the clip's range: one pass, a frame at a time
+            for raw in self._decoded(list(range(self.n_frames))):
+                lo, hi = min(lo, float(raw.min())), max(hi, float(raw.max()))
+            ends = sorted((lo * self._slope + self._intercept, hi * self._slope + self._intercept))
+            self._min_max = (ends[0], ends[1])
+        for i, raw in zip(indices, self._decoded(indices), strict=True):
+            yield i, self._gray(raw)
+
+    def _gray(self, raw: np.ndarray) -> np.ndarray:
         if self._colour:
             rgb = raw.astype(np.uint32)
             return ((rgb @ LUMA_WEIGHTS + 128) >> 8).astype(np.uint8)
@@ -112,3 +142,36 @@ class DicomClip:
                 scaled = (value - lo) * (255.0 / (hi - lo)) if hi > lo else value * 0.0
             gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
         return 255 - gray if self._invert else gray
+
+
+def _has_pixel_data(path: Path) -> bool:
+    """Whether the file holds pixel data, read without loading it."""
+    import pydicom
+
+    tags = [0x7FE00010, 0x7FE00008, 0x7FE00009]  # PixelData, Float-, DoubleFloatPixelData
+    ds = pydicom.dcmread(path, force=True, specific_tags=tags, defer_size=256)
+    return any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+
+
+def _check_decoder(ds: Any, path: Path) -> None:
+    """VideoError("unsupported_dicom") naming what is missing, when no installed plugin
+    decodes the file's transfer syntax."""
+    from pydicom.pixels import get_decoder
+
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None:
+        return  # a file without meta: pydicom reads it as implicit little endian
+    name = getattr(syntax, "name", str(syntax))
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError as e:
+        raise VideoError(
+            "unsupported_dicom", f"{path}: no decoder for transfer syntax {name!r}"
+        ) from e
+    if not decoder.is_available:
+        missing = "; ".join(decoder.missing_dependencies)
+        raise VideoError(
+            "unsupported_dicom",
+            f"{path}: cannot decode transfer syntax {name!r}; install one of the pydicom "
+            f"pixel-data plugins it lists: {missing}",
+        )
