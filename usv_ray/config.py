@@ -31,6 +31,7 @@ class ConfigError(UsvRayError, ValueError):
 
 RUNTIME = "runtime"  # field metadata: how a stage runs, not what it writes
 LATER = "later"  # field metadata: applied after the stage's resumable work, or by a later stage
+ADDED = "added"  # field metadata: added after folders existed; counts only away from its default
 
 
 def runtime(default: Any) -> Any:
@@ -47,6 +48,13 @@ def later(default: Any = None, *, default_factory: Any = None) -> Any:
     if default_factory is not None:
         return field(default_factory=default_factory, metadata={LATER: True})
     return field(default=default, metadata={LATER: True})
+
+
+def added(default: Any) -> Any:
+    """A setting that changes what a stage writes, added after folders were made without it:
+    a folder's fingerprint counts it only when set away from ``default`` (what the folders
+    made before it did), so those folders resume rather than refuse after an upgrade."""
+    return field(default=default, metadata={ADDED: True})
 
 
 @dataclass(frozen=True)
@@ -108,6 +116,9 @@ class IngestConfig:
     # Kept region (x0, y0, x1, y1) as fractions of the frame: everything outside, such as
     # the scanner's burned-in patient name and ID, is cut before anything is stored.
     crop_box: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
+    # DICOM: keep the bounding box of the header's 2D ultrasound regions instead, where it
+    # has them (SequenceOfUltrasoundRegions); other files, and DICOM without them, crop_box
+    crop_from_header: bool = added(False)
     trim_fov: bool = True  # then trim to the bounding box of the ultrasound field of view
     fov_threshold: int = 12  # gray level above which a pixel belongs to the field of view
     tracklet_frames: int = 8  # T: frames sampled uniformly along each annotated tracklet
@@ -583,13 +594,16 @@ def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] 
 
 def output_settings(section: Any) -> dict[str, Any]:
     """The settings of a config section (a dataclass) that change what its stage writes,
-    as plain JSON values: every field but the :func:`runtime` and :func:`later` ones, nested
-    sections included. The one rule every stage's folder fingerprint follows."""
+    as plain JSON values: every field but the :func:`runtime` and :func:`later` ones, and the
+    :func:`added` ones at their default, nested sections included. The one rule every stage's
+    folder fingerprint follows."""
     values = {}
     for f in dataclasses.fields(section):
         if f.metadata.get(RUNTIME) or f.metadata.get(LATER):
             continue
         value = getattr(section, f.name)
+        if f.metadata.get(ADDED) and value == f.default:
+            continue
         values[f.name] = output_settings(value) if dataclasses.is_dataclass(value) else value
     return to_dict_value(values)
 

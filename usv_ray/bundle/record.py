@@ -44,7 +44,7 @@ BUNDLE_DIR = "bundle"  # a training stage's bundle, under its --out
 
 # the ingest settings that make the stored frames (crop, field of view, size): what a model
 # that reads stored frames needs its data ingested with
-STORED_FRAME_SETTINGS = ("frame_size", "crop_box", "trim_fov", "fov_threshold")
+STORED_FRAME_SETTINGS = ("frame_size", "crop_box", "crop_from_header", "trim_fov", "fov_threshold")
 
 
 class BundleError(UsvRayError, ValueError):

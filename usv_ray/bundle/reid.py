@@ -32,7 +32,7 @@ from usv_ray.schemas import EMBEDDINGS
 
 KIND = "reid"
 # the ingest settings a re-ID model needs its tracklet patches made with
-PATCH_SETTINGS = ("crop_box", "tracklet_frames", "patch_height", "patch_width")
+PATCH_SETTINGS = ("crop_box", "crop_from_header", "tracklet_frames", "patch_height", "patch_width")
 # the tracklet columns an embedder reads
 EMBED_COLUMNS = [
     "tracklet_id",

@@ -39,6 +39,9 @@ class VideoInfo:
     codec: str  # FFmpeg codec name ("h264", "gif", "mpeg2video", ...) or "dicom"
     patient_id: str | None  # DICOM PatientID, else None
     study_id: str | None  # DICOM StudyInstanceUID (or StudyDate), else None
+    # DICOM: the bounding box (x0, y0, x1, y1, pixels, end-exclusive) of the header's 2D
+    # ultrasound regions; None without them, and for other files
+    image_region: tuple[int, int, int, int] | None = None
 
 
 def check_size(width: int, height: int, max_frame_pixels: int, path: Path) -> None:

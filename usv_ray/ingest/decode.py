@@ -227,7 +227,14 @@ class VideoReader:
             self._dicom = DicomClip(self.path, max_frame_pixels)
             d = self._dicom
             self.info = VideoInfo(
-                d.n_frames, d.fps, d.width, d.height, "dicom", d.patient_id, d.study_id
+                d.n_frames,
+                d.fps,
+                d.width,
+                d.height,
+                "dicom",
+                d.patient_id,
+                d.study_id,
+                d.image_region,
             )
             return
         try:

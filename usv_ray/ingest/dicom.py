@@ -72,6 +72,7 @@ class DicomClip:
         study = str(ds.get("StudyInstanceUID", "") or ds.get("StudyDate", "") or "").strip()
         self.patient_id = patient_id or None
         self.study_id = study or None
+        self.image_region = image_region(ds, cols, rows)
 
     @staticmethod
     def _fps(ds: Any) -> float:
@@ -142,6 +143,28 @@ class DicomClip:
                 scaled = (value - lo) * (255.0 / (hi - lo)) if hi > lo else value * 0.0
             gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
         return 255 - gray if self._invert else gray
+
+
+def image_region(ds: Any, width: int, height: int) -> tuple[int, int, int, int] | None:
+    """The bounding box (x0, y0, x1, y1, end-exclusive, within the frame) of the 2D regions
+    of the header's SequenceOfUltrasoundRegions (RegionSpatialFormat 1: tissue and colour
+    flow images, not M-mode, Doppler spectra or waveforms); None without such a region."""
+    boxes = []
+    for region in ds.get("SequenceOfUltrasoundRegions", None) or []:
+        try:
+            if int(region.get("RegionSpatialFormat", 0)) != 1:
+                continue
+            x0, y0 = int(region.RegionLocationMinX0), int(region.RegionLocationMinY0)
+            x1, y1 = int(region.RegionLocationMaxX1) + 1, int(region.RegionLocationMaxY1) + 1
+        except (AttributeError, TypeError, ValueError):
+            continue  # an incomplete region says nothing
+        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+        if x0 < x1 and y0 < y1:
+            boxes.append((x0, y0, x1, y1))
+    if not boxes:
+        return None
+    x0s, y0s, x1s, y1s = zip(*boxes, strict=True)
+    return min(x0s), min(y0s), max(x1s), max(y1s)
 
 
 def _has_pixel_data(path: Path) -> bool:

@@ -144,12 +144,16 @@ def _decode_into_shards(
     and, given a ``detector`` (for a video without annotations), detect on every
     ``detect.track.every``-th frame and track (:class:`~usv_ray.ingest.automatic.AutoTracklets`).
 
-    The field of view is learnt from the video's first ``FOV_FRAMES`` frames. Returns the
+    The kept region is ``ingest.crop_box``, or with ``ingest.crop_from_header`` a DICOM
+    header's ultrasound regions where it has them. The field of view is learnt from the
+    video's first ``FOV_FRAMES`` frames. Returns the
     number of frame rows written, the view (the source region the frames show) and the
     automatic tracklets.
     """
     info = reader.info
     keep = crop_region(cfg.crop_box, info.width, info.height)
+    if cfg.crop_from_header and info.image_region is not None:
+        keep = info.image_region
     auto = None
     if detector is not None:
         shift = np.array(keep[:2] * 2, np.float64)  # source pixels -> the cropped frame's

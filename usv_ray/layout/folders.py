@@ -30,6 +30,7 @@ INGEST_CONTENT = (
     "tracklet_frames",
     "patch_height",
     "patch_width",
+    "crop_from_header",
 )
 TRACKLET_META = ["tracklet_id", "video_id", "patient_key", "study_key", "nodule_id"]
 SHARDS = ("frames", "tracklets")  # the shards of a video, each checked against its journal
@@ -251,7 +252,8 @@ class IngestFolder(Folder):
         return pa.concat_tables(tables, promote_options="permissive").sort_by("tracklet_id")
 
     def settings(self) -> dict[str, Any]:
-        """The ingest settings its frames and tracklets were made with (``ingest.json``).
+        """The ingest settings its frames and tracklets were made with (``ingest.json``);
+        a setting :func:`~usv_ray.config.added` since the folder was made has its default.
 
         Raises:
             LayoutError: no record (not an ingest folder, or an older usv_ray wrote it) or a
@@ -263,7 +265,8 @@ class IngestFolder(Folder):
                 "older usv_ray wrote it; run `usv-ray ingest` into a new folder first"
             )
         try:
-            return json.loads(self.record.read_text())["settings"]
+            recorded = json.loads(self.record.read_text())["settings"]
+            return {**_added_defaults(), **recorded}
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
             raise LayoutError(
                 f"{self.record} is damaged ({exc!r}): ingest into a new folder"
@@ -332,6 +335,20 @@ def read_checked(
         raise DamagedDataError(
             f"{Path(path).name} cannot be read ({type(exc).__name__}: {exc}): {remedy}"
         ) from exc
+
+
+def _added_defaults() -> dict[str, Any]:
+    """The :data:`INGEST_CONTENT` settings added after ingest folders existed, at the
+    default that those folders were made with."""
+    import dataclasses
+
+    from usv_ray.config import ADDED, IngestConfig
+
+    return {
+        f.name: f.default
+        for f in dataclasses.fields(IngestConfig)
+        if f.metadata.get(ADDED) and f.name in INGEST_CONTENT
+    }
 
 
 def ingest_settings(cfg: Any) -> dict[str, Any]:
