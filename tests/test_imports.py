@@ -3,8 +3,8 @@ bundles, never in each other's modules, and nothing imports in a circle.
 
 Three layers: the base (configuration, layout, schemas, bundles, models, the runner,
 evaluation, ...) imports no stage; a stage (``synth``, ``ingest``, ``classify``, ``reid``,
-``detect``, ``predict``, ``index``) imports the base only; a driver (``tune``, ``score``,
-``demo``, ``cli``: what runs stages) may import stages. Every import counts, those inside
+``detect``, ``predict``, ``index``, ``export``) imports the base only; a driver (``tune``,
+``score``, ``demo``, ``cli``: what runs stages) may import stages. Every import counts, those inside
 functions too."""
 
 import ast
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).parents[1] / "usv_ray"
-STAGES = {"synth", "ingest", "classify", "reid", "detect", "predict", "index"}
+STAGES = {"synth", "ingest", "classify", "reid", "detect", "predict", "index", "export"}
 DRIVERS = {"tune", "score", "demo", "cli"}
 
 

@@ -135,6 +135,16 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from usv_ray.export.pipeline import run_export
+
+    cfg = build_config(args)
+    formats = ("sr", "fhir") if args.format == "both" else (args.format,)
+    summary = run_export(cfg, args.data, args.predict, args.index, args.manifest, args.out, formats)
+    print(summary.text())
+    return 0
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from usv_ray.score.pipeline import run_score
 
@@ -249,6 +259,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     index.add_argument("--out", required=True, help="folder of the index (nodules.parquet)")
     index.set_defaults(func=cmd_index)
+
+    export = stages.add_parser(
+        "export",
+        help="the night's results per exam as DICOM SR (TID 1500) and FHIR, for a PACS and EHR",
+    )
+    _common(export, None)
+    export.add_argument("--data", required=True, help="data folder that ingest wrote")
+    export.add_argument("--predict", required=True, help="folder of `usv-ray predict`")
+    export.add_argument("--index", required=True, help="folder of `usv-ray index`")
+    export.add_argument(
+        "--manifest",
+        required=True,
+        action="append",
+        help="a manifest the data was ingested from (repeatable): the link back to the "
+        "source exams, re-read under the key",
+    )
+    export.add_argument("--out", required=True, help="folder of the documents")
+    export.add_argument("--format", choices=["sr", "fhir", "both"], default="both")
+    export.set_defaults(func=cmd_export)
 
     score = stages.add_parser(
         "score",

@@ -493,6 +493,31 @@ class PredictFolder(Folder):
         return self.parts_dir(version) / f"part-{number:05d}.parquet"
 
 
+class ExportFolder(Folder):
+    """What ``usv-ray export`` writes: one document per exam and format, each named by the
+    first 16 characters of its keyed ``study_key`` (never by a source identifier)."""
+
+    TITLE = "export (`EXPORT`)"
+
+    @property
+    def sr_dir(self) -> Path:
+        return self.root / "sr"
+
+    @property
+    def fhir_dir(self) -> Path:
+        return self.root / "fhir"
+
+    def sr(self, study_key: str) -> Path:
+        return self.sr_dir / f"{study_key[:16]}.dcm"
+
+    def fhir(self, study_key: str) -> Path:
+        return self.fhir_dir / f"{study_key[:16]}.json"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+
 class IndexFolder(Folder):
     """What ``usv-ray index`` writes."""
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from usv_ray.layout.folders import (
     ClassifyFolder,
     DetectFolder,
+    ExportFolder,
     Folder,
     IndexFolder,
     IngestFolder,
@@ -263,6 +264,22 @@ ENTRIES: dict[type[Folder], tuple[Entry, ...]] = {
             "how many patients the nodule count is right",
         ),
         Entry("report.json", "folder", "its section of the report (`usv-ray report`)"),
+    ),
+    ExportFolder: (
+        Entry(
+            "sr/<study>.dcm",
+            "exam",
+            "a DICOM Comprehensive 3D SR (TID 1500): per nodule its tracking UID and "
+            "P(malignant), per video its reading; filed with the source study where the exam's "
+            "videos are DICOM. Holds the patient's ID and name, for the PACS",
+        ),
+        Entry(
+            "fhir/<study>.json",
+            "exam",
+            "a FHIR R4B collection Bundle: a DiagnosticReport, an Observation per nodule and "
+            "per video, a Device for the algorithm. Holds the patient's ID, for the EHR",
+        ),
+        Entry("summary.json", "folder", "documents and exams written, the bundle versions"),
     ),
     ScoreFolder: (
         Entry(
