@@ -109,3 +109,30 @@ def test_the_fhir_bundle_validates_and_says_what_it_is():
     assert nodule["valueQuantity"]["value"] == 80.0
     assert "first seen in the exam of 2024-03-01" in nodule["note"][0]["text"]
     assert "NOT FOR DIAGNOSTIC USE" in report["conclusion"]
+
+
+def test_the_sources_are_re_read_from_the_manifest_and_headers(tmp_path):
+    from usv_ray.export.sources import study_sources
+    from usv_ray.privacy import keyed_hash
+
+    key = b"k" * 16
+    header = _source_header(tmp_path)  # writes cine.dcm: MRN-42, a StudyInstanceUID, no date
+    header.StudyDate = "20240102"
+    header.save_as(tmp_path / "cine.dcm")
+    (tmp_path / "clip.mp4").write_bytes(b"\x00" * 200)  # not DICOM
+    (tmp_path / "manifest.csv").write_text(
+        "video,patient_id,study_id\nclip.mp4,MRN-7,2023-06-30\ncine.dcm,,\nelse.mp4,MRN-8,x\n"
+    )
+    videos = pd.DataFrame(
+        {
+            "video_id": [keyed_hash(key, "video", v) for v in ("clip.mp4", "cine.dcm")],
+            "patient_key": ["p7", "p42"],
+            "study_key": ["s-clip", "s-cine"],
+        }
+    )
+    sources = study_sources([tmp_path / "manifest.csv"], key, videos)
+    assert set(sources) == {"s-clip", "s-cine"}  # else.mp4 was never ingested
+    clip, cine = sources["s-clip"], sources["s-cine"]
+    assert (clip.patient_id, clip.study_date, clip.headers) == ("MRN-7", "20230630", [])
+    assert (cine.patient_id, cine.study_date) == ("MRN-42", "20240102")
+    assert cine.study_uid == header.StudyInstanceUID and len(cine.headers) == 1

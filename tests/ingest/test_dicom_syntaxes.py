@@ -102,6 +102,17 @@ def test_uncompressed_and_deflated_cines_are_exact(tmp_path, syntax):
     np.testing.assert_array_equal(_read(path), clip)
 
 
+def test_uncompressed_ybr_full_comes_back_as_its_rgb(tmp_path):
+    from pydicom.pixels import convert_color_space
+
+    rgb = _clip(colour=True)
+    ybr = convert_color_space(rgb, "RGB", "YBR_FULL")
+    ds = _dataset(ybr, "YBR_FULL")
+    path = tmp_path / "ybr.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    assert np.abs(_read(path) - _luma(rgb)).max() <= 2  # the conversions' rounding
+
+
 def _jpeg_baseline(pixels: np.ndarray, photometric: str, subsampling: int) -> bytes:
     """A cine of Pillow's JPEG frames, encapsulated as JPEG Baseline."""
     from PIL import Image

@@ -58,7 +58,7 @@ def _placeholder(study: StudySource) -> Any:
     ds.PatientName = study.patient_name or ""
     ds.PatientBirthDate, ds.PatientSex = "", ""
     ds.StudyInstanceUID = _uid("usv_ray study", study.study_key)
-    ds.StudyDate, ds.StudyTime, ds.StudyID = study.study_date or "", "", ""
+    ds.StudyDate, ds.StudyTime, ds.StudyID = study.study_date or "", "", "USVRAY"
     ds.AccessionNumber, ds.ReferringPhysicianName = study.accession or "", ""
     ds.SeriesInstanceUID = _uid("usv_ray series", study.study_key)
     ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1"
@@ -74,6 +74,7 @@ def structured_report(study: StudySource, results: Results, series_number: int =
     exam's source instances (its DICOM videos) in their study; an exam of video files
     only gets a study of its own, with the patient's ID and no reference."""
     import highdicom as hd
+    from pydicom.dataset import Dataset
     from pydicom.sr.codedict import codes
 
     algorithm = hd.sr.AlgorithmIdentification(
@@ -141,6 +142,11 @@ def structured_report(study: StudySource, results: Results, series_number: int =
     )
     if not study.headers:  # nothing to reference: not the placeholder's made-up instance
         del sr.CurrentRequestedProcedureEvidenceSequence
+    scheme = Dataset()  # the private coding scheme, declared as DICOM asks
+    scheme.CodingSchemeDesignator = SCHEME
+    scheme.CodingSchemeName = "usv_ray concepts"
+    scheme.CodingSchemeResponsibleOrganization = "usv_ray"
+    sr.CodingSchemeIdentificationSequence = [scheme]
     sr.SeriesDescription = "usv_ray nodule index and diagnosis (NOT FOR DIAGNOSTIC USE)"
     return sr
 

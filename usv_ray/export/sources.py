@@ -6,10 +6,10 @@ hospital, and keeps them only in the documents it writes. Nothing is stored that
 ``study_key`` back to a patient, so losing the tables loses no identity (the alternative,
 a table of source UIDs encrypted under the key, would be one more secret to keep).
 
-Per keyed study: the raw patient ID (the manifest's, else the DICOM header's), and from the
-DICOM headers of its videos (read without their pixels) the study's UID, date, accession
-number and patient name, and each instance's SOP class and UID and series, which an SR
-references.
+Per keyed study: the raw patient ID (the manifest's, else the DICOM header's), its date
+(the DICOM header's, else the manifest's study_id where that is a date), and from the DICOM
+headers of its videos (read without their pixels) the study's UID, accession number and
+patient name, and each instance's SOP class and UID and series, which an SR references.
 """
 
 from __future__ import annotations
@@ -40,8 +40,22 @@ class StudySource:
     headers: list[Any] = field(default_factory=list)  # DICOM datasets, no pixel data
 
 
-def _rows(manifest: Path) -> Iterable[tuple[str, str | None, Path]]:
-    """(video cell, patient_id, absolute path) of each row of ``manifest``."""
+def _date(study_id: str | None) -> str | None:
+    """A manifest's study_id as a DICOM date (YYYYMMDD) where it is one (``2024-05-01`` or
+    ``20240501``), else None."""
+    from datetime import date
+
+    text = (study_id or "").strip()
+    for candidate in (text, text[:10]):
+        try:
+            return date.fromisoformat(candidate).strftime("%Y%m%d")
+        except ValueError:
+            continue
+    return None
+
+
+def _rows(manifest: Path) -> Iterable[tuple[str, str | None, str | None, Path]]:
+    """(video cell, patient_id, study date, absolute path) of each row of ``manifest``."""
     root = manifest.resolve().parent
     with manifest.open(newline="", encoding="utf-8-sig") as handle:
         for row in csv.DictReader(handle):
@@ -49,7 +63,12 @@ def _rows(manifest: Path) -> Iterable[tuple[str, str | None, Path]]:
             video = row.get("video", "")
             if video:
                 path = Path(video) if os.path.isabs(video) else root / video
-                yield video, row.get("patient_id") or None, Path(os.path.normpath(path))
+                yield (
+                    video,
+                    row.get("patient_id") or None,
+                    _date(row.get("study_id")),
+                    Path(os.path.normpath(path)),
+                )
 
 
 def study_sources(
@@ -65,7 +84,7 @@ def study_sources(
     known = videos.dropna(subset=["study_key"]).set_index("video_id")
     sources: dict[str, StudySource] = {}
     for manifest in manifests:
-        for video, patient_id, path in _rows(Path(manifest)):
+        for video, patient_id, date, path in _rows(Path(manifest)):
             video_id = keyed_hash(key, "video", os.path.normpath(video))
             if video_id not in known.index:
                 continue
@@ -74,6 +93,7 @@ def study_sources(
                 row["study_key"], StudySource(row["study_key"], row["patient_key"])
             )
             study.patient_id = study.patient_id or patient_id
+            study.study_date = study.study_date or date
             try:  # a video file is not DICOM: pydicom stops at its first 132 bytes
                 header = pydicom.dcmread(path, stop_before_pixels=True)
             except (InvalidDicomError, OSError, ValueError, EOFError):
@@ -83,6 +103,6 @@ def study_sources(
             study.patient_id = study.patient_id or (str(header.get("PatientID", "")) or None)
             study.patient_name = study.patient_name or (str(header.get("PatientName", "")) or None)
             study.study_uid = study.study_uid or (str(header.get("StudyInstanceUID", "")) or None)
-            study.study_date = study.study_date or (str(header.get("StudyDate", "")) or None)
+            study.study_date = str(header.get("StudyDate", "")) or study.study_date  # DICOM's first
             study.accession = study.accession or (str(header.get("AccessionNumber", "")) or None)
     return sources
