@@ -50,6 +50,7 @@ class DicomClip:
         check_size(cols, rows, max_frame_pixels, path)
         _check_decoder(ds, path)
         self._ds = ds
+        self._inflated: Any = None  # a Deflated file, read whole on first use
         photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
         self._palette = photometric == "PALETTE COLOR"
         self._colour = int(ds.get("SamplesPerPixel", 1)) > 1 or self._palette
@@ -114,7 +115,9 @@ class DicomClip:
         meta = getattr(self._ds, "file_meta", None)
         if getattr(meta, "TransferSyntaxUID", None) != DeflatedExplicitVRLittleEndian:
             return self._path
-        return pydicom.dcmread(self._path, force=True)
+        if self._inflated is None:  # once per video, however many passes read it
+            self._inflated = pydicom.dcmread(self._path, force=True)
+        return self._inflated
 
     def frames(self, indices: list[int]) -> Iterator[tuple[int, np.ndarray]]:
         """Gray uint8 (H, W) of each of ``indices`` (sorted, in range), decoded one by one."""

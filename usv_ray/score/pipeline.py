@@ -15,11 +15,13 @@ lays it out (``data``, ``classify``, ``predict``, ``index``). Writes ``DIR/score
     gap/                            the ingest and the two indexes that comparison made
     summary.json                    the headline figures
 
-The index is held against the truth over every tracklet it holds (:mod:`usv_ray.score.linking`:
-an automatic tracklet shows the nodule its boxes match), each figure with a 95% interval
-over patients. The comparison takes the detector's test patients' annotated videos: ingested again
-without their annotations (the detector and tracker make their tracklets), and their
-annotated tracklets as they are, each indexed with the re-ID bundle.
+The index is held against the truth over every tracklet it holds
+(:mod:`usv_ray.score.linking`: an automatic tracklet shows the nodule its boxes match), each
+figure with a 95% interval over patients. The gap takes the detector's test patients'
+annotated videos: ingested again without their annotations (the detector and tracker make
+their tracklets), and their annotated tracklets as they are, each indexed with the re-ID
+bundle; the automatic index's F minus the annotated one's, with an interval from one
+resample of patients for both.
 
 No raw identifier or exam date reaches ``DIR/score``: rows are named by the first digits
 of their keyed ids (:mod:`usv_ray.score.keyed`). The raw ids are read from the archive's
