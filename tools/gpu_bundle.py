@@ -62,6 +62,12 @@ LEFT_OUT = {
     "numba": "numba + llvmlite (~45 MiB): only the clustering's threshold loops",
     "matplotlib": "matplotlib (~9 MiB + deps): only the report's plots",
     "pydicom": "pydicom (~2.4 MiB): only ingest reads DICOM",
+    "pylibjpeg": "pylibjpeg and its plugins: only ingest decodes compressed DICOM",
+    "pylibjpeg-libjpeg": "libjpeg for pylibjpeg: only ingest decodes compressed DICOM",
+    "pylibjpeg-openjpeg": "openjpeg for pylibjpeg: only ingest decodes compressed DICOM",
+    "pyjpegls": "CharLS: only ingest decodes JPEG-LS DICOM",
+    "highdicom": "highdicom: only the export writes DICOM SR, on the CPU",
+    "fhir.resources": "fhir.resources: only the export writes FHIR, on the CPU",
 }
 
 # Ray's extras the project uses (ray[default] is the dashboard and metrics agents: not needed)
