@@ -6,12 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-import pytest
+import pydicom
 
 from usv_ray.export.documents import Results, fhir_bundle, structured_report, tracking_uid
 from usv_ray.export.sources import StudySource
-
-pydicom = pytest.importorskip("pydicom")
 
 
 def _source_header(tmp_path: Path):
