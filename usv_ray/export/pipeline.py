@@ -34,6 +34,7 @@ from usv_ray.errors import UsvRayError
 log = logging.getLogger(__name__)
 
 Format = Literal["sr", "fhir"]
+PROGRESS_EVERY = 500  # exams between progress lines
 
 
 class ExportError(UsvRayError, ValueError):
@@ -115,7 +116,10 @@ def run_export(
     tables = set(diagnoses["study_key"].dropna()) | set(shows["study_keys"].dropna())
     ordered = sorted(sources.values(), key=lambda s: (s.study_date or "99999999", s.study_key))
     written = n_videos = n_nodules = 0
-    for study in ordered:
+    log.info("export: %d exams named by the manifests", len(ordered))
+    for done, study in enumerate(ordered, start=1):
+        if done % PROGRESS_EVERY == 0:
+            log.info("export: %d of %d exams, %d documents so far", done, len(ordered), written)
         seen = set(shows.loc[shows["study_keys"] == study.study_key, "nodule_uid"])
         results = Results(
             diagnoses[diagnoses["study_key"] == study.study_key],
