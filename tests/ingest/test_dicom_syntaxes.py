@@ -197,3 +197,40 @@ def test_a_damaged_frame_is_a_decode_error(tmp_path):
     with VideoReader(path) as reader, pytest.raises(VideoError) as caught:
         list(reader.frames())
     assert caught.value.kind == "decode_error"
+
+
+def test_a_folder_of_every_syntax_ingests_with_exact_frame_counts(tmp_path):
+    """What a PACS export looks like to ingest: one cine per transfer syntax, one manifest,
+    ingested in this process; every video ok, with all its frames."""
+    import pyarrow.parquet as pq
+
+    from usv_ray.config import Config, IngestConfig, PrivacyConfig, RayConfig
+    from usv_ray.ingest.pipeline import run_ingest
+
+    rows = ["video,patient_id,label"]
+    for number, (syntax, options, _, _) in enumerate(ENCODED):
+        ds = _dataset(_clip())
+        ds.compress(syntax, **options)
+        ds.save_as(tmp_path / f"cine{number}.dcm", enforce_file_format=True)
+        rows.append(f"cine{number}.dcm,P{number},benign")
+    _jpeg_baseline(_clip(colour=True), "YBR_FULL_422", 1).save_as(
+        tmp_path / "ybr.dcm", enforce_file_format=True
+    )
+    rows.append("ybr.dcm,PY,malignant")
+    deflated = _dataset(_clip())
+    deflated.file_meta.TransferSyntaxUID = uid.DeflatedExplicitVRLittleEndian
+    deflated.save_as(tmp_path / "deflated.dcm", enforce_file_format=True)
+    rows.append("deflated.dcm,PD,benign")
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    cfg = Config(
+        ray=RayConfig(progress=False),
+        privacy=PrivacyConfig(dev_key=True),
+        ingest=IngestConfig(sampling="all", frame_size=32, workers=0),
+    )
+    summary = run_ingest(cfg, tmp_path / "manifest.csv", tmp_path / "data")
+    assert summary.ok == len(rows) - 1 and summary.failed == 0
+    videos = pq.read_table(tmp_path / "data" / "videos.parquet").to_pandas()
+    assert (videos["n_frames"] == FRAMES).all() and (videos["codec"] == "dicom").all()
+    for video_id in videos["video_id"]:
+        frames = pq.read_table(tmp_path / "data" / "frames" / f"{video_id}.parquet")
+        assert frames.num_rows == FRAMES
