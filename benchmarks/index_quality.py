@@ -109,6 +109,7 @@ def figures(args: argparse.Namespace, out: Path) -> None:
     from usv_ray.privacy import load_key
     from usv_ray.score.keyed import keyed_truth
     from usv_ray.score.linking import linking_quality
+    from usv_ray.score.tracks import tracklet_nodules
     from usv_ray.synth.truth import load_truth
 
     nan = float("nan")
@@ -120,12 +121,14 @@ def figures(args: argparse.Namespace, out: Path) -> None:
     videos = run.data.read_videos()
     videos = videos[videos["status"] == "ok"]
     tonight = set(truth.videos.loc[truth.videos["batch"] == "night", "video_id"])
+    nodule_of = tracklet_nodules(tracklets, truth)
     linking = linking_quality(
         pq.read_table(run.index.nodules).to_pandas(),
         tracklets,
         truth,
         videos=videos,
         tonight=tonight,
+        nodule_of=nodule_of,
     )
     patients = truth.videos["patient_key"].nunique()
     print(
@@ -149,7 +152,7 @@ def figures(args: argparse.Namespace, out: Path) -> None:
             f"{interval['tau_low']:g}-{interval['tau_high']:g}, "
             f"F {interval['f_low']:.3f}-{interval['f_high']:.3f}) for model {model}"
         )
-    oracle = tau_curve(cfg, run, tracklets, truth)
+    oracle = tau_curve(cfg, run, nodule_of)
     best = oracle.loc[oracle["f"].idxmax()]
     swept = next(iter(record.get("tau", {}).values()), {}).get("tau")
     at_swept = oracle.loc[(oracle["tau"] - (swept or 0)).abs().idxmin(), "f"]
@@ -161,21 +164,21 @@ def figures(args: argparse.Namespace, out: Path) -> None:
     print(json.dumps({"seed": args.seed, "patients": patients}))
 
 
-def tau_curve(cfg, run, tracklets: pd.DataFrame, truth) -> pd.DataFrame:
-    """Pairwise precision, recall and F (%) over every tracklet on a true nodule, each
-    patient clustered afresh from the index's embeddings at each tau of ``tune.tau``."""
+def tau_curve(cfg, run, nodule_of: pd.DataFrame) -> pd.DataFrame:
+    """Pairwise precision, recall and F (%) over every tracklet on a true nodule
+    (``nodule_of``: tracklet_id, nodule_id), each patient clustered afresh from the index's
+    embeddings at each tau of ``tune.tau``."""
     import numpy as np
     import pyarrow.parquet as pq
 
-    from usv_ray.score.tracks import tracklet_nodules
     from usv_ray.tune.tau import score_tau
 
     stored = pd.concat(
         [pq.read_table(part).to_pandas() for part in run.index.embedding_runs()],
         ignore_index=True,
     )
-    nodule_of = tracklet_nodules(tracklets, truth).dropna(subset=["nodule_id"])
-    rows = stored.merge(nodule_of, on="tracklet_id").sort_values("tracklet_id")
+    shown = nodule_of.dropna(subset=["nodule_id"])
+    rows = stored.merge(shown, on="tracklet_id").sort_values("tracklet_id")
     embeddings = np.stack(rows["embedding"].to_numpy()).astype(np.float32)
     patients, nodules = rows["patient_key"].to_numpy(), rows["nodule_id"].to_numpy()
     curve = []

@@ -41,6 +41,7 @@ __all__ = [
     "sensitivity",
     "specificity",
     "summarize",
+    "sums_ci",
 ]
 
 ArrayLike = npt.ArrayLike
@@ -321,13 +322,19 @@ def _percentile_ci(
         # A one-class resample is expected now and then; it is dropped, not reported.
         warnings.simplefilter("ignore", MetricWarning)
         values = np.array([metric(labels[rows], probs[rows]) for rows in resamples])
+    return _interval(values, level, "give a defined metric", stacklevel=4)
+
+
+def _interval(values: np.ndarray, level: float, what: str, stacklevel: int) -> tuple[float, float]:
+    """The percentile interval of the replicates' ``values``, those that are NaN dropped;
+    ``(NaN, NaN)`` with a MetricWarning (saying the replicates did not ``what``, at
+    ``stacklevel``) when fewer than half are left."""
     valid = values[~np.isnan(values)]
-    if 2 * valid.size < len(resamples):
+    if 2 * valid.size < values.size:
         warnings.warn(
-            f"only {valid.size} of {len(resamples)} bootstrap replicates give a defined "
-            "metric; returning (NaN, NaN)",
+            f"only {valid.size} of {values.size} bootstrap replicates {what}; returning (NaN, NaN)",
             MetricWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
         return float("nan"), float("nan")
     tail = 50.0 * (1.0 - level)
@@ -372,6 +379,34 @@ def bootstrap_ci(
     return _percentile_ci(metric, labels, probs, resamples, level)
 
 
+def sums_ci(
+    statistic: Callable[[np.ndarray], np.ndarray],
+    per_group: ArrayLike,
+    *,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    rng: np.random.Generator,
+    what: str = "give a defined statistic",
+) -> tuple[float, float]:
+    """Percentile bootstrap ``(low, high)`` of a ``statistic`` of counts summed over groups
+    (patients) drawn with replacement: ``per_group`` holds each group's ``k`` counts
+    ``(G, k)``, and ``statistic`` maps each replicate's summed counts ``(B, k)`` to its
+    values ``(B,)``, NaN where undefined. Undefined replicates are dropped; with fewer than
+    half left (or no group), ``(NaN, NaN)`` and a MetricWarning (the replicates did not
+    ``what``).
+    """
+    _check_bootstrap(n_boot, level)
+    counts = np.asarray(per_group, dtype=np.float64)
+    if counts.shape[0] == 0:
+        warnings.warn("bootstrap of no group; returning (NaN, NaN)", MetricWarning, 2)
+        return float("nan"), float("nan")
+    n = counts.shape[0]
+    weights = rng.multinomial(n, np.full(n, 1.0 / n), size=int(n_boot))  # (B, G) draws
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = np.asarray(statistic(weights @ counts), dtype=np.float64)
+    return _interval(values, level, what, stacklevel=3)
+
+
 def ratio_ci(
     numerators: ArrayLike,
     denominators: ArrayLike,
@@ -382,30 +417,21 @@ def ratio_ci(
 ) -> tuple[float, float]:
     """Percentile bootstrap ``(low, high)`` of ``sum(numerators) / sum(denominators)`` over
     groups (patients) drawn with replacement: ``(G,)`` per-group counts, such as a patient's
-    pairs joined rightly and all its pairs. Replicates with a zero denominator are dropped;
-    with fewer than half left (or no group), ``(NaN, NaN)`` and a MetricWarning.
+    pairs joined rightly and all its pairs (:func:`sums_ci`). Replicates with a zero
+    denominator are dropped; with fewer than half left (or no group), ``(NaN, NaN)`` and a
+    MetricWarning.
     """
-    _check_bootstrap(n_boot, level)
     num, den = (np.asarray(a, dtype=np.float64).reshape(-1) for a in (numerators, denominators))
     if num.shape != den.shape:
         raise ValueError(f"one numerator per denominator, got {num.size} and {den.size}")
-    if num.size == 0:
-        warnings.warn("bootstrap of no group; returning (NaN, NaN)", MetricWarning, 2)
-        return float("nan"), float("nan")
-    weights = rng.multinomial(num.size, np.full(num.size, 1.0 / num.size), size=int(n_boot))
-    top, bottom = weights @ num, weights @ den  # (B,) sums of each resample
-    valid = top[bottom > 0] / bottom[bottom > 0]
-    if 2 * valid.size < int(n_boot):
-        warnings.warn(
-            f"only {valid.size} of {n_boot} bootstrap replicates have a denominator; "
-            "returning (NaN, NaN)",
-            MetricWarning,
-            stacklevel=2,
-        )
-        return float("nan"), float("nan")
-    tail = 50.0 * (1.0 - level)
-    low, high = np.percentile(valid, [tail, 100.0 - tail])
-    return float(low), float(high)
+    return sums_ci(
+        lambda sums: np.where(sums[:, 1] > 0, sums[:, 0] / sums[:, 1], np.nan),
+        np.stack([num, den], axis=1),
+        n_boot=n_boot,
+        level=level,
+        rng=rng,
+        what="have a denominator",
+    )
 
 
 def summarize(

@@ -85,22 +85,21 @@ def _pair_row(members: pd.DataFrame, n_boot: int, seed: int) -> tuple[dict, pd.S
     return row, pd.Series(list(map(tuple, counts)), index=patients, dtype=object)
 
 
-def _holder(members: pd.DataFrame, by: list[str]) -> pd.Series:
-    """The nodule_uid most of each group's tracklets sit in (ties: the smallest uid)."""
-    sizes = members.groupby([*by, "nodule_uid"]).size().rename("n").reset_index()
-    sizes = sizes.sort_values([*by, "n", "nodule_uid"], ascending=[True] * len(by) + [False, True])
-    return sizes.drop_duplicates(by).set_index(by)["nodule_uid"]
+def _majority(frame: pd.DataFrame, by: list[str], of: str) -> pd.Series:
+    """The value of ``of`` most rows of each ``by`` group hold (ties: the smallest), as
+    :func:`usv_ray.score.night.nodule_truth` takes a nodule's majority."""
+    return frame.groupby(by)[of].agg(lambda values: values.mode().iloc[0])
 
 
 def _night_rows(members: pd.DataFrame, tonight: Collection[str], n_boot: int, seed: int) -> list:
-    """Returning nodules that kept their uid, and tonight's nodules wrongly merged."""
+    """Returning nodules that kept their uid, and tonight's nodules wrongly merged: a
+    nodule's uid is the one most of its tracklets sit in, a uid's nodule the one most of
+    its tracklets show."""
     members = members.assign(tonight=members["video_id"].isin(set(tonight)))
-    now = _holder(members[members["tonight"]], ["patient_key", "nodule_id"]).rename("now")
-    before = _holder(members[~members["tonight"]], ["patient_key", "nodule_id"]).rename("before")
-    # the nodule each uid mostly holds (ties: the smallest nodule id)
-    sizes = members.groupby(["nodule_uid", "nodule_id"]).size().rename("n").reset_index()
-    owner = sizes.sort_values(["nodule_uid", "n", "nodule_id"], ascending=[True, False, True])
-    owner = owner.drop_duplicates("nodule_uid").set_index("nodule_uid")["nodule_id"]
+    nodule = ["patient_key", "nodule_id"]
+    now = _majority(members[members["tonight"]], nodule, "nodule_uid").rename("now")
+    before = _majority(members[~members["tonight"]], nodule, "nodule_uid").rename("before")
+    owner = _majority(members, ["nodule_uid"], "nodule_id")
     seen = now.reset_index()
     seen["owner"] = seen["now"].map(owner)
     seen["merged"] = seen["owner"] != seen["nodule_id"]
@@ -130,6 +129,7 @@ def linking_quality(
     *,
     videos: pd.DataFrame | None = None,
     tonight: Collection[str] = (),
+    nodule_of: pd.DataFrame | None = None,
     n_boot: int = 1000,
     seed: int = 0,
 ) -> Linking:
@@ -138,11 +138,15 @@ def linking_quality(
 
     ``videos`` (video_id, patient_key): the ingested videos whose true nodules a patient's
     count is held against (default: the tracklets' videos). ``tonight``: the night's video
-    ids (no night rows without them).
+    ids (no night rows without them). ``nodule_of``: each tracklet's true nodule
+    (:func:`~usv_ray.score.tracks.tracklet_nodules` of ``tracklets``) where the caller has
+    it already; matching the automatic tracklets' boxes is the costly part.
     """
     from usv_ray.score.tracks import tracklet_nodules
 
-    truth_of = tracklet_nodules(tracklets, truth).set_index("tracklet_id")["nodule_id"]
+    if nodule_of is None:
+        nodule_of = tracklet_nodules(tracklets, truth)
+    truth_of = nodule_of.set_index("tracklet_id")["nodule_id"]
     members = nodules[["patient_key", "nodule_uid", "tracklet_ids"]].explode("tracklet_ids")
     members = members.rename(columns={"tracklet_ids": "tracklet_id"}).merge(
         tracklets[["tracklet_id", "video_id", "source"]], on="tracklet_id"
@@ -189,24 +193,28 @@ def f_difference(a: pd.Series, b: pd.Series, *, n_boot: int = 1000, seed: int = 
     """Pairwise F of index ``b`` minus index ``a`` (their :attr:`Linking.counts`, one set of
     patients) in points, with its 95% interval (``f_difference_low``, ``_high``) from one
     resample of patients for both."""
+    from usv_ray.evaluate.metrics import sums_ci
+
     patients = a.index.union(b.index)
     nan = float("nan")
     if not len(patients):
         return {"f_difference": nan, "f_difference_low": nan, "f_difference_high": nan}
 
-    def table(counts: pd.Series) -> np.ndarray:  # (P, 3) tp, fp, fn
-        return np.array([counts.get(p, (0, 0, 0)) for p in patients], dtype=np.float64)
-
-    def f(counts: np.ndarray) -> np.ndarray:  # (..., 3) -> (...) in points
+    def f(counts: np.ndarray) -> np.ndarray:  # (..., 3) tp, fp, fn -> (...) in points
         tp, fp, fn = counts[..., 0], counts[..., 1], counts[..., 2]
         with np.errstate(invalid="ignore", divide="ignore"):
             return 100 * 2 * tp / (2 * tp + fp + fn)
 
-    first, second = table(a), table(b)
-    value = float(f(second.sum(0)) - f(first.sum(0)))
+    def difference(sums: np.ndarray) -> np.ndarray:  # (..., 6): a's counts, then b's
+        return f(sums[..., 3:]) - f(sums[..., :3])
+
+    per_patient = np.array(
+        [[*a.get(p, (0, 0, 0)), *b.get(p, (0, 0, 0))] for p in patients], dtype=np.float64
+    )  # (P, 6)
     rng = np.random.default_rng(seed)
-    weights = rng.multinomial(len(patients), np.full(len(patients), 1 / len(patients)), n_boot)
-    diffs = f(weights @ second) - f(weights @ first)  # (B,)
-    diffs = diffs[~np.isnan(diffs)]
-    low, high = np.percentile(diffs, [2.5, 97.5]) if 2 * diffs.size >= n_boot else (nan, nan)
-    return {"f_difference": value, "f_difference_low": float(low), "f_difference_high": float(high)}
+    low, high = _quiet(sums_ci, difference, per_patient, n_boot=n_boot, rng=rng)
+    return {
+        "f_difference": float(difference(per_patient.sum(axis=0))),
+        "f_difference_low": low,
+        "f_difference_high": high,
+    }

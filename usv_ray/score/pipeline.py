@@ -354,7 +354,8 @@ def run_score(cfg: Config, archive: str | Path, out: str | Path) -> ScoreSummary
     ]
     tracklets = out.data.read_tracklets(columns).to_pandas()
     nodules = pq.read_table(_need(out.index.nodules, "index")).to_pandas()
-    nodules_truth = nodule_truth(nodules, tracklet_nodules(tracklets, truth), truth.nodules)
+    nodule_of = tracklet_nodules(tracklets, truth)
+    nodules_truth = nodule_truth(nodules, nodule_of, truth.nodules)
     automatic = tracklets[tracklets["source"] == "automatic"]
     tracking = _tracking(out, truth, automatic)
     gap = (
@@ -369,6 +370,7 @@ def run_score(cfg: Config, archive: str | Path, out: str | Path) -> ScoreSummary
         truth,
         videos=videos[videos["status"] == "ok"],
         tonight=set(night["video_id"]),
+        nodule_of=nodule_of,
     )
     threshold = float(record["operating_point"]["threshold"])
     night_videos = _night_videos(night, diagnoses)
