@@ -57,6 +57,12 @@ def added(default: Any) -> Any:
     return field(default=default, metadata={ADDED: True})
 
 
+def added_defaults(section_type: type) -> dict[str, Any]:
+    """The :func:`added` settings of a config section type, at their defaults: what a folder
+    made before them was made with."""
+    return {f.name: f.default for f in dataclasses.fields(section_type) if f.metadata.get(ADDED)}
+
+
 @dataclass(frozen=True)
 class RayConfig:
     address: str | None = None  # None: start or join a local Ray; "auto" or "ray://host:10001"

@@ -107,3 +107,10 @@ def test_folders_made_before_the_setting_keep_their_fingerprint(tmp_path):
     assert folder.settings()["crop_from_header"] is False
     with pytest.raises(FolderClaimed, match="crop_from_header"):
         folder.claim(IngestConfig(crop_from_header=True))
+    # a training stage's folder fingerprints the frame settings of its data: the same
+    from usv_ray.layout import fingerprint
+
+    frames = {"frame_size": 64, "crop_box": [0, 0, 1, 1]}
+    before = fingerprint({}, frames, "data")
+    assert fingerprint({}, {**frames, "crop_from_header": False}, "data") == before
+    assert fingerprint({}, {**frames, "crop_from_header": True}, "data") != before

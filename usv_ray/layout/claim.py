@@ -29,9 +29,13 @@ T = TypeVar("T")
 def fingerprint(sections: Mapping[str, Any], inputs: Mapping[str, Any], data: str) -> str:
     """What a stage's results depend on: the :func:`~usv_ray.config.output_settings` of its
     config ``sections`` (name -> section), its ``inputs`` (e.g. the frame settings of its
-    data) and ``data`` (a digest of the data it read). How it runs never counts."""
-    from usv_ray.config import output_settings
+    data) and ``data`` (a digest of the data it read). How it runs never counts, nor an
+    :func:`~usv_ray.config.added` ingest setting among ``inputs`` at its default (as
+    :func:`~usv_ray.config.output_settings` leaves it out of a section)."""
+    from usv_ray.config import IngestConfig, added_defaults, output_settings
 
+    defaults = added_defaults(IngestConfig)  # the inputs' frame settings are ingest's
+    inputs = {k: v for k, v in inputs.items() if k not in defaults or v != defaults[k]}
     settings = {name: output_settings(section) for name, section in sections.items()}
     text = json.dumps([settings, dict(inputs), data], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()

@@ -259,6 +259,8 @@ class IngestFolder(Folder):
             LayoutError: no record (not an ingest folder, or an older usv_ray wrote it) or a
                 damaged one.
         """
+        from usv_ray.config import IngestConfig, added_defaults
+
         if not self.record.is_file():
             raise LayoutError(
                 f"{self.root} has no {self.record.name}: it is not an ingest folder, or an "
@@ -266,7 +268,7 @@ class IngestFolder(Folder):
             )
         try:
             recorded = json.loads(self.record.read_text())["settings"]
-            return {**_added_defaults(), **recorded}
+            return {**added_defaults(IngestConfig), **recorded}
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
             raise LayoutError(
                 f"{self.record} is damaged ({exc!r}): ingest into a new folder"
@@ -335,20 +337,6 @@ def read_checked(
         raise DamagedDataError(
             f"{Path(path).name} cannot be read ({type(exc).__name__}: {exc}): {remedy}"
         ) from exc
-
-
-def _added_defaults() -> dict[str, Any]:
-    """The :data:`INGEST_CONTENT` settings added after ingest folders existed, at the
-    default that those folders were made with."""
-    import dataclasses
-
-    from usv_ray.config import ADDED, IngestConfig
-
-    return {
-        f.name: f.default
-        for f in dataclasses.fields(IngestConfig)
-        if f.metadata.get(ADDED) and f.name in INGEST_CONTENT
-    }
 
 
 def ingest_settings(cfg: Any) -> dict[str, Any]:
