@@ -112,12 +112,12 @@ def structured_report(study: StudySource, results: Results, series_number: int =
             ],
         )
 
-    nodule = _concept("NODULE", "Breast nodule")
+    nodule, threshold = _concept("NODULE", "Breast nodule"), _threshold(results)
     for row in results.nodules.itertuples(index=False):
         prob = row.malignancy_latest
         if pd.isna(prob):
             continue
-        reading = "malignant" if prob >= _threshold(results) else "benign"
+        reading = "malignant" if prob >= threshold else "benign"
         label = f"nodule {row.nodule_uid[:12]}"
         groups.append(group(tracking_uid(row.nodule_uid), label, prob, reading, nodule))
     video = _concept("VIDEO", "Ultrasound video")
@@ -194,7 +194,9 @@ def _threshold(results: Results) -> float:
     return float(thresholds.iloc[0]) if len(thresholds) else 0.5
 
 
-def _date(yyyymmdd: str | None) -> str | None:
+def iso_date(yyyymmdd: str | None) -> str | None:
+    """A DICOM date (YYYYMMDD) as FHIR and people write it (YYYY-MM-DD); None if it is not
+    one."""
     if not yyyymmdd or len(yyyymmdd) < 8 or not yyyymmdd[:8].isdigit():
         return None
     return f"{yyyymmdd[:4]}-{yyyymmdd[4:6]}-{yyyymmdd[6:8]}"
@@ -208,7 +210,7 @@ def fhir_bundle(study: StudySource, results: Results) -> dict:
 
     base = f"urn:uuid:{_uuid(study.study_key)}"
     subject = {"identifier": {"value": study.patient_id or ""}}
-    when = _date(study.study_date)
+    when = iso_date(study.study_date)
     device_url = f"urn:uuid:{_uuid('device', str(results.diagnosis_version))}"
     device = {
         "resourceType": "Device",

@@ -17,7 +17,6 @@ UID does not).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -70,9 +69,7 @@ def _latest_diagnoses(predict: Path) -> tuple[str, pd.DataFrame]:
     folder = PredictFolder(predict)
     if not folder.summary.exists():
         raise ExportError(f"{folder.summary} not found: run `usv-ray predict` first")
-    version = json.loads(folder.summary.read_text())["latest"]
-    rows = pq.read_table(folder.diagnoses).to_pandas()
-    return version, rows[(rows["model_version"] == version) & (rows["status"] == "ok")]
+    return folder.latest()
 
 
 def run_export(
@@ -85,7 +82,7 @@ def run_export(
     formats: Sequence[Format] = ("sr", "fhir"),
 ) -> ExportSummary:
     """Write one document per exam and format of ``formats`` into ``out``."""
-    from usv_ray.export.documents import Results, fhir_bundle, structured_report
+    from usv_ray.export.documents import Results, fhir_bundle, iso_date, structured_report
     from usv_ray.export.sources import study_sources
     from usv_ray.io import atomic_path, write_json
     from usv_ray.layout import ExportFolder, IndexFolder, IngestFolder
@@ -109,21 +106,21 @@ def run_export(
     shows = nodules.explode("study_keys")
 
     def first_date(study_keys) -> str | None:
-        known = sorted(dates[k] for k in study_keys if k in dates)
-        return f"{known[0][:4]}-{known[0][4:6]}-{known[0][6:8]}" if known else None
+        return iso_date(min((dates[k] for k in study_keys if k in dates), default=None))
 
     nodules["first_date"] = nodules["study_keys"].map(first_date)
-    tables = set(diagnoses["study_key"].dropna()) | set(shows["study_keys"].dropna())
+    videos_of = dict(tuple(diagnoses.groupby("study_key")))  # study_key -> its diagnoses
+    nodules_of = shows.groupby("study_keys")["nodule_uid"].agg(set)  # study_key -> its uids
+    tables = set(videos_of) | set(nodules_of.index)
     ordered = sorted(sources.values(), key=lambda s: (s.study_date or "99999999", s.study_key))
     written = n_videos = n_nodules = 0
     log.info("export: %d exams named by the manifests", len(ordered))
     for done, study in enumerate(ordered, start=1):
         if done % PROGRESS_EVERY == 0:
             log.info("export: %d of %d exams, %d documents so far", done, len(ordered), written)
-        seen = set(shows.loc[shows["study_keys"] == study.study_key, "nodule_uid"])
         results = Results(
-            diagnoses[diagnoses["study_key"] == study.study_key],
-            nodules[nodules["nodule_uid"].isin(seen)],
+            videos_of.get(study.study_key, diagnoses.iloc[:0]),
+            nodules[nodules["nodule_uid"].isin(nodules_of.get(study.study_key, set()))],
             version,
             index_version,
         )
@@ -132,9 +129,7 @@ def run_export(
         n_videos += len(results.videos)
         n_nodules += len(results.nodules)
         if "sr" in formats:
-            path = folder.sr(study.study_key)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(path) as tmp:
+            with atomic_path(folder.sr(study.study_key)) as tmp:
                 structured_report(study, results).save_as(tmp, enforce_file_format=True)
             written += 1
         if "fhir" in formats:

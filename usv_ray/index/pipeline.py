@@ -20,7 +20,6 @@ leaves the previous index intact and its rerun does the work again.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -155,7 +154,7 @@ def read_diagnoses(folder: Path, scoring: str) -> Diagnoses:
         IndexBuildError: when ``folder`` holds no diagnoses.
     """
     from usv_ray.layout import PredictFolder
-    from usv_ray.schemas import DIAGNOSES, TRACKLET_DIAGNOSES
+    from usv_ray.schemas import TRACKLET_DIAGNOSES
 
     predict = PredictFolder(folder)
     if not predict.summary.is_file():
@@ -163,9 +162,7 @@ def read_diagnoses(folder: Path, scoring: str) -> Diagnoses:
             f"{folder} holds no diagnoses (no summary.json): run `usv-ray predict --out "
             f"{folder}` first, or leave --diagnoses out"
         )
-    version = json.loads(predict.summary.read_text())["latest"]
-    videos = pq.read_table(predict.diagnoses, schema=DIAGNOSES).to_pandas()
-    videos = videos[(videos["model_version"] == version) & (videos["status"] == "ok")]
+    version, videos = predict.latest()
     threshold = float(videos["threshold"].iloc[0]) if len(videos) else 0.5
     if scoring == "videos":
         return Diagnoses(videos[["video_id", "prob"]], threshold, version)

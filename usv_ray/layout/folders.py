@@ -456,6 +456,17 @@ class PredictFolder(Folder):
     def tracklet_diagnoses(self) -> Path:
         return self.root / "tracklet_diagnoses.parquet"
 
+    def latest(self) -> tuple[str, pd.DataFrame]:
+        """The bundle version predict ran last (its summary's) and that version's diagnoses
+        of the videos it could read (status ok); the summary must exist."""
+        import pyarrow.parquet as pq
+
+        from usv_ray.schemas import DIAGNOSES
+
+        version = json.loads(self.summary.read_text())["latest"]
+        rows = pq.read_table(self.diagnoses, schema=DIAGNOSES).to_pandas()
+        return version, rows[(rows["model_version"] == version) & (rows["status"] == "ok")]
+
     @property
     def summary(self) -> Path:
         return self.root / "summary.json"

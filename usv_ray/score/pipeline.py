@@ -116,14 +116,10 @@ def _need(path: Path, stage: str) -> Path:
 
 def _latest(predict: PredictFolder) -> tuple[str, pd.DataFrame, pd.DataFrame]:
     """The model version predict ran last, and its video and tracklet diagnoses."""
-    version = json.loads(_need(predict.summary, "predict").read_text())["latest"]
-    videos = pq.read_table(predict.diagnoses).to_pandas()
+    _need(predict.summary, "predict")
+    version, videos = predict.latest()
     tracklets = pq.read_table(predict.tracklet_diagnoses).to_pandas()
-    return (
-        version,
-        videos[(videos["model_version"] == version) & (videos["status"] == "ok")],
-        tracklets[tracklets["model_version"] == version],
-    )
+    return version, videos, tracklets[tracklets["model_version"] == version]
 
 
 def _night_videos(night: pd.DataFrame, diagnoses: pd.DataFrame) -> pd.DataFrame:
