@@ -56,6 +56,7 @@ def settings(args: argparse.Namespace) -> list[str]:
         f"reid.seed={args.seed}",
         f"detect.seed={args.seed}",
         f"index.seed={args.seed}",
+        f"index.link={args.link}",
     ]
 
 
@@ -152,6 +153,13 @@ def figures(args: argparse.Namespace, out: Path) -> None:
             f"{interval['tau_low']:g}-{interval['tau_high']:g}, "
             f"F {interval['f_low']:.3f}-{interval['f_high']:.3f}) for model {model}"
         )
+        if link := entry.get("link", {}).get("validation"):
+            print(
+                f"link model: at P(same) >= {link['threshold']:g}, cross-fitted over "
+                f"{link['folds']} folds of {link['patients']} validation patients, F "
+                f"{link['f_score']:.3f} ({link['f_low']:.3f}-{link['f_high']:.3f}) on "
+                f"{link['pairs']} pairs ({link['same_pairs']} of one nodule)"
+            )
     oracle = tau_curve(cfg, run, nodule_of)
     best = oracle.loc[oracle["f"].idxmax()]
     swept = next(iter(record.get("tau", {}).values()), {}).get("tau")
@@ -201,6 +209,12 @@ def main() -> int:
     parser.add_argument("--new", type=int, default=20, help="tonight's new patients")
     parser.add_argument("--seed", type=int, default=0, help="archive and training seed")
     parser.add_argument("--out", type=Path, help="keep the run here (default: a temporary one)")
+    parser.add_argument(
+        "--link",
+        choices=["calibrated", "cosine"],
+        default="calibrated",
+        help="index.link: the link model's P(same nodule), or cosine distance within tau",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     with tempfile.TemporaryDirectory(prefix="usv-ray-index-quality-") as tmp:

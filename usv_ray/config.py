@@ -284,6 +284,12 @@ class IndexConfig:
     # cosine distance within which two tracklets show the same nodule; None: the tau the
     # sweep (usv-ray tune --target tau) recorded in the re-ID bundle for this model
     tau: float | None = None
+    # how two tracklets link: "calibrated", where a P(same nodule) from their embeddings
+    # and, within one exam, their boxes' depth and height (the link model the tau sweep
+    # fits on the validation patients and records in the re-ID bundle) is at least
+    # link_threshold; "cosine", where their embeddings' cosine distance is within tau
+    link: Literal["calibrated", "cosine"] = "calibrated"
+    link_threshold: float = 0.5
     method: ClusterMethod = "closure"  # closure: order-independent; algorithm1: the paper's
     seed: int = 0  # algorithm1's choice of seed elements
     # embedding actors (one model each); 0: embed in this process, on its CPU, without Ray

@@ -9,6 +9,7 @@ from usv_ray.cluster.constraints import (
     cannot_links,
     constrained_algorithm1,
     constrained_closure,
+    cosine_distances,
     pairs_of,
 )
 from usv_ray.cluster.threshold import algorithm1, closure
@@ -37,9 +38,11 @@ def test_without_cannot_links_they_are_the_clusterings_they_constrain():
     for trial in range(30):
         x, _ = nodule_embeddings(rng, int(rng.integers(1, 40)), int(rng.integers(1, 6)), 0.4)
         tau = float(rng.uniform(0.05, 0.6))
-        np.testing.assert_array_equal(constrained_closure(x, tau, NONE), closure(x, tau))
         np.testing.assert_array_equal(
-            constrained_algorithm1(x, tau, NONE, np.random.default_rng(trial)),
+            constrained_closure(cosine_distances(x), tau, NONE), closure(x, tau)
+        )
+        np.testing.assert_array_equal(
+            constrained_algorithm1(cosine_distances(x), tau, NONE, np.random.default_rng(trial)),
             algorithm1(x, tau, np.random.default_rng(trial)),
         )
 
@@ -54,13 +57,15 @@ def test_a_cannot_link_pair_never_shares_a_cluster(method):
         pairs = pairs[pairs[:, 0] != pairs[:, 1]]
         tau = float(rng.uniform(0.2, 1.5))  # loose: most of the patient links
         if method == "closure":
-            labels = constrained_closure(x, tau, pairs)
+            labels = constrained_closure(cosine_distances(x), tau, pairs)
             # each cluster is still held together by links within tau
             free = closure(x, tau)
             for cluster in np.unique(labels):
                 assert np.unique(free[labels == cluster]).size == 1
         else:
-            labels = constrained_algorithm1(x, tau, pairs, np.random.default_rng(trial))
+            labels = constrained_algorithm1(
+                cosine_distances(x), tau, pairs, np.random.default_rng(trial)
+            )
         assert all(labels[i] != labels[j] for i, j in pairs)
         assert labels.min() == 0 and set(labels) == set(range(labels.max() + 1))
 
@@ -71,16 +76,16 @@ def test_a_chain_between_two_nodules_seen_together_breaks_at_its_longest_link():
     x = on_circle([0, 12, 20])
     tau = 1 - np.cos(np.radians(13))
     assert same_partition(closure(x, tau), np.array([0, 0, 0]))
-    labels = constrained_closure(x, tau, np.array([[0, 2]]))
+    labels = constrained_closure(cosine_distances(x), tau, np.array([[0, 2]]))
     np.testing.assert_array_equal(labels, [0, 1, 1])
     # permuted input: the same partition
     order = np.array([2, 0, 1])
-    permuted = constrained_closure(x[order], tau, np.array([[0, 1]]))
+    permuted = constrained_closure(cosine_distances(x[order]), tau, np.array([[0, 1]]))
     assert same_partition(permuted, labels[order])
 
 
 def test_bad_pairs_and_embeddings_are_errors():
     with pytest.raises(ValueError, match="itself"):
-        constrained_closure(on_circle([0, 5]), 0.1, np.array([[1, 1]]))
+        constrained_closure(cosine_distances(on_circle([0, 5])), 0.1, np.array([[1, 1]]))
     with pytest.raises(ValueError, match="non-zero"):
-        constrained_closure(np.zeros((2, 3)), 0.1, NONE)
+        cosine_distances(np.zeros((2, 3)))

@@ -3,7 +3,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from usv_ray.index.nodules import Nodule, centroid, nodule_uid, update_patient
+from usv_ray.index.nodules import Links, Nodule, centroid, nodule_uid, update_patient
 
 BEFORE = datetime(2026, 1, 1, tzinfo=UTC)
 NOW = datetime(2026, 2, 1, tzinfo=UTC)
@@ -15,21 +15,22 @@ def unit(*angles_deg: float) -> np.ndarray:
     return np.stack([np.cos(a), np.sin(a)], axis=1).astype(np.float32)
 
 
-def world(angles: dict[str, float], studies: dict[str, str]):
-    vecs = unit(*angles.values())
-    return dict(zip(angles, vecs, strict=True)), studies
-
-
 TAU = 1 - np.cos(np.radians(10))  # within 10 degrees
+
+
+def world(angles: dict[str, float], studies: dict[str, str | None]) -> Links:
+    """Tracklets at these angles, linked within 10 degrees."""
+    vecs = unit(*angles.values())
+    return Links(dict(zip(angles, vecs, strict=True)), studies, TAU)
 
 
 @pytest.mark.parametrize("method", ["closure", "algorithm1"])
 def test_first_build_clusters_the_patient(method):
-    embedding_of, study_of = world(
+    links = world(
         {"a": 0, "b": 5, "c": 90, "d": 94, "e": 180},
         {"a": "s1", "b": "s2", "c": "s1", "d": "s1", "e": None},
     )
-    nodules = update_patient("pk", [], list("edcba"), embedding_of, study_of, TAU, method, NOW)
+    nodules = update_patient("pk", [], list("edcba"), links, method, NOW)
     groups = sorted(n.tracklet_ids for n in nodules)
     assert groups == [("a", "b"), ("c", "d"), ("e",)]
     ab = next(n for n in nodules if n.tracklet_ids == ("a", "b"))
@@ -40,7 +41,7 @@ def test_first_build_clusters_the_patient(method):
 
 
 def test_follow_up_joins_the_nodule_it_matches_and_uids_stay():
-    embedding_of, study_of = world(
+    links = world(
         {"a": 0, "c": 90, "a2": 6, "a3": 14, "c2": 95, "new": 200},
         {"a": "s1", "c": "s1", "a2": "s2", "a3": "s2", "c2": "s2", "new": "s2"},
     )
@@ -48,9 +49,7 @@ def test_follow_up_joins_the_nodule_it_matches_and_uids_stay():
         Nodule("uid-a", ("a",), "s1", "s1", BEFORE),
         Nodule("uid-c", ("c",), "s1", "s1", BEFORE),
     ]
-    nodules = update_patient(
-        "pk", existing, ["a3", "new", "c2", "a2"], embedding_of, study_of, TAU, "closure", NOW
-    )
+    nodules = update_patient("pk", existing, ["a3", "new", "c2", "a2"], links, "closure", NOW)
     by_uid = {n.nodule_uid: n for n in nodules}
     # a3 is 14 degrees from a, but 8 from a2, which joined: a chain of views joins too
     assert by_uid["uid-a"].tracklet_ids == ("a", "a2", "a3")
@@ -61,38 +60,36 @@ def test_follow_up_joins_the_nodule_it_matches_and_uids_stay():
 
 
 def test_unchanged_nodules_come_back_as_they_were():
-    embedding_of, study_of = world({"a": 0, "c": 90, "c2": 92}, {"a": "s1", "c": "s1", "c2": "s2"})
+    links = world({"a": 0, "c": 90, "c2": 92}, {"a": "s1", "c": "s1", "c2": "s2"})
     a = Nodule("uid-a", ("a",), "s1", "s1", BEFORE)
     nodules = update_patient(
         "pk",
         [a, Nodule("uid-c", ("c",), "s1", "s1", BEFORE)],
         ["c2"],
-        embedding_of,
-        study_of,
-        TAU,
+        links,
         "closure",
         NOW,
     )
     assert nodules[0] is a  # untouched, its updated_at too
-    assert update_patient("pk", [a], [], embedding_of, study_of, TAU, "closure", NOW) == [a]
+    assert update_patient("pk", [a], [], links, "closure", NOW) == [a]
 
 
 def test_a_tracklet_between_two_nodules_joins_the_nearer_and_never_merges_them():
-    embedding_of, study_of = world({"a": 0, "b": 15, "x": 9}, {"a": "s", "b": "s", "x": "s"})
+    links = world({"a": 0, "b": 15, "x": 9}, {"a": "s", "b": "s", "x": "s"})
     existing = [Nodule("A", ("a",), "s", "s", BEFORE), Nodule("B", ("b",), "s", "s", BEFORE)]
-    nodules = update_patient("pk", existing, ["x"], embedding_of, study_of, TAU, "closure", NOW)
+    nodules = update_patient("pk", existing, ["x"], links, "closure", NOW)
     assert [n.tracklet_ids for n in nodules] == [("a",), ("b", "x")]
 
 
 def test_a_non_finite_embedding_is_an_error():
-    embedding_of = {"a": np.array([np.nan, 1.0], np.float32)}
-    with pytest.raises(ValueError, match="non-finite"):
-        update_patient("pk", [], ["a"], embedding_of, {"a": None}, TAU, "closure", NOW)
+    links = Links({"a": np.array([np.nan, 1.0], np.float32)}, {"a": None}, TAU)
+    with pytest.raises(ValueError, match="non-finite embedding among the tracklets of patient pk"):
+        update_patient("pk", [], ["a"], links, "closure", NOW)
 
 
 def test_centroid_is_the_normalised_mean():
-    embedding_of, _ = world({"a": 0, "b": 90}, {})
-    c = centroid(Nodule("u", ("a", "b"), None, None, NOW), embedding_of)
+    links = world({"a": 0, "b": 90}, {})
+    c = centroid(Nodule("u", ("a", "b"), None, None, NOW), links.embedding_of)
     np.testing.assert_allclose(c, unit(45)[0], atol=1e-6)
     assert c.dtype == np.float32
 
@@ -100,20 +97,20 @@ def test_centroid_is_the_normalised_mean():
 @pytest.mark.parametrize("method", ["closure", "algorithm1"])
 def test_tracklets_seen_together_are_never_one_nodule(method):
     # a first build: b and c, both near a, were seen in the same frames of one video
-    embedding_of, study_of = world({"a": 0, "b": 4, "c": 6}, {"a": "s1", "b": "s1", "c": "s1"})
+    links = world({"a": 0, "b": 4, "c": 6}, {"a": "s1", "b": "s1", "c": "s1"})
     apart = {frozenset(("b", "c"))}
-    nodules = update_patient(
-        "pk", [], ["a", "b", "c"], embedding_of, study_of, TAU, method, NOW, cannot=apart
-    )
+    nodules = update_patient("pk", [], ["a", "b", "c"], links, method, NOW, cannot=apart)
     groups = [set(n.tracklet_ids) for n in nodules]
     assert not any({"b", "c"} <= group for group in groups) and len(nodules) == 2
-    assert update_patient("pk", [], ["a", "b", "c"], embedding_of, study_of, TAU, method, NOW)[
-        0
-    ].tracklet_ids == ("a", "b", "c")  # without the cannot-link: one nodule
+    assert update_patient("pk", [], ["a", "b", "c"], links, method, NOW)[0].tracklet_ids == (
+        "a",
+        "b",
+        "c",
+    )  # without the cannot-link: one nodule
 
 
 def test_a_new_tracklet_joins_the_nearest_nodule_it_may_join():
-    embedding_of, study_of = world(
+    links = world(
         {"a": 0, "c": 12, "new": 3, "twin": 2}, {t: "s" for t in ("a", "c", "new", "twin")}
     )
     existing = [
@@ -122,7 +119,7 @@ def test_a_new_tracklet_joins_the_nearest_nodule_it_may_join():
     ]
     # new is nearest to a, but was seen beside a: it joins c (9 degrees, within tau)
     nodules = update_patient(
-        "pk", existing, ["new"], embedding_of, study_of, TAU, "closure", NOW,
+        "pk", existing, ["new"], links, "closure", NOW,
         cannot={frozenset(("new", "a"))},
     )  # fmt: skip
     by_uid = {n.nodule_uid: n.tracklet_ids for n in nodules}
@@ -130,7 +127,7 @@ def test_a_new_tracklet_joins_the_nearest_nodule_it_may_join():
     # two new tracklets seen together, both nearest to a: the nearer joins a; the other
     # may not join a any more, and joins c
     nodules = update_patient(
-        "pk", existing, ["new", "twin"], embedding_of, study_of, TAU, "closure", NOW,
+        "pk", existing, ["new", "twin"], links, "closure", NOW,
         cannot={frozenset(("new", "twin"))},
     )  # fmt: skip
     by_uid = {n.nodule_uid: n.tracklet_ids for n in nodules}

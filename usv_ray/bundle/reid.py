@@ -7,7 +7,8 @@ Its record (written by ``usv-ray reid``) names each trained model's file (``CM.p
 the clip shape it reads), the ingest settings its tracklet patches must have been made
 with, its test-pair metrics, and ``tau``: for each model (by its ``model_id``, the kind
 and a hash of the file) the clustering threshold the tau sweep chose on validation
-patients, with the sweep's whole curve, recorded by ``usv-ray tune --target tau``
+patients, with the sweep's whole curve and the link model fitted on the same patients
+(:mod:`usv_ray.cluster.link`), recorded by ``usv-ray tune --target tau``
 (:func:`record_tau`). ``usv-ray index`` takes its tau from there unless ``index.tau`` is
 set, so the threshold travels with the model it was swept for, and a retrained model
 (another ``model_id``) has none until it is swept. ``embeddings`` names the training run's
@@ -20,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -28,6 +29,9 @@ import torch
 
 from usv_ray.bundle.record import BUNDLE_FILE, Bundle, BundleError, file_digest, now_utc, read
 from usv_ray.frames import ClipShape, batch_clips
+
+if TYPE_CHECKING:
+    from usv_ray.cluster.link import LinkModel
 from usv_ray.schemas import EMBEDDINGS
 
 KIND = "reid"
@@ -106,6 +110,13 @@ class ReidModels:
         """The tau the sweep recorded for this model; None: none recorded."""
         entry = self.bundle.record.get("tau", {}).get(self.model_id(kind))
         return None if entry is None else float(entry["tau"])
+
+    def link(self, kind: str) -> LinkModel | None:
+        """The link model the sweep fitted for this model; None: none recorded."""
+        from usv_ray.cluster.link import LinkModel
+
+        entry = self.bundle.record.get("tau", {}).get(self.model_id(kind), {}).get("link")
+        return None if entry is None else LinkModel.from_dict(entry)
 
     def embeddings(self, kind: str) -> Path | None:
         """The training run's embeddings by this model, when recorded and still there."""

@@ -6,8 +6,8 @@ clustering must never put them in one nodule (a *cannot-link*).
 and :func:`constrained_algorithm1` are the two clusterings of
 :mod:`usv_ray.cluster.threshold` that respect them:
 
-- the closure becomes *constrained single linkage*: the links (cosine distance within
-  ``tau``) are taken nearest first, and each merges its two clusters unless a cannot-link
+- the closure becomes *constrained single linkage*: the links (distance within ``tau``)
+  are taken nearest first, and each merges its two clusters unless a cannot-link
   pair lies across them. Without cannot-links it is exactly the closure (every link merges,
   and the order of merges does not change connected components); with them, the nearest
   links decide, and a chain that would join two nodules seen side by side breaks at its
@@ -15,9 +15,10 @@ and :func:`constrained_algorithm1` are the two clusterings of
 - Algorithm 1 keeps its seed and its one pass in input order, and an embedding joins the
   cluster only when it is linked to a member and cannot-links none.
 
-Both compute every pair's distance of the patient (``n^2 / 2`` dot products, ``n^2``
-floats of memory): they run only for the patients that have cannot-links among their new
-tracklets, which are a few dozen at most; the compiled clusterings keep the rest.
+Both take every pair's distance of the patient (``n^2`` floats): cosine distances
+(:func:`cosine_distances`) or ``1 - P(same)`` of a :class:`~usv_ray.cluster.link.LinkModel`.
+With cosine distances they run only for the patients that have cannot-links among their
+new tracklets, which are a few dozen at most; the compiled clusterings keep the rest.
 
 The one case the rule gets wrong: a tracker that follows one nodule with two overlapping
 tracks (a duplicate box that NMS left) would keep the two tracks apart. Annotated
@@ -31,7 +32,13 @@ from collections.abc import Collection, Iterable
 import numpy as np
 import pandas as pd
 
-__all__ = ["cannot_links", "constrained_algorithm1", "constrained_closure", "pairs_of"]
+__all__ = [
+    "cannot_links",
+    "constrained_algorithm1",
+    "constrained_closure",
+    "cosine_distances",
+    "pairs_of",
+]
 
 
 def cannot_links(tracklets: pd.DataFrame) -> set[frozenset[str]]:
@@ -62,7 +69,7 @@ def pairs_of(ids: Iterable[str], links: Collection[frozenset[str]]) -> np.ndarra
     return np.asarray(sorted(found), dtype=np.int64).reshape(-1, 2)
 
 
-def _distances(embeddings: np.ndarray) -> np.ndarray:
+def cosine_distances(embeddings: np.ndarray) -> np.ndarray:
     """``(n, n)`` cosine distances of the rows (normalised here)."""
     x = np.asarray(embeddings, dtype=np.float64)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
@@ -89,12 +96,13 @@ def _numbered(labels: np.ndarray) -> np.ndarray:
     return rank[inverse].astype(np.int64)
 
 
-def constrained_closure(embeddings: np.ndarray, tau: float, cannot: np.ndarray) -> np.ndarray:
-    """Constrained single linkage of one patient's ``(n, D)`` embeddings at ``tau``: the
-    links ``d <= tau`` nearest first (ties by position), each merging its clusters unless a
-    pair of ``cannot`` ``(K, 2)`` lies across them. ``(n,)`` labels numbered by each
-    cluster's smallest member, as :func:`usv_ray.cluster.threshold.closure` numbers them."""
-    d = _distances(embeddings)
+def constrained_closure(d: np.ndarray, tau: float, cannot: np.ndarray) -> np.ndarray:
+    """Constrained single linkage of one patient's ``(n, n)`` distances ``d``
+    (:func:`cosine_distances`, or a :class:`~usv_ray.cluster.link.LinkModel`'s) at ``tau``:
+    the links ``d <= tau`` nearest first (ties by position), each merging its clusters
+    unless a pair of ``cannot`` ``(K, 2)`` lies across them. ``(n,)`` labels numbered by
+    each cluster's smallest member, as :func:`usv_ray.cluster.threshold.closure` numbers
+    them."""
     n = len(d)
     blocked = _blocked(n, cannot)
     parent = list(range(n))
@@ -122,13 +130,12 @@ def constrained_closure(embeddings: np.ndarray, tau: float, cannot: np.ndarray) 
 
 
 def constrained_algorithm1(
-    embeddings: np.ndarray, tau: float, cannot: np.ndarray, rng: np.random.Generator
+    d: np.ndarray, tau: float, cannot: np.ndarray, rng: np.random.Generator
 ) -> np.ndarray:
-    """Algorithm 1 of :func:`usv_ray.cluster.threshold.algorithm1` (the same single
-    ``rng.random(n)`` draw of the seed order, ``d < tau``, one pass in input order), where
-    an embedding joins only a cluster it cannot-links no member of. ``(n,)`` labels in the
-    order the clusters were started."""
-    d = _distances(embeddings)
+    """Algorithm 1 of :func:`usv_ray.cluster.threshold.algorithm1` on ``(n, n)`` distances
+    ``d`` (the same single ``rng.random(n)`` draw of the seed order, ``d < tau``, one pass
+    in input order), where a row joins only a cluster it cannot-links no member of.
+    ``(n,)`` labels in the order the clusters were started."""
     n = len(d)
     blocked = _blocked(n, cannot)
     labels = np.full(n, -1, np.int64)

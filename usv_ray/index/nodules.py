@@ -5,19 +5,20 @@ are new since. Existing nodules are never split, merged or renamed, so a ``nodul
 that a clinician or another system has recorded stays valid:
 
 1. each new tracklet joins the existing nodule with the nearest member, when that member
-   lies within tau (cosine distance): "within tau of any member", as in Algorithm 1 and
-   the closure. A tracklet that joined becomes a member the next new ones can reach, so
-   a follow-up exam's chain of views still joins the nodule it matches;
+   lies within the cut (:class:`Links`: cosine distance within tau, or a calibrated
+   P(same nodule) of at least its threshold): "within tau of any member", as in
+   Algorithm 1 and the closure. A tracklet that joined becomes a member the next new ones
+   can reach, so a follow-up exam's chain of views still joins the nodule it matches;
 2. the new tracklets that reach no existing nodule are clustered among themselves
    (``closure`` or ``algorithm1``) into new nodules.
 
 Two tracklets visible in the same frames of one video are two nodules (a cannot-link,
 :mod:`usv_ray.cluster.constraints`): a new tracklet never joins a nodule holding a
-tracklet it cannot-links (it joins the nearest nodule within tau that it may join), and
+tracklet it cannot-links (it joins the nearest nodule within the cut that it may join), and
 the clustering of step 2 never puts such a pair together.
 
 On a first build (no existing nodules) step 2 alone is the clustering of the patient.
-A new tracklet that lies within tau of two existing nodules joins the nearer one; the two
+A new tracklet that lies within the cut of two existing nodules joins the nearer one; the two
 stay apart (merging them would retire a uid).
 """
 
@@ -25,12 +26,18 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 import numpy as np
 
-from usv_ray.cluster.constraints import constrained_algorithm1, constrained_closure, pairs_of
+from usv_ray.cluster.constraints import (
+    constrained_algorithm1,
+    constrained_closure,
+    cosine_distances,
+    pairs_of,
+)
+from usv_ray.cluster.link import LinkModel
 from usv_ray.cluster.threshold import algorithm1, closure
 from usv_ray.config import ClusterMethod
 
@@ -62,26 +69,64 @@ def _study(study_of: Mapping[str, str | None], tracklet_ids: Sequence[str], pick
     return pick(studies) if studies else None
 
 
+@dataclass(frozen=True)
+class Links:
+    """How the index decides that two of a patient's tracklets show one nodule: their
+    distance is within :attr:`cut`.
+
+    Without a ``model`` the distance is their embeddings' cosine distance and the cut is
+    tau; with a :class:`~usv_ray.cluster.link.LinkModel` it is ``1 - P(same nodule)``
+    from the embeddings, the exams (``study_of``) and the boxes (``geometry_of``: each
+    tracklet's box centre depth and height, :func:`~usv_ray.cluster.link.box_geometry`),
+    and the cut is ``1 - index.link_threshold``.
+    """
+
+    embedding_of: Mapping[str, np.ndarray]  # L2-normalised, every member and new tracklet
+    study_of: Mapping[str, str | None]
+    cut: float
+    model: LinkModel | None = None
+    geometry_of: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+
+    def vectors(self, ids: Sequence[str]) -> np.ndarray:
+        """``(n, D)`` float32 embeddings of ``ids``.
+
+        Raises:
+            ValueError: for an embedding that is not finite.
+        """
+        vectors = np.stack([self.embedding_of[t] for t in ids]).astype(np.float32)
+        if not np.isfinite(vectors).all():
+            raise ValueError("non-finite embedding")
+        return vectors
+
+    def distances(self, ids: Sequence[str]) -> np.ndarray:
+        """``(n, n)`` distances of ``ids``."""
+        vectors = self.vectors(ids)
+        if self.model is None:
+            return cosine_distances(vectors)
+        depth, height = np.asarray([self.geometry_of[t] for t in ids], np.float64).T
+        return self.model.distances(vectors, [self.study_of[t] for t in ids], depth, height)
+
+
 def _cluster(
-    embeddings: np.ndarray, tau: float, method: ClusterMethod, seed: int, cannot: np.ndarray
+    links: Links, ids: Sequence[str], d: np.ndarray, method: ClusterMethod, seed: int, cannot
 ) -> np.ndarray:  # (N,) int64 labels
-    """``method`` on a patient's rows, with the cannot-link pairs ``cannot`` (K, 2) kept
-    apart (the compiled clustering where there are none)."""
+    """``method`` on a patient's tracklets ``ids`` (their distances ``d``), with the
+    cannot-link pairs ``cannot`` (K, 2) kept apart; on cosine distances without any, the
+    compiled clustering."""
     rng = np.random.default_rng(seed)
-    if len(cannot):
+    if len(cannot) or links.model is not None:
         if method == "closure":
-            return constrained_closure(embeddings, tau, cannot)
-        return constrained_algorithm1(embeddings, tau, cannot, rng)
-    return closure(embeddings, tau) if method == "closure" else algorithm1(embeddings, tau, rng)
+            return constrained_closure(d, links.cut, cannot)
+        return constrained_algorithm1(d, links.cut, cannot, rng)
+    x = links.vectors(ids)
+    return closure(x, links.cut) if method == "closure" else algorithm1(x, links.cut, rng)
 
 
 def update_patient(
     patient_key: str,
     nodules: Sequence[Nodule],
     new_ids: Sequence[str],
-    embedding_of: Mapping[str, np.ndarray],
-    study_of: Mapping[str, str | None],
-    tau: float,
+    links: Links,
     method: ClusterMethod,
     now: datetime,
     seed: int = 0,
@@ -89,10 +134,10 @@ def update_patient(
 ) -> list[Nodule]:
     """``nodules`` with the tracklets ``new_ids`` added (see the module docstring).
 
-    ``embedding_of`` maps every member and new tracklet to its L2-normalised embedding,
-    ``study_of`` to its study key; ``cannot`` holds the cannot-link pairs of tracklet ids
-    (:func:`usv_ray.cluster.constraints.cannot_links`). Nodules that gain nothing come
-    back unchanged.
+    ``links`` says which tracklets link (every member and new tracklet's embedding, study
+    key and, with a link model, box geometry); ``cannot`` holds the cannot-link pairs of
+    tracklet ids (:func:`usv_ray.cluster.constraints.cannot_links`). Nodules that gain
+    nothing come back unchanged.
 
     Raises:
         ValueError: for an embedding that is not finite.
@@ -101,11 +146,13 @@ def update_patient(
     if not new_ids:
         return list(nodules)
     members = [t for n in nodules for t in n.tracklet_ids]
-    vectors = np.stack([embedding_of[t] for t in [*members, *new_ids]]).astype(np.float32)
-    if not np.isfinite(vectors).all():
-        raise ValueError(f"non-finite embedding among the tracklets of patient {patient_key}")
+    try:
+        d = links.distances([*members, *new_ids])  # (M + N, M + N)
+    except ValueError as exc:
+        raise ValueError(f"{exc} among the tracklets of patient {patient_key}") from exc
+    cut, first_new = links.cut, len(members)
     owner = np.repeat(np.arange(len(nodules)), [len(n.tracklet_ids) for n in nodules])
-    member_vecs, new_vecs = vectors[: len(members)], vectors[len(members) :]  # (M, D), (N, D)
+    member_rows = np.arange(first_new)  # rows of d that are members, as they grow
 
     apart: dict[str, set[str]] = {}  # tracklet -> the tracklets it cannot-links
     for pair in cannot:
@@ -115,15 +162,15 @@ def update_patient(
     holds = [set(n.tracklet_ids) for n in nodules]  # each nodule's members, as they grow
     joined: dict[int, list[str]] = {}  # nodule position -> new tracklets that joined it
     pending = np.arange(len(new_ids))
-    while len(pending) and len(member_vecs):
-        distance = 1.0 - new_vecs[pending] @ member_vecs.T  # (pending, M)
+    while len(pending) and len(member_rows):
+        distance = d[np.ix_(first_new + pending, member_rows)]  # (pending, M): a copy
         for row, i in enumerate(pending):  # never into a nodule it cannot-links a member of
             others = apart.get(new_ids[i])
             for position, held in enumerate(holds if others else ()):
                 if held & others:
                     distance[row, owner == position] = np.inf
         nearest = distance.argmin(axis=1)
-        hits = np.flatnonzero(distance[np.arange(len(pending)), nearest] <= tau)
+        hits = np.flatnonzero(distance[np.arange(len(pending)), nearest] <= cut)
         if not len(hits):
             break
         took = []
@@ -135,10 +182,11 @@ def update_patient(
             holds[position].add(new_ids[i])
             took.append(row)
         took = np.asarray(took, dtype=np.int64)
-        member_vecs = np.concatenate([member_vecs, new_vecs[pending[took]]])
+        member_rows = np.concatenate([member_rows, first_new + pending[took]])
         owner = np.concatenate([owner, owner[nearest[took]]])
         pending = np.delete(pending, took)
 
+    study_of = links.study_of
     updated = []
     for position, nodule in enumerate(nodules):
         added = joined.get(position)
@@ -151,7 +199,8 @@ def update_patient(
 
     if len(pending):
         rest = [new_ids[i] for i in pending]
-        labels = _cluster(new_vecs[pending], tau, method, seed, pairs_of(rest, cannot))
+        rows = first_new + pending
+        labels = _cluster(links, rest, d[np.ix_(rows, rows)], method, seed, pairs_of(rest, cannot))
         for label in np.unique(labels):
             founders = sorted(new_ids[i] for i in pending[labels == label])
             first, last = _study(study_of, founders, min), _study(study_of, founders, max)

@@ -34,10 +34,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from usv_ray.cluster.constraints import cannot_links
+from usv_ray.cluster.link import LinkModel, box_geometry
 from usv_ray.config import Config, IndexConfig
 from usv_ray.errors import UsvRayError
 from usv_ray.index.errors import BAD, DAMAGED, error_frame, errors_table
-from usv_ray.index.nodules import Nodule, centroid, update_patient
+from usv_ray.index.nodules import Links, Nodule, centroid, update_patient
 from usv_ray.index.report import describe
 from usv_ray.index.store import embed_new, read_store, reid_embeddings
 from usv_ray.io import remove_stale_tmp, write_json, write_table
@@ -108,11 +109,15 @@ class IndexSummary:
         )
 
 
-def index_version(model_id: str, clip: tuple[int, int, int], cfg: IndexConfig) -> str:
+def index_version(
+    model_id: str, clip: tuple[int, int, int], cfg: IndexConfig, link: LinkModel | None = None
+) -> str:
     """What the index was built with; indexes of different versions are never mixed."""
     shape = "x".join(map(str, clip))
     method = cfg.method if cfg.method == "closure" else f"{cfg.method} seed {cfg.seed}"
-    return f"{model_id} clip {shape} tau {cfg.tau:g} {method}"
+    if link is None:
+        return f"{model_id} clip {shape} tau {cfg.tau:g} {method}"
+    return f"{model_id} clip {shape} link {link.digest()} P >= {cfg.link_threshold:g} {method}"
 
 
 def _read_nodules(out: IndexFolder) -> pd.DataFrame | None:
@@ -239,10 +244,39 @@ def _scores(table: pa.Table, tracklets: pd.DataFrame) -> dict | None:
     }
 
 
-def _choose(cfg: Config, data: IngestFolder, model: str | Path) -> tuple[Any, IndexConfig]:
-    """The re-ID bundle to embed with, checked against ``data``, and the index settings
-    with the tau to cluster at: ``index.tau`` when set, else the tau the sweep recorded in
-    the re-ID bundle for this model."""
+def _choose(
+    cfg: Config, data: IngestFolder, model: str | Path
+) -> tuple[Any, IndexConfig, LinkModel | None]:
+    """The re-ID bundle to embed with, checked against ``data``; the index settings with
+    the tau to cluster at (``index.tau`` when set, else the tau the sweep recorded in the
+    re-ID bundle for this model); and the link model the sweep recorded with it, or None
+    where the index links by cosine distance."""
+    models, c = _choose_tau(cfg, data, model)
+    if c.link == "cosine":
+        return models, c, None
+    if not 0.0 < c.link_threshold < 1.0:
+        raise IndexBuildError(f"index.link_threshold must lie in (0, 1), got {c.link_threshold}")
+    link = models.link(c.model)
+    if link is None:
+        log.warning(
+            "index: the re-ID bundle %s records no link model for its %s model: linking by "
+            "cosine distance within tau %g. Run `usv-ray tune --target tau` on its re-ID "
+            "folder again to record one, or set index.link=cosine",
+            models.bundle.folder,
+            c.model,
+            c.tau,
+        )
+        return models, replace(c, link="cosine"), None
+    log.info(
+        "index: linking at P(same nodule) >= %g (a link model fitted on %d validation pairs)",
+        c.link_threshold,
+        link.pairs,
+    )
+    return models, c, link
+
+
+def _choose_tau(cfg: Config, data: IngestFolder, model: str | Path) -> tuple[Any, IndexConfig]:
+    """The re-ID bundle and the index settings with their tau (see :func:`_choose`)."""
     from usv_ray import bundle
 
     c = cfg.index
@@ -269,6 +303,22 @@ def _choose(cfg: Config, data: IngestFolder, model: str | Path) -> tuple[Any, In
     return models, replace(c, tau=recorded)
 
 
+def _links(
+    tracklets: pd.DataFrame,
+    embedding_of: dict[str, np.ndarray],
+    study_of: dict[str, str | None],
+    c: IndexConfig,
+    link: LinkModel | None,
+) -> Links:
+    """How tonight's patients' tracklets (``tracklets``, with their boxes where ``link``)
+    link: within tau, or at P(same) >= ``index.link_threshold`` by ``link``."""
+    if link is None:
+        return Links(embedding_of, study_of, c.tau)
+    geometry = map(box_geometry, tracklets["boxes"])
+    geometry_of = dict(zip(tracklets["tracklet_id"], geometry, strict=True))
+    return Links(embedding_of, study_of, 1.0 - c.link_threshold, link, geometry_of)
+
+
 @holds("index")
 def run_index(
     cfg: Config,
@@ -285,15 +335,15 @@ def run_index(
     """
     started = time.perf_counter()
     data, out = IngestFolder(data), IndexFolder(out)
-    models, c = _choose(cfg, data, model)
+    models, c, link = _choose(cfg, data, model)
     cfg = replace(cfg, index=c)
     model_id = models.model_id(c.model)
-    version = index_version(model_id, models.clip_shape(c.model), c)
+    version = index_version(model_id, models.clip_shape(c.model), c, link)
     scores_from = NO_DIAGNOSES if diagnoses is None else read_diagnoses(diagnoses, c.nodule_scoring)
     unreadable: dict[str, str] = {}  # video_id -> why its tracklets shard cannot be read
     try:
-        # box_frames: the frames each covers, for the cannot-links
-        columns = [*TRACKLET_META, "box_frames"]
+        # box_frames: the frames each covers, for the cannot-links; boxes for the link model
+        columns = [*TRACKLET_META, "box_frames", *(["boxes"] if link is not None else [])]
         tracklets = data.read_tracklets(columns, unreadable=unreadable).to_pandas()
     except LayoutError as exc:
         raise IndexBuildError(str(exc)) from exc
@@ -398,6 +448,7 @@ def run_index(
     cannot: dict[str, set[frozenset[str]]] = {}  # patient -> its pairs: each sees only its own
     for pair in cannot_links(tracklets[tracklets["patient_key"].isin(todo)]):
         cannot.setdefault(patient_of[next(iter(pair))], set()).add(pair)
+    links = _links(tracklets[tracklets["patient_key"].isin(todo)], embedding_of, study_of, c, link)
     now = datetime.now(UTC).replace(microsecond=0)
     failed = {}
     for patient_key, new_ids in todo.items():
@@ -406,9 +457,7 @@ def run_index(
                 patient_key,
                 by_patient.get(patient_key, []),
                 new_ids,
-                embedding_of,
-                study_of,
-                c.tau,
+                links,
                 c.method,
                 now,
                 c.seed,

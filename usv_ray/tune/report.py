@@ -15,6 +15,8 @@ TITLES = {
     "results": "Sweep results, one row per trial",
     "tau_interval": "The chosen tau, and the tau and F each patient resample would choose "
     "(2.5-97.5 percentiles)",
+    "link": "The link model at its threshold, each validation patient clustered by a model "
+    "fitted without it (folds of patients); F with its 95% interval over patient resamples",
 }
 BEST_TITLE = "Best configuration (a YAML the other commands accept with --config)"
 # a sweep's columns depend on its target: its own names (no general headings), but for
@@ -36,6 +38,18 @@ HEADINGS = {
         "f_high": "F, 97.5%",
         "resamples": "Patient resamples",
         "tracklets": "Validation tracklets",
+        "patients": "Validation patients",
+    },
+    "link": {
+        "threshold": "P(same) at least",
+        "precision": "Pairwise precision",
+        "recall": "Pairwise recall",
+        "f_score": "Pairwise F",
+        "f_low": "F, 2.5%",
+        "f_high": "F, 97.5%",
+        "folds": "Folds",
+        "pairs": "Validation pairs",
+        "same_pairs": "Of one nodule",
         "patients": "Validation patients",
     },
 }

@@ -17,6 +17,13 @@ how far the choice can be trusted: a bootstrap over the validation patients
 of its F). A tau at either end of the grid, or a curve whose best F is no better than
 clustering nothing or everything together, means the model's same and different pairs do
 not separate on the grid: the sweep warns rather than pass such a tau on silently.
+
+The same validation pairs fit the link model the index links by (``index.link:
+calibrated``, :mod:`usv_ray.cluster.link`): a calibrated P(same nodule) from the embeddings
+and, within one exam, the boxes. :func:`validation_link` measures it as the index uses it,
+each patient clustered at P(same) >= ``index.link_threshold`` by a model fitted without
+that patient (cross-fitted over folds of patients), with the F's interval over patient
+resamples; the table ``link`` holds the figures, and the bundle the model beside the tau.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from usv_ray.cluster.link import LinkModel
 from usv_ray.config import Config
 from usv_ray.tune.sweep import GridLoop, Target, TuneError
 
@@ -40,11 +48,13 @@ log = logging.getLogger(__name__)
 KEY = "index.tau"
 COLUMNS = ("precision", "recall", "f_score", "clusters")
 INTERVAL = "tau_interval"  # the sweep folder's table of the chosen tau and its interval
+LINK = "link"  # its table of the link model's cross-fitted validation figures
 
 
-def validation_embeddings(reid: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def validation_embeddings(reid: Path, with_ids: bool = False) -> tuple:
     """The validation tracklets with a known nodule in a re-ID folder:
-    (embeddings (N, D) float32, patient_key (N,), nodule_id (N,)), by tracklet_id."""
+    (embeddings (N, D) float32, patient_key (N,), nodule_id (N,)), by tracklet_id, and with
+    ``with_ids`` their tracklet ids (a list) too."""
     from usv_ray.layout import ReidFolder
 
     splits_path, folder = ReidFolder(reid).splits, ReidFolder(reid).embeddings
@@ -64,8 +74,9 @@ def validation_embeddings(reid: Path) -> tuple[np.ndarray, np.ndarray, np.ndarra
     flat = np.asarray(table["embedding"].combine_chunks().flatten(), dtype=np.float32)
     embeddings = flat.reshape(table.num_rows, -1)  # (N, D)
     patients = np.asarray(table["patient_key"].to_pylist(), dtype=object)  # (N,)
-    nodules = np.asarray([nodule_of[t] for t in table["tracklet_id"].to_pylist()], dtype=object)
-    return embeddings, patients, nodules
+    ids = table["tracklet_id"].to_pylist()
+    nodules = np.asarray([nodule_of[t] for t in ids], dtype=object)
+    return (embeddings, patients, nodules, ids) if with_ids else (embeddings, patients, nodules)
 
 
 def score_tau(
@@ -167,6 +178,116 @@ def edge_warning(grid: list[float], curve: list[dict[str, float]], tau: float) -
     return None
 
 
+def validation_geometry(reid: Path, tracklet_ids: list[str]) -> pd.DataFrame:
+    """``study_key``, ``depth`` and ``height`` (:func:`~usv_ray.cluster.link.box_geometry`)
+    of ``tracklet_ids``, in that order, from the ingest folder the re-ID folder trained on.
+
+    Raises:
+        TuneError: when that folder cannot be read, or lacks one of the tracklets.
+    """
+    import json
+
+    from usv_ray.cluster.link import box_geometry
+    from usv_ray.layout import IngestFolder, LayoutError, ReidFolder
+
+    record = ReidFolder(reid).record
+    try:
+        data = json.loads(record.read_text())["data"]
+        table = IngestFolder(data).read_tracklets(["tracklet_id", "study_key", "boxes"])
+    except (OSError, KeyError, ValueError, LayoutError) as exc:
+        raise TuneError(f"the boxes of {reid}'s tracklets cannot be read: {exc}") from exc
+    rows = table.to_pandas().set_index("tracklet_id")
+    if missing := set(tracklet_ids) - set(rows.index):
+        raise TuneError(f"{len(missing)} validation tracklets are not in {data}")
+    rows = rows.loc[tracklet_ids]
+    depth, height = np.asarray([box_geometry(b) for b in rows["boxes"]]).reshape(-1, 2).T
+    return pd.DataFrame(
+        {"study_key": rows["study_key"].to_numpy(), "depth": depth, "height": height},
+        index=rows.index,
+    )
+
+
+def validation_link(
+    reid: Path, threshold: float, *, method: str, seed: int, n_boot: int, folds: int = 5
+) -> tuple[LinkModel, dict[str, Any]]:
+    """The link model fitted on every within-patient pair of the validation patients, and
+    how it links them as the index would: each patient clustered at P(same) >= ``threshold``
+    by a model fitted without its fold of patients (``folds`` folds), then pairwise
+    precision, recall and F against the annotated nodules, F with its 95% interval over
+    ``n_boot`` patient resamples.
+
+    Raises:
+        TuneError: when the boxes cannot be read, or the pairs cannot fit a model.
+    """
+    from usv_ray.cluster.constraints import constrained_algorithm1, constrained_closure
+    from usv_ray.cluster.link import fit_link, pair_features, within_pairs
+    from usv_ray.cluster.metrics import pair_counts_by_patient
+    from usv_ray.evaluate.metrics import ratio_ci
+
+    embeddings, patients, nodules, ids = validation_embeddings(reid, with_ids=True)
+    geometry = validation_geometry(reid, ids)
+    studies = geometry["study_key"].tolist()
+    features = np.zeros((len(ids), len(ids), 4))
+    for patient in np.unique(patients):
+        rows = np.flatnonzero(patients == patient)
+        block = pair_features(
+            embeddings[rows],
+            [studies[r] for r in rows],
+            geometry["depth"].to_numpy()[rows],
+            geometry["height"].to_numpy()[rows],
+        )
+        features[np.ix_(rows, rows)] = block
+    first, second = within_pairs(patients)
+    same = nodules[first] == nodules[second]
+    try:
+        model = fit_link(features[first, second], same)
+    except ValueError as exc:
+        raise TuneError(f"no link model: {exc}") from exc
+    order = np.random.default_rng(seed).permutation(np.unique(patients))
+    fold_of = {p: i % folds for i, p in enumerate(order)}
+    pair_fold = np.asarray([fold_of[p] for p in patients[first]])
+    labels = np.zeros(len(ids), np.int64)
+    rng = np.random.default_rng(seed)
+    none = np.empty((0, 2), np.int64)
+    for fold in range(folds):
+        train = pair_fold != fold
+        try:
+            held_out = fit_link(features[first[train], second[train]], same[train])
+        except ValueError:  # a fold's rest lacks one kind of pair: the whole model
+            held_out = model
+        for patient in (p for p in np.unique(patients) if fold_of[p] == fold):
+            rows = np.flatnonzero(patients == patient)
+            d = 1.0 - held_out.probability(features[np.ix_(rows, rows)])
+            np.fill_diagonal(d, 0.0)
+            if method == "closure":
+                labels[rows] = constrained_closure(d, 1.0 - threshold, none) + len(ids) * rows[0]
+            else:
+                labels[rows] = (
+                    constrained_algorithm1(d, 1.0 - threshold, none, rng) + len(ids) * rows[0]
+                )
+    _, counts = pair_counts_by_patient(nodules, labels, patients)
+    tp, fp, fn = counts.sum(axis=0)
+    low, high = ratio_ci(
+        2 * counts[:, 0],
+        2 * counts[:, 0] + counts[:, 1] + counts[:, 2],
+        n_boot=n_boot,
+        rng=np.random.default_rng(seed),
+    )
+    measured = {
+        "threshold": threshold,
+        "precision": tp / (tp + fp) if tp + fp else math.nan,
+        "recall": tp / (tp + fn) if tp + fn else math.nan,
+        "f_score": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else math.nan,
+        "f_low": low,
+        "f_high": high,
+        "folds": folds,
+        "pairs": len(same),
+        "same_pairs": int(same.sum()),
+        "patients": len(order),
+    }
+    return model, measured
+
+
 def tau_target(cfg: Config, data: Path, out: Path) -> Target:
     """``index.tau`` over the grid ``tune.tau``, on the re-ID folder ``data``'s
     validation embeddings; the results table has one row per tau, in increasing order."""
@@ -235,6 +356,33 @@ def tau_target(cfg: Config, data: Path, out: Path) -> Target:
             float_format="{:.4g}",
         )
         extra = {"interval": interval, "curve": curve, "validation": validation}
+        try:
+            link, measured = validation_link(
+                data,
+                index.link_threshold,
+                method=index.method,
+                seed=index.seed,
+                n_boot=cfg.tune.tau_n_boot,
+            )
+        except TuneError as exc:
+            log.warning("tune tau: %s; the index links by cosine distance within tau", exc)
+        else:
+            log.info(
+                "tune tau: link model on %d validation pairs (%d of one nodule); at P(same) "
+                ">= %g, cross-fitted over %d folds of patients: F %.3f (%.3f-%.3f), against "
+                "%.3f at tau %g",
+                measured["pairs"],
+                measured["same_pairs"],
+                measured["threshold"],
+                measured["folds"],
+                measured["f_score"],
+                measured["f_low"],
+                measured["f_high"],
+                f_score,
+                tau,
+            )
+            write_results(pd.DataFrame([measured]), out / LINK, float_format="{:.4g}")
+            extra["link"] = {**link.to_dict(), "validation": measured}
         try:
             folder = record_tau(data, models[0].as_py(), tau, f_score, out, **extra)
         except BundleError as exc:  # a re-ID folder of an older usv_ray: best.yaml has it
