@@ -162,6 +162,61 @@ def test_the_chosen_taus_interval_comes_from_resampled_patients(tmp_path):
     assert wider["f_low"] < 1.0
 
 
+def write_look_alike_reid_folder(root: Path) -> Path:
+    """A re-ID folder over an ingest folder in which each patient's three nodules look alike
+    (their embeddings are one patient's, with noise) but lie at their own depths, in two
+    exams of two videos each: only the boxes tell them apart, within an exam."""
+    import json
+
+    data, reid = root / "data", root / "reid"
+    write_toy_tracklets(data, patients=12, nodules=3, per_nodule=4)
+    rng = np.random.default_rng(0)
+    rows, splits = [], []
+    for shard in sorted((data / "tracklets").iterdir()):
+        table = pq.read_table(shard).to_pandas()
+        depth = table["nodule_id"].map({"n0": 20.0, "n1": 120.0, "n2": 220.0})
+        table["boxes"] = [[[0.0, d, 16.0, d + 30.0]] * 4 for d in depth]
+        pq.write_table(pa.Table.from_pandas(table, preserve_index=False), shard)
+        for row in table.itertuples():
+            patient = int(row.patient_key[2:])
+            look = np.random.default_rng(patient).normal(size=16) + 0.3 * rng.normal(size=16)
+            rows.append(
+                {"tracklet_id": row.tracklet_id, "patient_key": row.patient_key,
+                 "study_key": row.study_key, "model": "CM:toy",
+                 "embedding": (look / np.linalg.norm(look)).astype(np.float32).tolist()}
+            )  # fmt: skip
+            split = "val" if patient < 9 else "train"
+            splits.append({**{k: getattr(row, k) for k in ("tracklet_id", "patient_key",
+                           "nodule_id")}, "split": split})  # fmt: skip
+    embedding = pa.field("embedding", pa.list_(pa.float32(), 16))
+    schema = pa.schema([*[*EMBEDDINGS][:-2], embedding, EMBEDDINGS.field("model")])
+    write_table(pa.Table.from_pylist(rows, schema=schema), reid / "embeddings" / "part.parquet")
+    write_table(pa.Table.from_pandas(pd.DataFrame(splits)), reid / "splits.parquet")
+    (reid / "reid.json").write_text(json.dumps({"data": str(data)}))
+    return reid
+
+
+def test_the_link_model_tells_look_alikes_apart_by_their_depth_within_an_exam(tmp_path):
+    from usv_ray.tune.tau import validation_link
+
+    reid = write_look_alike_reid_folder(tmp_path)
+    model, measured = validation_link(reid, 0.5, method="closure", seed=0, n_boot=100)
+    # 9 validation patients, 12 tracklets each: 66 pairs apiece, 18 of one nodule
+    assert (measured["patients"], measured["pairs"], measured["same_pairs"]) == (9, 594, 162)
+    assert model.coef[1] < 0 and (model.pairs, model.same) == (594, 162)
+    # cross-fitted: within an exam the depth splits the look-alikes; across exams the look
+    # cannot, and a third of those pairs are of one nodule, so none links: each nodule's
+    # two tracklets of each exam (2 of its 6 pairs) link, and nothing else
+    assert measured["precision"] == 1.0 and measured["recall"] == pytest.approx(1 / 3)
+    assert measured["f_low"] <= measured["f_score"] <= measured["f_high"]
+    # the tau sweep fits it beside the tau, and its table says how it links
+    cfg = load_config(None, ["tune.tau=[0.01, 0.1, 0.5]"])
+    run_tune(cfg, "tau", reid, tmp_path / "tune")
+    (row,) = pd.read_csv(tmp_path / "tune" / "link.csv").to_dict("records")
+    assert row["pairs"] == 594 and row["f_score"] == pytest.approx(measured["f_score"])
+    assert "link.csv" in (tmp_path / "tune" / "report.json").read_text()
+
+
 def test_a_tau_at_the_edge_or_a_flat_curve_warns():
     grid = [0.1, 0.2, 0.4]
 

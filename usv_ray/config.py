@@ -288,8 +288,8 @@ class IndexConfig:
     # and, within one exam, their boxes' depth and height (the link model the tau sweep
     # fits on the validation patients and records in the re-ID bundle) is at least
     # link_threshold; "cosine", where their embeddings' cosine distance is within tau
-    link: Literal["calibrated", "cosine"] = "calibrated"
-    link_threshold: float = 0.5
+    link: Literal["calibrated", "cosine"] = later("calibrated")
+    link_threshold: float = later(0.5)
     method: ClusterMethod = "closure"  # closure: order-independent; algorithm1: the paper's
     seed: int = 0  # algorithm1's choice of seed elements
     # embedding actors (one model each); 0: embed in this process, on its CPU, without Ray

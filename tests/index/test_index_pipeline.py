@@ -262,8 +262,11 @@ def test_tau_travels_with_the_model_it_was_swept_for(archive, tmp_path, caplog):
         run_index(untuned, archive["data"], reid, tmp_path / "index")
     tau = archive["cfg"].index.tau
     record_tau(reid, _model_id(archive), tau, 0.9, tmp_path / "tune")
-    s = run_index(untuned, archive["data"], reid / "bundle", tmp_path / "index")
+    with caplog.at_level("WARNING", logger="usv_ray"):
+        s = run_index(untuned, archive["data"], reid / "bundle", tmp_path / "index")
     assert f"tau {tau:g} " in s.index_version and s.scores["f_score"] == 1.0
+    # swept before the link model existed: the index says so, and links within tau
+    assert "records no link model" in caplog.text
     # a retrained re-ID run (the same model file here) keeps the tau swept for its model
     found = bundle.read(reid, "reid")
     files = {"CM": found.path("CM.pt")}
@@ -278,6 +281,24 @@ def test_tau_travels_with_the_model_it_was_swept_for(archive, tmp_path, caplog):
         again = run_index(loose, archive["data"], reid, tmp_path / "index")
     assert again.rebuilt and "tau 2 " in again.index_version
     assert "tau 2 from the config (the sweep recorded" in caplog.text
+
+
+def test_the_index_links_by_the_link_model_the_sweep_recorded(archive, tmp_path):
+    from usv_ray.cluster.link import LinkModel
+
+    reid = _reid_folder(archive, tmp_path / "reid")
+    tau = archive["cfg"].index.tau
+    # a model whose P(same) >= 0.5 exactly where the cosine distance is within tau: the
+    # nodules of linking within tau, under a version that names the model
+    model = LinkModel((0.0,) * 4, (1.0,) * 4, (-1.0, 0.0, 0.0, 0.0), float(np.log(tau)))
+    record_tau(reid, _model_id(archive), tau, 0.9, tmp_path / "tune", link=model.to_dict())
+    linked = run_index(archive["cfg"], archive["data"], reid, tmp_path / "index")
+    assert f"link {model.digest()} P >= 0.5" in linked.index_version
+    assert linked.scores["f_score"] == 1.0
+    # a threshold outside (0, 1) is refused before any work
+    c = dataclasses.replace(archive["cfg"].index, link_threshold=1.0)
+    with pytest.raises(IndexBuildError, match=r"link_threshold must lie in \(0, 1\)"):
+        run_index(dataclasses.replace(archive["cfg"], index=c), archive["data"], reid, tmp_path)
 
 
 def test_a_bundle_for_other_patches_or_of_another_kind_is_refused(archive, tmp_path):

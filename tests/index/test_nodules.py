@@ -132,3 +132,29 @@ def test_a_new_tracklet_joins_the_nearest_nodule_it_may_join():
     )  # fmt: skip
     by_uid = {n.nodule_uid: n.tracklet_ids for n in nodules}
     assert by_uid == {"uid-a": ("a", "twin"), "uid-c": ("c", "new")}
+
+
+def test_a_link_model_keeps_one_exams_tracklets_at_other_depths_apart():
+    from usv_ray.cluster.link import LinkModel
+
+    # P(same) >= 0.5 where the cosine distance is within TAU and, within one exam, the
+    # depths lie less than one box height apart
+    model = LinkModel((0.0,) * 4, (1.0,) * 4, (-1.0, -8.0, 0.0, 0.0), float(np.log(TAU)))
+    angles = {"a": 0, "b": 2, "c": 3}
+    geometry = {"a": (50.0, 10.0), "b": (80.0, 10.0), "c": (80.0, 10.0)}
+    vectors = dict(zip(angles, unit(*angles.values()), strict=True))
+
+    def groups(studies):
+        links = Links(vectors, studies, 0.5, model, geometry)
+        found = update_patient("pk", [], list(angles), links, "closure", NOW)
+        return sorted(n.tracklet_ids for n in found)
+
+    # one exam: a lies 3 heights above b and c, so it is another nodule that looks alike
+    assert groups({"a": "s1", "b": "s1", "c": "s1"}) == [("a",), ("b", "c")]
+    # a from another exam: its depth says nothing there, and the look links it
+    assert groups({"a": "s0", "b": "s1", "c": "s1"}) == [("a", "b", "c")]
+    # by cosine distance alone, one nodule in one exam too
+    cosine = Links(vectors, dict.fromkeys(angles, "s1"), TAU)
+    assert [
+        n.tracklet_ids for n in update_patient("pk", [], list(angles), cosine, "closure", NOW)
+    ] == [("a", "b", "c")]
