@@ -209,12 +209,34 @@ def test_the_link_model_tells_look_alikes_apart_by_their_depth_within_an_exam(tm
     # two tracklets of each exam (2 of its 6 pairs) link, and nothing else
     assert measured["precision"] == 1.0 and measured["recall"] == pytest.approx(1 / 3)
     assert measured["f_low"] <= measured["f_score"] <= measured["f_high"]
+    # above lumping each patient's tracklets into one nodule: 2 x 162 / (162 + 594)
+    assert measured["f_one_per_patient"] == pytest.approx(324 / 756)
     # the tau sweep fits it beside the tau, and its table says how it links
     cfg = load_config(None, ["tune.tau=[0.01, 0.1, 0.5]"])
     run_tune(cfg, "tau", reid, tmp_path / "tune")
     (row,) = pd.read_csv(tmp_path / "tune" / "link.csv").to_dict("records")
     assert row["pairs"] == 594 and row["f_score"] == pytest.approx(measured["f_score"])
     assert "link.csv" in (tmp_path / "tune" / "report.json").read_text()
+
+
+def test_a_link_model_that_cannot_be_fitted_or_links_no_better_than_lumping_warns(tmp_path, caplog):
+    reid = write_look_alike_reid_folder(tmp_path)
+    splits = pq.read_table(reid / "splits.parquet").to_pandas()
+    cfg = load_config(None, ["tune.tau=[0.01, 0.1]"])
+    # nodules drawn at random within each patient: neither look nor depth tells them
+    rng = np.random.default_rng(0)
+    shuffled = splits.assign(nodule_id=rng.permutation(splits["nodule_id"].to_numpy()))
+    write_table(pa.Table.from_pandas(shuffled), reid / "splits.parquet")
+    with caplog.at_level("WARNING", logger="usv_ray"):
+        run_tune(cfg, "tau", reid, tmp_path / "tune")
+    assert "the link model links no better than one nodule per patient" in caplog.text
+    # every validation tracklet of a patient one nodule: no pair to tell apart, no model
+    write_table(pa.Table.from_pandas(splits.assign(nodule_id="n0")), reid / "splits.parquet")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="usv_ray"):
+        run_tune(cfg, "tau", reid, tmp_path / "tune2")
+    assert "no link model: 594 same-nodule and 0 different-nodule pairs" in caplog.text
+    assert not (tmp_path / "tune2" / "link.csv").exists()
 
 
 def test_a_tau_at_the_edge_or_a_flat_curve_warns():

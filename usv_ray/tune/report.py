@@ -47,6 +47,7 @@ HEADINGS = {
         "f_score": "Pairwise F",
         "f_low": "F, 2.5%",
         "f_high": "F, 97.5%",
+        "f_one_per_patient": "F, one nodule per patient",
         "folds": "Folds",
         "pairs": "Validation pairs",
         "same_pairs": "Of one nodule",

@@ -273,6 +273,7 @@ def validation_link(
         n_boot=n_boot,
         rng=np.random.default_rng(seed),
     )
+    lumped = 2 * same.sum() / (same.sum() + len(same)) if len(same) else math.nan
     measured = {
         "threshold": threshold,
         "precision": tp / (tp + fp) if tp + fp else math.nan,
@@ -280,6 +281,7 @@ def validation_link(
         "f_score": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else math.nan,
         "f_low": low,
         "f_high": high,
+        "f_one_per_patient": lumped,  # F with each patient's tracklets all one nodule
         "folds": folds,
         "pairs": len(same),
         "same_pairs": int(same.sum()),
@@ -381,6 +383,14 @@ def tau_target(cfg: Config, data: Path, out: Path) -> Target:
                 f_score,
                 tau,
             )
+            if not measured["f_score"] > measured["f_one_per_patient"]:
+                log.warning(
+                    "tune tau: the link model links no better than one nodule per patient "
+                    "(F %.3f against %.3f): the re-ID model's same and different nodules do "
+                    "not separate on its validation patients",
+                    measured["f_score"],
+                    measured["f_one_per_patient"],
+                )
             write_results(pd.DataFrame([measured]), out / LINK, float_format="{:.4g}")
             extra["link"] = {**link.to_dict(), "validation": measured}
         try:
