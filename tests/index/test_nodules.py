@@ -153,6 +153,9 @@ def test_a_link_model_keeps_one_exams_tracklets_at_other_depths_apart():
     assert groups({"a": "s1", "b": "s1", "c": "s1"}) == [("a",), ("b", "c")]
     # a from another exam: its depth says nothing there, and the look links it
     assert groups({"a": "s0", "b": "s1", "c": "s1"}) == [("a", "b", "c")]
+    # a without boxes: of no known exam, so the look links it
+    del geometry["a"]
+    assert groups({"a": "s1", "b": "s1", "c": "s1"}) == [("a", "b", "c")]
     # by cosine distance alone, one nodule in one exam too
     cosine = Links(vectors, dict.fromkeys(angles, "s1"), TAU)
     assert [

@@ -78,7 +78,8 @@ class Links:
     tau; with a :class:`~usv_ray.cluster.link.LinkModel` it is ``1 - P(same nodule)``
     from the embeddings, the exams (``study_of``) and the boxes (``geometry_of``: each
     tracklet's box centre depth and height, :func:`~usv_ray.cluster.link.box_geometry`),
-    and the cut is ``1 - index.link_threshold``.
+    and the cut is ``1 - index.link_threshold``. A tracklet without geometry counts as of
+    no known exam: the look alone links it.
     """
 
     embedding_of: Mapping[str, np.ndarray]  # L2-normalised, every member and new tracklet
@@ -103,8 +104,11 @@ class Links:
         vectors = self.vectors(ids)
         if self.model is None:
             return cosine_distances(vectors)
-        depth, height = np.asarray([self.geometry_of[t] for t in ids], np.float64).T
-        return self.model.distances(vectors, [self.study_of[t] for t in ids], depth, height)
+        # a tracklet without boxes (or gone from the archive) counts as of no known exam
+        known = [t in self.geometry_of for t in ids]
+        depth, height = np.asarray([self.geometry_of.get(t, (0.0, 1.0)) for t in ids]).T
+        studies = [self.study_of.get(t) if k else None for t, k in zip(ids, known, strict=True)]
+        return self.model.distances(vectors, studies, depth, height)
 
 
 def _cluster(

@@ -314,8 +314,8 @@ def _links(
     link: within tau, or at P(same) >= ``index.link_threshold`` by ``link``."""
     if link is None:
         return Links(embedding_of, study_of, c.tau)
-    geometry = map(box_geometry, tracklets["boxes"])
-    geometry_of = dict(zip(tracklets["tracklet_id"], geometry, strict=True))
+    boxed = tracklets[tracklets["boxes"].map(len) > 0]
+    geometry_of = dict(zip(boxed["tracklet_id"], map(box_geometry, boxed["boxes"]), strict=True))
     return Links(embedding_of, study_of, 1.0 - c.link_threshold, link, geometry_of)
 
 

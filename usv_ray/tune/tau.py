@@ -200,7 +200,10 @@ def validation_geometry(reid: Path, tracklet_ids: list[str]) -> pd.DataFrame:
     if missing := set(tracklet_ids) - set(rows.index):
         raise TuneError(f"{len(missing)} validation tracklets are not in {data}")
     rows = rows.loc[tracklet_ids]
-    depth, height = np.asarray([box_geometry(b) for b in rows["boxes"]]).reshape(-1, 2).T
+    try:
+        depth, height = np.asarray([box_geometry(b) for b in rows["boxes"]]).reshape(-1, 2).T
+    except ValueError as exc:
+        raise TuneError(f"a validation tracklet of {data}: {exc}") from exc
     return pd.DataFrame(
         {"study_key": rows["study_key"].to_numpy(), "depth": depth, "height": height},
         index=rows.index,
