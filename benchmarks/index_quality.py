@@ -20,6 +20,9 @@ swept tau with its interval.
 ``--seed`` seeds the archive and every training (synth, reid, detect, index); three seeds
 say whether tau and the F move by less than their intervals. ``--out`` keeps the run's
 folder: a rerun there redoes nothing that finished (each stage skips its done work).
+``--link cosine`` links within tau instead of by the link model; ``--against DIR`` (a
+finished run of the same seed, e.g. with the other ``--link``) prints this run's pairwise F
+minus that run's, with its interval from one resample of patients for both.
 
 Run: ``.venv/bin/python benchmarks/index_quality.py --seed 0`` (about 30 minutes on 2
 cores for 200 patients; ``--patients 40 --new 4`` for a quick look).
@@ -109,7 +112,7 @@ def figures(args: argparse.Namespace, out: Path) -> None:
     from usv_ray.layout import RunFolder
     from usv_ray.privacy import load_key
     from usv_ray.score.keyed import keyed_truth
-    from usv_ray.score.linking import linking_quality
+    from usv_ray.score.linking import f_difference, linking_quality
     from usv_ray.score.tracks import tracklet_nodules
     from usv_ray.synth.truth import load_truth
 
@@ -138,6 +141,27 @@ def figures(args: argparse.Namespace, out: Path) -> None:
     )
     print(to_markdown(linking.pairs, float_format="{:.1f}"))
     print(to_markdown(linking.nodules, float_format="{:.1f}"))
+    if args.against:
+        # the same videos and tracks (an automatic tracklet's id names its run's inputs)
+        other = RunFolder(args.against)
+        theirs = other.data.read_tracklets([*columns, "box_frames", "boxes"]).to_pandas()
+        shape = ["video_id", "source"]
+        if not theirs.groupby(shape).size().equals(tracklets.groupby(shape).size()):
+            raise SystemExit(f"{args.against} holds other tracklets: not a run of this seed")
+        before = linking_quality(
+            pq.read_table(other.index.nodules).to_pandas(),
+            theirs,
+            truth,
+            videos=videos,
+            tonight=tonight,
+            nodule_of=tracklet_nodules(theirs, truth),
+        )
+        d = f_difference(before.counts, linking.counts)
+        print(
+            f"pairwise F over every tracklet, this run minus {args.against}: "
+            f"{d['f_difference']:+.1f} points ({d['f_difference_low']:+.1f} to "
+            f"{d['f_difference_high']:+.1f}, one resample of patients for both)"
+        )
     table3 = pd.read_csv(run.reid.tables / "table3.csv")
     print("\nre-ID test split (CM):")
     print(to_markdown(table3, float_format="{:.1f}"))
@@ -214,6 +238,11 @@ def main() -> int:
         choices=["calibrated", "cosine"],
         default="calibrated",
         help="index.link: the link model's P(same nodule), or cosine distance within tau",
+    )
+    parser.add_argument(
+        "--against",
+        type=Path,
+        help="another run's --out of the same seed: the paired F difference against its index",
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
