@@ -599,6 +599,16 @@ class TuneFolder(Folder):
         return self.root / "sweep"
 
     @property
+    def tau_interval(self) -> Path:
+        """The tau target's chosen tau and its interval over patient resamples."""
+        return self.root / "tau_interval"
+
+    @property
+    def link(self) -> Path:
+        """The tau target's link model, cross-fitted on the validation patients."""
+        return self.root / "link"
+
+    @property
     def report(self) -> Path:
         return self.root / "report.json"
 

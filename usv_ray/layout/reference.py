@@ -333,6 +333,17 @@ ENTRIES: dict[type[Folder], tuple[Entry, ...]] = {
             "folder",
             "the full config with the best values: use it as `--config`",
         ),
+        Entry(
+            "tau_interval.{md,csv}",
+            "folder",
+            "the tau target: the chosen tau, and the tau and F each patient resample chooses",
+        ),
+        Entry(
+            "link.{md,csv}",
+            "folder",
+            "the tau target: the link model at its threshold, cross-fitted over folds of "
+            "validation patients, F with its interval",
+        ),
         Entry("tune.json", "folder", "the sweep's settings and data"),
         Entry("sweep/", "folder", "the Tune experiment, which a rerun resumes"),
         Entry("runs/", "folder", "the trials' Train runs"),

@@ -47,8 +47,6 @@ log = logging.getLogger(__name__)
 
 KEY = "index.tau"
 COLUMNS = ("precision", "recall", "f_score", "clusters")
-INTERVAL = "tau_interval"  # the sweep folder's table of the chosen tau and its interval
-LINK = "link"  # its table of the link model's cross-fitted validation figures
 
 
 def validation_embeddings(reid: Path, with_ids: bool = False) -> tuple:
@@ -321,7 +319,7 @@ def tau_target(cfg: Config, data: Path, out: Path) -> Target:
         curve and the tau's interval; warn when the curve does not separate."""
         from usv_ray.bundle import BundleError
         from usv_ray.bundle.reid import record_tau
-        from usv_ray.layout import ReidFolder
+        from usv_ray.layout import ReidFolder, TuneFolder
 
         tau = best[KEY]
         stored = ReidFolder(data).embeddings
@@ -357,7 +355,7 @@ def tau_target(cfg: Config, data: Path, out: Path) -> Target:
             log.warning(warning)
         write_results(
             pd.DataFrame([{"tau": tau, "f_score": f_score, **interval, **validation}]),
-            out / INTERVAL,
+            TuneFolder(out).tau_interval,
             float_format="{:.4g}",
         )
         extra = {"interval": interval, "curve": curve, "validation": validation}
@@ -394,7 +392,7 @@ def tau_target(cfg: Config, data: Path, out: Path) -> Target:
                     measured["f_score"],
                     measured["f_one_per_patient"],
                 )
-            write_results(pd.DataFrame([measured]), out / LINK, float_format="{:.4g}")
+            write_results(pd.DataFrame([measured]), TuneFolder(out).link, float_format="{:.4g}")
             extra["link"] = {**link.to_dict(), "validation": measured}
         try:
             folder = record_tau(data, models[0].as_py(), tau, f_score, out, **extra)
