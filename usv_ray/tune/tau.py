@@ -228,20 +228,31 @@ def validation_link(
     embeddings, patients, nodules, ids = validation_embeddings(reid, with_ids=True)
     geometry = validation_geometry(reid, ids)
     studies = geometry["study_key"].tolist()
-    features = np.zeros((len(ids), len(ids), 4))
+    blocks = {}  # patient -> (its rows, (n, n, 4) features of its pairs): n^2 per patient
     for patient in np.unique(patients):
         rows = np.flatnonzero(patients == patient)
-        block = pair_features(
-            embeddings[rows],
-            [studies[r] for r in rows],
-            geometry["depth"].to_numpy()[rows],
-            geometry["height"].to_numpy()[rows],
+        blocks[patient] = (
+            rows,
+            pair_features(
+                embeddings[rows],
+                [studies[r] for r in rows],
+                geometry["depth"].to_numpy()[rows],
+                geometry["height"].to_numpy()[rows],
+            ),
         )
-        features[np.ix_(rows, rows)] = block
     first, second = within_pairs(patients)
+    position = np.zeros(len(ids), np.int64)  # each row's place among its patient's rows
+    for rows, _ in blocks.values():
+        position[rows] = np.arange(len(rows))
+    pairs = np.asarray(
+        [
+            blocks[patients[a]][1][position[a], position[b]]
+            for a, b in zip(first, second, strict=True)
+        ]
+    ).reshape(-1, 4)
     same = nodules[first] == nodules[second]
     try:
-        model = fit_link(features[first, second], same)
+        model = fit_link(pairs, same)
     except ValueError as exc:
         raise TuneError(f"no link model: {exc}") from exc
     order = np.random.default_rng(seed).permutation(np.unique(patients))
@@ -253,12 +264,12 @@ def validation_link(
     for fold in range(folds):
         train = pair_fold != fold
         try:
-            held_out = fit_link(features[first[train], second[train]], same[train])
+            held_out = fit_link(pairs[train], same[train])
         except ValueError:  # a fold's rest lacks one kind of pair: the whole model
             held_out = model
-        for patient in (p for p in np.unique(patients) if fold_of[p] == fold):
-            rows = np.flatnonzero(patients == patient)
-            d = 1.0 - held_out.probability(features[np.ix_(rows, rows)])
+        for patient in (p for p in blocks if fold_of[p] == fold):
+            rows, block = blocks[patient]
+            d = 1.0 - held_out.probability(block)
             np.fill_diagonal(d, 0.0)
             if method == "closure":
                 labels[rows] = constrained_closure(d, 1.0 - threshold, none) + len(ids) * rows[0]
