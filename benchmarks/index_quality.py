@@ -120,20 +120,22 @@ def figures(args: argparse.Namespace, out: Path) -> None:
     cfg = load_config(DEMO, settings(args))
     run = RunFolder(out)
     truth = keyed_truth(load_truth(run.archive), load_key(cfg.privacy))
-    columns = ["tracklet_id", "video_id", "patient_key", "source", "nodule_id"]
-    tracklets = run.data.read_tracklets([*columns, "box_frames", "boxes"]).to_pandas()
     videos = run.data.read_videos()
     videos = videos[videos["status"] == "ok"]
     tonight = set(truth.videos.loc[truth.videos["batch"] == "night", "video_id"])
-    nodule_of = tracklet_nodules(tracklets, truth)
-    linking = linking_quality(
-        pq.read_table(run.index.nodules).to_pandas(),
-        tracklets,
-        truth,
-        videos=videos,
-        tonight=tonight,
-        nodule_of=nodule_of,
-    )
+
+    def held(folder: RunFolder):
+        """A run's tracklets, their true nodules, and its index against the truth."""
+        columns = ["tracklet_id", "video_id", "patient_key", "source", "nodule_id"]
+        tracks = folder.data.read_tracklets([*columns, "box_frames", "boxes"]).to_pandas()
+        nodules = tracklet_nodules(tracks, truth)
+        index = pq.read_table(folder.index.nodules).to_pandas()
+        found = linking_quality(
+            index, tracks, truth, videos=videos, tonight=tonight, nodule_of=nodules
+        )
+        return tracks, nodules, found
+
+    tracklets, nodule_of, linking = held(run)
     patients = truth.videos["patient_key"].nunique()
     print(
         f"\nthe index against the truth ({patients} patients, {len(videos)} videos, "
@@ -143,19 +145,10 @@ def figures(args: argparse.Namespace, out: Path) -> None:
     print(to_markdown(linking.nodules, float_format="{:.1f}"))
     if args.against:
         # the same videos and tracks (an automatic tracklet's id names its run's inputs)
-        other = RunFolder(args.against)
-        theirs = other.data.read_tracklets([*columns, "box_frames", "boxes"]).to_pandas()
+        theirs, _, before = held(RunFolder(args.against))
         shape = ["video_id", "source"]
         if not theirs.groupby(shape).size().equals(tracklets.groupby(shape).size()):
             raise SystemExit(f"{args.against} holds other tracklets: not a run of this seed")
-        before = linking_quality(
-            pq.read_table(other.index.nodules).to_pandas(),
-            theirs,
-            truth,
-            videos=videos,
-            tonight=tonight,
-            nodule_of=tracklet_nodules(theirs, truth),
-        )
         d = f_difference(before.counts, linking.counts)
         print(
             f"pairwise F over every tracklet, this run minus {args.against}: "
